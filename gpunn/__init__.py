@@ -1,0 +1,34 @@
+"""gpunn: a neural-network library whose hot paths are its own fused kernels.
+
+    import gpunn as gn
+    model = gn.nn.Sequential(gn.nn.Linear(64, 128), gn.nn.ReLU(), gn.nn.Linear(128, 10))
+    opt = gn.optim.Adam(model.parameters(), lr=1e-3)
+    loss = gn.nn.CrossEntropyLoss()(model(gn.tensor(X)), gn.tensor(y))
+    opt.zero_grad(); loss.backward(); opt.step()
+
+Importing gpunn imports neither CuPy nor any compiled kernel; submodules load on first use.
+"""
+import importlib
+
+from gpunn.backend import Device, DeviceError, device, gpu_status, manual_seed
+from gpunn.autograd import Parameter, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from gpunn import functional
+from gpunn.gradcheck import GradcheckError, gradcheck
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = {"nn", "optim", "data", "datasets", "train", "checkpoint", "kernels", "backend", "cli"}
+_LAZY_ATTRS = {"save": "gpunn.checkpoint", "load": "gpunn.checkpoint", "CheckpointError": "gpunn.checkpoint"}
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"gpunn.{name}")
+    if name in _LAZY_ATTRS:
+        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+    raise AttributeError(f"module 'gpunn' has no attribute {name!r}")
+
+
+__all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Parameter", "Tensor",
+           "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
+           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "__version__"]

@@ -1,0 +1,4 @@
+"""Reverse-mode autodiff: Tensor, Function, the tape, grad modes."""
+from gpunn.autograd.tensor import Function, Parameter, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+
+__all__ = ["Function", "Parameter", "Tensor", "enable_grad", "is_grad_enabled", "no_grad", "tensor"]

@@ -1,0 +1,63 @@
+"""Input checks shared by every op: dtypes, devices, shapes. They raise before any kernel runs,
+with messages that name the op, what it expected and what it got."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def xp_of(a):
+    """numpy for NumPy arrays, cupy otherwise (cheaper than a Device lookup on the hot path)."""
+    if type(a) is np.ndarray or isinstance(a, (np.generic, np.ndarray)):
+        return np
+    return __import__("cupy")
+
+
+def _dev(a) -> str:
+    if type(a) is np.ndarray:
+        return "cpu"
+    return f"gpu:{getattr(getattr(a, 'device', None), 'id', 0)}"
+
+
+def check_same_device(op: str, *arrays) -> None:
+    t0 = type(arrays[0])
+    if all(type(a) is t0 for a in arrays) and t0 is np.ndarray:
+        return
+    devs = [_dev(a) for a in arrays]
+    if len(set(devs)) > 1:
+        raise RuntimeError(f"{op}: expected all tensors on one device, got {', '.join(devs)}; "
+                           "move them with .to(device) first")
+
+
+def check_same_dtype(op: str, *arrays, names=None) -> None:
+    d0 = arrays[0].dtype
+    for a in arrays[1:]:
+        if a.dtype != d0:
+            listing = ", ".join(
+                f"{n}={a.dtype}" for n, a in zip(names or [f"input {i}" for i in range(len(arrays))], arrays))
+            raise TypeError(f"{op}: dtypes differ ({listing}); gpunn never mixes them silently: "
+                            "convert one side with .float() or .double()")
+
+
+def check_float(op: str, a, name: str = "input") -> None:
+    if a.dtype.kind != "f":
+        raise TypeError(f"{op}: {name} must be a float tensor (float32 or float64), got dtype {a.dtype}")
+
+
+def scalar_like(x, like):
+    """A Python/NumPy number as a 0-d array of `like`'s dtype (ints and bools keep exactness)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Number):
+        raise TypeError(f"expected a tensor or a number, got {type(x).__name__}")
+    return xp_of(like).asarray(x, dtype=like.dtype)
+
+
+def unbroadcast(g, shape):
+    """Sum a broadcast gradient back down to `shape`."""
+    if g.shape == shape:
+        return g
+    nlead = g.ndim - len(shape)
+    axes = tuple(range(nlead)) + tuple(i + nlead for i, n in enumerate(shape) if n == 1 and g.shape[i + nlead] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)

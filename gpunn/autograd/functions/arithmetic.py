@@ -1,0 +1,152 @@
+"""Elementwise arithmetic with NumPy broadcasting, and matmul.
+
+Add/Sub/Mul/Div: gradients are summed back over broadcast axes (`unbroadcast`).
+Pow (scalar exponent):  d(x^c) = c x^(c-1).   Exp: d e^x = e^x.   Log: d log x = 1/x.
+Sqrt: d sqrt x = 1/(2 sqrt x).   Abs: d|x| = sign(x) (0 at 0).
+MatMul (any ndim >= 1, batched over leading axes): dA = dC @ B^T, dB = A^T @ dC.
+"""
+from __future__ import annotations
+
+from gpunn.autograd.checks import unbroadcast, xp_of as _xp
+from gpunn.autograd.tensor import Function
+
+
+class Add(Function):
+    def forward(self, a, b):
+        self.shapes = a.shape, b.shape
+        return a + b
+
+    def backward(self, g):
+        sa, sb = self.shapes
+        return unbroadcast(g, sa), unbroadcast(g, sb)
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        self.shapes = a.shape, b.shape
+        return a - b
+
+    def backward(self, g):
+        sa, sb = self.shapes
+        return unbroadcast(g, sa), (unbroadcast(-g, sb) if self.needs_grad[1] else None)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        return (unbroadcast(g * b, a.shape) if self.needs_grad[0] else None,
+                unbroadcast(g * a, b.shape) if self.needs_grad[1] else None)
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        ga = unbroadcast(g / b, a.shape) if self.needs_grad[0] else None
+        gb = unbroadcast(-g * a / (b * b), b.shape) if self.needs_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, g):
+        return (-g,)
+
+
+class Clone(Function):
+    def forward(self, a):
+        return a.copy()
+
+    def backward(self, g):
+        return (g,)
+
+
+class Cast(Function):
+    def forward(self, a, dtype):
+        self.src = a.dtype
+        return a.astype(dtype)
+
+    def backward(self, g):
+        return (g.astype(self.src),)
+
+
+class Pow(Function):
+    def forward(self, a, exponent):
+        self.a, self.c = a, exponent
+        return a ** a.dtype.type(exponent)
+
+    def backward(self, g):
+        a, c = self.a, self.c
+        if c == 0:
+            return (g * 0,)
+        return (g * (a.dtype.type(c) * a ** a.dtype.type(c - 1)),)
+
+
+class Exp(Function):
+    def forward(self, a):
+        self.out = _xp(a).exp(a)
+        return self.out
+
+    def backward(self, g):
+        return (g * self.out,)
+
+
+class Log(Function):
+    def forward(self, a):
+        self.a = a
+        return _xp(a).log(a)
+
+    def backward(self, g):
+        return (g / self.a,)
+
+
+class Sqrt(Function):
+    def forward(self, a):
+        self.out = _xp(a).sqrt(a)
+        return self.out
+
+    def backward(self, g):
+        return (g / (2 * self.out),)
+
+
+class Abs(Function):
+    def forward(self, a):
+        self.a = a
+        return _xp(a).abs(a)
+
+    def backward(self, g):
+        return (g * _xp(g).sign(self.a),)
+
+
+class MatMul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        xp = _xp(g)
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        ga = gb = None
+        if self.needs_grad[0]:
+            ga = g2 @ xp.swapaxes(b2, -1, -2)
+            ga = unbroadcast(ga, a2.shape).reshape(a.shape)
+        if self.needs_grad[1]:
+            gb = xp.swapaxes(a2, -1, -2) @ g2
+            gb = unbroadcast(gb, b2.shape).reshape(b.shape)
+        return ga, gb

@@ -1,0 +1,90 @@
+"""Losses as single graph nodes with hand-written backward passes.
+
+reduction: "mean" (average over elements; for cross-entropy over non-ignored targets),
+"sum", or "none" (per element / per row).
+"""
+from __future__ import annotations
+
+from gpunn.autograd.checks import xp_of
+from gpunn.autograd.tensor import Function
+from gpunn.kernels import ops_for
+
+
+def _reduce(losses, reduction, count=None):
+    if reduction == "none":
+        return losses
+    total = losses.sum(dtype=losses.dtype)
+    if reduction == "sum":
+        return total
+    n = losses.size if count is None else count
+    return total / losses.dtype.type(n) if n else total * losses.dtype.type(float("nan"))
+
+
+def _upstream(g, reduction, shape, dtype, count=None):
+    """The gradient of each unreduced element, given the gradient g of the reduced loss."""
+    if reduction == "none":
+        return g
+    xp = xp_of(g)
+    if reduction == "mean":
+        n = 1
+        for s in shape:
+            n *= s
+        n = n if count is None else count
+        g = g / dtype.type(n) if n else g * dtype.type(float("nan"))
+    return xp.broadcast_to(g, shape)
+
+
+class CrossEntropy(Function):
+    def forward(self, logits, labels, reduction="mean", ignore_index=-100):
+        ops = ops_for(logits)
+        losses, self.probs = ops.softmax_cross_entropy_forward(logits, labels, ignore_index)
+        self.labels, self.reduction, self.ignore = labels, reduction, ignore_index
+        self.count = int((labels != ignore_index).sum()) if reduction == "mean" else None
+        return _reduce(losses, reduction, self.count)
+
+    def backward(self, g):
+        rows = _upstream(g, self.reduction, (self.probs.shape[0],), self.probs.dtype, self.count)
+        return ops_for(self.probs).softmax_cross_entropy_backward(rows, self.probs, self.labels, self.ignore), None
+
+
+class BCEWithLogits(Function):
+    def forward(self, x, y, reduction="mean", pos_weight=None):
+        self.x, self.y, self.reduction, self.pw = x, y, reduction, pos_weight
+        return _reduce(ops_for(x).bce_with_logits_forward(x, y, pos_weight), reduction)
+
+    def backward(self, g):
+        x, y, pw = self.x, self.y, self.pw
+        gu = _upstream(g, self.reduction, x.shape, x.dtype)
+        gx = ops_for(x).bce_with_logits_backward(gu, x, y, pw) if self.needs_grad[0] else None
+        gy = None
+        if self.needs_grad[1]:
+            # d/dy [(1 - y) x + (1 + (w - 1) y) L] = -x + (w - 1) L, with L = log(1 + exp(-x))
+            if pw is None:
+                gy = -gu * x
+            else:
+                xp = xp_of(x)
+                mv = xp.maximum(-x, x.dtype.type(0))
+                L = xp.log(xp.exp(-mv) + xp.exp(-x - mv)) + mv
+                gy = gu * (-x + (pw - 1) * L)
+        return gx, gy
+
+
+class _Pointwise(Function):
+    kind = ""
+
+    def forward(self, x, y, reduction="mean"):
+        self.x, self.y, self.reduction = x, y, reduction
+        return _reduce(getattr(ops_for(x), self.kind + "_forward")(x, y), reduction)
+
+    def backward(self, g):
+        gu = _upstream(g, self.reduction, self.x.shape, self.x.dtype)
+        gx = getattr(ops_for(self.x), self.kind + "_backward")(gu, self.x, self.y)
+        return (gx if self.needs_grad[0] else None), (-gx if self.needs_grad[1] else None)
+
+
+class MSE(_Pointwise):
+    kind = "mse"
+
+
+class L1(_Pointwise):
+    kind = "l1"

@@ -1,0 +1,71 @@
+"""Shape ops: reshape, transpose, indexing (basic and advanced) and gather along an axis.
+
+Their gradients move values back to where they came from; indexing scatters with addition,
+so an index that repeats receives the sum of its gradients.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunn.autograd.checks import xp_of
+from gpunn.autograd.tensor import Function
+
+
+class Reshape(Function):
+    def forward(self, a, shape):
+        self.shape = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"cannot reshape a tensor of shape {a.shape} ({a.size} elements) to {shape}") from None
+
+    def backward(self, g):
+        return (g.reshape(self.shape),)
+
+
+class Transpose(Function):
+    def forward(self, a, axes=None):
+        self.axes = axes
+        return a.transpose(axes) if axes else a.T
+
+    def backward(self, g):
+        if not self.axes:
+            return (g.T,)
+        return (g.transpose(np.argsort(self.axes)),)
+
+
+def _scatter_add(xp, target, index, values):
+    if xp is np:
+        np.add.at(target, index, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)
+
+
+class GetItem(Function):
+    def forward(self, a, index):
+        self.shape, self.index = a.shape, index
+        return a[index]
+
+    def backward(self, g):
+        xp = xp_of(g)
+        out = xp.zeros(self.shape, dtype=g.dtype)
+        _scatter_add(xp, out, self.index, g)
+        return (out,)
+
+
+class Gather(Function):
+    """out[i][j] = a[i][index[i][j]] along `axis` (torch.gather)."""
+
+    def forward(self, a, index, axis):
+        self.shape, self.index, self.axis = a.shape, index, axis
+        return xp_of(a).take_along_axis(a, index, axis=axis)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        out = xp.zeros(self.shape, dtype=g.dtype)
+        idx = list(xp.indices(self.index.shape, sparse=True))
+        idx[self.axis] = self.index
+        _scatter_add(xp, out, tuple(idx), g)
+        return (out, None)

@@ -1,0 +1,150 @@
+"""Devices: where arrays live and which array module (`xp`) works on them.
+
+A `Device` is a small value object: `Device("cpu")` uses NumPy, `Device("gpu", 0)`
+uses CuPy on CUDA device 0. "No GPU" has two causes and gpunn says which one:
+CuPy is not installed (install the `gpu` extra), or it is installed but no usable
+CUDA device or driver answered (CuPy's own error is quoted).
+"""
+from __future__ import annotations
+
+import functools
+import numpy as np
+
+_GPU_NAMES = ("gpu", "cuda")
+VALID_DEVICE_NAMES = ("auto", "cpu", "gpu", "gpu:N", "cuda", "cuda:N")
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that cannot be used here; the message says why."""
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_status() -> tuple[bool, str]:
+    """Return (usable, reason): whether CuPy can run kernels on a CUDA device here.
+
+    Cached for the process: the answer does not change while it runs.
+    """
+    try:
+        import cupy  # noqa: F401  (imported on first GPU request only)
+    except ImportError as err:
+        return False, (
+            f"CuPy is not installed ({err}); install the GPU extra: "
+            "pip install 'gpunn[gpu]' (CUDA 12) or 'gpunn[cuda13]' (CUDA 13)"
+        )
+    except Exception as err:  # a broken CuPy install raises other errors on import
+        return False, f"CuPy is installed but failed to import: {type(err).__name__}: {err}"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:
+        return False, f"CuPy is installed but the CUDA driver did not answer: {type(err).__name__}: {err}"
+    if n < 1:
+        return False, "CuPy is installed but no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver)"
+    try:
+        x = cupy.arange(4, dtype=cupy.float32)
+        float((x * 2).sum())
+    except Exception as err:
+        return False, f"CuPy sees {n} CUDA device(s) but cannot run a kernel: {type(err).__name__}: {err}"
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    if isinstance(name, bytes):
+        name = name.decode()
+    return True, f"CUDA device 0 ({name}) is usable through CuPy {cupy.__version__}"
+
+
+class Device:
+    """Where arrays live: `Device("cpu")` or `Device("gpu", index)`.
+
+    `reason` records why `device("auto")` chose it (empty when chosen explicitly).
+    """
+
+    __slots__ = ("type", "index", "reason")
+
+    def __init__(self, type: str = "cpu", index: int = 0, reason: str = ""):
+        if type not in ("cpu", "gpu"):
+            raise ValueError(f"Device type must be 'cpu' or 'gpu', got {type!r}")
+        self.type = type
+        self.index = int(index) if type == "gpu" else 0
+        self.reason = reason
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.type == "gpu"
+
+    @property
+    def xp(self):
+        """The array module for this device: numpy or cupy."""
+        if self.type == "cpu":
+            return np
+        import cupy
+
+        return cupy
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, str):
+            try:
+                other = device(other)
+            except (ValueError, DeviceError):
+                return False
+        return isinstance(other, Device) and (self.type, self.index) == (other.type, other.index)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index))
+
+    def __str__(self) -> str:
+        return "cpu" if self.type == "cpu" else f"gpu:{self.index}"
+
+    def __repr__(self) -> str:
+        return f"device('{self}')"
+
+
+cpu = Device("cpu")
+
+
+def device(spec="auto") -> Device:
+    """Resolve a device name: "auto", "cpu", "gpu", "gpu:N", "cuda", "cuda:N", or a Device.
+
+    "auto" picks the GPU when CuPy can run on one and the CPU otherwise; the
+    returned device's `reason` says why. "gpu" where none is usable raises
+    DeviceError with the reason.
+    """
+    if isinstance(spec, Device):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be a string such as {VALID_DEVICE_NAMES} or a Device, got {type(spec).__name__}")
+    name = spec.strip().lower()
+    if name == "auto":
+        usable, why = gpu_status()
+        if usable:
+            return Device("gpu", 0, reason=why)
+        return Device("cpu", reason=f"using the CPU: {why}")
+    if name == "cpu":
+        return cpu
+    base, _, idx = name.partition(":")
+    if base in _GPU_NAMES:
+        if idx and not idx.isdigit():
+            raise ValueError(f"Unknown device {spec!r}; valid: {', '.join(VALID_DEVICE_NAMES)}")
+        usable, why = gpu_status()
+        if not usable:
+            raise DeviceError(f"device {spec!r} was asked for but no GPU is usable: {why}")
+        index = int(idx) if idx else 0
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        if index >= count:
+            raise DeviceError(f"device {spec!r} was asked for but only {count} CUDA device(s) exist")
+        return Device("gpu", index)
+    raise ValueError(f"Unknown device {spec!r}; valid: {', '.join(VALID_DEVICE_NAMES)}")
+
+
+def device_of(array) -> Device:
+    """The device an array lives on (NumPy -> cpu, CuPy -> gpu:N)."""
+    if isinstance(array, np.ndarray) or np.isscalar(array):
+        return cpu
+    dev = getattr(array, "device", None)
+    if type(array).__module__.startswith("cupy"):
+        return Device("gpu", getattr(dev, "id", 0))
+    raise TypeError(f"Expected a NumPy or CuPy array, got {type(array).__name__}")
+
+
+def get_array_module(array):
+    """numpy for NumPy arrays, cupy for CuPy arrays."""
+    return device_of(array).xp

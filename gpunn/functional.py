@@ -1,0 +1,198 @@
+"""Functional API (torch.nn.functional's names): activations, the fused dense layer, losses.
+
+Every function checks its inputs first (dtype, device, shapes, label range) and raises an error
+that names the op, what it expected and what it got. Losses never broadcast prediction against
+target: a shape mismatch is an error, not a silently wrong average.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunn.autograd import functions as F
+from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, xp_of
+from gpunn.autograd.tensor import Tensor
+from gpunn.kernels import ACTIVATIONS, activation_code
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _tensor(x, op: str, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{op}: {name} must be numeric, got dtype {x.dtype}")
+        return Tensor(x)
+    raise TypeError(f"{op}: {name} must be a Tensor or an array, got {type(x).__name__}")
+
+
+def _check_reduction(op, reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+# ----------------------------------------------------------------------------- activations
+
+def relu(x):
+    """max(x, 0)."""
+    return F.activation(x, "relu")
+
+
+def leaky_relu(x, negative_slope: float = 0.01):
+    """x if x > 0 else negative_slope * x."""
+    return F.activation(x, "leaky_relu", negative_slope)
+
+
+def gelu(x, approximate: str = "none"):
+    """x * Phi(x) (approximate="none", exact erf) or its tanh approximation (approximate="tanh")."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return F.activation(x, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), stable for any x."""
+    return F.activation(x, "sigmoid")
+
+
+def tanh(x):
+    return F.activation(x, "tanh")
+
+
+def softmax(x, dim: int = -1):
+    """exp(x - logsumexp(x)) along dim."""
+    check_float("softmax", x.data)
+    return F.Softmax.apply(x, axis=dim)
+
+
+def log_softmax(x, dim: int = -1):
+    """x - logsumexp(x) along dim."""
+    check_float("log_softmax", x.data)
+    return F.LogSoftmax.apply(x, axis=dim)
+
+
+def gather(x, dim: int, index):
+    """out[i][j] = x[i][index[i][j]] for dim=1 (torch.gather)."""
+    idx = index.data if isinstance(index, Tensor) else index
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"gather: index must be an integer array, got dtype {idx.dtype}")
+    if idx.ndim != x.ndim:
+        raise ValueError(f"gather: index has {idx.ndim} dims but input has {x.ndim}")
+    return F.Gather.apply(x, index=idx, axis=dim)
+
+
+# ----------------------------------------------------------------------------- dense
+
+def dense(x, weight, bias=None, activation="relu", negative_slope: float = 0.01, name: str | None = None):
+    """y = activation(x @ weight.T + bias), one fused graph node.
+
+    x (..., in_features); weight (out_features, in_features); bias (out_features,) or None;
+    activation one of: identity (or None), relu, leaky_relu, gelu, gelu_tanh, sigmoid, tanh.
+    `name` (the layer's path in its model) is quoted in error messages.
+    """
+    where = f"dense layer {name!r}" if name is not None else "dense"
+    code = activation_code(activation)
+    x = _tensor(x, where, "input")
+    W = weight
+    arrays = (x.data, W.data) if bias is None else (x.data, W.data, bias.data)
+    check_same_device(where, *arrays)
+    check_float(where, x.data, "input")
+    check_same_dtype(where, *arrays, names=("input", "weight", "bias"))
+    if W.ndim != 2:
+        raise ValueError(f"{where}: weight must be 2-D (out_features, in_features), got shape {W.shape}")
+    if x.ndim < 1 or x.shape[-1] != W.shape[1]:
+        raise ValueError(f"{where}: expects input of shape (batch, {W.shape[1]}) but got {x.shape} "
+                         f"(weight shape {W.shape})")
+    if bias is not None and bias.shape != (W.shape[0],):
+        raise ValueError(f"{where}: bias must have shape ({W.shape[0]},), got {bias.shape}")
+    if bias is None:
+        return F.Dense.apply(x, W, code=code, negative_slope=negative_slope)
+    return F.Dense.apply(x, W, bias, code=code, negative_slope=negative_slope)
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias."""
+    return dense(x, weight, bias, activation=None)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _labels(target, n: int, classes: int, ignore_index: int, op: str):
+    lab = target.data if isinstance(target, Tensor) else target
+    if not (isinstance(lab, np.ndarray) or type(lab).__module__.startswith("cupy")):
+        lab = np.asarray(lab)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"{op}: target must hold integer class labels, got dtype {lab.dtype} "
+                        "(for probabilities use a different loss)")
+    if lab.shape != (n,):
+        raise ValueError(f"{op}: target must have shape ({n},) to match input of {n} rows, got {lab.shape}")
+    if n:
+        xp = xp_of(lab)
+        bad = (lab < 0) | (lab >= classes)
+        if ignore_index is not None:
+            bad &= lab != ignore_index
+        if bool(bad.any()):
+            i = int(xp.argmax(bad))
+            raise ValueError(f"{op}: target[{i}] = {int(lab[i])} is out of range for {classes} classes "
+                             f"(valid: 0..{classes - 1}{'' if ignore_index is None else f' or ignore_index={ignore_index}'})")
+    return lab
+
+
+def cross_entropy(input, target, reduction: str = "mean", ignore_index: int = -100):
+    """Softmax cross-entropy from logits (N, C) and integer labels (N,), fused in one node.
+
+    loss_i = logsumexp(x_i) - x_{i, y_i}; "mean" averages over targets != ignore_index.
+    """
+    op = "cross_entropy"
+    _check_reduction(op, reduction)
+    x = _tensor(input, op, "input")
+    check_float(op, x.data)
+    if x.ndim != 2:
+        raise ValueError(f"{op}: input must be logits of shape (batch, classes), got {x.shape}")
+    lab = _labels(target, x.shape[0], x.shape[1], ignore_index, op)
+    check_same_device(op, x.data, lab)
+    return F.CrossEntropy.apply(x, Tensor(lab), reduction=reduction, ignore_index=ignore_index)
+
+
+def _pair(op, input, target):
+    x = _tensor(input, op, "input")
+    y = _tensor(target, op, "target")
+    check_same_device(op, x.data, y.data)
+    check_float(op, x.data, "input")
+    check_same_dtype(op, x.data, y.data, names=("input", "target"))
+    if x.shape != y.shape:
+        raise ValueError(f"{op}: input shape {x.shape} and target shape {y.shape} differ; gpunn does not "
+                         "broadcast losses (reshape the target, e.g. y.reshape(-1, 1))")
+    return x, y
+
+
+def binary_cross_entropy_with_logits(input, target, reduction: str = "mean", pos_weight=None):
+    """BCE on logits: (1 - y) x + log(1 + exp(-x)), stable for any x (ATen's formula)."""
+    op = "binary_cross_entropy_with_logits"
+    _check_reduction(op, reduction)
+    x, y = _pair(op, input, target)
+    pw = None
+    if pos_weight is not None:
+        pw = pos_weight.data if isinstance(pos_weight, Tensor) else xp_of(x.data).asarray(pos_weight, x.dtype)
+        check_same_dtype(op, x.data, pw, names=("input", "pos_weight"))
+    return F.BCEWithLogits.apply(x, y, reduction=reduction, pos_weight=pw)
+
+
+bce_with_logits = binary_cross_entropy_with_logits
+
+
+def mse_loss(input, target, reduction: str = "mean"):
+    """(input - target)^2, reduced."""
+    _check_reduction("mse_loss", reduction)
+    return F.MSE.apply(*_pair("mse_loss", input, target), reduction=reduction)
+
+
+def l1_loss(input, target, reduction: str = "mean"):
+    """|input - target|, reduced."""
+    _check_reduction("l1_loss", reduction)
+    return F.L1.apply(*_pair("l1_loss", input, target), reduction=reduction)
+
+
+__all__ = ["relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "gather", "dense",
+           "linear", "cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss",
+           "l1_loss", "ACTIVATIONS", "REDUCTIONS"]

@@ -1,0 +1,182 @@
+"""Activation functions and their derivatives: the reference (any xp) and Numba CPU scalar cores.
+
+Names (and the code each compiles to):
+  identity (0)   y = z
+  relu (1)       y = max(z, 0);                  y' = 1 if z > 0 else 0 (0 at z == 0, as PyTorch)
+  leaky_relu (2) y = z if z > 0 else s*z;        y' = 1 if z > 0 else s  (s = negative_slope)
+  gelu (3)       y = z * Phi(z) = 0.5 z (1 + erf(z / sqrt 2)); y' = Phi(z) + z phi(z)
+  gelu_tanh (4)  y = 0.5 z (1 + tanh(k (z + 0.044715 z^3))), k = sqrt(2/pi)
+  sigmoid (5)    y = 1 / (1 + exp(-z)), evaluated on the stable branch for each sign; y' = y (1 - y)
+  tanh (6)       y = tanh(z);                    y' = 1 - y^2
+
+Derivatives of relu, leaky_relu (slope >= 0), sigmoid and tanh need only the output y,
+so a fused dense layer keeps y alone; gelu and gelu_tanh (and leaky_relu with a negative
+slope) need the pre-activation z.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+IDENTITY, RELU, LEAKY_RELU, GELU, GELU_TANH, SIGMOID, TANH = range(7)
+ACTIVATIONS = {
+    "identity": IDENTITY,
+    "relu": RELU,
+    "leaky_relu": LEAKY_RELU,
+    "gelu": GELU,
+    "gelu_tanh": GELU_TANH,
+    "sigmoid": SIGMOID,
+    "tanh": TANH,
+}
+_ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_C = 0.044715
+
+
+def activation_code(name) -> int:
+    """The integer code of an activation name; ValueError listing the valid names otherwise."""
+    key = _ALIASES.get(name, name)
+    if isinstance(key, str):
+        key = key.lower()
+    try:
+        return ACTIVATIONS[key]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)} (or None for identity)"
+        ) from None
+
+
+def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
+    """True when the derivative must be computed from z rather than from y = act(z)."""
+    return code in (GELU, GELU_TANH) or (code == LEAKY_RELU and negative_slope < 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference implementation: plain array expressions, valid for NumPy and CuPy alike.
+# ---------------------------------------------------------------------------------------------
+
+def _erf(xp, x):
+    if xp is np:
+        # NumPy has no erf ufunc; math.erf per element is slow but exact: this is the reference.
+        return np.vectorize(math.erf, otypes=[x.dtype])(x) if x.size else x.copy()
+    from cupyx.scipy.special import erf  # only reached on the GPU backend
+
+    return erf(x)
+
+
+def _sigmoid_ref(xp, z):
+    # exp(-|z|) never overflows; pick 1/(1+e) for z >= 0 and e/(1+e) for z < 0.
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+
+
+def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
+    """y = act(z) elementwise; returns a new array of z's dtype."""
+    xp = np if isinstance(z, np.ndarray) else __import__("cupy")
+    dt = z.dtype
+    if code == IDENTITY:
+        return z.copy()
+    if code == RELU:
+        return xp.maximum(z, dt.type(0))
+    if code == LEAKY_RELU:
+        return xp.where(z > 0, z, z * dt.type(negative_slope))
+    if code == GELU:
+        return (0.5 * z * (1.0 + _erf(xp, z * _INV_SQRT_2))).astype(dt, copy=False)
+    if code == GELU_TANH:
+        return (0.5 * z * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3)))).astype(dt, copy=False)
+    if code == SIGMOID:
+        return _sigmoid_ref(xp, z)
+    if code == TANH:
+        return xp.tanh(z)
+    raise ValueError(f"unknown activation code {code}")
+
+
+def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
+    """dz = dy * act'(z), using y where the derivative needs only the output (z may be None then)."""
+    xp = np if isinstance(dy, np.ndarray) else __import__("cupy")
+    dt = dy.dtype
+    if code == IDENTITY:
+        return dy.copy()
+    if code == RELU:
+        return xp.where(y > 0, dy, dt.type(0))
+    if code == LEAKY_RELU:
+        s = z if needs_preactivation(code, negative_slope) else y
+        return xp.where(s > 0, dy, dy * dt.type(negative_slope))
+    if code == GELU:
+        cdf = 0.5 * (1.0 + _erf(xp, z * _INV_SQRT_2))
+        pdf = xp.exp(-0.5 * z * z) * _INV_SQRT_2PI
+        return (dy * (cdf + z * pdf)).astype(dt, copy=False)
+    if code == GELU_TANH:
+        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))
+        d = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * z * z)
+        return (dy * d).astype(dt, copy=False)
+    if code == SIGMOID:
+        return dy * y * (1 - y)
+    if code == TANH:
+        return dy * (1 - y * y)
+    raise ValueError(f"unknown activation code {code}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba scalar cores, inlined into the CPU kernels (dense epilogue, elementwise activation).
+# Computed in float64 and rounded once on store: exact enough for the float64 gradchecks and
+# never less accurate than a float32 evaluation.
+# ---------------------------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)
+def act_scalar(z, code, slope):
+    z = float(z)
+    if code == RELU:
+        return z if z > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return z if z > 0.0 else slope * z
+    if code == GELU:
+        return 0.5 * z * (1.0 + math.erf(z * _INV_SQRT_2))
+    if code == GELU_TANH:
+        return 0.5 * z * (1.0 + math.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z)))
+    if code == SIGMOID:
+        if z >= 0.0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+    if code == TANH:
+        return math.tanh(z)
+    return z
+
+
+@njit(inline="always", cache=True)
+def dact_scalar(s, code, slope):
+    """act'(z) from s, where s is z for gelu/gelu_tanh/negative-slope leaky_relu and y otherwise."""
+    s = float(s)
+    if code == RELU:
+        return 1.0 if s > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return 1.0 if s > 0.0 else slope
+    if code == GELU:
+        return 0.5 * (1.0 + math.erf(s * _INV_SQRT_2)) + s * math.exp(-0.5 * s * s) * _INV_SQRT_2PI
+    if code == GELU_TANH:
+        t = math.tanh(_SQRT_2_OVER_PI * (s + _GELU_C * s * s * s))
+        return 0.5 * (1.0 + t) + 0.5 * s * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * s * s)
+    if code == SIGMOID:
+        return s * (1.0 - s)
+    if code == TANH:
+        return 1.0 - s * s
+    return 1.0
+
+
+@njit(cache=True)
+def activation_forward_cpu_kernel(z, code, slope, y):
+    """y = act(z) over flat C-contiguous arrays (y may be z: in place)."""
+    for i in range(z.size):
+        y[i] = act_scalar(z[i], code, slope)
+
+
+@njit(cache=True)
+def activation_backward_cpu_kernel(dy, s, code, slope, dz):
+    """dz = dy * act'(.) from s (z or y, see dact_scalar) over flat C-contiguous arrays."""
+    for i in range(dy.size):
+        dz[i] = dy[i] * dact_scalar(s[i], code, slope)

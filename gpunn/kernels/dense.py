@@ -1,0 +1,125 @@
+"""The fused dense layer: y = act(x @ W.T + b) and its gradients.
+
+Shapes: x (N, K), W (M, K) (PyTorch's Linear layout), b (M,) or None, y (N, M); one float dtype.
+
+Forward returns (y, saved) where `saved` is what backward needs besides x and W: the
+output y for activations whose derivative needs only y (relu, leaky_relu, sigmoid, tanh,
+identity), else the pre-activation z (gelu, gelu_tanh).
+
+Backward, with dz = dy * act'(z):
+  dx = dz @ W          (N, K)
+  dW = dz.T @ x        (M, K)
+  db = sum_rows(dz)    (M,)
+
+Two implementations share this contract:
+- `dense_forward_ref` / `dense_backward_ref`: plain array expressions (NumPy or CuPy), the reference.
+- `dense_forward_cpu` / `dense_backward_cpu`: NumPy's GEMM, then ONE Numba pass that adds the
+  bias and applies the activation in place (forward), or ONE pass that forms dz and the bias
+  gradient together (backward). Column sums accumulate in float64, in row order: deterministic.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gpunn.kernels.activations import (
+    IDENTITY,
+    act_scalar,
+    activation_backward_ref,
+    activation_forward_ref,
+    dact_scalar,
+    needs_preactivation,
+)
+
+
+def dense_forward_ref(x, W, b, code: int, negative_slope: float = 0.01):
+    """Reference: z = x @ W.T + b; y = act(z). Returns (y, saved)."""
+    z = x @ W.T
+    if b is not None:
+        z = z + b
+    y = activation_forward_ref(z, code, negative_slope)
+    return y, (z if needs_preactivation(code, negative_slope) else y)
+
+
+def dense_backward_ref(dy, x, W, saved, code: int, negative_slope: float = 0.01,
+                       need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
+    """Reference: (dx, dW, db), each None where not needed."""
+    pre = needs_preactivation(code, negative_slope)
+    dz = activation_backward_ref(dy, saved if pre else None, None if pre else saved, code, negative_slope)
+    dx = dz @ W if need_dx else None
+    dW = dz.T @ x if need_dw else None
+    db = dz.sum(axis=0) if need_db else None
+    return dx, dW, db
+
+
+@njit(cache=True)
+def _bias_act_epilogue(z, b, has_bias, code, slope, y):
+    """z += b (in place); y = act(z). y may be z itself."""
+    n, m = z.shape
+    for i in range(n):
+        for j in range(m):
+            v = z[i, j] + b[j] if has_bias else z[i, j]
+            z[i, j] = v
+            y[i, j] = act_scalar(v, code, slope)
+
+
+@njit(cache=True)
+def _act_grad_colsum(dy, s, code, slope, dz, db, want_db):
+    """dz = dy * act'(s); db = column sums of dz (float64 accumulation, row order)."""
+    n, m = dy.shape
+    acc = np.zeros(m, dtype=np.float64)
+    for i in range(n):
+        for j in range(m):
+            g = dy[i, j] * dact_scalar(s[i, j], code, slope)
+            dz[i, j] = g
+            acc[j] += g
+    if want_db:
+        for j in range(m):
+            db[j] = acc[j]
+
+
+@njit(cache=True)
+def _colsum(a, out):
+    n, m = a.shape
+    acc = np.zeros(m, dtype=np.float64)
+    for i in range(n):
+        for j in range(m):
+            acc[j] += a[i, j]
+    for j in range(m):
+        out[j] = acc[j]
+
+
+def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
+    """CPU fast path: one GEMM, then one fused bias+activation pass. Returns (y, saved)."""
+    z = np.matmul(x, W.T)
+    has_bias = b is not None
+    bias = b if has_bias else z[0] if z.shape[0] else np.zeros(z.shape[1], z.dtype)
+    if code == IDENTITY:
+        if has_bias:
+            z += b
+        return z, z
+    if needs_preactivation(code, negative_slope):
+        y = np.empty_like(z)
+        _bias_act_epilogue(z, bias, has_bias, code, float(negative_slope), y)
+        return y, z
+    _bias_act_epilogue(z, bias, has_bias, code, float(negative_slope), z)
+    return z, z
+
+
+def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
+                       need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
+    """CPU fast path: one fused pass forms dz (and db), then the GEMMs dx = dz @ W, dW = dz.T @ x."""
+    dy = np.ascontiguousarray(dy)
+    m = dy.shape[1]
+    db = np.empty(m, dtype=dy.dtype) if need_db else None
+    if code == IDENTITY:
+        dz = dy
+        if need_db:
+            _colsum(dz, db)
+    else:
+        dz = np.empty_like(dy)
+        _act_grad_colsum(dy, np.ascontiguousarray(saved), code, float(negative_slope), dz,
+                         db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db)
+    dx = np.matmul(dz, W) if need_dx else None
+    dW = np.matmul(dz.T, x) if need_dw else None
+    return dx, dW, db

@@ -1,0 +1,56 @@
+"""Elementwise losses and their gradients (unreduced; the caller reduces).
+
+All functions take same-shape float arrays (the caller has checked the shapes) and work on
+NumPy and CuPy alike. They are single fused array expressions: memory-bound and cheap next to
+the dense layers, so the reference serves every backend until a GPU kernel replaces it.
+
+BCE with logits, as ATen computes it (stable for any x):
+  mv = max(-x, 0);  l = (1 - y) x + mv + log(exp(-mv) + exp(-x - mv))
+  with pos_weight w: l = (1 - y) x + (1 + (w - 1) y) (log(exp(-mv) + exp(-x - mv)) + mv)
+  dl/dx = sigmoid(x) - y  (with pos_weight: (1 + (w - 1) y) sigmoid(x) - w y)
+MSE: l = (x - y)^2, dl/dx = 2 (x - y).   L1: l = |x - y|, dl/dx = sign(x - y) (0 at x == y).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunn.kernels.activations import _sigmoid_ref
+
+
+def _xp(a):
+    return np if isinstance(a, np.ndarray) else __import__("cupy")
+
+
+def bce_with_logits_forward(x, y, pos_weight=None):
+    """Per-element BCE-with-logits losses."""
+    xp = _xp(x)
+    mv = xp.maximum(-x, x.dtype.type(0))
+    log_term = xp.log(xp.exp(-mv) + xp.exp(-x - mv)) + mv
+    if pos_weight is None:
+        return (1 - y) * x + log_term
+    return (1 - y) * x + (1 + (pos_weight - 1) * y) * log_term
+
+
+def bce_with_logits_backward(g, x, y, pos_weight=None):
+    """d loss / d x, times the upstream gradient g (broadcastable to x)."""
+    s = _sigmoid_ref(_xp(x), x)
+    if pos_weight is None:
+        return g * (s - y)
+    return g * ((1 + (pos_weight - 1) * y) * s - pos_weight * y)
+
+
+def mse_forward(x, y):
+    d = x - y
+    return d * d
+
+
+def mse_backward(g, x, y):
+    return g * (2 * (x - y))
+
+
+def l1_forward(x, y):
+    return _xp(x).abs(x - y)
+
+
+def l1_backward(g, x, y):
+    return g * _xp(x).sign(x - y)

@@ -1,0 +1,116 @@
+"""Kernel dispatch: one `Ops` interface, one implementation per backend (after Thinc's Ops).
+
+- `Ops` is the reference: plain array expressions that run on NumPy and on CuPy.
+- `CpuOps` overrides the hot paths with NumPy GEMMs + fused Numba epilogues.
+- The GPU backend adds its own subclass; nothing above this module changes.
+
+Autodiff functions call `ops_for(array)` and never test for a device themselves.
+`GPUNN_KERNELS=reference` (or `use_kernels("reference")`) forces the reference on the CPU,
+which is how the unfused path is profiled and compared.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from gpunn.kernels import dense, losses, optimizers, softmax_ce
+from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
+
+
+def _activation_forward_cpu(z, code, negative_slope=0.01):
+    from gpunn.kernels.activations import activation_forward_cpu_kernel
+
+    zc = np.ascontiguousarray(z)
+    y = np.empty_like(zc)
+    activation_forward_cpu_kernel(zc.reshape(-1), code, float(negative_slope), y.reshape(-1))
+    return y
+
+
+def _activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
+    from gpunn.kernels.activations import activation_backward_cpu_kernel, needs_preactivation
+
+    s = np.ascontiguousarray(z if needs_preactivation(code, negative_slope) else y)
+    dyc = np.ascontiguousarray(dy)
+    dz = np.empty_like(dyc)
+    activation_backward_cpu_kernel(dyc.reshape(-1), s.reshape(-1), code, float(negative_slope), dz.reshape(-1))
+    return dz
+
+
+class Ops:
+    """Reference kernels (NumPy or CuPy arrays). Every backend has exactly these methods."""
+
+    name = "reference"
+
+    dense_forward = staticmethod(dense.dense_forward_ref)
+    dense_backward = staticmethod(dense.dense_backward_ref)
+    activation_forward = staticmethod(activation_forward_ref)
+    activation_backward = staticmethod(activation_backward_ref)
+    softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_ref)
+    softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_ref)
+    bce_with_logits_forward = staticmethod(losses.bce_with_logits_forward)
+    bce_with_logits_backward = staticmethod(losses.bce_with_logits_backward)
+    mse_forward = staticmethod(losses.mse_forward)
+    mse_backward = staticmethod(losses.mse_backward)
+    l1_forward = staticmethod(losses.l1_forward)
+    l1_backward = staticmethod(losses.l1_backward)
+    sgd_update = staticmethod(optimizers.sgd_update_ref)
+    adam_update = staticmethod(optimizers.adam_update_ref)
+    rmsprop_update = staticmethod(optimizers.rmsprop_update_ref)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class CpuOps(Ops):
+    """CPU fast path: NumPy GEMM + Numba-jitted fused epilogues and optimizer updates."""
+
+    name = "cpu"
+
+    dense_forward = staticmethod(dense.dense_forward_cpu)
+    dense_backward = staticmethod(dense.dense_backward_cpu)
+    activation_forward = staticmethod(_activation_forward_cpu)
+    activation_backward = staticmethod(_activation_backward_cpu)
+    softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_cpu)
+    softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_cpu)
+    sgd_update = staticmethod(optimizers.sgd_update_cpu)
+    adam_update = staticmethod(optimizers.adam_update_cpu)
+    rmsprop_update = staticmethod(optimizers.rmsprop_update_cpu)
+
+
+KERNEL_CHOICES = ("fused", "reference")
+_reference_ops = Ops()
+_cpu_ops = CpuOps()
+_gpu_ops = None
+_choice = os.environ.get("GPUNN_KERNELS", "fused").strip().lower() or "fused"
+if _choice not in KERNEL_CHOICES:
+    raise ValueError(f"GPUNN_KERNELS={_choice!r} is not valid; choose one of {KERNEL_CHOICES}")
+
+
+def _gpu():
+    global _gpu_ops
+    if _gpu_ops is None:
+        # The GPU backend plugs in here; until its kernels exist the reference runs on CuPy.
+        _gpu_ops = Ops()
+    return _gpu_ops
+
+
+def ops_for(array) -> Ops:
+    """The kernel implementation for the device an array lives on."""
+    if type(array) is np.ndarray or isinstance(array, (np.ndarray, np.generic)):
+        return _cpu_ops if _choice == "fused" else _reference_ops
+    return _gpu() if _choice == "fused" else _reference_ops
+
+
+@contextlib.contextmanager
+def use_kernels(choice: str):
+    """Temporarily choose "fused" (the default) or "reference" kernels, e.g. to compare them."""
+    global _choice
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {choice!r}")
+    old, _choice = _choice, choice
+    try:
+        yield
+    finally:
+        _choice = old
