@@ -168,15 +168,48 @@ def dact_scalar(s, code, slope):
     return 1.0
 
 
+# The kernels branch on the activation OUTSIDE their loops: a branch inside the loop keeps LLVM
+# from vectorising relu/leaky_relu (measured 7x slower on a 256x512 epilogue).
+
 @njit(cache=True)
 def activation_forward_cpu_kernel(z, code, slope, y):
     """y = act(z) over flat C-contiguous arrays (y may be z: in place)."""
-    for i in range(z.size):
-        y[i] = act_scalar(z[i], code, slope)
+    n = z.size
+    if code == RELU:
+        for i in range(n):
+            v = z[i]
+            y[i] = v if v > 0 else 0
+    elif code == LEAKY_RELU:
+        for i in range(n):
+            v = z[i]
+            y[i] = v if v > 0 else v * slope
+    elif code == IDENTITY:
+        for i in range(n):
+            y[i] = z[i]
+    else:  # transcendental: the libm call dominates, the branch does not matter
+        for i in range(n):
+            y[i] = act_scalar(z[i], code, slope)
 
 
 @njit(cache=True)
 def activation_backward_cpu_kernel(dy, s, code, slope, dz):
     """dz = dy * act'(.) from s (z or y, see dact_scalar) over flat C-contiguous arrays."""
-    for i in range(dy.size):
-        dz[i] = dy[i] * dact_scalar(s[i], code, slope)
+    n = dy.size
+    if code == RELU:
+        for i in range(n):
+            dz[i] = dy[i] if s[i] > 0 else 0
+    elif code == LEAKY_RELU:
+        for i in range(n):
+            dz[i] = dy[i] if s[i] > 0 else dy[i] * slope
+    elif code == SIGMOID:
+        for i in range(n):
+            dz[i] = dy[i] * (s[i] * (1 - s[i]))
+    elif code == TANH:
+        for i in range(n):
+            dz[i] = dy[i] * (1 - s[i] * s[i])
+    elif code == IDENTITY:
+        for i in range(n):
+            dz[i] = dy[i]
+    else:
+        for i in range(n):
+            dz[i] = dy[i] * dact_scalar(s[i], code, slope)

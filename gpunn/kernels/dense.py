@@ -24,10 +24,10 @@ from numba import njit
 
 from gpunn.kernels.activations import (
     IDENTITY,
-    act_scalar,
+    activation_backward_cpu_kernel,
     activation_backward_ref,
+    activation_forward_cpu_kernel,
     activation_forward_ref,
-    dact_scalar,
     needs_preactivation,
 )
 
@@ -54,28 +54,21 @@ def dense_backward_ref(dy, x, W, saved, code: int, negative_slope: float = 0.01,
 
 @njit(cache=True)
 def _bias_act_epilogue(z, b, has_bias, code, slope, y):
-    """z += b (in place); y = act(z). y may be z itself."""
+    """z += b (in place); y = act(z). y may be z itself. Two cache-resident passes."""
     n, m = z.shape
-    for i in range(n):
-        for j in range(m):
-            v = z[i, j] + b[j] if has_bias else z[i, j]
-            z[i, j] = v
-            y[i, j] = act_scalar(v, code, slope)
+    if has_bias:
+        for i in range(n):
+            for j in range(m):
+                z[i, j] += b[j]
+    activation_forward_cpu_kernel(z.reshape(-1), code, slope, y.reshape(-1))
 
 
 @njit(cache=True)
 def _act_grad_colsum(dy, s, code, slope, dz, db, want_db):
     """dz = dy * act'(s); db = column sums of dz (float64 accumulation, row order)."""
-    n, m = dy.shape
-    acc = np.zeros(m, dtype=np.float64)
-    for i in range(n):
-        for j in range(m):
-            g = dy[i, j] * dact_scalar(s[i, j], code, slope)
-            dz[i, j] = g
-            acc[j] += g
+    activation_backward_cpu_kernel(dy.reshape(-1), s.reshape(-1), code, slope, dz.reshape(-1))
     if want_db:
-        for j in range(m):
-            db[j] = acc[j]
+        _colsum(dz, db)
 
 
 @njit(cache=True)

@@ -1,0 +1,235 @@
+"""Training throughput: gpunn vs PyTorch (same MLP, data, loss and Adam), and gpunn vs scikit-learn.
+
+Both libraries run in this one process, in alternating rounds, so machine noise hits both alike;
+the figure that matters is the median ratio (gpunn samples/s over PyTorch samples/s).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python kernels/bench_train.py [--quick] [--json out.json]
+
+(The two OPENBLAS_* variables, set on some shared machines as a guard for old OpenBLAS builds,
+make a current NumPy's GEMM about 2x slower than on a user's machine; unset them for the
+benchmark only.) The BLAS kernels in use are printed from threadpoolctl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+import gpunn as gn
+
+SHAPES = [
+    # (name, layer widths, batch, loss)
+    ("mnist-mlp 784-512-512-10", [784, 512, 512, 10], 256, "ce"),
+    ("digits-mlp 64-128-10", [64, 128, 10], 64, "ce"),
+    ("narrow 32-64-64-64-1 (MSE)", [32, 64, 64, 64, 1], 1024, "mse"),
+]
+
+
+def blas_info() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    rows = []
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            rows.append(f"{pool.get('internal_api')} {pool.get('version')} "
+                        f"arch={pool.get('architecture')} threads={pool.get('num_threads')} "
+                        f"({os.path.basename(pool.get('filepath', ''))})")
+    return "; ".join(rows) or "no BLAS found"
+
+
+def make_data(widths, batch, loss, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    n = batch * steps
+    X = rng.standard_normal((n, widths[0])).astype(np.float32)
+    if loss == "ce":
+        y = rng.integers(0, widths[-1], size=n).astype(np.int64)
+    else:
+        y = rng.standard_normal((n, widths[-1])).astype(np.float32)
+    return X, y
+
+
+def build_torch(widths):
+    import torch
+
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def build_gpunn(widths, torch_model):
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(gn.nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(gn.nn.ReLU())
+    model = gn.nn.Sequential(*layers)
+    model.load_state_dict({k: v.detach().numpy() for k, v in torch_model.state_dict().items()})
+    return model
+
+
+def run_torch(model, opt, loss_fn, Xt, yt, batch):
+    n = Xt.shape[0]
+    t0 = time.perf_counter()
+    for s in range(0, n, batch):
+        opt.zero_grad()
+        loss = loss_fn(model(Xt[s:s + batch]), yt[s:s + batch])
+        loss.backward()
+        opt.step()
+    float(loss)
+    return n / (time.perf_counter() - t0)
+
+
+def run_gpunn(model, opt, loss_fn, X, y, batch):
+    n = X.shape[0]
+    t0 = time.perf_counter()
+    for s in range(0, n, batch):
+        opt.zero_grad()
+        loss = loss_fn(model(gn.Tensor(X[s:s + batch])), gn.Tensor(y[s:s + batch]))
+        loss.backward()
+        opt.step()
+    float(loss.item())
+    return n / (time.perf_counter() - t0)
+
+
+def bench_vs_torch(rounds: int, steps: int):
+    import torch
+
+    results = []
+    for name, widths, batch, loss in SHAPES:
+        X, y = make_data(widths, batch, loss, steps)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        tm = build_torch(widths)
+        gm = build_gpunn(widths, tm)
+        topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
+        gopt = gn.optim.Adam(gm.parameters(), lr=1e-3)
+        tl = torch.nn.CrossEntropyLoss() if loss == "ce" else torch.nn.MSELoss()
+        gl = gn.nn.CrossEntropyLoss() if loss == "ce" else gn.nn.MSELoss()
+        # warm-up: Numba compiles (or loads its cache), both allocators settle
+        run_gpunn(gm, gopt, gl, X[: batch * 3], y[: batch * 3], batch)
+        run_torch(tm, topt, tl, Xt[: batch * 3], yt[: batch * 3], batch)
+        g_rates, t_rates = [], []
+        for r in range(rounds):
+            # alternate who goes first so drift in machine load favours neither
+            if r % 2 == 0:
+                g_rates.append(run_gpunn(gm, gopt, gl, X, y, batch))
+                t_rates.append(run_torch(tm, topt, tl, Xt, yt, batch))
+            else:
+                t_rates.append(run_torch(tm, topt, tl, Xt, yt, batch))
+                g_rates.append(run_gpunn(gm, gopt, gl, X, y, batch))
+        ratios = [g / t for g, t in zip(g_rates, t_rates)]
+        row = {
+            "shape": name, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+            "gpunn_samples_per_s": statistics.median(g_rates),
+            "torch_samples_per_s": statistics.median(t_rates),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios),
+        }
+        results.append(row)
+        print(f"{name:30s} batch {batch:5d}  gpunn {row['gpunn_samples_per_s']:10.0f}/s  "
+              f"torch {row['torch_samples_per_s']:10.0f}/s  ratio {row['ratio_median']:.2f}x "
+              f"(min {row['ratio_min']:.2f}, max {row['ratio_max']:.2f})", flush=True)
+    return results
+
+
+def bench_vs_sklearn(rounds: int, epochs: int):
+    from sklearn.neural_network import MLPClassifier
+    import warnings
+
+    Xtr, ytr, Xte, yte = gn.datasets.digits(seed=0)
+    g_times, s_times, g_acc, s_acc = [], [], [], []
+
+    def run_gpunn_fit(seed):
+        gn.manual_seed(seed)
+        model = gn.nn.Sequential(gn.nn.Linear(64, 128), gn.nn.ReLU(), gn.nn.Linear(128, 10))
+        opt = gn.optim.Adam(model.parameters(), lr=1e-3)
+        t0 = time.perf_counter()
+        gn.train.fit(model, gn.nn.CrossEntropyLoss(), opt, Xtr, ytr, epochs=epochs, batch_size=32,
+                     progress=False, seed=seed)
+        dt = time.perf_counter() - t0
+        acc = float((gn.train.predict(model, Xte).argmax(axis=1) == gn.Tensor(yte)).numpy().mean())
+        return dt, acc
+
+    def run_sklearn_fit(seed):
+        clf = MLPClassifier(hidden_layer_sizes=(128,), activation="relu", solver="adam", alpha=0.0,
+                            batch_size=32, learning_rate_init=1e-3, max_iter=epochs, shuffle=True,
+                            tol=0.0, n_iter_no_change=epochs + 1, random_state=seed)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning: max_iter is the budget here
+            clf.fit(Xtr, ytr)
+        dt = time.perf_counter() - t0
+        return dt, float(clf.score(Xte, yte))
+
+    run_gpunn_fit(0)  # warm-up (Numba cache)
+    for r in range(rounds):
+        order = (run_gpunn_fit, run_sklearn_fit) if r % 2 == 0 else (run_sklearn_fit, run_gpunn_fit)
+        for fn in order:
+            dt, acc = fn(r)
+            (g_times if fn is run_gpunn_fit else s_times).append(dt)
+            (g_acc if fn is run_gpunn_fit else s_acc).append(acc)
+    ratios = [s / g for g, s in zip(g_times, s_times)]
+    row = {
+        "task": f"digits 64-128-10, batch 32, {epochs} epochs Adam lr 1e-3", "rounds": rounds,
+        "gpunn_seconds": statistics.median(g_times), "sklearn_seconds": statistics.median(s_times),
+        "speedup_median": statistics.median(ratios),
+        "gpunn_test_accuracy": statistics.median(g_acc), "sklearn_test_accuracy": statistics.median(s_acc),
+    }
+    print(f"{row['task']}: gpunn {row['gpunn_seconds']:.2f} s, scikit-learn {row['sklearn_seconds']:.2f} s, "
+          f"gpunn {row['speedup_median']:.2f}x faster; test accuracy gpunn {row['gpunn_test_accuracy']:.4f}, "
+          f"scikit-learn {row['sklearn_test_accuracy']:.4f}", flush=True)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=40, help="training steps per round and shape")
+    ap.add_argument("--epochs", type=int, default=60, help="epochs for the scikit-learn comparison")
+    ap.add_argument("--quick", action="store_true", help="3 rounds, 10 steps, 5 epochs (a smoke run)")
+    ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps, args.epochs = 3, 10, 5
+
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    env = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "commit": commit or "unknown",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+        "gpunn": gn.__version__, "torch_threads": torch.get_num_threads(),
+        "blas": blas_info(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "(unset)"),
+    }
+    for k, v in env.items():
+        print(f"{k}: {v}")
+    out = {"environment": env, "train_vs_torch": bench_vs_torch(args.rounds, args.steps)}
+    if not args.skip_sklearn:
+        out["digits_vs_sklearn"] = bench_vs_sklearn(max(1, args.rounds // 2), args.epochs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
