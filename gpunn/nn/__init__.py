@@ -1,0 +1,27 @@
+"""Neural-network modules with torch.nn's names, semantics and state_dict layouts.
+
+    import gpunn as gn
+    model = gn.nn.Sequential(gn.nn.Linear(4, 16), gn.nn.ReLU(), gn.nn.Linear(16, 3))
+    model.load_state_dict(torch_model.state_dict())   # torch tensors accepted; torch not imported
+    loss = gn.nn.CrossEntropyLoss()(model(x), y)
+
+`gn.nn.functional` is `gpunn.functional`; `gn.nn.init` holds the initialisers.
+"""
+import sys as _sys
+
+from gpunn import functional
+from gpunn.autograd.tensor import Parameter
+from gpunn.nn import init
+from gpunn.nn.activation import GELU, Flatten, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from gpunn.nn.container import Sequential
+from gpunn.nn.linear import Dense, Linear
+from gpunn.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
+from gpunn.nn.module import IncompatibleKeys, Module, StateDictError
+from gpunn.nn.perceptron import Perceptron
+
+# `import gpunn.nn.functional as F` works as with torch.nn.functional.
+_sys.modules.setdefault(__name__ + ".functional", functional)
+
+__all__ = ["Module", "Parameter", "Linear", "Dense", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
+           "LogSoftmax", "Identity", "Flatten", "Sequential", "Perceptron", "MSELoss", "L1Loss",
+           "CrossEntropyLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "functional"]
