@@ -15,7 +15,10 @@ RMSprop:  g = +-grad + wd p;  s = alpha s + (1 - alpha) g^2
           momentum: buf = mu buf + g / d; p -= lr buf;  else p -= lr g / d
 
 `*_ref` are array expressions (NumPy or CuPy); `*_cpu` are single-pass Numba loops computing
-in float64 and rounding once per stored value.
+in float64 and rounding once per stored value. Both check their arguments first (`_check`):
+a Numba loop given arrays of different sizes would read and write out of bounds. The grad is
+never written; a state buffer the options do not use (momentum buffer without momentum,
+max_exp_avg_sq without amsgrad, grad_avg without centered) is neither needed nor touched.
 """
 from __future__ import annotations
 
@@ -24,10 +27,66 @@ import math
 from numba import njit
 
 
+def _check(op, p, grad, *state, names=()):
+    """Refuse a bad call before any kernel runs: 1-D C-contiguous float arrays of one size,
+    dtype and array type (state entries that are None are not used by the options given)."""
+    n = p.shape
+    t = type(p)
+    dt = p.dtype
+    if p.ndim != 1 or dt.kind != "f":
+        raise ValueError(f"{op}: params must be a 1-D float array, got shape {p.shape} dtype {dt}")
+    if not p.flags.c_contiguous:
+        raise ValueError(f"{op}: params must be C-contiguous")
+    for name, a in zip(("grad",) + names, (grad,) + state):
+        if a is None:
+            if name == "grad":
+                raise ValueError(f"{op}: grad is None")
+            continue
+        if type(a) is not t or a.shape != n or a.dtype != dt:
+            raise ValueError(f"{op}: {name} must match params (1-D {t.__name__} of shape {n}, {dt}), "
+                             f"got {type(a).__name__} of shape {getattr(a, 'shape', '?')}, "
+                             f"{getattr(a, 'dtype', '?')}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{op}: {name} must be C-contiguous")
+
+
+def _need(op, what, a, why):
+    if a is None:
+        raise ValueError(f"{op}: {why} needs a {what} buffer, got None")
+
+
+def _check_sgd(op, p, grad, buf, momentum):
+    _check(op, p, grad, buf, names=("momentum_buffer",))
+    if momentum != 0:
+        _need(op, "momentum_buffer", buf, f"momentum={momentum}")
+
+
+def _check_adam(op, p, grad, m, v, vmax, amsgrad):
+    _check(op, p, grad, m, v, vmax, names=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    _need(op, "exp_avg", m, "Adam")
+    _need(op, "exp_avg_sq", v, "Adam")
+    if amsgrad:
+        _need(op, "max_exp_avg_sq", vmax, "amsgrad=True")
+
+
+def _check_rmsprop(op, p, grad, sq, buf, gavg, momentum, centered):
+    _check(op, p, grad, sq, buf, gavg, names=("square_avg", "momentum_buffer", "grad_avg"))
+    _need(op, "square_avg", sq, "RMSprop")
+    if momentum > 0:
+        _need(op, "momentum_buffer", buf, f"momentum={momentum}")
+    if centered:
+        _need(op, "grad_avg", gavg, "centered=True")
+
+
+def _xp(a):
+    return __import__("numpy") if type(a).__module__.startswith("numpy") else __import__("cupy")
+
+
 # ----------------------------------------------------------------------------- reference
 
 def sgd_update_ref(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, maximize=False, first_step=True):
+    _check_sgd("sgd_update", p, grad, buf, momentum)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * p
@@ -43,7 +102,8 @@ def sgd_update_ref(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False
 
 def adam_update_ref(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                     decoupled=False, amsgrad=False, maximize=False, step=1):
-    xp = __import__("numpy") if type(p).__module__.startswith("numpy") else __import__("cupy")
+    _check_adam("adam_update", p, grad, m, v, vmax, amsgrad)
+    xp = _xp(p)
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled:
@@ -65,7 +125,8 @@ def adam_update_ref(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, w
 
 def rmsprop_update_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
                        momentum=0.0, centered=False, maximize=False):
-    xp = __import__("numpy") if type(p).__module__.startswith("numpy") else __import__("cupy")
+    _check_rmsprop("rmsprop_update", p, grad, sq, buf, gavg, momentum, centered)
+    xp = _xp(p)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * p
@@ -86,7 +147,7 @@ def rmsprop_update_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_
 
 # ----------------------------------------------------------------------------- CPU (Numba)
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # IEEE inf/nan on x/0 (as NumPy, torch), and it vectorizes
 def _sgd_kernel(p, grad, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first_step):
     for i in range(p.size):
         g = float(grad[i])
@@ -105,7 +166,7 @@ def _sgd_kernel(p, grad, buf, lr, momentum, dampening, nesterov, weight_decay, m
         p[i] = float(p[i]) - lr * g
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # IEEE inf/nan on x/0 (as NumPy, torch), and it vectorizes
 def _adam_kernel(p, grad, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
                  maximize, bc1, bc2_sqrt):
     step_size = lr / bc1
@@ -125,7 +186,9 @@ def _adam_kernel(p, grad, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decou
         vi = beta2 * float(v[i]) + (1.0 - beta2) * g * g
         v[i] = vi
         if amsgrad:
-            if float(v[i]) > float(vmax[i]):
+            vs = float(v[i])
+            # max(vmax, v) propagating NaN from either side, as torch.maximum does
+            if vs > float(vmax[i]) or vs != vs:
                 vmax[i] = v[i]
             vi = float(vmax[i])
         else:
@@ -134,7 +197,7 @@ def _adam_kernel(p, grad, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decou
         p[i] = pi - step_size * float(m[i]) / denom
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # IEEE inf/nan on x/0 (as NumPy, torch), and it vectorizes
 def _rmsprop_kernel(p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum, centered, maximize):
     for i in range(p.size):
         g = float(grad[i])
@@ -160,19 +223,23 @@ def _rmsprop_kernel(p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, moment
 
 def sgd_update_cpu(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, maximize=False, first_step=True):
-    _sgd_kernel(p, grad, buf if buf is not None else p[:0], float(lr), float(momentum), float(dampening),
+    _check_sgd("sgd_update", p, grad, buf, momentum)
+    # an unused buffer is never indexed (momentum == 0); p stands in so the kernel's types agree
+    _sgd_kernel(p, grad, p if buf is None else buf, float(lr), float(momentum), float(dampening),
                 bool(nesterov), float(weight_decay), bool(maximize), bool(first_step))
 
 
 def adam_update_cpu(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                     decoupled=False, amsgrad=False, maximize=False, step=1):
-    _adam_kernel(p, grad, m, v, vmax if vmax is not None else v, float(lr), float(beta1), float(beta2),
+    _check_adam("adam_update", p, grad, m, v, vmax, amsgrad)
+    _adam_kernel(p, grad, m, v, v if vmax is None else vmax, float(lr), float(beta1), float(beta2),
                  float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize),
                  1.0 - beta1**step, math.sqrt(1.0 - beta2**step))
 
 
 def rmsprop_update_cpu(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
                        momentum=0.0, centered=False, maximize=False):
-    _rmsprop_kernel(p, grad, sq, buf if buf is not None else sq, gavg if gavg is not None else sq,
+    _check_rmsprop("rmsprop_update", p, grad, sq, buf, gavg, momentum, centered)
+    _rmsprop_kernel(p, grad, sq, sq if buf is None else buf, sq if gavg is None else gavg,
                     float(lr), float(alpha), float(eps), float(weight_decay), float(momentum),
                     bool(centered), bool(maximize))

@@ -1,0 +1,50 @@
+"""SGD with optional momentum, dampening, Nesterov momentum, weight decay and maximize
+(torch.optim.SGD's formulas; see gpunn/kernels/optimizers.py)."""
+from __future__ import annotations
+
+from gpunn.optim.optimizer import Optimizer, check_range
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, one fused kernel call per param group and step.
+
+        g = grad (negated if maximize) + weight_decay * p
+        buf = g on a parameter's first momentum step, else momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf;      p -= lr * g
+
+    `state[p]` holds "momentum_buffer" (a view) once the parameter has taken a step with
+    momentum != 0, as in PyTorch; there is no step count.
+    """
+
+    _step_in_state = False
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _validate(self, o) -> None:
+        check_range("lr", "learning rate", o["lr"])
+        check_range("momentum", "momentum value", o["momentum"])
+        check_range("dampening", "dampening value", o["dampening"], 0.0, 1.0)
+        check_range("weight_decay", "weight_decay value", o["weight_decay"])
+        if o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening "
+                             f"(nesterov=True with momentum={o['momentum']}, dampening={o['dampening']})")
+
+    def _state_names(self, group) -> tuple:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _all_state_names(self) -> tuple:
+        return ("momentum_buffer",)
+
+    def _counts_step(self, group) -> bool:
+        # the count only tells a parameter's first momentum step (buffer = g) from later ones
+        return group["momentum"] != 0
+
+    def _update(self, group, ops, p, g, state, step) -> None:
+        ops.sgd_update(p, g, state.get("momentum_buffer"), group["lr"], group["momentum"], group["dampening"],
+                       group["nesterov"], group["weight_decay"], group["maximize"], step <= 1.0)
