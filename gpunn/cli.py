@@ -1,0 +1,311 @@
+"""The `gpunn` command (also `python -m gpunn`).
+
+    gpunn info                       versions, devices, and why the GPU is or is not used
+    gpunn train --data digits        train an MLP on a bundled data set and report its accuracy
+
+Subcommands register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new one
+(such as `gpunn profile`) adds an entry there. Errors never show a traceback: a bad flag or value
+prints one line, `gpunn: error: ...`, and exits with status 2; a run that fails (training
+diverged, a checkpoint cannot be written) prints one line and exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+DATASETS = ("digits", "xor", "and", "or", "spirals", "moons", "circles")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "tanh", "sigmoid")
+DEFAULT_LAYERS = {"digits": [64, 128, 10], "xor": [2, 8, 2], "and": [2, 8, 2], "or": [2, 8, 2],
+                  "spirals": [2, 64, 64, 2], "moons": [2, 32, 32, 2], "circles": [2, 32, 32, 2]}
+DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 0.05}
+
+
+class UsageError(Exception):
+    """A flag's value does not fit (reported like an argparse error: one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `gpunn: error: <message> (see 'gpunn train --help')`."""
+
+    def error(self, message):
+        self.exit(2, f"gpunn: error: {message} (see '{self.prog} --help')\n")
+
+
+# ----------------------------------------------------------------------------- value parsers
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonneg_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _layers(text):
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths such as 64,128,10, "
+                                         f"got {text!r}") from None
+    if len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected at least two positive widths (inputs,...,classes) such as "
+                                         f"64,128,10, got {text!r}")
+    return sizes
+
+
+# ----------------------------------------------------------------------------- info
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _add_info_arguments(p):
+    pass
+
+
+def _run_info(args) -> int:
+    import numpy as np
+
+    import gpunn
+    from gpunn.backend import device, gpu_status
+
+    out = sys.stdout
+    print(f"gpunn {gpunn.__version__}", file=out)
+    print(f"python {platform.python_version()} ({platform.python_implementation()}, {sys.platform})", file=out)
+    print(f"numpy {np.__version__}", file=out)
+    try:
+        import numba
+
+        threads = f", {numba.config.NUMBA_NUM_THREADS} threads"
+        print(f"numba {numba.__version__}{threads}", file=out)
+    except ImportError as err:
+        print(f"numba not importable ({err})", file=out)
+    for dist in ("tqdm", "safetensors", "scikit-learn"):
+        print(f"{dist} {_version(dist)}", file=out)
+    cupy_version = next((v for v in (_version(d) for d in ("cupy-cuda12x", "cupy-cuda13x", "cupy"))
+                         if v != "not installed"), "not installed")
+    print(f"cupy {cupy_version}", file=out)
+    from gpunn.kernels import ops
+
+    print(f"kernels: {ops._choice} (GPUNN_KERNELS={os.environ.get('GPUNN_KERNELS', '')!r})", file=out)
+    usable, why = gpu_status()
+    print(f"gpu: {'usable' if usable else 'not usable'}: {why}", file=out)
+    auto = device("auto")
+    print(f"device('auto'): {auto}" + (f" ({auto.reason})" if auto.reason else ""), file=out)
+    devices = ["cpu"]
+    if usable:
+        import cupy
+
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            devices.append(f"gpu:{i} ({name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, "
+                           f"compute capability {props['major']}.{props['minor']})")
+    print("devices: " + ", ".join(devices), file=out)
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+def _add_train_arguments(p):
+    p.add_argument("--data", required=True, choices=DATASETS, help="bundled data set (digits needs scikit-learn)")
+    p.add_argument("--layers", type=_layers, default=None,
+                   help="comma-separated widths from inputs to classes, e.g. 64,128,10 "
+                        "(default per data set: digits 64,128,10; xor 2,8,2; spirals 2,64,64,2; ...)")
+    p.add_argument("--activation", default="relu", choices=ACTIVATIONS, help="hidden-layer activation")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default 1e-3; 0.05 for sgd)")
+    p.add_argument("--momentum", type=_nonneg_float, default=0.9, help="sgd momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=_nonneg_float, default=None,
+                   help="weight decay (default: the optimizer's own, 0.01 for adamw, else 0)")
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--device", default="auto", help="auto (GPU when usable), cpu, gpu or gpu:N")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="seed for initialisation and shuffling (default: a random one, printed)")
+    p.add_argument("--data-seed", type=_nonneg_int, default=0,
+                   help="seed for generating/splitting the data set (default 0: the same data every run)")
+    p.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.safetensors) after training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_mlp(layers, activation="relu"):
+    """Sequential of Dense(activation) layers and a final Linear producing logits."""
+    from gpunn import nn
+
+    mods = [nn.Dense(a, b, activation=activation) for a, b in zip(layers[:-2], layers[1:-1])]
+    mods.append(nn.Linear(layers[-2], layers[-1]))
+    return nn.Sequential(*mods)
+
+
+def make_optimizer(name, params, lr=None, momentum=0.9, weight_decay=None):
+    from gpunn import optim
+
+    lr = DEFAULT_LR[name] if lr is None else lr
+    extra = {} if weight_decay is None else {"weight_decay": weight_decay}
+    if name == "adam":
+        return optim.Adam(params, lr=lr, **extra)
+    if name == "adamw":
+        return optim.AdamW(params, lr=lr, **extra)
+    if name == "rmsprop":
+        return optim.RMSprop(params, lr=lr, **extra)
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=momentum, **extra)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _run_train(args) -> int:
+    import numpy as np
+
+    import gpunn as gn
+    from gpunn import datasets, nn
+    from gpunn.train import evaluate, fit
+
+    dev = gn.device(args.device)
+    how = dev.reason or f"chosen with --device {args.device}"
+    print(f"device: {dev} ({how})", flush=True)
+
+    split = datasets.load(args.data, seed=args.data_seed)
+    n_features = split.X_train.shape[1]
+    n_classes = int(max(split.y_train.max(), split.y_test.max())) + 1
+    layers = args.layers or DEFAULT_LAYERS[args.data]
+    if layers[0] != n_features or layers[-1] != n_classes:
+        raise UsageError(
+            f"--layers {','.join(map(str, layers))} does not fit --data {args.data}, which has {n_features} "
+            f"features and {n_classes} classes: the first width must be {n_features} and the last "
+            f"{n_classes} (e.g. --layers {n_features},{max(32, 2 * n_classes)},{n_classes})")
+
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+    gn.manual_seed(seed)
+    model = build_mlp(layers, args.activation).to(dev)
+    opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
+    lr = opt.param_groups[0]["lr"]
+    print(f"data: {args.data} ({len(split.X_train)} train, {len(split.X_test)} test samples); "
+          f"model: {'-'.join(map(str, layers))} {args.activation}; optimizer: {args.optimizer} lr={lr:g}; "
+          f"seed: {seed}", flush=True)
+    if args.data in ("xor", "and", "or"):
+        print(f"note: {args.data} has only 4 points, so its test set is its training set", flush=True)
+
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore"):  # fit reports divergence itself, in one line
+        fit(model, loss_fn, opt, split.X_train, split.y_train, epochs=args.epochs, batch_size=args.batch_size,
+            progress=not args.no_progress, seed=seed)
+    elapsed = time.perf_counter() - t0
+    train = evaluate(model, loss_fn, split.X_train, split.y_train)
+    test = evaluate(model, loss_fn, split.X_test, split.y_test)
+    print(f"trained {args.epochs} epochs in {elapsed:.2f} s", flush=True)
+    print(f"train: loss {train['loss']:.4f}, accuracy {train['accuracy']:.4f}")
+    print(f"test:  loss {test['loss']:.4f}, accuracy {test['accuracy']:.4f}")
+    if args.save:
+        meta = {"epoch": args.epochs, "seed": seed, "data": args.data, "data_seed": args.data_seed,
+                "layers": layers, "activation": args.activation, "optimizer": args.optimizer,
+                "lr": float(lr), "batch_size": args.batch_size,
+                "train_accuracy": train["accuracy"], "test_accuracy": test["accuracy"]}
+        gn.save(model, args.save, optimizer=opt, metadata=meta)
+        print(f"saved checkpoint: {args.save}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+# name -> (help, add_arguments(parser), run(args) -> exit status). `gpunn profile` will add itself here.
+COMMANDS = {
+    "info": ("show versions, devices and why the GPU is or is not used", _add_info_arguments, _run_info),
+    "train": ("train an MLP classifier on a bundled data set", _add_train_arguments, _run_train),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpunn", description="gpunn: a neural-network library with its own fused kernels.")
+    from gpunn import __version__
+
+    parser.add_argument("--version", action="version", version=f"gpunn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def main(argv=None) -> int:
+    """Run the `gpunn` command with `argv` (default: sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        print(f"gpunn: error: choose a command: {', '.join(COMMANDS)} (see 'gpunn --help')", file=sys.stderr)
+        return 2
+
+    from gpunn.backend import DeviceError
+    from gpunn.checkpoint import CheckpointError
+    from gpunn.train import TrainingDiverged
+
+    try:
+        return args._run(args)
+    except (UsageError, ValueError, TypeError, DeviceError, ImportError) as err:
+        print(f"gpunn: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except (TrainingDiverged, CheckpointError, OSError) as err:
+        print(f"gpunn: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gpunn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
