@@ -59,21 +59,33 @@ def tanh(x):
     return F.activation(x, "tanh")
 
 
+def _check_dim(op, x, dim):
+    n = max(x.ndim, 1)  # a 0-d tensor accepts dim 0 and -1, as in PyTorch
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or not -n <= dim < n:
+        raise ValueError(f"{op}: dim must be an int in [{-n}, {n - 1}] for a tensor of shape {x.shape}, got {dim!r}")
+    return int(dim)
+
+
 def softmax(x, dim: int = -1):
     """exp(x - logsumexp(x)) along dim."""
+    x = _tensor(x, "softmax", "input")
     check_float("softmax", x.data)
-    return F.Softmax.apply(x, axis=dim)
+    return F.Softmax.apply(x, axis=_check_dim("softmax", x, dim))
 
 
 def log_softmax(x, dim: int = -1):
     """x - logsumexp(x) along dim."""
+    x = _tensor(x, "log_softmax", "input")
     check_float("log_softmax", x.data)
-    return F.LogSoftmax.apply(x, axis=dim)
+    return F.LogSoftmax.apply(x, axis=_check_dim("log_softmax", x, dim))
 
 
 def gather(x, dim: int, index):
     """out[i][j] = x[i][index[i][j]] for dim=1 (torch.gather)."""
+    x = _tensor(x, "gather", "input")
     idx = index.data if isinstance(index, Tensor) else index
+    if not hasattr(idx, "dtype"):
+        idx = np.asarray(idx)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"gather: index must be an integer array, got dtype {idx.dtype}")
     if idx.ndim != x.ndim:
@@ -93,7 +105,9 @@ def dense(x, weight, bias=None, activation="relu", negative_slope: float = 0.01,
     where = f"dense layer {name!r}" if name is not None else "dense"
     code = activation_code(activation)
     x = _tensor(x, where, "input")
-    W = weight
+    W = _tensor(weight, where, "weight")
+    if bias is not None:
+        bias = _tensor(bias, where, "bias")
     arrays = (x.data, W.data) if bias is None else (x.data, W.data, bias.data)
     check_same_device(where, *arrays)
     check_float(where, x.data, "input")
@@ -145,12 +159,20 @@ def cross_entropy(input, target, reduction: str = "mean", ignore_index: int = -1
     """
     op = "cross_entropy"
     _check_reduction(op, reduction)
+    if ignore_index is not None:
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"{op}: ignore_index must be an int (or None), got {ignore_index!r}")
+        ignore_index = int(ignore_index)
     x = _tensor(input, op, "input")
     check_float(op, x.data)
     if x.ndim != 2:
         raise ValueError(f"{op}: input must be logits of shape (batch, classes), got {x.shape}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{op}: input of shape {x.shape} has no classes; logits need at least one column")
     lab = _labels(target, x.shape[0], x.shape[1], ignore_index, op)
     check_same_device(op, x.data, lab)
+    if ignore_index is None:  # every label was checked to lie in [0, C): a negative sentinel matches none
+        ignore_index = -100
     return F.CrossEntropy.apply(x, Tensor(lab), reduction=reduction, ignore_index=ignore_index)
 
 
@@ -174,7 +196,15 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean", pos
     pw = None
     if pos_weight is not None:
         pw = pos_weight.data if isinstance(pos_weight, Tensor) else xp_of(x.data).asarray(pos_weight, x.dtype)
+        check_same_device(op, x.data, pw)
         check_same_dtype(op, x.data, pw, names=("input", "pos_weight"))
+        try:
+            ok = np.broadcast_shapes(pw.shape, x.shape) == x.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{op}: pos_weight of shape {pw.shape} must broadcast to the input shape {x.shape} "
+                             "(one weight per class: shape (classes,))")
     return F.BCEWithLogits.apply(x, y, reduction=reduction, pos_weight=pw)
 
 

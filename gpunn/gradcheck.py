@@ -30,7 +30,7 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     out = fn(*inputs)
     rng = np.random.default_rng(seed)
     v = rng.standard_normal(out.shape)
-    xp = np if type(out.data) is np.ndarray else __import__("cupy")
+    xp = np if isinstance(out.data, (np.ndarray, np.generic)) else __import__("cupy")
     v = xp.asarray(v, dtype=out.dtype)
     for i in checked:
         inputs[i].grad = None
@@ -44,21 +44,21 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
         t = inputs[i]
         analytic = t.grad.numpy() if t.grad is not None else np.zeros(t.shape)
         numeric = np.zeros(t.shape)
-        flat = t.data.reshape(-1)  # a view: perturb in place, restore exactly
-        for k in range(flat.size):
-            orig = flat[k].item()
-            flat[k] = orig + eps
+        data = t.data  # perturbed in place element by element (any layout, also non-contiguous), restored exactly
+        for k in np.ndindex(*t.shape):
+            orig = data[k].item()
+            data[k] = orig + eps
             plus = objective()
-            flat[k] = orig - eps
+            data[k] = orig - eps
             minus = objective()
-            flat[k] = orig
-            numeric.reshape(-1)[k] = (plus - minus) / (2 * eps)
+            data[k] = orig
+            numeric[k] = (plus - minus) / (2 * eps)
         err = np.abs(analytic - numeric)
         bad = err > atol + rtol * np.abs(numeric)
         if bad.any():
             if not raise_exception:
                 return False
-            k = np.unravel_index(int(np.argmax(bad)), t.shape) if t.shape else ()
+            k = tuple(int(j) for j in np.unravel_index(int(np.argmax(bad)), t.shape)) if t.shape else ()
             raise GradcheckError(
                 f"gradcheck: input {i} (shape {t.shape}) element {k}: analytic {analytic[k]:.8g} vs "
                 f"numeric {numeric[k]:.8g}; max abs error {err.max():.3g} (atol {atol}, rtol {rtol})")

@@ -40,14 +40,18 @@ def check_same_dtype(op: str, *arrays, names=None) -> None:
                             "convert one side with .float() or .double()")
 
 
+_KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def check_float(op: str, a, name: str = "input") -> None:
-    if a.dtype.kind != "f":
+    """The kernels run in float32 and float64 only (float16 would reach Numba and fail there)."""
+    if a.dtype not in _KERNEL_FLOATS:
         raise TypeError(f"{op}: {name} must be a float tensor (float32 or float64), got dtype {a.dtype}")
 
 
 def scalar_like(x, like):
     """A Python/NumPy number as a 0-d array of `like`'s dtype (ints and bools keep exactness)."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Number):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"expected a tensor or a number, got {type(x).__name__}")
     return xp_of(like).asarray(x, dtype=like.dtype)
 

@@ -157,6 +157,13 @@ class Tensor:
             return self.data
         return self.data.get()
 
+    def __array__(self, dtype=None, copy=None):
+        """np.asarray(tensor): the values on the host (so NumPy functions accept tensors)."""
+        a = self.numpy()
+        if dtype is not None and a.dtype != dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
+
     def item(self):
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
@@ -203,9 +210,11 @@ class Tensor:
     # ------------------------------------------------------------------ autodiff
     def _accumulate_grad(self, g) -> None:
         """Add g into .grad. A leaf with a grad buffer (set by an optimizer) receives it in place."""
+        if isinstance(g, np.generic):  # NumPy reductions of 0-d arrays give scalars
+            g = np.asarray(g)
         if self.grad is None:
             buf = self._grad_buffer
-            if buf is not None and buf.shape == g.shape:
+            if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype and type(buf) is type(g):
                 buf[...] = g
                 self.grad = Tensor(buf)
             else:
@@ -224,9 +233,7 @@ class Tensor:
             xp = np if type(self.data) is np.ndarray else self.device.xp
             g = xp.ones_like(self.data)
         else:
-            g = gradient.data if isinstance(gradient, Tensor) else gradient
-            if g.shape != self.shape:
-                raise ValueError(f"backward() gradient shape {g.shape} does not match tensor shape {self.shape}")
+            g = _check_gradient(self, gradient)
 
         order = []
         seen = set()
@@ -259,6 +266,8 @@ class Tensor:
             for inp, ig, need in zip(node.inputs, in_grads, node.needs_grad):
                 if ig is None or not need:
                     continue
+                if type(ig) is not np.ndarray and isinstance(ig, np.generic):
+                    ig = np.asarray(ig)  # NumPy turns 0-d results into scalars; keep arrays on the tape
                 k = id(inp)
                 prev = grads.get(k)
                 grads[k] = ig if prev is None else prev + ig
@@ -343,17 +352,37 @@ class Tensor:
         return int(self.item())
 
     # ------------------------------------------------------------------ methods (see functional)
-    def sum(self, axis=None, keepdims=False):
+    # Reductions take NumPy's names (axis, keepdims) and PyTorch's (dim, keepdim) alike.
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Sum over `axis`/`dim` (an int, a tuple, or None for all axes)."""
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _axis_args("sum", axis, keepdims, dim, keepdim)
         return _F.Sum.apply(self, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Mean over `axis`/`dim` (an int, a tuple, or None for all axes); NaN over zero elements."""
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _axis_args("mean", axis, keepdims, dim, keepdim)
         return _F.Mean.apply(self, axis=axis, keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The largest values over `axis`/`dim` (torch.amax semantics).
+
+        Unlike PyTorch's `Tensor.max(dim)`, which returns a (values, indices) pair, this returns the
+        values only; use `argmax(dim)` for the indices. Tied maxima share the gradient equally.
+        """
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _axis_args("max", axis, keepdims, dim, keepdim)
         return _F.Max.apply(self, axis=axis, keepdims=keepdims)
 
-    def argmax(self, axis=None):
-        return Tensor(self.data.argmax(axis=axis))
+    def amax(self, dim=None, keepdim=False):
+        """torch.amax: the largest values over `dim` (values only; the gradient is shared among ties)."""
+        return _F.Max.apply(self, axis=dim, keepdims=keepdim)
+
+    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _axis_args("argmax", axis, keepdims, dim, keepdim)
+        return Tensor(self.data.argmax(axis=axis, keepdims=keepdims))
 
     def exp(self):
         return _F.Exp.apply(self)
@@ -377,8 +406,18 @@ class Tensor:
 
     view = reshape
 
-    def flatten(self, start_dim: int = 0):
-        return self.reshape(*self.shape[:start_dim], -1)
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        """Merge dims start_dim..end_dim into one (works for empty tensors, unlike reshape(..., -1))."""
+        shape = self.shape
+        if not shape:
+            return self.reshape(1)
+        s, e = start_dim % len(shape), end_dim % len(shape)
+        if s > e:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {shape}")
+        n = 1
+        for d in shape[s:e + 1]:
+            n *= d
+        return self.reshape(*shape[:s], n, *shape[e + 1:])
 
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
@@ -397,11 +436,45 @@ class Tensor:
     def tanh(self):
         return _F.activation(self, "tanh")
 
-    def softmax(self, axis=-1):
-        return _F.Softmax.apply(self, axis=axis)
+    def softmax(self, axis=-1, *, dim=None):
+        return _F.Softmax.apply(self, axis=axis if dim is None else dim)
 
-    def log_softmax(self, axis=-1):
-        return _F.LogSoftmax.apply(self, axis=axis)
+    def log_softmax(self, axis=-1, *, dim=None):
+        return _F.LogSoftmax.apply(self, axis=axis if dim is None else dim)
+
+
+def _axis_args(op, axis, keepdims, dim, keepdim):
+    """Merge PyTorch's (dim, keepdim) into NumPy's (axis, keepdims); refuse both spellings at once."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError(f"{op}() got both axis={axis!r} and dim={dim!r}; pass one of them")
+        axis = dim
+    if keepdim is not None:
+        if keepdims is not False and bool(keepdims) != bool(keepdim):
+            raise TypeError(f"{op}() got both keepdims={keepdims!r} and keepdim={keepdim!r}; pass one of them")
+        keepdims = keepdim
+    return axis, bool(keepdims)
+
+
+def _check_gradient(t: Tensor, gradient):
+    """The array that `t.backward(gradient)` starts from: same shape, dtype and device as `t`."""
+    if isinstance(gradient, Tensor):
+        g = gradient.data
+    elif isinstance(gradient, np.ndarray) or type(gradient).__module__.startswith("cupy"):
+        g = gradient
+    elif isinstance(gradient, np.generic):
+        g = np.asarray(gradient)
+    else:
+        raise TypeError(f"backward() gradient must be a Tensor or an array shaped like the output {t.shape}, "
+                        f"got {type(gradient).__name__}")
+    if g.shape != t.shape:
+        raise ValueError(f"backward() gradient shape {g.shape} does not match tensor shape {t.shape}")
+    if g.dtype != t.dtype:
+        raise TypeError(f"backward() gradient dtype {g.dtype} does not match tensor dtype {t.dtype}; "
+                        "gpunn never mixes dtypes silently")
+    if (type(g) is np.ndarray) != (type(t.data) is np.ndarray):
+        raise RuntimeError(f"backward() gradient is on {device_of(g)} but the tensor is on {t.device}")
+    return g
 
 
 class Parameter(Tensor):
@@ -435,7 +508,7 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
         if dev is not None and not dev.is_gpu:
             arr = arr.get()
     else:
-        if isinstance(data, np.ndarray):
+        if isinstance(data, (np.ndarray, np.generic)):  # NumPy data keeps its dtype (np.float64(1) too)
             arr = np.array(data, dtype=dtype, copy=True)
         else:
             try:

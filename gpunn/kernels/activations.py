@@ -30,6 +30,7 @@ ACTIVATIONS = {
     "sigmoid": SIGMOID,
     "tanh": TANH,
 }
+_CODES = frozenset(ACTIVATIONS.values())
 _ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -50,6 +51,13 @@ def activation_code(name) -> int:
         ) from None
 
 
+def check_code(code) -> None:
+    """The fused kernels treat an unknown code as identity: refuse it before they run."""
+    if code not in _CODES:
+        raise ValueError(f"unknown activation code {code!r}; valid codes: {sorted(_CODES)} "
+                         f"({', '.join(ACTIVATIONS)})")
+
+
 def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
     """True when the derivative must be computed from z rather than from y = act(z)."""
     return code in (GELU, GELU_TANH) or (code == LEAKY_RELU and negative_slope < 0)
@@ -58,6 +66,13 @@ def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Reference implementation: plain array expressions, valid for NumPy and CuPy alike.
 # ---------------------------------------------------------------------------------------------
+
+def array_module(a):
+    """numpy for NumPy arrays and scalars (0-d results often come back as scalars), cupy otherwise."""
+    if isinstance(a, (np.ndarray, np.generic)):
+        return np
+    return __import__("cupy")
+
 
 def _erf(xp, x):
     if xp is np:
@@ -76,7 +91,7 @@ def _sigmoid_ref(xp, z):
 
 def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
     """y = act(z) elementwise; returns a new array of z's dtype."""
-    xp = np if isinstance(z, np.ndarray) else __import__("cupy")
+    xp = array_module(z)
     dt = z.dtype
     if code == IDENTITY:
         return z.copy()
@@ -97,7 +112,7 @@ def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
 
 def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
     """dz = dy * act'(z), using y where the derivative needs only the output (z may be None then)."""
-    xp = np if isinstance(dy, np.ndarray) else __import__("cupy")
+    xp = array_module(dy)
     dt = dy.dtype
     if code == IDENTITY:
         return dy.copy()

@@ -28,6 +28,7 @@ from gpunn.kernels.activations import (
     activation_backward_ref,
     activation_forward_cpu_kernel,
     activation_forward_ref,
+    check_code,
     needs_preactivation,
 )
 
@@ -84,6 +85,7 @@ def _colsum(a, out):
 
 def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
     """CPU fast path: one GEMM, then one fused bias+activation pass. Returns (y, saved)."""
+    check_code(code)
     z = np.matmul(x, W.T)
     has_bias = b is not None
     bias = b if has_bias else z[0] if z.shape[0] else np.zeros(z.shape[1], z.dtype)
@@ -102,6 +104,7 @@ def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
 def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
                        need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
     """CPU fast path: one fused pass forms dz (and db), then the GEMMs dx = dz @ W, dW = dz.T @ x."""
+    check_code(code)
     dy = np.ascontiguousarray(dy)
     m = dy.shape[1]
     db = np.empty(m, dtype=dy.dtype) if need_db else None

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.kernels.activations import _sigmoid_ref
+from gpunn.kernels.activations import _sigmoid_ref, array_module
 
 
 def _xp(a):
-    return np if isinstance(a, np.ndarray) else __import__("cupy")
+    return array_module(a)
 
 
 def bce_with_logits_forward(x, y, pos_weight=None):

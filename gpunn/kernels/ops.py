@@ -20,22 +20,24 @@ from gpunn.kernels.activations import activation_backward_ref, activation_forwar
 
 
 def _activation_forward_cpu(z, code, negative_slope=0.01):
-    from gpunn.kernels.activations import activation_forward_cpu_kernel
+    from gpunn.kernels.activations import activation_forward_cpu_kernel, check_code
 
+    check_code(code)
     zc = np.ascontiguousarray(z)
     y = np.empty_like(zc)
     activation_forward_cpu_kernel(zc.reshape(-1), code, float(negative_slope), y.reshape(-1))
-    return y
+    return y if y.ndim == z.ndim else y.reshape(z.shape)  # ascontiguousarray makes 0-d arrays 1-d
 
 
 def _activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
-    from gpunn.kernels.activations import activation_backward_cpu_kernel, needs_preactivation
+    from gpunn.kernels.activations import activation_backward_cpu_kernel, check_code, needs_preactivation
 
+    check_code(code)
     s = np.ascontiguousarray(z if needs_preactivation(code, negative_slope) else y)
     dyc = np.ascontiguousarray(dy)
     dz = np.empty_like(dyc)
     activation_backward_cpu_kernel(dyc.reshape(-1), s.reshape(-1), code, float(negative_slope), dz.reshape(-1))
-    return dz
+    return dz if dz.ndim == dy.ndim else dz.reshape(dy.shape)  # ascontiguousarray makes 0-d arrays 1-d
 
 
 class Ops:

@@ -16,10 +16,12 @@ import math
 import numpy as np
 from numba import njit
 
+from gpunn.kernels.activations import array_module
+
 
 def softmax_cross_entropy_forward_ref(logits, labels, ignore_index: int = -100):
     """Reference: (losses (N,), probs (N, C))."""
-    xp = np if isinstance(logits, np.ndarray) else __import__("cupy")
+    xp = array_module(logits)
     m = logits.max(axis=1, keepdims=True) if logits.shape[1] else xp.zeros((logits.shape[0], 1), logits.dtype)
     shifted = logits - m
     lse = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
@@ -33,7 +35,7 @@ def softmax_cross_entropy_forward_ref(logits, labels, ignore_index: int = -100):
 
 def softmax_cross_entropy_backward_ref(row_grads, probs, labels, ignore_index: int = -100):
     """Reference: dlogits = row_grads[:, None] * (probs - onehot(labels)), 0 on ignored rows."""
-    xp = np if isinstance(probs, np.ndarray) else __import__("cupy")
+    xp = array_module(probs)
     valid = labels != ignore_index
     onehot = xp.zeros_like(probs)
     rows = xp.arange(probs.shape[0])

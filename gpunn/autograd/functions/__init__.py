@@ -3,9 +3,11 @@ Tensor's operators share (numbers become 0-d arrays of the tensor's dtype; tenso
 in dtype and device)."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from gpunn.autograd.checks import check_same_device, check_same_dtype, scalar_like
+from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, scalar_like
 from gpunn.autograd.functions.activation import Activation, LogSoftmax, Softmax
 from gpunn.autograd.functions.arithmetic import (Abs, Add, Cast, Clone, Div, Exp, Log, MatMul, Mul, Neg,
                                                  Pow, Sqrt, Sub)
@@ -24,10 +26,12 @@ def _operands(op: str, a, b):
         check_same_dtype(op, a.data, b.data)
         return a, b
     if ta:
-        if isinstance(b, float) and a.dtype.kind != "f":
-            a = a.float()
+        if isinstance(b, (float, np.floating)) and a.dtype.kind != "f":
+            a = a.float()  # int tensor with a fractional number: compute in float32, as PyTorch does
         return a, _const(b, a.data, op)
-    if isinstance(a, float) and b.dtype.kind != "f":
+    if not tb:
+        raise TypeError(f"{op}: expected at least one Tensor operand, got {type(a).__name__} and {type(b).__name__}")
+    if isinstance(a, (float, np.floating)) and b.dtype.kind != "f":
         b = b.float()
     return _const(a, b.data, op), b
 
@@ -57,12 +61,16 @@ def mul(a, b):
 
 
 def div(a, b):
-    return Div.apply(*_operands("div", a, b))
+    a, b = _operands("div", a, b)
+    if a.dtype.kind != "f":  # true division of integers gives floats (float32, PyTorch's default)
+        a, b = a.float(), b.float()
+    return Div.apply(a, b)
 
 
 def pow(a, exponent):
-    if isinstance(exponent, Tensor) or not isinstance(exponent, (int, float)) or isinstance(exponent, bool):
-        raise TypeError(f"pow: the exponent must be a Python number, got {type(exponent).__name__}")
+    if isinstance(exponent, (bool, np.bool_)) or not isinstance(exponent, numbers.Real):
+        raise TypeError(f"pow: the exponent must be a real number (not a tensor), got {type(exponent).__name__}")
+    exponent = int(exponent) if isinstance(exponent, numbers.Integral) else float(exponent)
     if a.dtype.kind != "f":
         a = a.float()
     return Pow.apply(a, exponent=exponent)
@@ -89,8 +97,9 @@ def getitem(a, index):
 
 def activation(x, name, negative_slope: float = 0.01):
     code = activation_code(name)
-    if x.dtype.kind != "f":
-        raise TypeError(f"{name}: input must be a float tensor, got dtype {x.dtype}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, got {type(x).__name__}")
+    check_float(name, x.data)
     return Activation.apply(x, code=code, negative_slope=negative_slope)
 
 

@@ -26,6 +26,8 @@ class Activation(Function):
 
 def _log_softmax(x, axis):
     xp = xp_of(x)
+    if x.ndim == 0:  # one element: its log-probability is 0
+        return xp.zeros_like(x)
     if x.shape[axis] == 0:
         return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)

@@ -137,11 +137,11 @@ class MatMul(Function):
         xp = _xp(g)
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
-        g2 = g
+        g2 = g  # restore the axes a 1-D operand dropped: last for b (first), then second-last for a
+        if b.ndim == 1:
+            g2 = g2[..., None]
         if a.ndim == 1:
             g2 = xp.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = xp.expand_dims(g2, -1)
         ga = gb = None
         if self.needs_grad[0]:
             ga = g2 @ xp.swapaxes(b2, -1, -2)

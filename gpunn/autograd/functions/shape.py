@@ -5,6 +5,8 @@ so an index that repeats receives the sum of its gradients.
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from gpunn.autograd.checks import xp_of
@@ -25,6 +27,15 @@ class Reshape(Function):
 
 class Transpose(Function):
     def forward(self, a, axes=None):
+        if axes:
+            try:
+                axes = tuple(operator.index(ax) for ax in axes)
+            except TypeError:
+                raise TypeError(f"transpose: axes must be ints, got {axes!r}") from None
+            n = a.ndim
+            if len(axes) != n or any(not -n <= ax < n for ax in axes) or sorted(ax % n for ax in axes) != list(range(n)):
+                raise ValueError(f"transpose: axes {axes} are not a permutation of the {n} axes of shape {a.shape}")
+            axes = tuple(ax % n for ax in axes)  # negative axes: the backward permutation needs them >= 0
         self.axes = axes
         return a.transpose(axes) if axes else a.T
 
