@@ -88,7 +88,7 @@ def run_torch(model, opt, loss_fn, Xt, yt, batch):
         loss = loss_fn(model(Xt[s:s + batch]), yt[s:s + batch])
         loss.backward()
         opt.step()
-    float(loss)
+    float(loss.detach())
     return n / (time.perf_counter() - t0)
 
 
