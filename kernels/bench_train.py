@@ -26,10 +26,11 @@ import numpy as np
 import gpunn as gn
 
 SHAPES = [
-    # (name, layer widths, batch, loss)
-    ("mnist-mlp 784-512-512-10", [784, 512, 512, 10], 256, "ce"),
-    ("digits-mlp 64-128-10", [64, 128, 10], 64, "ce"),
-    ("narrow 32-64-64-64-1 (MSE)", [32, 64, 64, 64, 1], 1024, "mse"),
+    # (name, layer widths, batch, loss, steps per round: each round lasts a few tenths of a second,
+    #  long enough that the machine's noise and a switch between libraries are small against it)
+    ("mnist-mlp 784-512-512-10", [784, 512, 512, 10], 256, "ce", 40),
+    ("digits-mlp 64-128-10", [64, 128, 10], 64, "ce", 600),
+    ("narrow 32-64-64-64-1 (MSE)", [32, 64, 64, 64, 1], 1024, "mse", 300),
 ]
 
 
@@ -104,11 +105,12 @@ def run_gpunn(model, opt, loss_fn, X, y, batch):
     return n / (time.perf_counter() - t0)
 
 
-def bench_vs_torch(rounds: int, steps: int):
+def bench_vs_torch(rounds: int, scale: float):
     import torch
 
     results = []
-    for name, widths, batch, loss in SHAPES:
+    for name, widths, batch, loss, steps in SHAPES:
+        steps = max(3, int(steps * scale))
         X, y = make_data(widths, batch, loss, steps)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         tm = build_torch(widths)
@@ -196,14 +198,14 @@ def bench_vs_sklearn(rounds: int, epochs: int):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=40, help="training steps per round and shape")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every shape's steps per round")
     ap.add_argument("--epochs", type=int, default=60, help="epochs for the scikit-learn comparison")
-    ap.add_argument("--quick", action="store_true", help="3 rounds, 10 steps, 5 epochs (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="3 rounds, a tenth of the steps, 5 epochs (a smoke run)")
     ap.add_argument("--skip-sklearn", action="store_true")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.rounds, args.steps, args.epochs = 3, 10, 5
+        args.rounds, args.scale, args.epochs = 3, 0.1, 5
 
     import torch
 
@@ -221,7 +223,7 @@ def main(argv=None):
     }
     for k, v in env.items():
         print(f"{k}: {v}")
-    out = {"environment": env, "train_vs_torch": bench_vs_torch(args.rounds, args.steps)}
+    out = {"environment": env, "train_vs_torch": bench_vs_torch(args.rounds, args.scale)}
     if not args.skip_sklearn:
         out["digits_vs_sklearn"] = bench_vs_sklearn(max(1, args.rounds // 2), args.epochs)
     if args.json:
