@@ -95,6 +95,28 @@ def gather(x, dim: int, index):
 
 # ----------------------------------------------------------------------------- dense
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _dense_inputs_valid(x, W, b) -> bool:
+    """The common case, decided with a few attribute reads: CPU tensors of one float dtype, a 2-D
+    input of the weight's width and a bias of the right shape. Everything else takes the full
+    checks below, which say what is wrong and name the layer."""
+    if type(x) is not Tensor or not isinstance(W, Tensor):
+        return False
+    xd, Wd = x.data, W.data
+    dt = Wd.dtype
+    if (type(xd) is not np.ndarray or type(Wd) is not np.ndarray or xd.dtype != dt or dt not in _FLOAT_DTYPES
+            or xd.ndim != 2 or Wd.ndim != 2 or xd.shape[1] != Wd.shape[1]):
+        return False
+    if b is None:
+        return True
+    if not isinstance(b, Tensor):
+        return False
+    bd = b.data
+    return type(bd) is np.ndarray and bd.dtype == dt and bd.shape == (Wd.shape[0],)
+
+
 def dense(x, weight, bias=None, activation="relu", negative_slope: float = 0.01, name: str | None = None):
     """y = activation(x @ weight.T + bias), one fused graph node.
 
@@ -102,8 +124,12 @@ def dense(x, weight, bias=None, activation="relu", negative_slope: float = 0.01,
     activation one of: identity (or None), relu, leaky_relu, gelu, gelu_tanh, sigmoid, tanh.
     `name` (the layer's path in its model) is quoted in error messages.
     """
-    where = f"dense layer {name!r}" if name is not None else "dense"
     code = activation_code(activation)
+    if _dense_inputs_valid(x, weight, bias):
+        if bias is None:
+            return F.Dense.apply(x, weight, code=code, negative_slope=negative_slope)
+        return F.Dense.apply(x, weight, bias, code=code, negative_slope=negative_slope)
+    where = f"dense layer {name!r}" if name is not None else "dense"
     x = _tensor(x, where, "input")
     W = _tensor(weight, where, "weight")
     if bias is not None:

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import numpy as np
-
 from gpunn import functional
-from gpunn.autograd.functions import Dense as _DenseNode
-from gpunn.autograd.tensor import Parameter, Tensor
 from gpunn.kernels import activation_code
 from gpunn.kernels.activations import IDENTITY
 from gpunn.nn import module as _module
@@ -25,9 +21,6 @@ from gpunn.nn.linear import Dense, Linear
 from gpunn.nn.module import Module
 
 _DENSE_TYPES = (Linear, Dense)
-_TENSOR_TYPES = (Tensor, Parameter)
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
-_ndarray = np.ndarray
 
 
 class Sequential(Module):
@@ -52,7 +45,7 @@ class Sequential(Module):
 
     # ------------------------------------------------------------------ fusion plan
     def _build_plan(self) -> list:
-        """One step per call: (dense_module, activation, slope, name, code, None) or (None,)*5 + (module,)."""
+        """One step per call: (dense_module, activation, slope, name, None) or (None,)*4 + (module,)."""
         mods = [m for m in self._modules.values() if m is not None]
         plan = []
         i = 0
@@ -65,9 +58,9 @@ class Sequential(Module):
                 if activation_code(act) == IDENTITY and type(nxt) in _FUSABLE and nxt._fused is not None:
                     act, slope = nxt._fused
                     i += 1
-                plan.append((m, act, slope, m._path or t.__name__, activation_code(act), None))
+                plan.append((m, act, slope, m._path or t.__name__, None))
             elif t is not Identity:
-                plan.append((None, None, None, None, None, m))
+                plan.append((None, None, None, None, m))
             i += 1
         d = self.__dict__
         d["_plan"] = plan
@@ -79,31 +72,15 @@ class Sequential(Module):
         if self._plan_version != _module._version:
             self._build_plan()
         return [f"dense({name}, {act or 'identity'})" if mod is None else type(mod).__name__
-                for _, act, _, name, _, mod in self._plan]
+                for _, act, _, name, mod in self._plan]
 
     def forward(self, x):
         plan = self._plan if self._plan_version == _module._version else self._build_plan()
-        for lin, act, slope, name, code, mod in plan:
+        for lin, act, slope, name, mod in plan:
             if mod is not None:
                 x = mod(x)
                 continue
-            W, b = lin.weight, lin.bias
-            # Fast path: exactly the node functional.dense builds, after the checks that can fail on
-            # the CPU hot path (2-D float input of the right width, one dtype, bias shape). Anything
-            # else goes through functional.dense, which performs every check and names the layer.
-            if type(x) in _TENSOR_TYPES:
-                xd, Wd = x.data, W.data
-                dt = Wd.dtype
-                if (type(xd) is _ndarray and type(Wd) is _ndarray and xd.ndim == 2 and Wd.ndim == 2
-                        and xd.shape[1] == Wd.shape[1] and xd.dtype is dt and (dt is _F32 or dt is _F64)):
-                    if b is None:
-                        x = _DenseNode.apply(x, W, code=code, negative_slope=slope)
-                        continue
-                    bd = b.data
-                    if type(bd) is _ndarray and bd.dtype is dt and bd.shape == (Wd.shape[0],):
-                        x = _DenseNode.apply(x, W, b, code=code, negative_slope=slope)
-                        continue
-            x = functional.dense(x, W, b, act, slope, name)
+            x = functional.dense(x, lin.weight, lin.bias, act, slope, name)
         return x
 
     # ------------------------------------------------------------------ container protocol
