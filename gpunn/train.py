@@ -86,7 +86,8 @@ class Callback:
     """Base class for callbacks. Before training, `model`, `optimizer` and `history` are set on the
     callback. Set `self.stop_training = True` in a hook to end training after the current epoch.
 
-    `on_batch_end(step, logs)` receives {"loss": the step's loss Tensor, "lr": float}; reading the
+    `on_batch_end(step, logs)` receives {"loss": the step's loss Tensor, "lr": the learning rate that
+    step used (a float; a per-batch scheduler has already stepped to the next one)}; reading the
     loss's value there makes a GPU wait every step, and fit only calls this hook on callbacks that
     override it.
     """
@@ -430,7 +431,7 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
                 if scheduler is not None and scheduler_step == "batch":
                     scheduler.step()
                 for cb in batch_cbs:
-                    cb.on_batch_end(step, {"loss": loss, "lr": _lr(optimizer)})
+                    cb.on_batch_end(step, {"loss": loss, "lr": _lr(optimizer) if lrs is None else lrs[-1]})
                 bar.update(1)
                 if show and time.monotonic() >= next_show:
                     if on_gpu:

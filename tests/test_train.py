@@ -166,6 +166,25 @@ def test_scheduler_steps_per_epoch_and_per_batch():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 4)  # 2 epochs x 2 steps
 
 
+def test_on_batch_end_gets_the_rate_the_step_used():
+    X, y = blobs(20)
+    seen = []
+
+    class Rates(Callback):
+        def on_batch_end(self, step, logs=None):
+            seen.append(logs["lr"])
+
+    for scheduler_step, expected in (("batch", [0.1, 0.05, 0.025, 0.0125]), ("epoch", [0.1, 0.1, 0.05, 0.05])):
+        seen.clear()
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        sched = optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        h = fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=2, batch_size=10, scheduler=sched,
+                scheduler_step=scheduler_step, callbacks=[Rates()], progress=False)
+        assert seen == pytest.approx(expected)
+        assert h["lr"] == pytest.approx([expected[1], expected[3]])  # the rate of each epoch's last step
+
+
 def test_reduce_on_plateau_gets_the_monitored_loss():
     X, y = blobs(20)
     Xv, yv = blobs(12, seed=1)

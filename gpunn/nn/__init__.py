@@ -5,13 +5,14 @@
     model.load_state_dict(torch_model.state_dict())   # torch tensors accepted; torch not imported
     loss = gn.nn.CrossEntropyLoss()(model(x), y)
 
-`gn.nn.functional` is `gpunn.functional`; `gn.nn.init` holds the initialisers.
+`gn.nn.functional` is `gpunn.functional`; `gn.nn.init` holds the initialisers; `gn.nn.utils` has
+parameters_to_vector / vector_to_parameters.
 """
 import sys as _sys
 
 from gpunn import functional
 from gpunn.autograd.tensor import Parameter
-from gpunn.nn import init
+from gpunn.nn import init, utils
 from gpunn.nn.activation import GELU, Flatten, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from gpunn.nn.container import Sequential
 from gpunn.nn.linear import Dense, Linear
@@ -24,4 +25,4 @@ _sys.modules.setdefault(__name__ + ".functional", functional)
 
 __all__ = ["Module", "Parameter", "Linear", "Dense", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
            "LogSoftmax", "Identity", "Flatten", "Sequential", "Perceptron", "MSELoss", "L1Loss",
-           "CrossEntropyLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "functional"]
+           "CrossEntropyLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional"]

@@ -1,0 +1,348 @@
+"""The examples in examples/ run, and what each one claims holds.
+
+Every example exposes run(...) (its measurements) and plot(result, path); each test runs it SMALL
+(fewer epochs, samples or steps than the script's defaults, except digits, whose 0.97 claim needs
+its real settings and takes about a second), asserts the example's claim on the numbers, and draws
+the figure into tmp_path. The margins were checked over several seeds: run the file with
+GPUNN_EXAMPLES_SEED=1 (2, 3, ...) to repeat that, and with -s to see the measured numbers.
+
+Also checked: --device gpu without a usable GPU exits with gpunn's reason (every example), --device
+auto falls back to the CPU saying why, the examples use gpunn's public API only (no torch), and
+examples/README.md lists every example with its committed figure.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES_DIR = os.path.join(ROOT, "examples")
+if EXAMPLES_DIR not in sys.path:
+    sys.path.insert(0, EXAMPLES_DIR)
+
+SEED = int(os.environ.get("GPUNN_EXAMPLES_SEED", "0"))
+EXAMPLES = ("perceptron_logic", "xor_mlp", "universal_approximation", "activations", "vanishing_gradients",
+            "dead_relu", "losses_outliers", "loss_landscape", "learning_rates", "optimizers", "schedules",
+            "digits", "backprop_by_hand", "gpu_vs_cpu")
+GPU_USABLE, GPU_REASON = gn.gpu_status()
+
+try:
+    import matplotlib  # noqa: F401
+
+    HAVE_MPL = True
+except ImportError:  # the claims are still checked; only the figures are skipped
+    HAVE_MPL = False
+
+
+def example(name):
+    return importlib.import_module(name)
+
+
+def draw(ex, result, tmp_path):
+    """Draw the example's figure into tmp_path and check a PNG came out."""
+    if not HAVE_MPL:
+        return
+    path = tmp_path / f"{ex.__name__}.png"
+    ex.plot(result, str(path))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def show(name, **numbers):
+    print(f"[{name} seed {SEED}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in numbers.items()))
+
+
+# ----------------------------------------------------------------------------------- the claims
+
+def test_perceptron_learns_and_or_but_not_xor(tmp_path):
+    ex = example("perceptron_logic")
+    r = ex.run(epochs=30, seed=SEED)
+    show("perceptron", **{f"{g}_acc": r[g]["accuracy"] for g in r}, xor_epochs=len(r["XOR"]["mistakes"]))
+    for gate in ("AND", "OR"):
+        assert r[gate]["accuracy"] == 1.0 and r[gate]["converged"]
+        assert r[gate]["best_line_accuracy"] == 1.0
+    xor = r["XOR"]
+    assert xor["accuracy"] <= 0.75
+    assert not xor["converged"] and len(xor["mistakes"]) == 30 and min(xor["mistakes"]) >= 1
+    assert xor["best_line_accuracy"] == 0.75  # no line does better than 3 of 4
+    draw(ex, r, tmp_path)
+
+
+def test_xor_mlp_solves_xor(tmp_path):
+    ex = example("xor_mlp")
+    r = ex.run(epochs=150, seed=SEED)
+    show("xor_mlp", accuracy=r["accuracy"], loss=r["loss"])
+    assert r["accuracy"] == 1.0
+    assert np.array_equal(r["pred"], r["y"])
+    assert r["loss"] < 0.05
+    draw(ex, r, tmp_path)
+
+
+def test_universal_approximation_error_falls_with_width_and_depth_helps(tmp_path):
+    ex = example("universal_approximation")
+    r = ex.run(widths=(2, 16, 64), steps=1500, seed=SEED)
+    spread = [s["mse"] for s in r["spread"]]
+    default = [s["mse"] for s in r["shallow"]]
+    d, s = r["deep"], r["same_size_shallow"]
+    show("universal", spread=" ".join(f"{v:.2e}" for v in spread), default=" ".join(f"{v:.2e}" for v in default),
+         deep=d["mse"], same_size=s["mse"], depth_gain=s["mse"] / d["mse"])
+    assert spread[0] > spread[1] > spread[2]  # strictly falls with width
+    assert spread[-1] < spread[0] / 10
+    assert min(default[1:]) < default[0] / 5
+    assert abs(d["params"] - s["params"]) <= 2  # the same parameter count
+    assert d["mse"] < s["mse"] / 3
+    draw(ex, r, tmp_path)
+
+
+def test_activation_derivatives_match_finite_differences(tmp_path):
+    ex = example("activations")
+    r = ex.run(points=100, seed=SEED)
+    show("activations", **{k.split(" ")[0]: c["max_err"] for k, c in r["curves"].items()},
+         jacobian=r["softmax_jacobian_err"])
+    assert len(r["curves"]) == 6
+    for name, c in r["curves"].items():
+        assert c["max_err"] < 1e-6, name
+    relu = r["curves"]["ReLU"]
+    assert np.array_equal(relu["dy"], (r["x"] > 0).astype(float))  # the derivative itself, exactly
+    sig = r["curves"]["sigmoid"]
+    np.testing.assert_allclose(sig["dy"], sig["y"] * (1 - sig["y"]), atol=1e-12)
+    assert r["softmax_jacobian_err"] < 1e-12
+    draw(ex, r, tmp_path)
+
+
+def test_vanishing_gradients_sigmoid_vs_relu(tmp_path):
+    ex = example("vanishing_gradients")
+    r = ex.run(depths=(2, 10, 20), inits=2, epochs=30, n=300, seed=SEED)
+    first = r["first_layer"]
+    ratio = {a: v[-1] / v[0] for a, v in first.items()}
+    c = r["curves"]
+    show("vanishing", **{f"{a}_ratio": v for a, v in ratio.items()},
+         sigmoid_loss=c["sigmoid"]["loss"][-1], relu_loss=c["ReLU"]["loss"][-1], relu_init=c["ReLU"]["initial"])
+    assert ratio["sigmoid"] < 1e-6  # six orders of magnitude and more from 2 to 20 layers
+    assert first["sigmoid"][0] > first["sigmoid"][1] > first["sigmoid"][2]
+    assert ratio["ReLU"] > 0.1  # within one order of magnitude
+    # the deepest sigmoid network stays at chance; the ReLU one learns
+    assert c["sigmoid"]["loss"][-1] > 0.95 * math.log(3)
+    assert c["ReLU"]["loss"][-1] < 0.7 * c["ReLU"]["initial"]
+    draw(ex, r, tmp_path)
+
+
+def test_dead_relu_large_lr_kills_relu_units_not_leaky_or_gelu(tmp_path):
+    ex = example("dead_relu")
+    r = ex.run(epochs=10, n=300, seed=SEED)
+    runs = r["runs"]
+    small, big = "sensible lr 3e-3", "too large lr 0.1"
+    dead = {(a, k): runs[(a, k)]["dead"] for a in ex.ACTIVATIONS for k in (small, big)}
+    show("dead_relu", relu_small=dead[("ReLU", small)], relu_big=dead[("ReLU", big)],
+         leaky_big=dead[("Leaky ReLU", big)], gelu_big=dead[("GELU", big)],
+         relu_revived=runs[("ReLU", big)]["revived"], leaky_silent=runs[("Leaky ReLU", big)]["silent"])
+    assert dead[("ReLU", big)] >= 0.3
+    assert dead[("ReLU", big)] >= 1.8 * dead[("ReLU", small)]
+    assert dead[("Leaky ReLU", big)] == 0.0 and dead[("Leaky ReLU", small)] == 0.0
+    assert dead[("GELU", big)] <= 0.15
+    assert runs[("ReLU", big)]["revived"] <= 0.05  # dead ReLU units stay dead
+    assert runs[("Leaky ReLU", big)]["silent"] > 0  # silenced, yet not dead: they still get a gradient
+    draw(ex, r, tmp_path)
+
+
+def test_losses_outliers_mae_stays_near_true_line(tmp_path):
+    ex = example("losses_outliers")
+    r = ex.run(n=100, epochs=300, seed=SEED)
+    (wm, bm), (wa, ba) = r["fits"]["MSE"], r["fits"]["MAE"]
+    show("losses_outliers", mse_err=r["MSE_line_error"], mae_err=r["MAE_line_error"], mse_slope=wm, mae_slope=wa)
+    assert r["MAE_line_error"] < 0.15
+    assert r["MSE_line_error"] > 0.5
+    assert r["MSE_line_error"] > 5 * r["MAE_line_error"]
+    ls_w, ls_b = r["least_squares"]  # the MSE fit is least squares, pulled by the outliers
+    assert abs(wm - ls_w) < 0.02 and abs(bm - ls_b) < 0.02
+    draw(ex, r, tmp_path)
+
+
+def test_loss_landscape_trained_point_is_the_bottom_of_the_slice(tmp_path):
+    ex = example("loss_landscape")
+    r = ex.run(epochs=60, resolution=11, n=400, seed=SEED)
+    show("loss_landscape", centre=r["centre_loss"], min=r["min_loss"], border=r["border_mean"],
+         border_min=r["border_min"], first=r["trajectory_losses"][0], pca=r["pca"]["explained"])
+    assert r["centre_loss"] <= 1.02 * r["min_loss"]  # the trained point is (within 2%) the plane's lowest
+    assert r["border_min"] > 1.05 * r["centre_loss"]  # and the loss is higher all around the plane's edge
+    assert r["border_mean"] >= 1.3 * r["centre_loss"]
+    assert r["trajectory_losses"][0] > 2 * r["trajectory_losses"][-1]
+    assert np.allclose(r["trajectory"][-1], 0)
+    # filter normalisation: every weight row of each direction has the norm of that row of theta*
+    for d in r["directions"]:
+        offset = 0
+        for p in r["params"]:
+            piece = d[offset:offset + p.size].reshape(p.shape)
+            if p.ndim == 2:
+                np.testing.assert_allclose(np.linalg.norm(piece, axis=1), np.linalg.norm(p, axis=1), rtol=1e-5)
+            else:
+                assert not piece.any()
+            offset += p.size
+    assert r["pca"]["explained"] > 0.8
+    draw(ex, r, tmp_path)
+
+
+def test_learning_rates_small_right_and_diverging(tmp_path, capsys):
+    ex = example("learning_rates")
+    r = ex.run(epochs=10, n=256, seed=SEED)
+    small, right, large = r["too small"], r["about right"], r["too large"]
+    ex.report(r)
+    printed = capsys.readouterr().out
+    show("learning_rates", small=small["last"] / small["first"], right=right["last"] / right["first"],
+         ratio=small["last"] / right["last"], stopped_at=len(large["losses"]) + 1)
+    assert right["last"] < 0.15 * right["first"]
+    assert small["last"] > 0.5 * small["first"]
+    assert small["last"] > 3 * right["last"]
+    assert not small["diverged"] and not right["diverged"]
+    assert large["diverged"] and large["what"] == "loss"
+    assert "diverged" in large["message"] and "lower the learning rate" in large["message"]
+    assert large["message"] in printed  # the example prints the divergence check's message
+    draw(ex, r, tmp_path)
+
+
+def test_optimizers_adam_reaches_the_target_first(tmp_path):
+    ex = example("optimizers")
+    r = ex.run(epochs=40, n=300, seed=SEED)
+    steps = {name: (d["steps_to_target"] or math.inf) for name, d in r["runs"].items()}
+    sgd, momentum, adam = steps.values()
+    show("optimizers", sgd=sgd, momentum=momentum, adam=adam)
+    assert adam < momentum < sgd
+    assert adam <= 0.7 * momentum
+    draw(ex, r, tmp_path)
+
+
+def test_schedules_curves_and_warmup_cosine_beats_constant(tmp_path):
+    ex = example("schedules")
+    r = ex.run(epochs=30, n=300, seed=SEED)
+    c = r["curves"]
+    assert len(c) == 13
+    np.testing.assert_allclose(c["StepLR(step_size=25, gamma=0.5)"][[0, 24, 25, 50, 99]],
+                               [0.1, 0.1, 0.05, 0.025, 0.0125])
+    cos = c["CosineAnnealingLR(T_max=100)"]
+    np.testing.assert_allclose(cos, 0.05 * (1 + np.cos(np.pi * np.arange(100) / 100)), atol=1e-12)
+    warm = c["SequentialLR(LinearLR warm-up 10, Cosine 90)"]
+    assert np.all(np.diff(warm[:11]) > 0) and warm[10] == pytest.approx(0.1) and np.all(np.diff(warm[10:]) < 0)
+    const, wc = r["constant"], r["warmup_cosine"]
+    tail_c, tail_w = np.mean(const["loss"][-3:]), np.mean(wc["loss"][-3:])
+    show("schedules", constant=tail_c, warmup_cosine=tail_w, gain=tail_c / tail_w)
+    assert wc["lrs"][0] < 0.05 * r["peak_lr"] and max(wc["lrs"]) == pytest.approx(r["peak_lr"])
+    assert wc["lrs"][-1] < 0.01 * r["peak_lr"]
+    assert tail_w < 0.6 * tail_c
+    draw(ex, r, tmp_path)
+
+
+def test_digits_test_accuracy_at_least_097(tmp_path):
+    pytest.importorskip("sklearn")
+    ex = example("digits")
+    r = ex.run(seed=SEED)  # the real settings: 30 epochs (about a second)
+    show("digits", test_accuracy=r["test_accuracy"])
+    assert r["test_accuracy"] >= 0.97
+    cm = r["confusion"]
+    assert cm.sum() == r["n_test"] and np.trace(cm) / cm.sum() == pytest.approx(r["test_accuracy"])
+    draw(ex, r, tmp_path)
+
+
+def test_backprop_by_hand_equals_autodiff_and_finite_differences(tmp_path):
+    ex = example("backprop_by_hand")
+    r = ex.run(seed=SEED)
+    show("backprop", hand_auto=r["max_hand_vs_autodiff"], hand_fd=r["max_hand_vs_numeric"])
+    assert len(r["hand"]) == 26
+    assert r["loss"] == pytest.approx(r["gn_loss"], abs=1e-14)
+    assert r["max_hand_vs_autodiff"] < 1e-12
+    assert r["max_hand_vs_numeric"] < 1e-7
+    assert r["max_autodiff_vs_numeric"] < 1e-7
+    draw(ex, r, tmp_path)
+
+
+def test_gpu_vs_cpu_cpu_half_and_skip_reason(tmp_path, capsys):
+    ex = example("gpu_vs_cpu")
+    r = ex.run(epochs=1, n=512, width=32, seed=SEED)
+    cpu = r["cpu"]
+    assert cpu["seconds"] > 0 and cpu["samples_per_second"] > 0 and np.isfinite(cpu["loss"]).all()
+    ex.report(r)
+    printed = capsys.readouterr().out
+    if GPU_USABLE:
+        assert r["gpu"] is not None
+        assert r["gpu"]["loss"][-1] == pytest.approx(cpu["loss"][-1], rel=1e-3)
+    else:
+        assert r["gpu"] is None
+        assert GPU_REASON in r["skipped"] and GPU_REASON in printed
+        with pytest.raises(gn.DeviceError, match="no GPU is usable"):
+            ex.run(epochs=1, n=64, width=8, require_gpu=True, seed=SEED)
+    draw(ex, r, tmp_path)
+
+
+# ------------------------------------------------------------------------- command line and rules
+
+@pytest.mark.skipif(GPU_USABLE, reason="a GPU is usable here")
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_device_gpu_without_a_gpu_exits_with_the_reason(name, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        example(name).main(["--device", "gpu", "--out", str(tmp_path / "x.png")])
+    message = str(info.value.code)
+    assert message.startswith("error:") and "no GPU is usable" in message and GPU_REASON in message
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_main_writes_the_figure_and_auto_falls_back(tmp_path, capsys):
+    ex = example("perceptron_logic")
+    out = tmp_path / "fig" / "p.png"
+    r = ex.main(["--device", "auto", "--epochs", "20", "--out", str(out)] + ([] if HAVE_MPL else ["--no-plot"]))
+    printed = capsys.readouterr().out
+    assert r["AND"]["accuracy"] == 1.0
+    if not GPU_USABLE:
+        assert "using the CPU" in printed and GPU_REASON in printed
+    if HAVE_MPL:
+        assert out.exists() and f"figure: {out}" in printed
+
+
+def _gn_attribute_chains(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            parts = []
+            cur = node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id == "gn":
+                yield ".".join(["gn", *reversed(parts)])
+
+
+@pytest.mark.parametrize("name", EXAMPLES + ("_common", "run_all"))
+def test_examples_use_the_public_api_only(name):
+    path = os.path.join(EXAMPLES_DIR, f"{name}.py")
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    allowed = {"__future__", "argparse", "io", "math", "os", "subprocess", "sys", "time", "numpy", "gpunn",
+               "_common", "matplotlib", "matplotlib.pyplot", "matplotlib.colors", "PIL"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                assert a.name in allowed, f"{name}.py imports {a.name}"
+                if a.name == "gpunn":
+                    assert a.asname == "gn"
+        elif isinstance(node, ast.ImportFrom):
+            assert node.module in allowed and node.module != "gpunn", f"{name}.py imports from {node.module}"
+    for chain in _gn_attribute_chains(tree):
+        assert not any(part.startswith("_") for part in chain.split(".")), f"{name}.py uses {chain}"
+        assert not chain.startswith(("gn.kernels", "gn.backend", "gn.autograd")), f"{name}.py uses {chain}"
+
+
+def test_readme_lists_every_example_with_its_figure():
+    with open(os.path.join(EXAMPLES_DIR, "README.md")) as f:
+        readme = f.read()
+    run_all = example("run_all")
+    assert tuple(run_all.EXAMPLES) == EXAMPLES
+    for name in EXAMPLES:
+        assert f"{name}.py" in readme and f"figures/{name}.png" in readme, name
+        assert os.path.exists(os.path.join(EXAMPLES_DIR, "figures", f"{name}.png")), name
+    assert "python examples/run_all.py" in readme
