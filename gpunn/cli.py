@@ -2,6 +2,7 @@
 
     gpunn info                       versions, devices, and why the GPU is or is not used
     gpunn train --data digits        train an MLP on a bundled data set and report its accuracy
+    gpunn profile --steps 50         profile the kernels of MLP training steps (--trace, --roofline, --compare)
 
 Subcommands register themselves in `COMMANDS` (name -> (help, add_arguments, run)); a new one
 (such as `gpunn profile`) adds an entry there. Errors never show a traceback: a bad flag or value
@@ -104,7 +105,9 @@ def _version(dist: str) -> str:
 
 
 def _add_info_arguments(p):
-    pass
+    p.add_argument("--gpu", action="store_true",
+                   help="also report the GPU kernels: why they can or cannot run, Numba/CuPy settings, "
+                        "and the compile time of each kernel of a training step (compiles them)")
 
 
 def _run_info(args) -> int:
@@ -146,6 +149,10 @@ def _run_info(args) -> int:
             devices.append(f"gpu:{i} ({name}, {props['totalGlobalMem'] / 2**30:.1f} GiB, "
                            f"compute capability {props['major']}.{props['minor']})")
     print("devices: " + ", ".join(devices), file=out)
+    if getattr(args, "gpu", False):
+        from gpunn.kernels.cuda_ops import gpu_report
+
+        gpu_report(out)
     return 0
 
 
@@ -252,12 +259,193 @@ def _run_train(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- profile
+
+def _add_profile_arguments(p):
+    from gpunn.profiler import GROUP_BY, SORT_BY
+
+    p.add_argument("--layers", type=_layers, default=[784, 512, 512, 10],
+                   help="comma-separated widths from inputs to classes (default 784,512,512,10)")
+    p.add_argument("--batch", type=_positive_int, default=256, help="batch size (default 256)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="profiled training steps (default 50)")
+    p.add_argument("--warmup", type=_nonneg_int, default=5,
+                   help="training steps run before profiling: kernel compilation, caches (default 5)")
+    p.add_argument("--device", default="auto", help="auto (GPU when usable), cpu, gpu or gpu:N")
+    p.add_argument("--activation", default="relu", choices=ACTIVATIONS, help="hidden-layer activation")
+    p.add_argument("--group-by", default="kernel", choices=GROUP_BY, help="table rows (default kernel)")
+    p.add_argument("--sort", default="total", choices=SORT_BY, help="table order (default total time)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed for the weights and the random data")
+    p.add_argument("--trace", metavar="PATH", help="write a Chrome trace (open in ui.perfetto.dev or chrome://tracing)")
+    p.add_argument("--roofline", metavar="PATH", help='draw the roofline (PNG; needs pip install "gpunn[plot]")')
+    p.add_argument("--compare", action="store_true",
+                   help="run the same steps once per kernel choice (CPU: fused, reference; GPU: fused, cublas "
+                        "(+ fused epilogue), reference) and print them side by side with ratios")
+    p.add_argument("--sync", action="store_true",
+                   help="GPU: every NVTX range and span waits for its kernels (slower, exact ranges)")
+
+
+def _writable(flag, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+
+
+def _kernel_choices(dev):
+    """(label, context manager factory) per kernel choice that --compare runs: gpunn's fused kernels
+    and the plain-array reference (gpunn.kernels.use_kernels). On a GPU with the dense dispatcher
+    (gpunn/kernels/dense_dispatch.py), its fused dense kernels and cuBLAS + gpunn's fused epilogue
+    run separately, chosen through GPUNN_DENSE_IMPL (which it reads at every call)."""
+    import contextlib
+
+    from gpunn.kernels import use_kernels
+
+    reference = ("reference", lambda: use_kernels("reference"))
+    impls = ()
+    if dev.is_gpu:
+        try:
+            from gpunn.kernels import dense_dispatch
+        except ImportError:
+            dense_dispatch = None
+        if getattr(dense_dispatch, "ENV", None) == "GPUNN_DENSE_IMPL":
+            impls = tuple(i for i in getattr(dense_dispatch, "IMPLS", ()) if i != "auto")
+    if not impls:
+        return [("fused", lambda: use_kernels("fused")), reference]
+
+    @contextlib.contextmanager
+    def dense_impl(name):
+        old = os.environ.get("GPUNN_DENSE_IMPL")
+        os.environ["GPUNN_DENSE_IMPL"] = name
+        try:
+            with use_kernels("fused"):
+                yield
+        finally:
+            if old is None:
+                os.environ.pop("GPUNN_DENSE_IMPL", None)
+            else:
+                os.environ["GPUNN_DENSE_IMPL"] = old
+
+    return [(name, lambda name=name: dense_impl(name)) for name in impls] + [reference]
+
+
+def _profile_mlp(args, dev):
+    """Build the MLP, run the warm-up steps, then profile args.steps training steps (Adam, CE)."""
+    import numpy as np
+
+    import gpunn as gn
+    from gpunn import nn, profiler
+
+    gn.manual_seed(args.seed)
+    model = build_mlp(args.layers, args.activation).to(dev)
+    opt = make_optimizer("adam", model.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(args.seed)
+    n_in, n_out, batch = args.layers[0], args.layers[-1], args.batch
+    data = [(gn.tensor(rng.standard_normal((batch, n_in)).astype(np.float32), device=dev),
+             gn.tensor(rng.integers(0, n_out, batch), device=dev)) for _ in range(4)]
+
+    def step(i):
+        x, y = data[i % len(data)]
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    for i in range(args.warmup):
+        step(i)
+    with profiler.profile(sync=args.sync) as prof:
+        for i in range(args.steps):
+            step(args.warmup + i)
+    return prof
+
+
+def _compare_table(results) -> str:
+    """Per kernel and per step: each choice's ms per step side by side, and each one's ratio to the first."""
+    names = []
+    per = []
+    for _, prof in results:
+        steps = max(prof.steps, 1)
+        ms = {}
+        for ev in prof.events:
+            ms[ev.name] = ms.get(ev.name, 0.0) + ev.duration_ns / 1e6 / steps
+            if ev.name not in names:
+                names.append(ev.name)
+        per.append((ms, prof.wall_ns / 1e6 / steps, prof.launches_per_step()["total"]))
+    base = results[0][0]
+    labels = [label for label, _ in results]
+    ratios = [f"{label}/{base}" for label in labels[1:]]
+    width = max(len(n) for n in names + ["launches per step", "step (wall)"]) + 2
+    cols = [max(len(c), 10) + 2 for c in labels + ratios]
+    head = f"{'ms per step':<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(labels + ratios, cols))
+    lines = [f"kernel choices compared (ratio > 1: slower than {base})", head, "-" * len(head)]
+
+    def row(name, values):
+        cells = [f"{v:>{w}.3f}" if v is not None else f"{'-':>{w}}" for v, w in zip(values, cols)]
+        first = values[0]
+        for v, w in zip(values[1:], cols[len(values):]):
+            cells.append(f"{v / first:>{w - 1}.2f}x" if v is not None and first else f"{'-':>{w}}")
+        return f"{name:<{width}}" + "".join(cells)
+
+    total = {n: sum(ms.get(n, 0.0) for ms, _, _ in per) for n in names}
+    for n in sorted(names, key=lambda n: -total[n]):
+        lines.append(row(n, [ms.get(n) for ms, _, _ in per]))
+    lines.append("-" * len(head))
+    lines.append(row("step (wall)", [wall for _, wall, _ in per]))
+    lines.append(f"{'launches per step':<{width}}" + "".join(f"{n:>{w}g}" for (_, _, n), w in zip(per, cols)))
+    return "\n".join(lines)
+
+
+def _run_profile(args) -> int:
+    import gpunn as gn
+
+    if args.trace:
+        _writable("--trace", args.trace)
+    if args.roofline:
+        _writable("--roofline", args.roofline)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError('--roofline needs matplotlib: pip install "gpunn[plot]"') from None
+    dev = gn.device(args.device)
+    how = dev.reason or f"chosen with --device {args.device}"
+    print(f"device: {dev} ({how})", flush=True)
+    print(f"model: {'-'.join(map(str, args.layers))} {args.activation}, Adam lr=0.001, cross-entropy; batch "
+          f"{args.batch}; {args.warmup} warm-up + {args.steps} profiled steps; seed {args.seed}", flush=True)
+    if args.compare:
+        choices = _kernel_choices(dev)
+    else:
+        from gpunn.kernels import use_kernels
+
+        label = "fused"
+        if dev.is_gpu:
+            label += f" (dense: GPUNN_DENSE_IMPL={os.environ.get('GPUNN_DENSE_IMPL', 'auto')})"
+        choices = [(label, lambda: use_kernels("fused"))]
+    results = []
+    for label, use in choices:
+        with use():
+            prof = _profile_mlp(args, dev)
+        results.append((label, prof))
+        if len(results) == 1:
+            print(f"\nkernels: {label}")
+            print(prof.table(sort_by=args.sort, group_by=args.group_by), flush=True)
+            if args.trace:
+                prof.export_chrome_trace(args.trace)
+                print(f"wrote trace: {args.trace} (open in https://ui.perfetto.dev or chrome://tracing)")
+            if args.roofline:
+                prof.roofline(args.roofline)
+                print(f"wrote roofline: {args.roofline}")
+    if args.compare:
+        print()
+        print(_compare_table(results))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
-# name -> (help, add_arguments(parser), run(args) -> exit status). `gpunn profile` will add itself here.
+# name -> (help, add_arguments(parser), run(args) -> exit status).
 COMMANDS = {
     "info": ("show versions, devices and why the GPU is or is not used", _add_info_arguments, _run_info),
     "train": ("train an MLP classifier on a bundled data set", _add_train_arguments, _run_train),
+    "profile": ("profile the kernels of MLP training steps: table, Chrome trace, roofline", _add_profile_arguments,
+                _run_profile),
 }
 
 

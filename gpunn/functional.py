@@ -122,13 +122,13 @@ def dense(x, weight, bias=None, activation="relu", negative_slope: float = 0.01,
 
     x (..., in_features); weight (out_features, in_features); bias (out_features,) or None;
     activation one of: identity (or None), relu, leaky_relu, gelu, gelu_tanh, sigmoid, tanh.
-    `name` (the layer's path in its model) is quoted in error messages.
+    `name` (the layer's path in its model) is quoted in error messages and labels the layer in profiles.
     """
     code = activation_code(activation)
     if _dense_inputs_valid(x, weight, bias):
         if bias is None:
-            return F.Dense.apply(x, weight, code=code, negative_slope=negative_slope)
-        return F.Dense.apply(x, weight, bias, code=code, negative_slope=negative_slope)
+            return F.Dense.apply(x, weight, code=code, negative_slope=negative_slope, layer=name)
+        return F.Dense.apply(x, weight, bias, code=code, negative_slope=negative_slope, layer=name)
     where = f"dense layer {name!r}" if name is not None else "dense"
     x = _tensor(x, where, "input")
     W = _tensor(weight, where, "weight")
@@ -146,8 +146,8 @@ def dense(x, weight, bias=None, activation="relu", negative_slope: float = 0.01,
     if bias is not None and bias.shape != (W.shape[0],):
         raise ValueError(f"{where}: bias must have shape ({W.shape[0]},), got {bias.shape}")
     if bias is None:
-        return F.Dense.apply(x, W, code=code, negative_slope=negative_slope)
-    return F.Dense.apply(x, W, bias, code=code, negative_slope=negative_slope)
+        return F.Dense.apply(x, W, code=code, negative_slope=negative_slope, layer=name)
+    return F.Dense.apply(x, W, bias, code=code, negative_slope=negative_slope, layer=name)
 
 
 def linear(x, weight, bias=None):

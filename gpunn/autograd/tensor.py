@@ -14,6 +14,7 @@ import contextlib
 import numpy as np
 
 from gpunn.backend import Device, device as resolve_device, device_of
+from gpunn.kernels import ops as _kops
 
 _grad_enabled = contextvars.ContextVar("gpunn_grad_enabled", default=True)
 
@@ -46,15 +47,24 @@ class Function:
 
     `backward` returns a tuple with one entry per input: an array shaped like that input, or None
     where the input needs no gradient (`self.needs_grad[i]` says which do).
+
+    `phase` and `layer` label the node for the profiler: forward ("loss" for loss nodes) and the
+    layer's path in its model where one is known (a dense node takes it from its `layer` argument).
     """
 
     inputs: tuple = ()
     needs_grad: tuple = ()
+    phase = "forward"
+    layer = None
 
     @classmethod
     def apply(cls, *inputs: "Tensor", **params) -> "Tensor":
         fn = cls()
-        out = fn.forward(*[t.data for t in inputs], **params)
+        rec = _kops._recorder
+        if rec is None:
+            out = fn.forward(*[t.data for t in inputs], **params)
+        else:  # a profiler is active: it runs forward inside this node's span
+            out = rec.node_forward(fn, [t.data for t in inputs], params)
         if isinstance(out, np.generic):  # NumPy reductions return scalars; keep 0-d arrays
             out = np.asarray(out)
         if _grad_enabled.get():
@@ -254,23 +264,12 @@ class Tensor:
                         stack.append((inp, False))
 
         grads = {id(self): g}
-        for t in reversed(order):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            node = t._node
-            if node is None:
-                t._accumulate_grad(g)
-                continue
-            in_grads = node.backward(g)
-            for inp, ig, need in zip(node.inputs, in_grads, node.needs_grad):
-                if ig is None or not need:
-                    continue
-                if type(ig) is not np.ndarray and isinstance(ig, np.generic):
-                    ig = np.asarray(ig)  # NumPy turns 0-d results into scalars; keep arrays on the tape
-                k = id(inp)
-                prev = grads.get(k)
-                grads[k] = ig if prev is None else prev + ig
+        rec = _kops._recorder
+        if rec is None:
+            _run_backward(order, grads, None)
+        else:  # a profiler is active: the walk is its "backward" phase
+            with rec.phase("backward"):
+                _run_backward(order, grads, rec)
 
     def zero_(self) -> "Tensor":
         self.data[...] = 0
@@ -441,6 +440,31 @@ class Tensor:
 
     def log_softmax(self, axis=-1, *, dim=None):
         return _F.LogSoftmax.apply(self, axis=axis if dim is None else dim)
+
+
+def _run_backward(order, grads, rec) -> None:
+    """The reverse walk of `Tensor.backward`: each node's backward in reverse topological order,
+    gradients summed per input, leaves accumulating theirs. `rec` is the active profiler or None."""
+    for t in reversed(order):
+        g = grads.pop(id(t), None)
+        if g is None:
+            continue
+        node = t._node
+        if node is None:
+            if rec is None:
+                t._accumulate_grad(g)
+            else:
+                rec.accumulate_grad(t, g)
+            continue
+        in_grads = node.backward(g) if rec is None else rec.node_backward(node, g)
+        for inp, ig, need in zip(node.inputs, in_grads, node.needs_grad):
+            if ig is None or not need:
+                continue
+            if type(ig) is not np.ndarray and isinstance(ig, np.generic):
+                ig = np.asarray(ig)  # NumPy turns 0-d results into scalars; keep arrays on the tape
+            k = id(inp)
+            prev = grads.get(k)
+            grads[k] = ig if prev is None else prev + ig
 
 
 def _axis_args(op, axis, keepdims, dim, keepdim):

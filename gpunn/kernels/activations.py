@@ -228,3 +228,42 @@ def activation_backward_cpu_kernel(dy, s, code, slope, dz):
     else:
         for i in range(n):
             dz[i] = dy[i] * dact_scalar(s[i], code, slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost model (the profiler's FLOP and byte counts; every family has one beside its kernels).
+# Conventions shared by all families: an add, multiply, divide, compare, max or select is one
+# FLOP, and so is a transcendental (exp, log, erf, tanh, sqrt); bytes are compulsory traffic:
+# every operand read once and every result written once (what an ideal fused kernel moves; an
+# implementation that makes more passes shows up as a lower achieved GB/s, not as more bytes).
+# ---------------------------------------------------------------------------------------------
+
+# FLOPs per element of y = act(z) and of dz = dy * act'(.) (counted from the formulas above).
+ACT_FLOPS = {IDENTITY: 0, RELU: 1, LEAKY_RELU: 2, GELU: 5, GELU_TANH: 9, SIGMOID: 5, TANH: 1}
+DACT_FLOPS = {IDENTITY: 0, RELU: 1, LEAKY_RELU: 2, GELU: 11, GELU_TANH: 19, SIGMOID: 3, TANH: 3}
+
+
+def operand_bytes(a) -> int:
+    """Bytes of the distinct elements of an array operand (a broadcast view, with stride 0 along
+    an axis, counts each distinct element once); 0 for None or a Python number."""
+    if a is None or not hasattr(a, "strides"):
+        return 0
+    n = 1
+    for d, st in zip(a.shape, a.strides):
+        if st != 0:
+            n *= d
+    return n * a.dtype.itemsize
+
+
+def activation_forward_cost(z, code: int, negative_slope: float = 0.01):
+    """(flops, bytes) of y = act(z): read z, write y."""
+    return ACT_FLOPS[code] * z.size, 2 * z.size * z.dtype.itemsize
+
+
+def activation_backward_cost(dy, z, y, code: int, negative_slope: float = 0.01):
+    """(flops, bytes) of dz = dy * act'(.): read dy and the saved z or y (neither for identity), write dz."""
+    saved = 0 if code == IDENTITY else 1
+    return DACT_FLOPS[code] * dy.size, (2 + saved) * dy.size * dy.dtype.itemsize
+
+
+COSTS = {"activation_forward": activation_forward_cost, "activation_backward": activation_backward_cost}

@@ -119,3 +119,38 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
     dx = np.matmul(dz, W) if need_dx else None
     dW = np.matmul(dz.T, x) if need_dw else None
     return dx, dW, db
+
+
+# ----------------------------------------------------------------------------- cost model
+# (flops, bytes) of one call from the shapes alone, for the profiler (conventions: activations.py).
+from gpunn.kernels.activations import ACT_FLOPS, DACT_FLOPS  # noqa: E402
+
+
+def dense_forward_cost(x, W, b, code: int, negative_slope: float = 0.01):
+    """GEMM 2NKM + bias NM + activation; read x, W, b, write y (and z when it is saved too)."""
+    n, k = x.shape
+    m = W.shape[0]
+    flops = 2 * n * k * m + (n * m if b is not None else 0) + ACT_FLOPS[code] * n * m
+    outputs = 2 if needs_preactivation(code, negative_slope) else 1
+    return flops, (n * k + m * k + (m if b is not None else 0) + outputs * n * m) * x.dtype.itemsize
+
+
+def dense_backward_cost(dy, x, W, saved, code: int, negative_slope: float = 0.01,
+                        need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
+    """dz = dy * act' (NM), dx = dz @ W (2NMK), dW = dz.T @ x (2NMK), db (NM, one add per element);
+    read dy, the saved z or y (not for identity), W (for dx), x (for dW); write dx, dW, db."""
+    n, m = dy.shape
+    k = x.shape[1]
+    flops = DACT_FLOPS[code] * n * m + (2 * n * m * k if need_dx else 0) + (2 * n * m * k if need_dw else 0) \
+        + (n * m if need_db else 0)
+    elems = n * m * (1 if code == IDENTITY else 2)
+    if need_dx:
+        elems += m * k + n * k
+    if need_dw:
+        elems += n * k + m * k
+    if need_db:
+        elems += m
+    return flops, elems * dy.dtype.itemsize
+
+
+COSTS = {"dense_forward": dense_forward_cost, "dense_backward": dense_backward_cost}

@@ -54,3 +54,50 @@ def l1_forward(x, y):
 
 def l1_backward(g, x, y):
     return g * _xp(x).sign(x - y)
+
+
+# ----------------------------------------------------------------------------- cost model
+# (flops, bytes) of one call from the shapes alone, for the profiler (conventions: activations.py).
+# FLOPs per element are counted from the expressions above; operands that broadcast (the upstream
+# gradient of a reduced loss, pos_weight) count their distinct elements once.
+from gpunn.kernels.activations import operand_bytes  # noqa: E402
+
+
+def _elementwise_cost(per_element, out, *operands):
+    return per_element * out.size, out.size * out.dtype.itemsize + sum(operand_bytes(a) for a in operands)
+
+
+def bce_with_logits_forward_cost(x, y, pos_weight=None):
+    """13 FLOPs per element (17 with pos_weight); read x, y, pos_weight; write the losses."""
+    return _elementwise_cost(13 if pos_weight is None else 17, x, x, y, pos_weight)
+
+
+def bce_with_logits_backward_cost(g, x, y, pos_weight=None):
+    """sigmoid (5), subtract, multiply: 7 FLOPs per element (12 with pos_weight); read g, x, y, pos_weight."""
+    return _elementwise_cost(7 if pos_weight is None else 12, x, g, x, y, pos_weight)
+
+
+def mse_forward_cost(x, y):
+    """(x - y)^2: 2 FLOPs per element; read x, y; write the losses."""
+    return _elementwise_cost(2, x, x, y)
+
+
+def mse_backward_cost(g, x, y):
+    """g * 2 (x - y): 3 FLOPs per element; read g, x, y; write dx."""
+    return _elementwise_cost(3, x, g, x, y)
+
+
+def l1_forward_cost(x, y):
+    """|x - y|: 2 FLOPs per element; read x, y; write the losses."""
+    return _elementwise_cost(2, x, x, y)
+
+
+def l1_backward_cost(g, x, y):
+    """g * sign(x - y): 3 FLOPs per element; read g, x, y; write dx."""
+    return _elementwise_cost(3, x, g, x, y)
+
+
+COSTS = {"bce_with_logits_forward": bce_with_logits_forward_cost,
+         "bce_with_logits_backward": bce_with_logits_backward_cost,
+         "mse_forward": mse_forward_cost, "mse_backward": mse_backward_cost,
+         "l1_forward": l1_forward_cost, "l1_backward": l1_backward_cost}

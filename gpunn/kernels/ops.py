@@ -91,18 +91,32 @@ if _choice not in KERNEL_CHOICES:
 
 
 def _gpu():
+    """CudaOps (Numba CUDA kernels on CuPy arrays) when they can run, else the reference on CuPy.
+    Decided on the first GPU call (gpunn/kernels/cuda_ops.py); nothing GPU-related is imported before."""
     global _gpu_ops
     if _gpu_ops is None:
-        # The GPU backend plugs in here; until its kernels exist the reference runs on CuPy.
-        _gpu_ops = Ops()
+        from gpunn.kernels.cuda_ops import gpu_ops
+
+        _gpu_ops = gpu_ops()
     return _gpu_ops
+
+
+# The profiler's hook (set only by gpunn.profiler while a profile is active, None otherwise): a
+# callable (ops, array) -> a recording proxy of `ops`. The same object receives the autodiff
+# engine's and the optimizer's phase and layer marks (see gpunn/profiler/recorder.py). With no
+# profiler active, the whole cost is the one `is None` test below (and one like it per graph node).
+_recorder = None
 
 
 def ops_for(array) -> Ops:
     """The kernel implementation for the device an array lives on."""
     if type(array) is np.ndarray or isinstance(array, (np.ndarray, np.generic)):
-        return _cpu_ops if _choice == "fused" else _reference_ops
-    return _gpu() if _choice == "fused" else _reference_ops
+        ops = _cpu_ops if _choice == "fused" else _reference_ops
+    else:
+        ops = _gpu() if _choice == "fused" else _reference_ops
+    if _recorder is None:
+        return ops
+    return _recorder(ops, array)
 
 
 @contextlib.contextmanager

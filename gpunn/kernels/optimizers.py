@@ -243,3 +243,43 @@ def rmsprop_update_cpu(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_
     _rmsprop_kernel(p, grad, sq, sq if buf is None else buf, sq if gavg is None else gavg,
                     float(lr), float(alpha), float(eps), float(weight_decay), float(momentum),
                     bool(centered), bool(maximize))
+
+
+# ----------------------------------------------------------------------------- cost model
+# (flops, bytes) of one call from the sizes alone, for the profiler (conventions: activations.py).
+# FLOPs per element are counted from the kernels above; bytes: every buffer the options use is
+# read once and every buffer the update changes is written once (grad is only read).
+
+def sgd_update_cost(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                    weight_decay=0.0, maximize=False, first_step=True):
+    """p -= lr g: 2; maximize 1, weight decay 2, momentum 3 (0 on the first step: buf = g),
+    nesterov 2 FLOPs per element. Read p, grad (and buf after the first step); write p (and buf)."""
+    per = 2 + (1 if maximize else 0) + (2 if weight_decay != 0 else 0)
+    arrays = 3
+    if momentum != 0:
+        per += (0 if first_step else 3) + (2 if nesterov else 0)
+        arrays += 1 if first_step else 2
+    return per * p.size, arrays * p.size * p.dtype.itemsize
+
+
+def adam_update_cost(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                     decoupled=False, amsgrad=False, maximize=False, step=1):
+    """m 3, v 4, denominator 3, p 3: 13 FLOPs per element; maximize 1, weight decay 2 (decoupled 1),
+    amsgrad 1. Read p, grad, m, v (vmax); write p, m, v (vmax)."""
+    per = 13 + (1 if maximize else 0) + (1 if amsgrad else 0)
+    if weight_decay != 0:
+        per += 1 if decoupled else 2
+    return per * p.size, (9 if amsgrad else 7) * p.size * p.dtype.itemsize
+
+
+def rmsprop_update_cost(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                        momentum=0.0, centered=False, maximize=False):
+    """square_avg 4, denominator 2, p 3: 9 FLOPs per element (momentum: 11); maximize 1, weight
+    decay 2, centered 5. Read p, grad, square_avg (buf, grad_avg); write p, square_avg (buf, grad_avg)."""
+    per = 9 + (2 if momentum > 0 else 0) + (1 if maximize else 0) + (2 if weight_decay != 0 else 0) \
+        + (5 if centered else 0)
+    arrays = 5 + (2 if momentum > 0 else 0) + (2 if centered else 0)
+    return per * p.size, arrays * p.size * p.dtype.itemsize
+
+
+COSTS = {"sgd_update": sgd_update_cost, "adam_update": adam_update_cost, "rmsprop_update": rmsprop_update_cost}

@@ -97,3 +97,27 @@ def softmax_cross_entropy_backward_cpu(row_grads, probs, labels, ignore_index: i
     _softmax_ce_bwd(np.ascontiguousarray(row_grads, dtype=probs.dtype), probs,
                     np.ascontiguousarray(labels), ignore_index, d)
     return d
+
+
+# ----------------------------------------------------------------------------- cost model
+# (flops, bytes) of one call from the shapes alone, for the profiler (conventions: activations.py).
+from gpunn.kernels.activations import operand_bytes  # noqa: E402
+
+
+def softmax_cross_entropy_forward_cost(logits, labels, ignore_index: int = -100):
+    """Per element max, subtract, exp, sum, normalise (5NC); per row log, add, subtract, reciprocal (4N).
+    Read logits and labels; write losses and probs."""
+    n, c = logits.shape
+    s = logits.dtype.itemsize
+    return 5 * n * c + 4 * n, 2 * n * c * s + n * s + operand_bytes(labels)
+
+
+def softmax_cross_entropy_backward_cost(row_grads, probs, labels, ignore_index: int = -100):
+    """dlogits = w (p - onehot): one multiply per element and one subtract per row (NC + N).
+    Read the row gradients (a broadcast scalar counts once), probs and labels; write dlogits."""
+    n, c = probs.shape
+    return n * c + n, 2 * n * c * probs.dtype.itemsize + operand_bytes(row_grads) + operand_bytes(labels)
+
+
+COSTS = {"softmax_cross_entropy_forward": softmax_cross_entropy_forward_cost,
+         "softmax_cross_entropy_backward": softmax_cross_entropy_backward_cost}

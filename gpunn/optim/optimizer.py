@@ -30,6 +30,7 @@ from collections import defaultdict
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor, enable_grad
+from gpunn.kernels import ops as _kops
 from gpunn.kernels.ops import ops_for
 
 __all__ = ["Optimizer", "required"]
@@ -384,6 +385,16 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        rec = _kops._recorder
+        if rec is None:
+            self._step_groups()
+        else:  # a profiler is active: the updates are its "optimizer" phase (and end a training step)
+            with rec.phase("optimizer"):
+                self._step_groups()
+        return loss
+
+    def _step_groups(self) -> None:
+        """The updates of `step()`: one fused kernel call per group (see the module doc)."""
         for group, fg in zip(self.param_groups, self._flat):
             have = fg.collect()
             names = self._state_names(group)
@@ -413,7 +424,6 @@ class Optimizer:
                 fg.synced = False
             if not fg.synced:
                 self._sync_state(group, fg)
-        return loss
 
     def _sync_state(self, group, fg) -> None:
         """Expose per-parameter views of the flat state as `state[p]` (params with steps only)."""

@@ -2,7 +2,8 @@
 
 x may have any number of leading axes (..., K); they are flattened to rows for the kernel.
 Backward calls the fused backward kernel once, asking only for the gradients that are needed
-(no dx for a first layer fed with data).
+(no dx for a first layer fed with data). `layer` is the layer's path in its model (the
+profiler's label; functional.dense passes its `name`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from gpunn.kernels import ops_for
 
 
 class Dense(Function):
-    def forward(self, x, W, b=None, code=1, negative_slope=0.01):
+    def forward(self, x, W, b=None, code=1, negative_slope=0.01, layer=None):
+        self.layer = layer
         self.lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
         y, saved = ops_for(x2).dense_forward(x2, W, b, code, negative_slope)

@@ -10,6 +10,13 @@ from gpunn.autograd.tensor import Function
 from gpunn.kernels import ops_for
 
 
+class _LossNode(Function):
+    """A loss node: the profiler files its forward under the "loss" phase and layer."""
+
+    phase = "loss"
+    layer = "loss"
+
+
 def _reduce(losses, reduction, count=None):
     if reduction == "none":
         return losses
@@ -34,7 +41,7 @@ def _upstream(g, reduction, shape, dtype, count=None):
     return xp.broadcast_to(g, shape)
 
 
-class CrossEntropy(Function):
+class CrossEntropy(_LossNode):
     def forward(self, logits, labels, reduction="mean", ignore_index=-100):
         ops = ops_for(logits)
         losses, self.probs = ops.softmax_cross_entropy_forward(logits, labels, ignore_index)
@@ -47,7 +54,7 @@ class CrossEntropy(Function):
         return ops_for(self.probs).softmax_cross_entropy_backward(rows, self.probs, self.labels, self.ignore), None
 
 
-class BCEWithLogits(Function):
+class BCEWithLogits(_LossNode):
     def forward(self, x, y, reduction="mean", pos_weight=None):
         self.x, self.y, self.reduction, self.pw = x, y, reduction, pos_weight
         return _reduce(ops_for(x).bce_with_logits_forward(x, y, pos_weight), reduction)
@@ -69,7 +76,7 @@ class BCEWithLogits(Function):
         return gx, gy
 
 
-class _Pointwise(Function):
+class _Pointwise(_LossNode):
     kind = ""
 
     def forward(self, x, y, reduction="mean"):
