@@ -1,9 +1,27 @@
 """Shared test setup: gpunn importable from the checkout, the harness on sys.path, and the
-`backend` fixture that runs a test once per backend present here (see harness.BACKENDS)."""
+`backend` fixture that runs a test once per backend present here (see harness.BACKENDS).
+
+First of all (before anything imports numba, which reads the variable once): without a usable
+GPU, NUMBA_ENABLE_CUDASIM=1, so the CUDA kernel tests (tests/test_cuda_*.py) run under Numba's
+CPU simulator. A value already in the environment is left alone. The check is cheap: CuPy's
+import and device count, nothing from numba. Only numba.cuda changes; the CPU kernels do not."""
 from __future__ import annotations
 
 import os
 import sys
+
+
+def _cuda_device_present() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device
+        return False
+
+
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and "numba" not in sys.modules and not _cuda_device_present():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_TESTS)

@@ -95,11 +95,40 @@ class Backend:
         return self.name
 
 
+class SimulatorBackend(Backend):
+    """CudaOps (gpunn's Numba CUDA kernels) on NumPy arrays under Numba's CUDA simulator. Opt-in with
+    GPUNN_TEST_CUDASIM_BACKEND=1 (slow: one Python thread per CUDA thread), to run the backend tests
+    through the GPU kernels on a machine without a GPU; "gpu" is the real thing."""
+
+    def available(self) -> tuple[bool, str]:
+        import os
+
+        from gpunn.backend.numba_cuda import is_simulator
+
+        if os.environ.get("GPUNN_TEST_CUDASIM_BACKEND", "") in ("", "0"):
+            return False, "opt-in: GPUNN_TEST_CUDASIM_BACKEND=1"
+        return (True, "Numba CUDA simulator") if is_simulator() else (False, "NUMBA_ENABLE_CUDASIM is off")
+
+    @contextlib.contextmanager
+    def activate(self):
+        from gpunn.kernels import ops as ops_mod
+        from gpunn.kernels.cuda_ops import CudaOps
+
+        old = ops_mod._cpu_ops
+        ops_mod._cpu_ops = CudaOps()
+        try:
+            with use_kernels("fused"):
+                yield self
+        finally:
+            ops_mod._cpu_ops = old
+
+
 BACKENDS = (
     Backend("reference", "reference", "cpu"),
     Backend("cpu", "fused", "cpu"),
     Backend("gpu-reference", "reference", "gpu"),
-    Backend("gpu", "fused", "gpu"),
+    Backend("gpu", "fused", "gpu"),  # CudaOps: gpunn's Numba CUDA kernels on CuPy arrays
+    SimulatorBackend("cuda-sim", "fused", "cpu"),
 )
 
 

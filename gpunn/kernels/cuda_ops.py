@@ -1,0 +1,172 @@
+"""`CudaOps`: the GPU backend's kernel set (CuPy arrays, Numba CUDA kernels, cuBLAS through CuPy).
+
+Exactly the base `Ops` methods and signatures (tests/test_kernels_consistency.py checks it); each
+delegates to its family's CUDA module:
+  dense_forward / dense_backward           dense_dispatch (fused GEMM or cuBLAS + fused epilogue)
+  activation_forward / _backward           activations_cuda
+  softmax_cross_entropy_forward / _backward  softmax_ce_cuda
+  bce_with_logits_*, mse_*, l1_*           losses_cuda
+  sgd_update, adam_update, rmsprop_update  optimizers_cuda (one launch per param group)
+Arrays of a dtype the kernels do not take (anything but float32/float64, e.g. float16) go to the
+reference implementation, which runs on CuPy too. Bad calls (mismatched shapes, dtypes, array
+types) raise ValueError/TypeError before any launch.
+
+`gpu_ops()` is what `gpunn.kernels.ops._gpu()` returns for CuPy arrays: a CudaOps when the kernels
+can run (`numba_cuda.kernel_status()`), else the reference `Ops` (with one RuntimeWarning saying
+why). Importing this module imports neither CuPy nor numba.cuda.
+"""
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+
+from gpunn.backend import numba_cuda as nc
+from gpunn.kernels import activations_cuda, dense, dense_dispatch, losses, losses_cuda, optimizers
+from gpunn.kernels import optimizers_cuda, softmax_ce, softmax_ce_cuda
+from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
+from gpunn.kernels.activations_cuda import supported
+from gpunn.kernels.ops import Ops
+
+
+def _or_reference(fast, ref, index: int, name: str):
+    """Run `fast` when the array argument `name` (position `index`) is float32/float64, else `ref`."""
+
+    @functools.wraps(fast)
+    def run(*args, **kwargs):
+        a = args[index] if len(args) > index else kwargs.get(name)
+        if a is not None and hasattr(a, "dtype") and not supported(a.dtype):
+            return ref(*args, **kwargs)
+        return fast(*args, **kwargs)
+
+    return run
+
+
+def dense_forward(x, W, b, code: int, negative_slope: float = 0.01):
+    return dense_dispatch.dense_forward(x, W, b, code, negative_slope)
+
+
+def dense_backward(dy, x, W, saved, code: int, negative_slope: float = 0.01,
+                   need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
+    return dense_dispatch.dense_backward(dy, x, W, saved, code, negative_slope, need_dx, need_dw, need_db)
+
+
+class CudaOps(Ops):
+    """Numba CUDA kernels on CuPy arrays (launched on CuPy's current stream); see the module docstring."""
+
+    name = "cuda"
+
+    dense_forward = staticmethod(_or_reference(dense_forward, dense.dense_forward_ref, 0, "x"))
+    dense_backward = staticmethod(_or_reference(dense_backward, dense.dense_backward_ref, 0, "dy"))
+    activation_forward = staticmethod(_or_reference(activations_cuda.activation_forward, activation_forward_ref,
+                                                    0, "z"))
+    activation_backward = staticmethod(_or_reference(activations_cuda.activation_backward, activation_backward_ref,
+                                                     0, "dy"))
+    softmax_cross_entropy_forward = staticmethod(_or_reference(
+        softmax_ce_cuda.softmax_cross_entropy_forward, softmax_ce.softmax_cross_entropy_forward_ref, 0, "logits"))
+    softmax_cross_entropy_backward = staticmethod(_or_reference(
+        softmax_ce_cuda.softmax_cross_entropy_backward, softmax_ce.softmax_cross_entropy_backward_ref, 1, "probs"))
+    bce_with_logits_forward = staticmethod(_or_reference(losses_cuda.bce_with_logits_forward,
+                                                         losses.bce_with_logits_forward, 0, "x"))
+    bce_with_logits_backward = staticmethod(_or_reference(losses_cuda.bce_with_logits_backward,
+                                                          losses.bce_with_logits_backward, 1, "x"))
+    mse_forward = staticmethod(_or_reference(losses_cuda.mse_forward, losses.mse_forward, 0, "x"))
+    mse_backward = staticmethod(_or_reference(losses_cuda.mse_backward, losses.mse_backward, 1, "x"))
+    l1_forward = staticmethod(_or_reference(losses_cuda.l1_forward, losses.l1_forward, 0, "x"))
+    l1_backward = staticmethod(_or_reference(losses_cuda.l1_backward, losses.l1_backward, 1, "x"))
+    sgd_update = staticmethod(_or_reference(optimizers_cuda.sgd_update, optimizers.sgd_update_ref, 0, "p"))
+    adam_update = staticmethod(_or_reference(optimizers_cuda.adam_update, optimizers.adam_update_ref, 0, "p"))
+    rmsprop_update = staticmethod(_or_reference(optimizers_cuda.rmsprop_update, optimizers.rmsprop_update_ref,
+                                                0, "p"))
+
+
+def gpu_ops():
+    """CudaOps() when the GPU kernels can run here, else the reference Ops() (warning once why)."""
+    usable, why = nc.kernel_status()
+    if usable:
+        return CudaOps()
+    warnings.warn(f"gpunn: the GPU kernels cannot run, so CuPy arrays use the reference kernels: {why}",
+                  RuntimeWarning, stacklevel=3)
+    return Ops()
+
+
+# ------------------------------------------------------------------------------------------ warm-up
+
+def warmup(xp=None, dtypes=("float32",)):
+    """Compile (and run once, on tiny arrays) the kernels a typical training step uses: the fused
+    and cuBLAS dense paths (relu, identity), softmax cross-entropy, MSE, SGD and Adam. Returns
+    [(kernel key, compile seconds)] for the kernels compiled by this call, and the wall time.
+    `xp` defaults to cupy (numpy works under the simulator)."""
+    import numpy as np
+
+    from gpunn.kernels.activations import IDENTITY, RELU
+
+    if xp is None:
+        import cupy as xp
+    before = len(nc.compile_log())
+    t0 = time.perf_counter()
+    ops = CudaOps()
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        dt = np.dtype(dtype)
+        x = xp.asarray(rng.standard_normal((5, 3)).astype(dt))
+        W = xp.asarray(rng.standard_normal((4, 3)).astype(dt))
+        b = xp.asarray(rng.standard_normal(4).astype(dt))
+        for impl in ("fused", "cublas"):
+            for code in (RELU, IDENTITY):
+                y, saved = dense_dispatch.dense_forward(x, W, b, code, impl=impl)
+                dense_dispatch.dense_backward(y, x, W, saved, code, impl=impl)
+        labels = xp.asarray(np.array([0, 1, 2, 3, 0], dtype=np.int64))
+        losses_, probs = ops.softmax_cross_entropy_forward(y, labels)
+        ops.softmax_cross_entropy_backward(xp.broadcast_to(xp.asarray(dt.type(0.2)), (5,)), probs, labels)
+        ops.mse_backward(xp.broadcast_to(xp.asarray(dt.type(0.1)), y.shape), y, y, )
+        p = xp.zeros(8, dtype=dt)
+        g = xp.ones(8, dtype=dt)
+        ops.sgd_update(p, g, xp.zeros(8, dtype=dt), 0.1, momentum=0.9, first_step=True)
+        ops.sgd_update(p, g, xp.zeros(8, dtype=dt), 0.1, momentum=0.9, first_step=False)
+        ops.adam_update(p, g, xp.zeros(8, dtype=dt), xp.zeros(8, dtype=dt), None, 1e-3)
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()
+    return nc.compile_log()[before:], time.perf_counter() - t0
+
+
+def gpu_report(out=None) -> None:
+    """What `gpunn info --gpu` prints: whether the GPU kernels can run and why, the settings they
+    depend on, the dense dispatch table's coverage of this device, and (on a GPU) the compile time
+    of each kernel a training step uses (this compiles them)."""
+    import os
+    import sys
+
+    from gpunn.kernels import dense_dispatch as dd
+
+    out = out or sys.stdout
+    usable, why = nc.kernel_status()
+    print(f"gpu kernels: {'usable' if usable else 'not usable'}: {why}", file=out)
+    print(f"  {nc.tf32_status()}", file=out)
+    print(f"  dense implementation: {os.environ.get(dd.ENV) or 'auto'} ({dd.ENV}); "
+          f"fused GEMM tiles: {', '.join(dense_cuda_tiles())}", file=out)
+    if not usable:
+        print("  kernel compile times: not measured (no GPU kernels here)", file=out)
+        return
+    cuda = nc.numba_cuda()
+    impl = getattr(cuda, "implementation", "?")
+    print(f"  numba.cuda: {impl}; {nc.SYNC_ENV}={os.environ.get(nc.SYNC_ENV)!r} "
+          "(0: no stream synchronisation per CuPy argument)", file=out)
+    name = nc.device_name()
+    entries = [k for k in dd._table_index() if k[0] == name]
+    table = f"measured for {name}" if entries else f"no measurements for {name} (default rule)"
+    print(f"  dispatch table: {table}", file=out)
+    log, wall = warmup()
+    log = [(k, sec) for k, sec in log if not str(k[0]).endswith("_device")]  # typed inside their kernels
+    total = sum(s for _, s in log)
+    print(f"  compiled {len(log)} kernels in {total:.2f} s (warm-up wall time {wall:.2f} s):", file=out)
+    for key, seconds in log:
+        print(f"    {seconds * 1000:8.1f} ms  {' '.join(str(k) for k in key)}", file=out)
+    for key, text in nc.KERNELS.warnings:
+        print(f"  warning while building {key}: {text}", file=out)
+
+
+def dense_cuda_tiles():
+    from gpunn.kernels import dense_cuda
+
+    return list(dense_cuda.TILES)

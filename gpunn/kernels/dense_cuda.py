@@ -1,0 +1,680 @@
+"""The fused dense layer on the GPU: Numba CUDA kernels for y = act(x @ W.T + b) and its gradients.
+
+Contract: gpunn/kernels/dense.py. x (N, K), W (M, K), b (M,) or None, y (N, M); one dtype
+(float32 or float64). Forward returns (y, saved): saved is z for gelu, gelu_tanh and leaky_relu
+with a negative slope (`needs_preactivation`), else y (the same array). Backward, with
+dz = dy * act'(saved): dx = dz @ W, dW = dz.T @ x, db = column sums of dz.
+
+Two implementations, chosen per shape by gpunn/kernels/dense_dispatch.py:
+
+"fused" -- our own tiled GEMMs, one launch per product:
+  forward   `dense_forward_kernel`: C = x @ W.T with register blocking. A block of BM*BN/(TM*TN)
+            threads computes a BM x BN tile of the output; each thread a TM x TN sub-tile (rows
+            ty + i*TY, columns tx + j*TX: strided, so stores and shared-memory reads are
+            coalesced / conflict-free). K is walked in BK-wide slices staged in shared memory
+            (x slice stored transposed, padded by one column). The epilogue adds b, applies the
+            activation and writes y (and z when backward needs it) once. Grid (ceil(M/BN), ceil(N/BM)).
+  backward  `dense_dx_kernel`: dx = dz @ W, reduction over M; dz = dy * act'(saved) is formed
+            while the dy/saved slice is loaded into shared memory (never stored).
+            `dense_dw_kernel`: dW = dz.T @ x, reduction over N, dz formed on load the same way;
+            the blocks of the first K-tile column also sum the dz slices they load into db
+            (float64, one thread per column, rows in order): deterministic, no atomics.
+            Grids (ceil(K/BN), ceil(N/BM)) and (ceil(K/BN), ceil(M/BM)).
+  Accumulation in the data's dtype (as cuBLAS does), products fused into FMAs by the compiler;
+  db in float64.
+
+"cublas" -- xp.matmul (cuBLAS through CuPy; full float32 unless the user set CUPY_TF32=1) plus ONE
+  element-wise kernel: `bias_act_kernel` (z += b; y = act(z), in place when saved is y) forward;
+  `dz_colsum_kernel` (dz = dy * act'(saved) and per-chunk float64 column sums of dz) backward,
+  followed, when the rows were split into several chunks, by `colsum_finalize_kernel` (the chunk
+  sums added in chunk order). Both deterministic: no float atomics anywhere.
+
+Limits (checked before launch, ValueError otherwise): 2-D C-contiguous operands of one float
+dtype (the dispatcher copies non-contiguous ones); fused grids need ceil(rows/BM) <= 65535
+(N <= 4,194,240 at BM=64; the dispatcher then uses cublas). Every kernel is compiled once per
+(dtype, activation code, flags, tile configuration) with an explicit signature.
+Shared memory per block: (BK*(BM+1) + BK*(BN+1)) * itemsize (8.3 KB float32 for 64x64x16).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpunn.backend import numba_cuda as nc
+from gpunn.kernels.activations import IDENTITY, check_code, needs_preactivation
+from gpunn.kernels.activations_cuda import act_device, dz_device
+from gpunn.kernels.activations_cuda import backward_kernel as activation_backward_kernel
+
+# numba.cuda, bound by the first kernel build. A module global on purpose: kernels must reach it as a
+# global name (Numba's simulator swaps module globals that are numba.cuda, not closure variables).
+cuda = None
+
+
+def _cuda():
+    global cuda
+    if cuda is None:
+        cuda = nc.numba_cuda()
+    return cuda
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """The fused GEMMs' geometry: block tile BM x BN, K slice BK, per-thread tile TM x TN."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def shared_bytes(self, itemsize: int) -> int:
+        return (self.bk * (self.bm + 1) + self.bk * (self.bn + 1)) * itemsize
+
+    def check(self) -> "TileConfig":
+        t = self.threads
+        ok = (self.bm % self.tm == 0 and self.bn % self.tn == 0 and t <= 1024
+              and (self.bm * self.bk) % t == 0 and (self.bn * self.bk) % t == 0 and t >= self.bm
+              and self.shared_bytes(8) <= 48 * 1024)
+        if not ok:
+            raise ValueError(f"invalid tile configuration {self.name}: need BM % TM == BN % TN == 0, "
+                             "threads <= 1024, BM*BK and BN*BK multiples of the thread count, "
+                             "threads >= BM, shared memory <= 48 KB")
+        return self
+
+
+TILES = {
+    "64x64x16/4x4": TileConfig(64, 64, 16, 4, 4),    # 256 threads, 16 accumulators per thread
+    "128x128x8/8x8": TileConfig(128, 128, 8, 8, 8),  # 256 threads, 64 accumulators: large GEMMs
+    "32x32x8/2x2": TileConfig(32, 32, 8, 2, 2),      # 256 threads: more blocks for small outputs
+}
+DEFAULT_TILE = "64x64x16/4x4"
+# The simulator runs one Python thread per CUDA thread: tiny tiles keep the tests fast.
+SIM_TILE = TileConfig(4, 4, 2, 2, 2)
+MAX_GRID_Y = 65535
+
+for _t in TILES.values():
+    _t.check()
+
+
+def tile_config(tile=None) -> TileConfig:
+    """A TileConfig from a name, a TileConfig or None (the default; SIM_TILE in the simulator)."""
+    if isinstance(tile, TileConfig):
+        return tile.check()
+    if tile is None:
+        return SIM_TILE if nc.is_simulator() else TILES[DEFAULT_TILE]
+    try:
+        return TILES[tile]
+    except KeyError:
+        raise ValueError(f"unknown tile configuration {tile!r}; known: {', '.join(TILES)}") from None
+
+
+def fused_fits(rows: int, cfg: TileConfig) -> bool:
+    """Whether a fused GEMM over `rows` output rows fits the grid's y limit."""
+    return math.ceil(rows / cfg.bm) <= MAX_GRID_Y
+
+
+# ------------------------------------------------------------------------------------------ builders
+
+def _build_forward(dt, code, has_bias, store_z, cfg):
+    _cuda()
+    nbt = nc.nbtype(dt)
+    act = act_device(code, dt)
+    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
+    TX, TY = BN // TN, BM // TM
+    NT = TX * TY
+    AL, BL = BM * BK // NT, BN * BK // NT
+    BMP, BNP = BM + 1, BN + 1
+    zero = dt.type(0)
+    HAS_BIAS, STORE_Z = has_bias, store_z
+
+    def dense_forward_kernel(x, W, b, slope, y, z):
+        As = cuda.shared.array((BK, BMP), nbt)
+        Bs = cuda.shared.array((BK, BNP), nbt)
+        acc = cuda.local.array((TM, TN), nbt)
+        ar = cuda.local.array(TM, nbt)
+        br = cuda.local.array(TN, nbt)
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = tid // TX
+        row0 = cuda.blockIdx.y * BM
+        col0 = cuda.blockIdx.x * BN
+        N = x.shape[0]
+        K = x.shape[1]
+        M = W.shape[0]
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = zero
+        for k0 in range(0, K, BK):
+            for q in range(AL):  # x slice, coalesced along k, stored transposed
+                e = tid + q * NT
+                r = e // BK
+                kk = e - r * BK
+                gr = row0 + r
+                gk = k0 + kk
+                v = zero
+                if gr < N and gk < K:
+                    v = x[gr, gk]
+                As[kk, r] = v
+            for q in range(BL):  # W slice, coalesced along k
+                e = tid + q * NT
+                c = e // BK
+                kk = e - c * BK
+                gc = col0 + c
+                gk = k0 + kk
+                v = zero
+                if gc < M and gk < K:
+                    v = W[gc, gk]
+                Bs[kk, c] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    ar[i] = As[kk, ty + i * TY]
+                for j in range(TN):
+                    br[j] = Bs[kk, tx + j * TX]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ar[i] * br[j]
+            cuda.syncthreads()
+        for i in range(TM):
+            r = row0 + ty + i * TY
+            if r < N:
+                for j in range(TN):
+                    c = col0 + tx + j * TX
+                    if c < M:
+                        v = acc[i, j]
+                        if HAS_BIAS:
+                            v += b[c]
+                        if STORE_Z:
+                            z[r, c] = v
+                        y[r, c] = act(v, slope)
+
+    a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
+    return nc.jit(nc.void(a2, a2, a1, nbt, a2, a2), dense_forward_kernel)
+
+
+def _build_dx(dt, code, cfg):
+    """dx (N, K) = dz (N, M) @ W (M, K); dz formed on load."""
+    _cuda()
+    nbt = nc.nbtype(dt)
+    dzf = dz_device(code, dt)
+    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
+    TX, TY = BN // TN, BM // TM
+    NT = TX * TY
+    AL, BL = BM * BK // NT, BN * BK // NT
+    BMP, BNP = BM + 1, BN + 1
+    zero = dt.type(0)
+
+    def dense_dx_kernel(dy, s, W, slope, dx):
+        As = cuda.shared.array((BK, BMP), nbt)
+        Bs = cuda.shared.array((BK, BNP), nbt)
+        acc = cuda.local.array((TM, TN), nbt)
+        ar = cuda.local.array(TM, nbt)
+        br = cuda.local.array(TN, nbt)
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = tid // TX
+        row0 = cuda.blockIdx.y * BM
+        col0 = cuda.blockIdx.x * BN
+        N = dy.shape[0]
+        M = dy.shape[1]
+        K = W.shape[1]
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = zero
+        for m0 in range(0, M, BK):
+            for q in range(AL):  # dz slice (rows n, reduction index m): coalesced along m
+                e = tid + q * NT
+                r = e // BK
+                kk = e - r * BK
+                gr = row0 + r
+                gm = m0 + kk
+                v = zero
+                if gr < N and gm < M:
+                    v = dzf(dy[gr, gm], s[gr, gm], slope)
+                As[kk, r] = v
+            for q in range(BL):  # W slice (reduction index m, columns k): coalesced along k
+                e = tid + q * NT
+                kk = e // BN
+                c = e - kk * BN
+                gm = m0 + kk
+                gc = col0 + c
+                v = zero
+                if gm < M and gc < K:
+                    v = W[gm, gc]
+                Bs[kk, c] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(TM):
+                    ar[i] = As[kk, ty + i * TY]
+                for j in range(TN):
+                    br[j] = Bs[kk, tx + j * TX]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ar[i] * br[j]
+            cuda.syncthreads()
+        for i in range(TM):
+            r = row0 + ty + i * TY
+            if r < N:
+                for j in range(TN):
+                    c = col0 + tx + j * TX
+                    if c < K:
+                        dx[r, c] = acc[i, j]
+
+    a2 = nc.arr(dt, 2)
+    return nc.jit(nc.void(a2, a2, a2, nbt, a2), dense_dx_kernel)
+
+
+def _build_dw(dt, code, want_db, cfg):
+    """dW (M, K) = dz.T (M, N) @ x (N, K); dz formed on load; db folded into the first K-tile column."""
+    _cuda()
+    import numba
+
+    nbt = nc.nbtype(dt)
+    f64 = numba.float64
+    dzf = dz_device(code, dt)
+    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
+    TX, TY = BN // TN, BM // TM
+    NT = TX * TY
+    AL, BL = BM * BK // NT, BN * BK // NT
+    BMP, BNP = BM + 1, BN + 1
+    zero = dt.type(0)
+    WANT_DB = want_db
+
+    def dense_dw_kernel(dy, s, x, slope, dW, db):
+        As = cuda.shared.array((BK, BMP), nbt)
+        Bs = cuda.shared.array((BK, BNP), nbt)
+        acc = cuda.local.array((TM, TN), nbt)
+        ar = cuda.local.array(TM, nbt)
+        br = cuda.local.array(TN, nbt)
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = tid // TX
+        row0 = cuda.blockIdx.y * BM  # rows of dW: m
+        col0 = cuda.blockIdx.x * BN  # columns of dW: k
+        N = dy.shape[0]
+        M = dy.shape[1]
+        K = x.shape[1]
+        do_db = WANT_DB and cuda.blockIdx.x == 0 and tid < BM
+        dbacc = f64(0.0)
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = zero
+        for n0 in range(0, N, BK):
+            for q in range(AL):  # dz.T slice: As[n, m] = dz[n0 + n, row0 + m], coalesced along m
+                e = tid + q * NT
+                kk = e // BM
+                r = e - kk * BM
+                gn = n0 + kk
+                gm = row0 + r
+                v = zero
+                if gn < N and gm < M:
+                    v = dzf(dy[gn, gm], s[gn, gm], slope)
+                As[kk, r] = v
+            for q in range(BL):  # x slice: Bs[n, k] = x[n0 + n, col0 + k], coalesced along k
+                e = tid + q * NT
+                kk = e // BN
+                c = e - kk * BN
+                gn = n0 + kk
+                gc = col0 + c
+                v = zero
+                if gn < N and gc < K:
+                    v = x[gn, gc]
+                Bs[kk, c] = v
+            cuda.syncthreads()
+            if do_db:
+                for kk in range(BK):
+                    dbacc += f64(As[kk, tid])
+            for kk in range(BK):
+                for i in range(TM):
+                    ar[i] = As[kk, ty + i * TY]
+                for j in range(TN):
+                    br[j] = Bs[kk, tx + j * TX]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += ar[i] * br[j]
+            cuda.syncthreads()
+        for i in range(TM):
+            r = row0 + ty + i * TY
+            if r < M:
+                for j in range(TN):
+                    c = col0 + tx + j * TX
+                    if c < K:
+                        dW[r, c] = acc[i, j]
+        if do_db and row0 + tid < M:
+            db[row0 + tid] = dbacc
+
+    a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
+    return nc.jit(nc.void(a2, a2, a2, nbt, a2, a1), dense_dw_kernel)
+
+
+def _build_bias_act(dt, code, has_bias, mode):
+    """The cublas path's forward epilogue over the flat (N*M) output, v = z + b:
+    mode "inplace": z = act(v);  "both": z = v and y = act(v);  "y": y = act(v) (z untouched)."""
+    _cuda()
+    act = act_device(code, dt)
+    HAS_BIAS, INPLACE, BOTH = has_bias, mode == "inplace", mode == "both"
+
+    def bias_act_kernel(z, b, m, slope, y):
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        n = z.shape[0]
+        while i < n:
+            v = z[i]
+            if HAS_BIAS:
+                v += b[i % m]
+            if INPLACE:
+                z[i] = act(v, slope)
+            else:
+                if BOTH:
+                    z[i] = v
+                y[i] = act(v, slope)
+            i += stride
+
+    a1 = nc.arr(dt, 1)
+    from numba.core import types
+
+    return nc.jit(nc.void(a1, a1, types.int64, nc.nbtype(dt), a1), bias_act_kernel)
+
+
+def _build_colsum(dt, code, write_dz, final, cx, cy):
+    """dz = dy * act'(s) (stored if write_dz) and float64 column sums of dz over a chunk of rows."""
+    _cuda()
+    import numba
+    from numba.core import types
+
+    f64 = numba.float64
+    dzf = dz_device(code, dt)
+    CX, CY = cx, cy
+    WRITE_DZ, FINAL = write_dz, final
+
+    def dz_colsum_kernel(dy, s, slope, rows_per_chunk, dz, partial, db):
+        sm = cuda.shared.array((CY, CX), f64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        c = cuda.blockIdx.x * CX + tx
+        N = dy.shape[0]
+        M = dy.shape[1]
+        r0 = cuda.blockIdx.y * rows_per_chunk
+        r1 = min(N, r0 + rows_per_chunk)
+        acc = f64(0.0)
+        if c < M:
+            r = r0 + ty
+            while r < r1:
+                d = dzf(dy[r, c], s[r, c], slope)
+                if WRITE_DZ:
+                    dz[r, c] = d
+                acc += f64(d)
+                r += CY
+        sm[ty, tx] = acc
+        cuda.syncthreads()
+        if ty == 0 and c < M:
+            t = f64(0.0)
+            for q in range(CY):
+                t += sm[q, tx]
+            if FINAL:
+                db[c] = t
+            else:
+                partial[cuda.blockIdx.y, c] = t
+
+    a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
+    p2 = nc.arr(np.float64, 2)
+    return nc.jit(nc.void(a2, a2, nc.nbtype(dt), types.int64, a2, p2, a1), dz_colsum_kernel)
+
+
+def _build_finalize(dt):
+    _cuda()
+    import numba
+
+    f64 = numba.float64
+
+    def colsum_finalize_kernel(partial, db):
+        c = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        chunks = partial.shape[0]
+        m = partial.shape[1]
+        while c < m:
+            t = f64(0.0)
+            for q in range(chunks):
+                t += partial[q, c]
+            db[c] = t
+            c += stride
+
+    return nc.jit(nc.void(nc.arr(np.float64, 2), nc.arr(dt, 1)), colsum_finalize_kernel)
+
+
+def forward_kernel(dtype, code, has_bias, store_z, cfg):
+    dt = np.dtype(dtype)
+    return nc.kernel(("dense_forward", dt.name, code, has_bias, store_z, cfg),
+                     lambda: _build_forward(dt, code, has_bias, store_z, cfg))
+
+
+def dx_kernel(dtype, code, cfg):
+    dt = np.dtype(dtype)
+    return nc.kernel(("dense_dx", dt.name, code, cfg), lambda: _build_dx(dt, code, cfg))
+
+
+def dw_kernel(dtype, code, want_db, cfg):
+    dt = np.dtype(dtype)
+    return nc.kernel(("dense_dw", dt.name, code, want_db, cfg), lambda: _build_dw(dt, code, want_db, cfg))
+
+
+def bias_act_kernel(dtype, code, has_bias, mode):
+    dt = np.dtype(dtype)
+    return nc.kernel(("bias_act", dt.name, code, has_bias, mode),
+                     lambda: _build_bias_act(dt, code, has_bias, mode))
+
+
+def colsum_kernel(dtype, code, write_dz, final, cx, cy):
+    dt = np.dtype(dtype)
+    return nc.kernel(("dz_colsum", dt.name, code, write_dz, final, cx, cy),
+                     lambda: _build_colsum(dt, code, write_dz, final, cx, cy))
+
+
+def finalize_kernel(dtype):
+    dt = np.dtype(dtype)
+    return nc.kernel(("colsum_finalize", dt.name), lambda: _build_finalize(dt))
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+def check_operands(op, x, W, b=None, dy=None, saved=None):
+    """Refuse a bad call before any launch: 2-D C-contiguous arrays of one array type and one
+    supported float dtype, with shapes that agree."""
+    from gpunn.kernels.activations_cuda import supported
+
+    t, dt = type(x), x.dtype
+    if not supported(dt):
+        raise TypeError(f"{op}: the CUDA kernels take float32 or float64, got {dt}")
+    if x.ndim != 2 or W.ndim != 2:
+        raise ValueError(f"{op}: x and W must be 2-D, got shapes {x.shape} and {W.shape}")
+    n, k = x.shape
+    m = W.shape[0]
+    if W.shape[1] != k:
+        raise ValueError(f"{op}: x {x.shape} and W {W.shape} disagree on in_features ({k} != {W.shape[1]})")
+    named = [("W", W, (m, k))]
+    if b is not None:
+        named.append(("b", b, (m,)))
+    if dy is not None:
+        named.append(("dy", dy, (n, m)))
+    if saved is not None:
+        named.append(("saved", saved, (n, m)))
+    for name, a, shape in [("x", x, (n, k))] + named:
+        if type(a) is not t or a.dtype != dt:
+            raise ValueError(f"{op}: {name} must be a {t.__name__} of dtype {dt}, got {type(a).__name__} "
+                             f"of dtype {getattr(a, 'dtype', '?')}")
+        if tuple(a.shape) != shape:
+            raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(a.shape)}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{op}: {name} must be C-contiguous")
+
+
+# ------------------------------------------------------------------------------------------ fused
+
+def forward_fused(x, W, b, code, negative_slope=0.01, tile=None):
+    """Fused GEMM + bias + activation (one launch). Operands as `check_operands` requires."""
+    check_code(code)
+    check_operands("dense_forward", x, W, b)
+    cfg = tile_config(tile)
+    xp = nc.xp_of(x)
+    n, m = x.shape[0], W.shape[0]
+    if not fused_fits(n, cfg):
+        raise ValueError(f"dense_forward: {n} rows exceed the fused kernel's grid "
+                         f"({MAX_GRID_Y} blocks of {cfg.bm} rows); use the cublas path")
+    dt = x.dtype
+    pre = code != IDENTITY and needs_preactivation(code, negative_slope)
+    y = xp.empty((n, m), dtype=dt)
+    z = xp.empty((n, m), dtype=dt) if pre else y
+    if n and m:
+        grid = (math.ceil(m / cfg.bn), math.ceil(n / cfg.bm))
+        kern = forward_kernel(dt, code, b is not None, pre, cfg)
+        nc.launch(kern, grid, cfg.threads, x, x, W, nc.dummy(x) if b is None else b,
+                  dt.type(negative_slope), y, z if pre else nc.dummy(x, ndim=2))
+    return y, z
+
+
+def _colsum(dy, s, code, slope, dz, db, write_dz):
+    """dz (if write_dz) and db = column sums of dz, deterministic (one or two launches)."""
+    xp = nc.xp_of(dy)
+    n, m = dy.shape
+    dt = dy.dtype
+    if nc.is_cupy(dy):
+        cx, cy = 32, 8
+        target = 2 * nc.sm_count(nc._device_id(dy))
+    else:  # simulator: small blocks, and at least two chunks for N > 4 so both paths are exercised
+        cx, cy = 4, 2
+        target = 2 * math.ceil(m / cx)
+    bx = math.ceil(m / cx)
+    chunks = max(1, min(math.ceil(target / bx), math.ceil(n / (4 * cy)), MAX_GRID_Y))
+    rows = math.ceil(n / chunks)
+    chunks = math.ceil(n / rows)
+    final = chunks == 1
+    partial = nc.dummy(dy, np.float64, 2) if final else xp.empty((chunks, m), dtype=np.float64)
+    kern = colsum_kernel(dt, code, write_dz, final, cx, cy)
+    nc.launch(kern, (bx, chunks), (cx, cy), dy, dy, s, dt.type(slope), rows,
+              dz if write_dz else nc.dummy(dy, ndim=2), partial, db)
+    if not final:
+        grid, block = nc.elementwise_geometry(m, dy)
+        nc.launch(finalize_kernel(dt), grid, block, dy, partial, db)
+
+
+def backward_fused(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, need_dw=True, need_db=True,
+                   tile=None):
+    """dx with one launch (dense_dx_kernel), dW and db with one (dense_dw_kernel); db alone (no dW)
+    with the column-sum kernel. dz is never stored."""
+    check_code(code)
+    check_operands("dense_backward", x, W, None, dy, saved)
+    cfg = tile_config(tile)
+    xp = nc.xp_of(dy)
+    n, k = x.shape
+    m = W.shape[0]
+    dt = dy.dtype
+    s = dy if code == IDENTITY else saved
+    slope = dt.type(negative_slope)
+    dx = dW = db = None
+    if need_dx:
+        if not fused_fits(n, cfg):
+            raise ValueError(f"dense_backward: {n} rows exceed the fused kernel's grid; use the cublas path")
+        dx = xp.empty((n, k), dtype=dt)
+        if n and k:
+            if m:
+                grid = (math.ceil(k / cfg.bn), math.ceil(n / cfg.bm))
+                nc.launch(dx_kernel(dt, code, cfg), grid, cfg.threads, dy, dy, s, W, slope, dx)
+            else:
+                dx[...] = 0
+    if need_db:
+        db = xp.empty(m, dtype=dt)
+    if need_dw:
+        dW = xp.empty((m, k), dtype=dt)
+        if m and (k or need_db):
+            if not fused_fits(m, cfg):
+                raise ValueError(f"dense_backward: {m} output features exceed the fused kernel's grid")
+            if n:
+                grid = (max(1, math.ceil(k / cfg.bn)), math.ceil(m / cfg.bm))
+                nc.launch(dw_kernel(dt, code, need_db, cfg), grid, cfg.threads, dy, dy, s, x, slope, dW,
+                          db if need_db else nc.dummy(dy))
+            else:
+                dW[...] = 0
+                if need_db:
+                    db[...] = 0
+    elif need_db and m:
+        if n:
+            _colsum(dy, s, code, negative_slope, dy, db, write_dz=False)
+        else:
+            db[...] = 0
+    return dx, dW, db
+
+
+# ------------------------------------------------------------------------------------------ cublas
+
+def forward_cublas(x, W, b, code, negative_slope=0.01):
+    """xp.matmul (cuBLAS on CuPy arrays) + one bias/activation epilogue launch."""
+    check_code(code)
+    check_operands("dense_forward", x, W, b)
+    xp = nc.xp_of(x)
+    dt = x.dtype
+    z = xp.matmul(x, W.T)
+    if not z.flags.c_contiguous:  # pragma: no cover - matmul returns C order
+        z = xp.ascontiguousarray(z)
+    m = W.shape[0]
+    pre = code != IDENTITY and needs_preactivation(code, negative_slope)
+    if code == IDENTITY and b is None:
+        return z, z
+    y = xp.empty_like(z) if pre else z
+    if z.size:
+        zf = z.reshape(-1)
+        mode = ("both" if b is not None else "y") if pre else "inplace"
+        grid, block = nc.elementwise_geometry(zf.size, zf)
+        kern = bias_act_kernel(dt, code, b is not None, mode)
+        nc.launch(kern, grid, block, zf, zf, nc.dummy(z) if b is None else b, m, dt.type(negative_slope),
+                  y.reshape(-1) if pre else nc.dummy(z))
+    return (y, z) if pre else (z, z)
+
+
+def backward_cublas(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, need_dw=True, need_db=True):
+    """One dz (+ column sums) launch (a second one adds the chunk sums when the rows were split),
+    then xp.matmul for dx = dz @ W and dW = dz.T @ x."""
+    check_code(code)
+    check_operands("dense_backward", x, W, None, dy, saved)
+    xp = nc.xp_of(dy)
+    n, m = dy.shape
+    dt = dy.dtype
+    s = dy if code == IDENTITY else saved
+    db = xp.empty(m, dtype=dt) if need_db else None
+    if code == IDENTITY:
+        dz = dy
+        if need_db and m:
+            if n:
+                _colsum(dy, s, code, negative_slope, dy, db, write_dz=False)
+            else:
+                db[...] = 0
+    elif need_dx or need_dw:
+        dz = xp.empty_like(dy)
+        if n and m:
+            if need_db:
+                _colsum(dy, s, code, negative_slope, dz, db, write_dz=True)
+            else:
+                grid, block = nc.elementwise_geometry(dy.size, dy)
+                nc.launch(activation_backward_kernel(code, dt), grid, block, dy, dy.reshape(-1), s.reshape(-1),
+                          dt.type(negative_slope), dz.reshape(-1))
+        elif need_db:
+            db[...] = 0
+    else:
+        dz = None
+        if need_db and m:
+            if n:
+                _colsum(dy, s, code, negative_slope, dy, db, write_dz=False)
+            else:
+                db[...] = 0
+    dx = xp.matmul(dz, W) if need_dx else None
+    dW = xp.matmul(dz.T, x) if need_dw else None
+    return dx, dW, db

@@ -1,0 +1,134 @@
+"""CuPy-only paths of the GPU backend: they need a real CUDA device and are skipped without one
+(the kernels themselves are also tested under Numba's simulator, in test_cuda_kernels.py).
+
+What runs here on a GPU: CudaOps on CuPy arrays through ops_for(), launches on CuPy's current
+(non-default) stream, the cuBLAS path and the fused path on shapes larger than a tile, full float32
+(no TF32) in cuBLAS, and end-to-end training on the GPU equal to the CPU's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from cuda_util import requires_gpu
+from gpunn.backend import numba_cuda as nc
+from gpunn.kernels import ACTIVATIONS, dense, ops_for
+
+pytestmark = requires_gpu
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+
+    return cupy
+
+
+def test_cupy_arrays_get_cuda_ops(cp):
+    from gpunn.kernels.cuda_ops import CudaOps
+
+    assert isinstance(ops_for(cp.zeros(3, cp.float32)), CudaOps)
+    from numba.core import config
+
+    nc.numba_cuda()
+    assert int(config.CUDA_ARRAY_INTERFACE_SYNC) == 0
+
+
+def test_kernels_launch_on_cupys_current_stream(cp):
+    rng = np.random.default_rng(0)
+    x, W, b = rng.standard_normal((300, 70)), rng.standard_normal((50, 70)), rng.standard_normal(50)
+    ops = ops_for(cp.zeros(1))
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        st = nc.stream_for(cp.zeros(1))
+        handle = getattr(st.handle, "value", None)
+        handle = int(st.handle) if handle is None else handle
+        assert handle == s.ptr
+        X, WW, B = cp.asarray(x), cp.asarray(W), cp.asarray(b)
+        y, _ = ops.dense_forward(X, WW, B, ACTIVATIONS["relu"])
+        probs = ops.softmax_cross_entropy_forward(y, cp.zeros(300, cp.int64))[1]
+    s.synchronize()
+    want = np.maximum(x @ W.T + b, 0)
+    np.testing.assert_allclose(y.get(), want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(probs.get().sum(axis=1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["fused:64x64x16/4x4", "fused:128x128x8/8x8", "fused:32x32x8/2x2", "cublas"])
+@pytest.mark.parametrize("shape", [(300, 130, 70), (1000, 512, 10), (64, 1024, 1024)], ids=str)
+@pytest.mark.parametrize("act", ["relu", "gelu", "sigmoid"])
+def test_dense_on_real_shapes(cp, impl, shape, act):
+    from gpunn.kernels import dense_dispatch
+
+    n, k, m = shape
+    code = ACTIVATIONS[act]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    W = (rng.standard_normal((m, k)) / math.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    dy = rng.standard_normal((n, m)).astype(np.float32)
+    y, saved = dense_dispatch.dense_forward(cp.asarray(x), cp.asarray(W), cp.asarray(b), code, impl=impl)
+    grads = dense_dispatch.dense_backward(cp.asarray(dy), cp.asarray(x), cp.asarray(W), saved, code, impl=impl)
+    y_ref, s_ref = dense.dense_forward_ref(*(a.astype(np.float64) for a in (x, W, b)), code)
+    g_ref = dense.dense_backward_ref(dy.astype(np.float64), x.astype(np.float64), W.astype(np.float64), s_ref, code)
+    t = lambda length: dict(rtol=2e-5, atol=2e-5 * max(1.0, math.sqrt(length / 4)))  # noqa: E731
+    np.testing.assert_allclose(y.get(), y_ref, **t(k))
+    for g, r, length in zip(grads, g_ref, (m, n, n)):
+        np.testing.assert_allclose(g.get(), r, **t(length))
+
+
+def test_cublas_float32_is_full_precision_not_tf32(cp):
+    """TF32 keeps 10 mantissa bits (relative error ~1e-3); float32 GEMMs must stay near 1e-6."""
+    from gpunn.kernels import dense_dispatch
+
+    rng = np.random.default_rng(2)
+    x = rng.uniform(1, 2, (256, 1024)).astype(np.float32)
+    W = rng.uniform(1, 2, (256, 1024)).astype(np.float32)
+    for impl in ("cublas", "fused"):
+        y, _ = dense_dispatch.dense_forward(cp.asarray(x), cp.asarray(W), None, ACTIVATIONS["identity"], impl=impl)
+        rel = np.abs(y.get() - x.astype(np.float64) @ W.T.astype(np.float64)) / (x.astype(np.float64) @ W.T)
+        assert rel.max() < 2e-5, (impl, rel.max())
+
+
+def _fit(device, dtype, epochs=3):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((96, 8)).astype(dtype)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1)
+    gn.manual_seed(0)
+    model = gn.nn.Sequential(gn.nn.Dense(8, 32, activation="gelu"), gn.nn.Dense(32, 16), gn.nn.Linear(16, 3))
+    model = model.to(dtype).to(device)
+    opt = gn.optim.AdamW(model.parameters(), lr=1e-2)
+    hist = gn.train.fit(model, gn.nn.CrossEntropyLoss(), opt, X, y, epochs=epochs, batch_size=16, progress=False,
+                        seed=0)
+    params = [p.data.get() if hasattr(p.data, "get") else p.data for p in model.parameters()]
+    return hist, params
+
+
+def test_training_on_the_gpu_equals_the_cpu():
+    h_gpu, p_gpu = _fit("gpu", np.float64)
+    h_cpu, p_cpu = _fit("cpu", np.float64)
+    np.testing.assert_allclose(h_gpu.history["loss"], h_cpu.history["loss"], rtol=1e-9)
+    for a, c in zip(p_gpu, p_cpu):
+        np.testing.assert_allclose(a, c, rtol=1e-8, atol=1e-10)
+    h32, _ = _fit("gpu", np.float32, epochs=10)
+    assert h32.history["loss"][-1] < 0.7 * h32.history["loss"][0]
+
+
+def test_a_step_compiles_nothing_new_after_the_first(cp):
+    model = gn.nn.Sequential(gn.nn.Dense(8, 16), gn.nn.Linear(16, 4)).to("gpu")
+    opt = gn.optim.Adam(model.parameters())
+    X = cp.asarray(np.random.default_rng(4).standard_normal((32, 8)).astype(np.float32))
+    y = cp.asarray(np.arange(32) % 4)
+
+    def step():
+        opt.zero_grad()
+        gn.nn.CrossEntropyLoss()(model(gn.Tensor(X)), gn.Tensor(y)).backward()
+        opt.step()
+
+    step()
+    n = len(nc.compile_log())
+    for _ in range(3):
+        step()
+    assert len(nc.compile_log()) == n

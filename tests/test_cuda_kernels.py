@@ -1,0 +1,527 @@
+"""gpunn's Numba CUDA kernels against the float64 references, one family at a time.
+
+Without a GPU they run under Numba's CUDA simulator on NumPy arrays (tests/conftest.py turns it on)
+with tiny shapes and the simulator's small launch geometries; on a GPU machine the same tests run
+on CuPy arrays with the production geometries. float32 results are compared with a float64
+reference computed from the same values, with tolerances that grow with the reduction length.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cuda_util import target, tol  # noqa: F401  (target is a fixture)
+from gpunn.backend import numba_cuda as nc
+from gpunn.kernels import ACTIVATIONS, dense, losses, needs_preactivation, optimizers, softmax_ce
+from gpunn.kernels import activations_cuda, dense_cuda, losses_cuda, optimizers_cuda, softmax_ce_cuda
+from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
+
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+ACTS = [(n, 0.01) for n in ACTIVATIONS] + [("leaky_relu", -0.5)]
+ACT_IDS = [n if s == 0.01 else f"{n}{s}" for n, s in ACTS]
+
+
+def r64(*arrays):
+    return tuple(None if a is None else a.astype(np.float64) for a in arrays)
+
+
+# ------------------------------------------------------------------------------------------ activations
+
+@DTYPES
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+def test_activation_kernels_match_reference(target, act, dtype):
+    name, slope = act
+    code = ACTIVATIONS[name]
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((5, 7)) * 2).astype(dtype)
+    z[0, :3] = 0.0
+    dy = rng.standard_normal((5, 7)).astype(dtype)
+    y = activations_cuda.activation_forward(target.asarray(z), code, slope)
+    y_ref = activation_forward_ref(z.astype(np.float64), code, slope)
+    got = target.get(y)
+    assert got.dtype == dtype and got.shape == z.shape
+    np.testing.assert_allclose(got, y_ref, **tol(dtype))
+    s_in = (z if needs_preactivation(code, slope) else y_ref.astype(dtype))
+    pre = needs_preactivation(code, slope)
+    dz = activations_cuda.activation_backward(target.asarray(dy), target.asarray(z) if pre else None,
+                                              None if pre else target.asarray(s_in), code, slope)
+    z64, y64 = z.astype(np.float64), s_in.astype(np.float64)
+    dz_ref = activation_backward_ref(dy.astype(np.float64), z64 if pre else None, None if pre else y64, code, slope)
+    np.testing.assert_allclose(target.get(dz), dz_ref, **tol(dtype))
+
+
+def test_activation_shapes_layouts_and_errors(target):
+    relu, gelu = ACTIVATIONS["relu"], ACTIVATIONS["gelu"]
+    z0 = np.float64(-2.0) * np.ones(())
+    y0 = target.get(activations_cuda.activation_forward(target.asarray(z0), relu))
+    assert y0.shape == () and y0 == 0
+    empty = np.zeros((0, 3))
+    assert target.get(activations_cuda.activation_forward(target.asarray(empty), gelu)).shape == (0, 3)
+    z = np.arange(12.0).reshape(3, 4) - 5
+    zt = target.asarray(z).T  # not C-contiguous: copied first, the result is still z.T's
+    np.testing.assert_array_equal(target.get(activations_cuda.activation_forward(zt, relu)), np.maximum(z, 0).T)
+    with pytest.raises(ValueError, match="unknown activation code"):
+        activations_cuda.activation_forward(target.asarray(z), 42)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        activations_cuda.activation_forward(target.asarray(z.astype(np.float16)), relu)
+    with pytest.raises(ValueError, match="needs z"):
+        activations_cuda.activation_backward(target.asarray(z), None, target.asarray(z), gelu)
+    with pytest.raises(ValueError, match="must match dy"):
+        activations_cuda.activation_backward(target.asarray(z), None, target.asarray(z[:2]), relu)
+
+
+# ------------------------------------------------------------------------------------------ dense
+
+def dense_reference(x, W, b, dy, code, slope):
+    y, saved = dense.dense_forward_ref(*r64(x, W, b), code, slope)
+    grads = dense.dense_backward_ref(dy.astype(np.float64), *r64(x, W), saved, code, slope)
+    return y, saved, grads
+
+
+def make_dense(rng, n, k, m, dtype, bias=True):
+    x = rng.standard_normal((n, k)).astype(dtype)
+    W = (rng.standard_normal((m, k)) / np.sqrt(max(k, 1))).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype) if bias else None
+    dy = rng.standard_normal((n, m)).astype(dtype)
+    return x, W, b, dy
+
+
+def run_dense(target, impl, x, W, b, dy, code, slope, need=(True, True, True), tile=None):
+    X, WW, B, DY = (target.asarray(a) for a in (x, W, b, dy))
+    if impl == "fused":
+        y, saved = dense_cuda.forward_fused(X, WW, B, code, slope, tile)
+        grads = dense_cuda.backward_fused(DY, X, WW, saved, code, slope, *need, tile=tile)
+    else:
+        y, saved = dense_cuda.forward_cublas(X, WW, B, code, slope)
+        grads = dense_cuda.backward_cublas(DY, X, WW, saved, code, slope, *need)
+    return target.get(y), target.get(saved), [target.get(g) for g in grads]
+
+
+def check_dense(got, want, dtype, n, k, m, what=""):
+    y, saved, grads = got
+    y_ref, s_ref, g_ref = want
+    assert y.dtype == dtype and y.shape == (n, m)
+    np.testing.assert_allclose(y, y_ref, err_msg=f"{what} y", **tol(dtype, k))
+    np.testing.assert_allclose(saved, s_ref, err_msg=f"{what} saved", **tol(dtype, k))
+    for g, r, name, length in zip(grads, g_ref, ("dx", "dW", "db"), (m, n, n)):
+        if g is None:
+            continue
+        assert g.dtype == dtype and g.shape == r.shape, (name, g.shape, g.dtype)
+        np.testing.assert_allclose(g, r, err_msg=f"{what} {name}", **tol(dtype, length))
+
+
+@DTYPES
+@pytest.mark.parametrize("impl", ["fused", "cublas"])
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+def test_dense_matches_reference(target, act, impl, dtype):
+    """Every activation, both implementations; 11 rows and 9 outputs span two simulator tiles."""
+    name, slope = act
+    code = ACTIVATIONS[name]
+    n, k, m = 11, 6, 9
+    x, W, b, dy = make_dense(np.random.default_rng(1), n, k, m, dtype, bias=name != "tanh")
+    got = run_dense(target, impl, x, W, b, dy, code, slope)
+    check_dense(got, dense_reference(x, W, b, dy, code, slope), dtype, n, k, m, f"{impl} {name}")
+    if not needs_preactivation(code, slope):
+        assert got[1] is not None
+
+
+@pytest.mark.parametrize("impl", ["fused", "cublas"])
+@pytest.mark.parametrize("act", ["gelu", "relu", "identity"])
+def test_dense_need_flags(target, act, impl):
+    code = ACTIVATIONS[act]
+    n, k, m = 10, 5, 4
+    x, W, b, dy = make_dense(np.random.default_rng(2), n, k, m, np.float64)
+    want = dense_reference(x, W, b, dy, code, 0.01)
+    X, WW, B, DY = (target.asarray(a) for a in (x, W, b, dy))
+    fwd = dense_cuda.forward_fused if impl == "fused" else dense_cuda.forward_cublas
+    bwd = dense_cuda.backward_fused if impl == "fused" else dense_cuda.backward_cublas
+    _, saved = fwd(X, WW, B, code)
+    for need in itertools.product([True, False], repeat=3):
+        grads = bwd(DY, X, WW, saved, code, 0.01, *need)
+        for g, r, flag in zip(grads, want[2], need):
+            if not flag:
+                assert g is None
+            else:
+                np.testing.assert_allclose(target.get(g), r, **tol(np.float64, n))
+
+
+@pytest.mark.parametrize("tile", [dense_cuda.TileConfig(4, 8, 2, 2, 2), dense_cuda.TileConfig(8, 4, 4, 2, 1)],
+                         ids=lambda t: t.name)
+def test_dense_fused_non_square_tiles(target, tile):
+    """BM != BN and TM != TN catch any row/column mix-up in the tile indexing; ragged edges everywhere."""
+    if target.is_gpu:
+        pytest.skip("simulator tiles (the GPU tiles are covered by test_dense_production_tiles)")
+    n, k, m = 13, 7, 11
+    x, W, b, dy = make_dense(np.random.default_rng(3), n, k, m, np.float64)
+    code = ACTIVATIONS["gelu"]
+    got = run_dense(target, "fused", x, W, b, dy, code, 0.01, tile=tile)
+    check_dense(got, dense_reference(x, W, b, dy, code, 0.01), np.float64, n, k, m, tile.name)
+
+
+@pytest.mark.parametrize("tile", list(dense_cuda.TILES))
+def test_dense_production_tiles(target, tile):
+    """The GPU's tile configurations (256 threads per block: slow in the simulator, so one small case)."""
+    shape = (70, 40, 66) if target.is_gpu else (5, 7, 6)
+    x, W, b, dy = make_dense(np.random.default_rng(4), *shape, np.float32)
+    code = ACTIVATIONS["sigmoid"]
+    got = run_dense(target, "fused", x, W, b, dy, code, 0.01, tile=tile)
+    check_dense(got, dense_reference(x, W, b, dy, code, 0.01), np.float32, *shape, tile)
+
+
+@pytest.mark.parametrize("impl", ["fused", "cublas"])
+@pytest.mark.parametrize("shape", [(0, 3, 4), (3, 0, 4), (3, 4, 0), (1, 1, 1)], ids=str)
+def test_dense_degenerate_shapes(target, impl, shape):
+    n, k, m = shape
+    x, W, b, dy = make_dense(np.random.default_rng(5), n, k, m, np.float64)
+    got = run_dense(target, impl, x, W, b, dy, ACTIVATIONS["relu"], 0.01)
+    check_dense(got, dense_reference(x, W, b, dy, ACTIVATIONS["relu"], 0.01), np.float64, n, k, m)
+
+
+@pytest.mark.parametrize("impl", ["fused", "cublas"])
+def test_dense_bias_gradient_is_deterministic_and_float64_accumulated(target, impl):
+    """db: fixed-order float64 sums (several row chunks on the cublas path), bit-identical across runs."""
+    n = 40
+    dy = np.full((n, 3), 0.1, np.float32)
+    dy[::3] = 1e4  # a float32 running sum would lose the small terms next to the large ones
+    x = np.ones((n, 2), np.float32)
+    W = np.ones((3, 2), np.float32)
+    code = ACTIVATIONS["identity"]
+    runs = [run_dense(target, impl, x, W, None, dy, code, 0.01) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0][2][2], runs[1][2][2])
+    want = dy.astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(runs[0][2][2], want.astype(np.float32), rtol=0, atol=0)
+    for a, c in zip(runs[0][2], runs[1][2]):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_dense_does_not_modify_inputs(target):
+    x, W, b, dy = make_dense(np.random.default_rng(6), 6, 5, 4, np.float32)
+    X, WW, B, DY = (target.asarray(a.copy()) for a in (x, W, b, dy))
+    for impl in ("fused", "cublas"):
+        for act in ("relu", "gelu"):
+            fwd = dense_cuda.forward_fused if impl == "fused" else dense_cuda.forward_cublas
+            bwd = dense_cuda.backward_fused if impl == "fused" else dense_cuda.backward_cublas
+            y, saved = fwd(X, WW, B, ACTIVATIONS[act])
+            s_copy, y_copy = target.get(saved).copy(), target.get(y).copy()
+            bwd(DY, X, WW, saved, ACTIVATIONS[act])
+            np.testing.assert_array_equal(target.get(saved), s_copy)
+            np.testing.assert_array_equal(target.get(y), y_copy)
+    for a, c in zip((X, WW, B, DY), (x, W, b, dy)):
+        np.testing.assert_array_equal(target.get(a), c)
+
+
+def test_dense_refuses_bad_calls_before_launch(target):
+    x, W, b, dy = make_dense(np.random.default_rng(7), 4, 3, 2, np.float32)
+    X, WW, B, DY = (target.asarray(a) for a in (x, W, b, dy))
+    relu = ACTIVATIONS["relu"]
+    for fwd in (dense_cuda.forward_fused, dense_cuda.forward_cublas):
+        with pytest.raises(ValueError, match="disagree on in_features"):
+            fwd(X, target.asarray(W[:, :2].copy()), B, relu)
+        with pytest.raises(ValueError, match="b must have shape"):
+            fwd(X, WW, target.asarray(b[:1].copy()), relu)
+        with pytest.raises(ValueError, match="dtype"):
+            fwd(X, target.asarray(W.astype(np.float64)), B, relu)
+        with pytest.raises(ValueError, match="C-contiguous"):
+            fwd(target.asarray(np.asfortranarray(x)), WW, B, relu)
+        with pytest.raises(TypeError, match="float32 or float64"):
+            fwd(target.asarray(x.astype(np.float16)), target.asarray(W.astype(np.float16)), None, relu)
+        with pytest.raises(ValueError, match="unknown activation code"):
+            fwd(X, WW, B, 99)
+        with pytest.raises(ValueError, match="2-D"):
+            fwd(target.asarray(x[0].copy()), WW, B, relu)
+    _, saved = dense_cuda.forward_fused(X, WW, B, relu)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        dense_cuda.backward_fused(target.asarray(dy[:2].copy()), X, WW, saved, relu)
+    with pytest.raises(ValueError, match="saved must have shape"):
+        dense_cuda.backward_cublas(DY, X, WW, target.asarray(dy[:, :1].copy()), relu)
+    with pytest.raises(ValueError, match="invalid tile"):
+        dense_cuda.forward_fused(X, WW, B, relu, tile=dense_cuda.TileConfig(64, 64, 16, 1, 1))
+
+
+def test_tile_configurations_are_valid():
+    for cfg in list(dense_cuda.TILES.values()) + [dense_cuda.SIM_TILE]:
+        cfg.check()
+        assert cfg.threads <= 1024 and cfg.shared_bytes(8) <= 48 * 1024
+    assert dense_cuda.TILES[dense_cuda.DEFAULT_TILE].threads == 256
+    assert dense_cuda.fused_fits(65535 * 64, dense_cuda.TILES["64x64x16/4x4"])
+    assert not dense_cuda.fused_fits(65535 * 64 + 1, dense_cuda.TILES["64x64x16/4x4"])
+    with pytest.raises(ValueError, match="unknown tile"):
+        dense_cuda.tile_config("3x3")
+
+
+# ------------------------------------------------------------------------------------------ softmax-CE
+
+def sce_reference(logits, labels, g, ignore_index=-100):
+    x = logits.astype(np.float64)
+    losses_, probs = softmax_ce.softmax_cross_entropy_forward_ref(x, labels.astype(np.int64), ignore_index)
+    d = softmax_ce.softmax_cross_entropy_backward_ref(np.broadcast_to(g, (x.shape[0],)).astype(np.float64),
+                                                      probs, labels.astype(np.int64), ignore_index)
+    return losses_, probs, d
+
+
+@DTYPES
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8], ids=["int64", "int32", "uint8"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (7, 10), (3, 17)], ids=str)
+def test_softmax_ce_matches_reference(target, shape, label_dtype, dtype):
+    n, c = shape
+    rng = np.random.default_rng(c)
+    logits = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, c, n).astype(label_dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    L, Y = target.asarray(logits), target.asarray(labels)
+    losses_, probs = softmax_ce_cuda.softmax_cross_entropy_forward(L, Y)
+    d = softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(g), probs, Y)
+    l_ref, p_ref, d_ref = sce_reference(logits, labels, g)
+    for got, want in zip((losses_, probs, d), (l_ref, p_ref, d_ref)):
+        got = target.get(got)
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, **tol(dtype, c))
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_softmax_ce_ignore_index_and_scalar_upstream(target, ignore_index):
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 4)) * 2
+    labels = np.array([ignore_index, 1, 2, ignore_index, 0, 3])
+    g = np.broadcast_to(np.float64(0.25), (6,))  # what a "mean" loss sends: a stride-0 view
+    L, Y = target.asarray(logits), target.asarray(labels)
+    losses_, probs = softmax_ce_cuda.softmax_cross_entropy_forward(L, Y, ignore_index)
+    gd = target.xp.broadcast_to(target.xp.asarray(np.float64(0.25)), (6,))
+    d = target.get(softmax_ce_cuda.softmax_cross_entropy_backward(gd, probs, Y, ignore_index))
+    l_ref, p_ref, d_ref = sce_reference(logits, labels, g, ignore_index)
+    np.testing.assert_allclose(target.get(losses_), l_ref, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-13, atol=1e-15)
+    ignored = labels == ignore_index
+    np.testing.assert_array_equal(target.get(losses_)[ignored], 0)
+    np.testing.assert_array_equal(d[ignored], 0)
+
+
+@DTYPES
+def test_softmax_ce_extreme_logits_and_bad_labels(target, dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4], [-1e4, 1e4, 5.0]], dtype)
+    labels = np.array([1, 0, 0, 7])  # 7 is out of range: NaN loss, never an out-of-bounds read
+    losses_, probs = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(logits), target.asarray(labels))
+    got = target.get(losses_)
+    np.testing.assert_allclose(got[:3], [2e4, np.log(3.0), np.log(2.0)], rtol=1e-6)
+    assert np.isnan(got[3])
+    assert np.isfinite(target.get(probs)).all()
+
+
+def test_softmax_ce_refuses_bad_calls(target):
+    L = target.asarray(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        softmax_ce_cuda.softmax_cross_entropy_forward(L, target.asarray(np.zeros(2, np.int64)))
+    with pytest.raises(ValueError, match="integers"):
+        softmax_ce_cuda.softmax_cross_entropy_forward(L, target.asarray(np.zeros(3)))
+    with pytest.raises(ValueError, match="2-D"):
+        softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(np.zeros(3)), target.asarray(np.zeros(3, int)))
+    with pytest.raises(ValueError, match="row_grads must have shape"):
+        softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(np.zeros(2)), L,
+                                                       target.asarray(np.zeros(3, np.int64)))
+    empty_l, empty_p = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(np.zeros((0, 4))),
+                                                                     target.asarray(np.zeros(0, np.int64)))
+    assert empty_l.shape == (0,) and empty_p.shape == (0, 4)
+
+
+def test_softmax_block_shapes():
+    assert softmax_ce_cuda.block_shape(10) == (32, 8)
+    assert softmax_ce_cuda.block_shape(1000) == (128, 2)
+    assert softmax_ce_cuda.block_shape(50000) == (256, 1)
+    for c in (1, 10, 1000, 50000):
+        tx, ty = softmax_ce_cuda.block_shape(c)
+        assert tx * ty == 256 and tx & (tx - 1) == 0  # a power of two: the tree reduction needs it
+    for c in (1, 8, 9, 100):
+        tx, ty = softmax_ce_cuda.block_shape(c, simulator=True)
+        assert tx & (tx - 1) == 0
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+@DTYPES
+@pytest.mark.parametrize("pw_kind", ["none", "scalar", "per_class", "full"])
+def test_bce_with_logits_matches_reference(target, pw_kind, dtype):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((4, 3)) * 4).astype(dtype)
+    x[0] = [-100.0, 100.0, 0.0]
+    y = rng.uniform(0, 1, (4, 3)).astype(dtype)
+    pw = {"none": None, "scalar": np.array([1.7], dtype), "per_class": rng.uniform(0.5, 2, 3).astype(dtype),
+          "full": rng.uniform(0.5, 2, (4, 3)).astype(dtype)}[pw_kind]
+    g_full = rng.standard_normal((4, 3)).astype(dtype)
+    X, Yt, PW = (target.asarray(a) for a in (x, y, pw))
+    got = target.get(losses_cuda.bce_with_logits_forward(X, Yt, PW))
+    want = losses.bce_with_logits_forward(*r64(x, y, pw))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, **tol(dtype))
+    for g in (g_full, np.broadcast_to(dtype(0.3), x.shape)):
+        G = target.xp.broadcast_to(target.xp.asarray(dtype(0.3)), x.shape) if g.strides == (0, 0) \
+            else target.asarray(g)
+        got = target.get(losses_cuda.bce_with_logits_backward(G, X, Yt, PW))
+        want = losses.bce_with_logits_backward(g.astype(np.float64), *r64(x, y, pw))
+        np.testing.assert_allclose(got, want, **tol(dtype))
+
+
+@DTYPES
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+def test_mse_and_l1_match_reference(target, kind, dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5)).astype(dtype)
+    y = rng.standard_normal((3, 5)).astype(dtype)
+    y[0, :2] = x[0, :2]  # l1's gradient is 0 where x == y
+    g = rng.standard_normal((3, 5)).astype(dtype)
+    X, Yt = target.asarray(x), target.asarray(y)
+    fwd, bwd = getattr(losses_cuda, f"{kind}_forward"), getattr(losses_cuda, f"{kind}_backward")
+    np.testing.assert_allclose(target.get(fwd(X, Yt)), getattr(losses, f"{kind}_forward")(*r64(x, y)), **tol(dtype))
+    got = target.get(bwd(target.asarray(g), X, Yt))
+    np.testing.assert_allclose(got, getattr(losses, f"{kind}_backward")(*r64(g, x, y)), **tol(dtype))
+    if kind == "l1":
+        np.testing.assert_array_equal(got[0, :2], 0)
+    gs = target.xp.broadcast_to(target.xp.asarray(dtype(0.5)), x.shape)
+    got = target.get(bwd(gs, X, Yt))
+    np.testing.assert_allclose(got, getattr(losses, f"{kind}_backward")(0.5, *r64(x, y)), **tol(dtype))
+
+
+def test_losses_handle_layouts_nan_and_errors(target):
+    x = np.array([[1.0, np.nan], [2.0, -1.0]])
+    y = np.array([[1.0, 0.0], [1.0, 1.0]])
+    d = target.get(losses_cuda.l1_backward(target.asarray(np.ones((2, 2))), target.asarray(x), target.asarray(y)))
+    np.testing.assert_array_equal(d, [[0.0, np.nan], [1.0, -1.0]])
+    xf = target.asarray(np.asfortranarray(np.arange(6.0).reshape(2, 3)))
+    yf = target.asarray(np.zeros((2, 3)))
+    np.testing.assert_array_equal(target.get(losses_cuda.mse_forward(xf, yf)), np.arange(6.0).reshape(2, 3) ** 2)
+    with pytest.raises(ValueError, match="target must be"):
+        losses_cuda.mse_forward(target.asarray(np.zeros(3)), target.asarray(np.zeros(4)))
+    with pytest.raises(ValueError, match="pos_weight of shape"):
+        losses_cuda.bce_with_logits_forward(target.asarray(np.zeros((2, 3))), target.asarray(np.zeros((2, 3))),
+                                            target.asarray(np.ones(2)))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        losses_cuda.mse_backward(target.asarray(np.ones(4)), target.asarray(np.zeros(3)), target.asarray(np.zeros(3)))
+    assert losses_cuda.mse_forward(target.asarray(np.zeros((0, 2))), target.asarray(np.zeros((0, 2)))).shape == (0, 2)
+
+
+# ------------------------------------------------------------------------------------------ optimizers
+
+SGD_OPTIONS = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+               dict(momentum=0.5, dampening=0.2, maximize=True), dict(weight_decay=0.05, maximize=True)]
+ADAM_OPTIONS = [dict(), dict(amsgrad=True), dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled=True),
+                dict(maximize=True, amsgrad=True, weight_decay=0.01, decoupled=True)]
+RMS_OPTIONS = [dict(), dict(centered=True), dict(momentum=0.9), dict(centered=True, momentum=0.5, weight_decay=0.1),
+               dict(maximize=True, weight_decay=0.01)]
+
+
+def _opt_tol(dtype):
+    # same formulas and rounding points as the CPU kernels; a GPU may fuse multiply-adds (1 ulp)
+    return dict(rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+
+
+def _steps(target, dtype, names, update_gpu, update_cpu, n=37, steps=3):
+    rng = np.random.default_rng(6)
+    p = rng.standard_normal(n).astype(dtype)
+    state = {k: np.zeros(n, dtype) for k in names}
+    cpu = [p.copy()] + [state[k].copy() for k in names]
+    dev = [target.asarray(a.copy()) for a in cpu]
+    for t in range(1, steps + 1):
+        g = rng.standard_normal(n).astype(dtype)
+        update_gpu(dev, target.asarray(g), t)
+        update_cpu(cpu, g, t)
+    for a, c, name in zip(dev, cpu, ["params"] + list(names)):
+        np.testing.assert_allclose(target.get(a), c, err_msg=name, **_opt_tol(dtype))
+
+
+@DTYPES
+@pytest.mark.parametrize("kw", SGD_OPTIONS, ids=str)
+def test_sgd_update_matches_cpu_kernel(target, kw, dtype):
+    mom = kw.get("momentum", 0) != 0
+
+    def run(impl, arrays, g, t):
+        impl(arrays[0], g, arrays[1] if mom else None, 0.1, first_step=t == 1, **kw)
+
+    _steps(target, dtype, ["momentum_buffer"], lambda a, g, t: run(optimizers_cuda.sgd_update, a, g, t),
+           lambda a, g, t: run(optimizers.sgd_update_cpu, a, g, t))
+
+
+@DTYPES
+@pytest.mark.parametrize("kw", ADAM_OPTIONS, ids=str)
+def test_adam_update_matches_cpu_kernel(target, kw, dtype):
+    ams = kw.get("amsgrad", False)
+
+    def run(impl, a, g, t):
+        impl(a[0], g, a[1], a[2], a[3] if ams else None, 1e-2, step=t, **kw)
+
+    _steps(target, dtype, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+           lambda a, g, t: run(optimizers_cuda.adam_update, a, g, t),
+           lambda a, g, t: run(optimizers.adam_update_cpu, a, g, t))
+
+
+@DTYPES
+@pytest.mark.parametrize("kw", RMS_OPTIONS, ids=str)
+def test_rmsprop_update_matches_cpu_kernel(target, kw, dtype):
+    mom, cen = kw.get("momentum", 0) > 0, kw.get("centered", False)
+
+    def run(impl, a, g, t):
+        impl(a[0], g, a[1], a[2] if mom else None, a[3] if cen else None, 1e-2, **kw)
+
+    _steps(target, dtype, ["square_avg", "momentum_buffer", "grad_avg"],
+           lambda a, g, t: run(optimizers_cuda.rmsprop_update, a, g, t),
+           lambda a, g, t: run(optimizers.rmsprop_update_cpu, a, g, t))
+
+
+def test_optimizer_kernels_refuse_bad_calls_and_leave_unused_state_alone(target):
+    p = target.asarray(np.ones(5, np.float32))
+    g = target.asarray(np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="grad must match params"):
+        optimizers_cuda.sgd_update(p, target.asarray(np.ones(4, np.float32)), None, 0.1)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        optimizers_cuda.sgd_update(p, g, None, 0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="max_exp_avg_sq"):
+        optimizers_cuda.adam_update(p, g, target.asarray(np.zeros(5, np.float32)),
+                                    target.asarray(np.zeros(5, np.float32)), None, 0.1, amsgrad=True)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        optimizers_cuda.sgd_update(target.asarray(np.ones(10, np.float32))[::2], g, None, 0.1)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        h = target.asarray(np.ones(5, np.float16))
+        optimizers_cuda.sgd_update(h, h.copy(), None, 0.1)
+    untouched = target.asarray(np.full(5, 7.0, np.float32))
+    m, v = target.asarray(np.zeros(5, np.float32)), target.asarray(np.zeros(5, np.float32))
+    optimizers_cuda.adam_update(p, g, m, v, untouched, 0.1)  # amsgrad off: max_exp_avg_sq is not used
+    optimizers_cuda.sgd_update(p, g, untouched, 0.1)  # momentum 0: the buffer is not used
+    np.testing.assert_array_equal(target.get(untouched), 7.0)
+    np.testing.assert_array_equal(target.get(g), 1.0)
+    optimizers_cuda.adam_update(target.asarray(np.zeros(0, np.float32)), target.asarray(np.zeros(0, np.float32)),
+                                target.asarray(np.zeros(0, np.float32)), target.asarray(np.zeros(0, np.float32)),
+                                None, 0.1)
+
+
+# ------------------------------------------------------------------------------------------ compilation
+
+def test_kernels_compile_once_per_signature(target):
+    x = target.asarray(np.ones(4, np.float32))
+    activations_cuda.activation_forward(x, ACTIVATIONS["tanh"])
+    n = len(nc.compile_log())
+    keys = [k for k, _ in nc.compile_log()]
+    assert ("activation_forward", ACTIVATIONS["tanh"], "float32") in keys
+    for _ in range(3):
+        activations_cuda.activation_forward(x, ACTIVATIONS["tanh"])
+    assert len(nc.compile_log()) == n
+    assert all(seconds >= 0 for _, seconds in nc.compile_log())
+
+
+def test_kernel_registry_builds_once_and_times_its_own_builds():
+    reg = nc.KernelRegistry()
+    calls = []
+
+    def inner():
+        calls.append("inner")
+        return "I"
+
+    def outer():
+        calls.append("outer")
+        assert reg.get("inner", inner) == "I"  # a build may ask for what it calls (re-entrant)
+        return "O"
+
+    assert reg.get("outer", outer) == "O"
+    assert reg.get("outer", outer) == "O" and reg.get("inner", inner) == "I"
+    assert calls == ["outer", "inner"] and len(reg) == 2
+    log = dict(reg.compile_log())
+    assert set(log) == {"outer", "inner"} and all(v >= 0 for v in log.values())
