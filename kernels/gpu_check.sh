@@ -6,11 +6,12 @@
 #   bash kernels/gpu_check.sh            # PYTHON=/path/to/python to choose the interpreter
 #
 #   1. gpunn info --gpu                 why the GPU kernels run, settings, compile time of each kernel
-#   2. pytest tests/test_cuda_*.py      every CUDA kernel on CuPy arrays, for real (simulator off)
-#   3. pytest (the rest of the suite)   every backend test now also runs on the "gpu" backends
-#   4. kernels/bench_dense_gpu.py       fused vs cuBLAS+epilogue vs cuBLAS+separate vs torch (--quick)
-#   5. kernels/bench_train_gpu.py       training throughput vs PyTorch eager (--quick)
-#   6. dense_dispatch autotune          measures fused vs cuBLAS per shape, rewrites the dispatch table
+#   2. pytest: tests/test_cuda_*.py first (every CUDA kernel on CuPy arrays, for real: simulator off),
+#      then the whole suite (every backend test also runs on the "gpu" backends, i.e. CudaOps)
+#   3. kernels/bench_dense_gpu.py       fused vs cuBLAS+epilogue vs cuBLAS+separate vs torch (--quick)
+#   4. kernels/bench_train_gpu.py       training throughput vs PyTorch eager (--quick)
+#   5. dense_dispatch autotune          measures fused vs cuBLAS per shape, rewrites the dispatch table
+#   6. gpunn profile --device gpu       the profiler's GPU path: CUDA events, NVTX, --compare, a trace
 #
 # Results: kernels/results/<card>-<date>.txt (the whole log) and .json (summary: exit status and
 # time of every step, pytest's summary lines, the benchmark and autotune results), plus
@@ -57,12 +58,17 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >> "$TXT" 2>&1 || true
 step info 90 "$PY" -m gpunn info --gpu
-step cuda-tests 150 "$PY" -m pytest tests/test_cuda_kernels.py tests/test_cuda_autograd.py tests/test_cuda_dispatch.py \
-    tests/test_cuda_backend.py tests/test_cuda_gpu.py tests/test_cuda_scripts.py -q -rfEs -p no:cacheprovider --durations=10
-step suite 240 "$PY" -m pytest tests -q -rfE -p no:cacheprovider --ignore-glob='tests/test_cuda_*' --durations=10
+# one pytest process (kernels compile once per process): the CUDA tests first, then the rest of the suite
+OTHER_TESTS=$(ls tests/test_*.py | grep -v '^tests/test_cuda_')
+# shellcheck disable=SC2086
+step pytest 390 "$PY" -m pytest tests/test_cuda_gpu.py tests/test_cuda_kernels.py tests/test_cuda_autograd.py \
+    tests/test_cuda_dispatch.py tests/test_cuda_backend.py tests/test_cuda_scripts.py $OTHER_TESTS \
+    -v -rfEs -p no:cacheprovider --durations=15
 step bench-dense 75 "$PY" kernels/bench_dense_gpu.py --quick --rounds 3 --json "$STEM-bench-dense.json"
 step bench-train 75 "$PY" kernels/bench_train_gpu.py --quick --rounds 3 --json "$STEM-bench-train.json"
 step autotune 90 "$PY" -m gpunn.kernels.dense_dispatch --quick --repeat 10 --json "$STEM-autotune.json"
+step profile 45 "$PY" -m gpunn profile --layers 784,512,512,10 --batch 256 --steps 20 --device gpu --compare \
+    --trace "$STEM-trace.json"
 cp gpunn/kernels/dense_table.py "$STEM-dense_table.py" 2>/dev/null || true
 
 STEPS="$STEPS" "$PY" - "$STEM" <<'EOF'

@@ -29,7 +29,10 @@ CUPY_TF32=1 (CuPy's own switch, off by default); `tf32_status()` reports it.
 Simulator. With NUMBA_ENABLE_CUDASIM=1 (set before numba is imported) numba.cuda is Numba's CPU
 simulator: kernels run on NumPy arrays, one Python thread per CUDA thread. gpunn's kernel modules
 then accept NumPy arrays, launch on stream 0 and use small launch geometries; the tests use this.
-CuPy arrays cannot be used with the simulator.
+CuPy arrays cannot be used with the simulator. Two simulator quirks are handled in `_simulate`:
+it copies every array argument back after a launch (so never pass an aliased array for an unused
+argument: `dummy()`), and it allocates shared arrays without a lock (patched: see
+`_lock_simulator_shared_arrays`).
 """
 from __future__ import annotations
 
