@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor, no_grad
+from gpunn.backend import get_array_module
 
 
 class GradcheckError(AssertionError):
@@ -30,7 +31,7 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     out = fn(*inputs)
     rng = np.random.default_rng(seed)
     v = rng.standard_normal(out.shape)
-    xp = np if isinstance(out.data, (np.ndarray, np.generic)) else __import__("cupy")
+    xp = get_array_module(out.data)
     v = xp.asarray(v, dtype=out.dtype)
     for i in checked:
         inputs[i].grad = None

@@ -36,7 +36,7 @@ import numpy as np
 
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import device as resolve_device
-from gpunn.backend import device_of
+from gpunn.backend import device_of, get_array_module
 from gpunn.backend import random as _random
 from gpunn.data import _is_cupy, as_array, batches, num_batches, permutation
 
@@ -260,7 +260,7 @@ def _bad_rows(A):
     """Host indices of the rows of a float array holding NaN or Inf (None when all are finite)."""
     if A is None or A.dtype.kind != "f" or A.size == 0:
         return None
-    xp = np if isinstance(A, np.ndarray) else __import__("cupy")
+    xp = get_array_module(A)
     finite = xp.isfinite(A.reshape(len(A), -1)).all(axis=1)
     if bool(finite.all()):
         return None

@@ -6,12 +6,7 @@ import numbers
 
 import numpy as np
 
-
-def xp_of(a):
-    """numpy for NumPy arrays, cupy otherwise (cheaper than a Device lookup on the hot path)."""
-    if type(a) is np.ndarray or isinstance(a, (np.generic, np.ndarray)):
-        return np
-    return __import__("cupy")
+from gpunn.backend import get_array_module as xp_of
 
 
 def _dev(a) -> str:

@@ -146,5 +146,12 @@ def device_of(array) -> Device:
 
 
 def get_array_module(array):
-    """numpy for NumPy arrays, cupy for CuPy arrays."""
-    return device_of(array).xp
+    """numpy for NumPy arrays and scalars (NumPy reductions return scalars), cupy otherwise.
+
+    The one place that answers "which xp?" for an array; it sits on hot paths, so it is a type
+    test, not a Device lookup, and it imports CuPy only when handed something that is not NumPy's."""
+    if type(array) is np.ndarray or isinstance(array, (np.ndarray, np.generic)):
+        return np
+    import cupy
+
+    return cupy

@@ -20,6 +20,8 @@ import math
 import numpy as np
 from numba import njit
 
+from gpunn.backend import get_array_module as array_module
+
 IDENTITY, RELU, LEAKY_RELU, GELU, GELU_TANH, SIGMOID, TANH = range(7)
 ACTIVATIONS = {
     "identity": IDENTITY,
@@ -66,13 +68,6 @@ def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Reference implementation: plain array expressions, valid for NumPy and CuPy alike.
 # ---------------------------------------------------------------------------------------------
-
-def array_module(a):
-    """numpy for NumPy arrays and scalars (0-d results often come back as scalars), cupy otherwise."""
-    if isinstance(a, (np.ndarray, np.generic)):
-        return np
-    return __import__("cupy")
-
 
 def _erf(xp, x):
     if xp is np:
@@ -228,6 +223,25 @@ def activation_backward_cpu_kernel(dy, s, code, slope, dz):
     else:
         for i in range(n):
             dz[i] = dy[i] * dact_scalar(s[i], code, slope)
+
+
+def activation_forward_cpu(z, code, negative_slope=0.01):
+    """CPU fast path: y = act(z) in one Numba pass (any shape; a new array)."""
+    check_code(code)
+    zc = np.ascontiguousarray(z)
+    y = np.empty_like(zc)
+    activation_forward_cpu_kernel(zc.reshape(-1), code, float(negative_slope), y.reshape(-1))
+    return y if y.ndim == z.ndim else y.reshape(z.shape)  # ascontiguousarray makes 0-d arrays 1-d
+
+
+def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
+    """CPU fast path: dz = dy * act'(.) in one Numba pass, from z or y as the activation needs."""
+    check_code(code)
+    s = np.ascontiguousarray(z if needs_preactivation(code, negative_slope) else y)
+    dyc = np.ascontiguousarray(dy)
+    dz = np.empty_like(dyc)
+    activation_backward_cpu_kernel(dyc.reshape(-1), s.reshape(-1), code, float(negative_slope), dz.reshape(-1))
+    return dz if dz.ndim == dy.ndim else dz.reshape(dy.shape)  # ascontiguousarray makes 0-d arrays 1-d
 
 
 # ---------------------------------------------------------------------------------------------

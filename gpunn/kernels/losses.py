@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.kernels.activations import _sigmoid_ref, array_module
-
-
-def _xp(a):
-    return array_module(a)
+from gpunn.backend import get_array_module as _xp
+from gpunn.kernels.activations import _sigmoid_ref
 
 
 def bce_with_logits_forward(x, y, pos_weight=None):

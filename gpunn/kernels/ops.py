@@ -16,28 +16,8 @@ import os
 import numpy as np
 
 from gpunn.kernels import dense, losses, optimizers, softmax_ce
-from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
-
-
-def _activation_forward_cpu(z, code, negative_slope=0.01):
-    from gpunn.kernels.activations import activation_forward_cpu_kernel, check_code
-
-    check_code(code)
-    zc = np.ascontiguousarray(z)
-    y = np.empty_like(zc)
-    activation_forward_cpu_kernel(zc.reshape(-1), code, float(negative_slope), y.reshape(-1))
-    return y if y.ndim == z.ndim else y.reshape(z.shape)  # ascontiguousarray makes 0-d arrays 1-d
-
-
-def _activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
-    from gpunn.kernels.activations import activation_backward_cpu_kernel, check_code, needs_preactivation
-
-    check_code(code)
-    s = np.ascontiguousarray(z if needs_preactivation(code, negative_slope) else y)
-    dyc = np.ascontiguousarray(dy)
-    dz = np.empty_like(dyc)
-    activation_backward_cpu_kernel(dyc.reshape(-1), s.reshape(-1), code, float(negative_slope), dz.reshape(-1))
-    return dz if dz.ndim == dy.ndim else dz.reshape(dy.shape)  # ascontiguousarray makes 0-d arrays 1-d
+from gpunn.kernels.activations import (activation_backward_cpu, activation_backward_ref, activation_forward_cpu,
+                                       activation_forward_ref)
 
 
 class Ops:
@@ -72,8 +52,8 @@ class CpuOps(Ops):
 
     dense_forward = staticmethod(dense.dense_forward_cpu)
     dense_backward = staticmethod(dense.dense_backward_cpu)
-    activation_forward = staticmethod(_activation_forward_cpu)
-    activation_backward = staticmethod(_activation_backward_cpu)
+    activation_forward = staticmethod(activation_forward_cpu)
+    activation_backward = staticmethod(activation_backward_cpu)
     softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_cpu)
     softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_cpu)
     sgd_update = staticmethod(optimizers.sgd_update_cpu)

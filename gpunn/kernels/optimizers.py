@@ -26,6 +26,8 @@ import math
 
 from numba import njit
 
+from gpunn.backend import get_array_module as _xp
+
 
 def _check(op, p, grad, *state, names=()):
     """Refuse a bad call before any kernel runs: 1-D C-contiguous float arrays of one size,
@@ -78,8 +80,6 @@ def _check_rmsprop(op, p, grad, sq, buf, gavg, momentum, centered):
         _need(op, "grad_avg", gavg, "centered=True")
 
 
-def _xp(a):
-    return __import__("numpy") if type(a).__module__.startswith("numpy") else __import__("cupy")
 
 
 # ----------------------------------------------------------------------------- reference

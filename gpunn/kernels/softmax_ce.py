@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-from gpunn.kernels.activations import array_module
+from gpunn.backend import get_array_module as array_module
 
 
 def softmax_cross_entropy_forward_ref(logits, labels, ignore_index: int = -100):

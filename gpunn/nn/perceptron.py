@@ -14,6 +14,7 @@ import numpy as np
 from gpunn import functional
 from gpunn.autograd.tensor import Parameter, Tensor, no_grad
 from gpunn.backend import generator as default_generator
+from gpunn.backend import get_array_module
 from gpunn.nn.linear import _check_features, _empty_parameter
 from gpunn.nn.module import Module
 
@@ -106,7 +107,7 @@ class Perceptron(Module):
             if stop_when_converged and mistakes == 0:
                 break
         with no_grad():
-            xp = np if isinstance(self.weight.data, np.ndarray) else __import__("cupy")
+            xp = get_array_module(self.weight.data)
             self.weight.data[...] = xp.asarray(w.reshape(1, -1), dtype=self.weight.dtype)
             self.bias.data[...] = xp.asarray([b], dtype=self.bias.dtype)
         return history

@@ -30,6 +30,7 @@ from collections import defaultdict
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor, enable_grad
+from gpunn.backend import get_array_module
 from gpunn.kernels import ops as _kops
 from gpunn.kernels.ops import ops_for
 
@@ -48,10 +49,6 @@ required = _Required()
 
 def _is_cupy(a) -> bool:
     return type(a).__module__.startswith("cupy")
-
-
-def _xp_of(a):
-    return np if isinstance(a, np.ndarray) else __import__("cupy")
 
 
 def _describe(a) -> str:
@@ -113,7 +110,7 @@ class _FlatGroup:
         """(Re)build the flat buffers from the parameters' current arrays, carrying state along."""
         self._check_uniform()
         first = self.params[0].data
-        xp = _xp_of(first)
+        xp = get_array_module(first)
         dtype = first.dtype
         device_id = None if xp is np else getattr(first.device, "id", 0)
         shapes = [tuple(p.data.shape) for p in self.params]
@@ -184,7 +181,7 @@ class _FlatGroup:
         copied flat buffers and rebind the (copied) parameters to them."""
         for k, v in state.items():
             setattr(self, k, v)
-        self.xp = _xp_of(self.flat)
+        self.xp = get_array_module(self.flat)
         self.views, self.gviews = [], []
         for p, s, (a, b) in zip(self.params, self.shapes, self.bounds):
             v = self.flat[a:b].reshape(s)
