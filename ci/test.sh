@@ -18,8 +18,10 @@ python -m pip install --quiet -e ".[test]"
 python -m pip install --quiet "torch==2.13.0"
 
 python - <<'PY'
+from importlib.metadata import version
 import numpy, numba, torch, gpunn
-print(f"gpunn {gpunn.__version__} | numpy {numpy.__version__} | numba {numba.__version__} | torch {torch.__version__}")
+print(f"gpunn {gpunn.__version__} | numpy {numpy.__version__} | numba {numba.__version__} | "
+      f"numba-cuda {version('numba-cuda')} | torch {torch.__version__}")
 PY
 
 # README, "Run the tests"

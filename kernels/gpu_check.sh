@@ -59,6 +59,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >> "$TXT" 2>&1 || true
 step info 90 "$PY" -m gpunn info --gpu
 # one pytest process (kernels compile once per process): the CUDA tests first, then the rest of the suite
+# (tests/test_cuda_compile.py, the offline sm_90 compile check, is left to CI: it needs no GPU)
 OTHER_TESTS=$(ls tests/test_*.py | grep -v '^tests/test_cuda_')
 # shellcheck disable=SC2086
 step pytest 390 "$PY" -m pytest tests/test_cuda_gpu.py tests/test_cuda_kernels.py tests/test_cuda_autograd.py \

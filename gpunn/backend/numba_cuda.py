@@ -320,10 +320,25 @@ def compile_log() -> list:
     return KERNELS.compile_log()
 
 
-def jit(sig, fn):
+# Set by gpunn.backend.cuda_offline.offline_build: compile for a target architecture, not a device.
+_jit_override = None
+
+
+def jit(sig, fn, launch_bounds=None):
     """Compile the kernel `fn` for exactly one explicit signature (eagerly on a GPU; the simulator
-    only wraps it). A call with other argument types is then a TypeError, never a silent recompile."""
-    return numba_cuda().jit(sig)(fn)
+    only wraps it). A call with other argument types is then a TypeError, never a silent recompile.
+    launch_bounds: (max threads per block, min blocks per SM) or None; the simulator ignores it."""
+    if _jit_override is not None:
+        return _jit_override(sig, fn, launch_bounds)
+    cuda = numba_cuda()
+    if launch_bounds is None or is_simulator():
+        return cuda.jit(sig)(fn)
+    try:
+        decorate = cuda.jit(sig, launch_bounds=launch_bounds)
+    except TypeError as err:
+        raise RuntimeError(f"kernel {fn.__name__}: launch bounds {launch_bounds} need a numba-cuda that "
+                           f"supports them (pip install -U numba-cuda): {err}") from None
+    return decorate(fn)
 
 
 def device_jit(fn):
@@ -382,13 +397,16 @@ def device_name(device_id: int = 0) -> str:
         return "unknown"
 
 
+ELEMENTWISE_THREADS = 256
+
+
 def elementwise_geometry(n: int, like) -> tuple[int, int]:
     """(blocks, threads) for a grid-stride loop over n elements: 256 threads per block, at most 32
     blocks per SM (the loop covers the rest); 8 threads and at most 2 blocks in the simulator."""
     if not is_cupy(like):
         threads = 8
         return max(1, min(math.ceil(n / threads), 2)), threads
-    threads = 256
+    threads = ELEMENTWISE_THREADS
     return max(1, min(math.ceil(n / threads), 32 * sm_count(_device_id(like)))), threads
 
 

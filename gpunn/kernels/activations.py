@@ -32,7 +32,7 @@ ACTIVATIONS = {
     "sigmoid": SIGMOID,
     "tanh": TANH,
 }
-_CODES = frozenset(ACTIVATIONS.values())
+CODES = frozenset(ACTIVATIONS.values())
 _ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -55,8 +55,8 @@ def activation_code(name) -> int:
 
 def check_code(code) -> None:
     """The fused kernels treat an unknown code as identity: refuse it before they run."""
-    if code not in _CODES:
-        raise ValueError(f"unknown activation code {code!r}; valid codes: {sorted(_CODES)} "
+    if code not in CODES:
+        raise ValueError(f"unknown activation code {code!r}; valid codes: {sorted(CODES)} "
                          f"({', '.join(ACTIVATIONS)})")
 
 

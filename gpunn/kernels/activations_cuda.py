@@ -24,6 +24,7 @@ import numpy as np
 
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels.activations import (
+    CODES,
     GELU,
     GELU_TANH,
     IDENTITY,
@@ -185,6 +186,15 @@ def forward_kernel(code: int, dtype):
 def backward_kernel(code: int, dtype):
     dt = np.dtype(dtype)
     return nc.kernel(("activation_backward", code, dt.name), lambda: _build_backward(code, dt))
+
+
+def variants(dtypes=SUPPORTED_DTYPES):
+    """Every kernel of this family, as (getter, arguments, threads per block): for offline
+    compilation (kernels/ptxas_report.py) and warm-up."""
+    for dt in dtypes:
+        for code in sorted(CODES - {IDENTITY}):  # identity never launches a kernel
+            yield forward_kernel, (code, dt), nc.ELEMENTWISE_THREADS
+            yield backward_kernel, (code, dt), nc.ELEMENTWISE_THREADS
 
 
 def _flat(a, xp):

@@ -34,6 +34,9 @@ dtype (the dispatcher copies non-contiguous ones); fused grids need ceil(rows/BM
 (N <= 4,194,240 at BM=64; the dispatcher then uses cublas). Every kernel is compiled once per
 (dtype, activation code, flags, tile configuration) with an explicit signature.
 Shared memory per block: (BK*(BM+1) + BK*(BN+1)) * itemsize (8.3 KB float32 for 64x64x16).
+Registers (ptxas, sm_90, float32; kernels/ptxas_report.py): 96-116 per thread for 64x64x16/4x4,
+i.e. 2 blocks of 256 threads per SM; the "@3" variant adds launch bounds for 3 blocks (72-80
+registers, no spills). `variants()` lists every kernel this module can build.
 """
 from __future__ import annotations
 
@@ -43,8 +46,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations import IDENTITY, check_code, needs_preactivation
-from gpunn.kernels.activations_cuda import act_device, dz_device
+from gpunn.kernels.activations import (
+    CODES,
+    GELU,
+    GELU_TANH,
+    IDENTITY,
+    LEAKY_RELU,
+    check_code,
+    needs_preactivation,
+)
+from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, act_device, dz_device
 from gpunn.kernels.activations_cuda import backward_kernel as activation_backward_kernel
 
 # numba.cuda, bound by the first kernel build. A module global on purpose: kernels must reach it as a
@@ -61,17 +72,26 @@ def _cuda():
 
 @dataclass(frozen=True)
 class TileConfig:
-    """The fused GEMMs' geometry: block tile BM x BN, K slice BK, per-thread tile TM x TN."""
+    """The fused GEMMs' geometry: block tile BM x BN, K slice BK, per-thread tile TM x TN; and
+    min_blocks > 0 for launch bounds (threads, min_blocks): the compiler must fit that many blocks
+    per SM, i.e. at most 65536 / (threads * min_blocks) registers per thread (kernels/ptxas_report.py
+    shows the registers and spills each choice gives)."""
 
     bm: int
     bn: int
     bk: int
     tm: int
     tn: int
+    min_blocks: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
+        bound = f"@{self.min_blocks}" if self.min_blocks else ""
+        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}{bound}"
+
+    @property
+    def launch_bounds(self):
+        return (self.threads, self.min_blocks) if self.min_blocks else None
 
     @property
     def threads(self) -> int:
@@ -92,11 +112,17 @@ class TileConfig:
         return self
 
 
-TILES = {
-    "64x64x16/4x4": TileConfig(64, 64, 16, 4, 4),    # 256 threads, 16 accumulators per thread
-    "128x128x8/8x8": TileConfig(128, 128, 8, 8, 8),  # 256 threads, 64 accumulators: large GEMMs
-    "32x32x8/2x2": TileConfig(32, 32, 8, 2, 2),      # 256 threads: more blocks for small outputs
-}
+TILES = {t.name: t for t in (
+    TileConfig(64, 64, 16, 4, 4),       # 256 threads, 16 accumulators per thread
+    TileConfig(128, 128, 8, 8, 8),      # 256 threads, 64 accumulators: large GEMMs
+    TileConfig(32, 32, 8, 2, 2),        # 256 threads: more blocks for small outputs
+    # 64x64 with launch bounds. ptxas for sm_90 (kernels/results/sm_90-ptxas-*.txt) gives the
+    # unbounded float32 GEMMs 96-116 registers: 2 blocks of 256 threads per SM; bounded to 3 blocks
+    # they take 72-80 registers and spill nothing. Whether that is faster is for the autotune on a
+    # GPU to say. (A bound of 4 spills 20-76 bytes per thread; 128x128 bounded to 2 blocks spills
+    # 4-36 bytes in dx/dW, so it is not offered.)
+    TileConfig(64, 64, 16, 4, 4, min_blocks=3),
+)}
 DEFAULT_TILE = "64x64x16/4x4"
 # The simulator runs one Python thread per CUDA thread: tiny tiles keep the tests fast.
 SIM_TILE = TileConfig(4, 4, 2, 2, 2)
@@ -199,7 +225,7 @@ def _build_forward(dt, code, has_bias, store_z, cfg):
                         y[r, c] = act(v, slope)
 
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a2, a2, a1, nbt, a2, a2), dense_forward_kernel)
+    return nc.jit(nc.void(a2, a2, a1, nbt, a2, a2), dense_forward_kernel, cfg.launch_bounds)
 
 
 def _build_dx(dt, code, cfg):
@@ -271,7 +297,7 @@ def _build_dx(dt, code, cfg):
                         dx[r, c] = acc[i, j]
 
     a2 = nc.arr(dt, 2)
-    return nc.jit(nc.void(a2, a2, a2, nbt, a2), dense_dx_kernel)
+    return nc.jit(nc.void(a2, a2, a2, nbt, a2), dense_dx_kernel, cfg.launch_bounds)
 
 
 def _build_dw(dt, code, want_db, cfg):
@@ -354,7 +380,7 @@ def _build_dw(dt, code, want_db, cfg):
             db[row0 + tid] = dbacc
 
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a2, a2, a2, nbt, a2, a1), dense_dw_kernel)
+    return nc.jit(nc.void(a2, a2, a2, nbt, a2, a1), dense_dw_kernel, cfg.launch_bounds)
 
 
 def _build_bias_act(dt, code, has_bias, mode):
@@ -485,6 +511,38 @@ def finalize_kernel(dtype):
     return nc.kernel(("colsum_finalize", dt.name), lambda: _build_finalize(dt))
 
 
+# The cublas path's column-sum block (CX, CY): 32 columns x 8 row lanes on a GPU (`_colsum`).
+COLSUM_BLOCK = (32, 8)
+_PREACTIVATION_CODES = (LEAKY_RELU, GELU, GELU_TANH)  # codes whose backward may need z
+
+
+def variants(dtypes=SUPPORTED_DTYPES, tiles=None):
+    """Every kernel of this family, as (getter, arguments, threads per block): for offline
+    compilation (kernels/ptxas_report.py) and warm-up. `tiles`: names in TILES (default: all)."""
+    cx, cy = COLSUM_BLOCK
+    for dt in dtypes:
+        for name in (tiles or TILES):
+            cfg = TILES[name]
+            for code in sorted(CODES):
+                for has_bias in (True, False):
+                    yield forward_kernel, (dt, code, has_bias, False, cfg), cfg.threads
+                    if code in _PREACTIVATION_CODES:
+                        yield forward_kernel, (dt, code, has_bias, True, cfg), cfg.threads
+                yield dx_kernel, (dt, code, cfg), cfg.threads
+                for want_db in (True, False):
+                    yield dw_kernel, (dt, code, want_db, cfg), cfg.threads
+        for code in sorted(CODES):  # the combinations forward_cublas / backward_cublas launch
+            for has_bias in (True, False):
+                if has_bias or code != IDENTITY:
+                    yield bias_act_kernel, (dt, code, has_bias, "inplace"), nc.ELEMENTWISE_THREADS
+                if code in _PREACTIVATION_CODES:
+                    yield bias_act_kernel, (dt, code, has_bias, "both" if has_bias else "y"), nc.ELEMENTWISE_THREADS
+            for write_dz in (True, False) if code != IDENTITY else (False,):
+                for final in (True, False):
+                    yield colsum_kernel, (dt, code, write_dz, final, cx, cy), cx * cy
+        yield finalize_kernel, (dt,), nc.ELEMENTWISE_THREADS
+
+
 # ------------------------------------------------------------------------------------------ checks
 
 def check_operands(op, x, W, b=None, dy=None, saved=None):
@@ -548,7 +606,7 @@ def _colsum(dy, s, code, slope, dz, db, write_dz):
     n, m = dy.shape
     dt = dy.dtype
     if nc.is_cupy(dy):
-        cx, cy = 32, 8
+        cx, cy = COLSUM_BLOCK
         target = 2 * nc.sm_count(nc._device_id(dy))
     else:  # simulator: small blocks, and at least two chunks for N > 4 so both paths are exercised
         cx, cy = 4, 2

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations_cuda import supported
+from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
 
 # numba.cuda, bound by the first kernel build. A module global on purpose: kernels must reach it as a
 # global name (Numba's simulator swaps module globals that are numba.cuda, not closure variables).
@@ -159,6 +159,21 @@ def _build_pointwise_backward(dt, kind, g_scalar):
 def _kernel(name, build, dt, *key):
     dt = np.dtype(dt)
     return nc.kernel((name, dt.name) + key, lambda: build(dt, *key))
+
+
+def variants(dtypes=SUPPORTED_DTYPES):
+    """Every kernel of this family, as (getter, arguments, threads per block): for offline
+    compilation (kernels/ptxas_report.py) and warm-up."""
+    t = nc.ELEMENTWISE_THREADS
+    for dt in dtypes:
+        for pw in (PW_NONE, PW_SCALAR, PW_LAST_AXIS, PW_FULL):
+            yield _kernel, ("bce_forward", _build_bce_forward, dt, pw), t
+            for gs in (True, False):
+                yield _kernel, ("bce_backward", _build_bce_backward, dt, pw, gs), t
+        for kind in ("mse", "l1"):
+            yield _kernel, ("pointwise_forward", _build_pointwise_forward, dt, kind), t
+            for gs in (True, False):
+                yield _kernel, ("pointwise_backward", _build_pointwise_backward, dt, kind, gs), t
 
 
 # ------------------------------------------------------------------------------------------ wrappers

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations_cuda import supported
+from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
 from gpunn.kernels.optimizers import _check_adam, _check_rmsprop, _check_sgd
 
 # numba.cuda, bound by the first kernel build. A module global on purpose: kernels must reach it as a
@@ -158,6 +158,26 @@ def _build_rmsprop(dt, maximize, has_wd, centered, has_momentum):
 def _get(name, build, dt, *flags):
     dt = np.dtype(dt)
     return nc.kernel((name, dt.name) + flags, lambda: build(dt, *flags))
+
+
+def variants(dtypes=SUPPORTED_DTYPES):
+    """Every kernel of this family (each option combination the update functions can select), as
+    (getter, arguments, threads per block): for offline compilation (kernels/ptxas_report.py)."""
+    t = nc.ELEMENTWISE_THREADS
+    tf = (True, False)
+    for dt in dtypes:
+        for mx in tf:
+            for wd in tf:
+                yield _get, ("sgd", _build_sgd, dt, mx, wd, False, False, False), t
+                for nesterov in tf:
+                    for first in tf:
+                        yield _get, ("sgd", _build_sgd, dt, mx, wd, True, nesterov, first), t
+                for centered in tf:
+                    for mom in tf:
+                        yield _get, ("rmsprop", _build_rmsprop, dt, mx, wd, centered, mom), t
+            for wd_mode in (0, 1, 2):
+                for ams in tf:
+                    yield _get, ("adam", _build_adam, dt, mx, wd_mode, ams), t
 
 
 def _dtype_ok(op, p):

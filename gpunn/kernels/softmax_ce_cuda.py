@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations_cuda import supported
+from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
 
 # numba.cuda, bound by the first kernel build. A module global on purpose: kernels must reach it as a
 # global name (Numba's simulator swaps module globals that are numba.cuda, not closure variables).
@@ -164,6 +164,22 @@ def backward_kernel(dtype, label_dtype, scalar_weight):
     dt, lt = np.dtype(dtype), np.dtype(label_dtype)
     return nc.kernel(("softmax_ce_backward", dt.name, lt.name, scalar_weight),
                      lambda: _build_backward(dt, lt, scalar_weight))
+
+
+# Class counts that select each of block_shape's GPU block shapes.
+_BLOCK_SHAPE_CLASSES = (10, 1000, 5000)
+
+
+def variants(dtypes=SUPPORTED_DTYPES):
+    """Every kernel of this family, as (getter, arguments, threads per block): for offline
+    compilation (kernels/ptxas_report.py) and warm-up."""
+    for dt in dtypes:
+        for lt in _LABEL_DTYPES:
+            for c in _BLOCK_SHAPE_CLASSES:
+                tx, ty = block_shape(c)
+                yield forward_kernel, (dt, lt, tx, ty), tx * ty
+            for scalar in (True, False):
+                yield backward_kernel, (dt, lt, scalar), nc.ELEMENTWISE_THREADS
 
 
 def _labels(op, labels, n, xp, like):
