@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd import functions as F
-from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, xp_of
+from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, defer_check, xp_of
 from gpunn.autograd.tensor import Tensor
 from gpunn.kernels import ACTIVATIONS, activation_code
 
@@ -171,10 +171,20 @@ def _labels(target, n: int, classes: int, ignore_index: int, op: str):
         bad = (lab < 0) | (lab >= classes)
         if ignore_index is not None:
             bad &= lab != ignore_index
-        if bool(bad.any()):
+
+        def error(deferred=False):
             i = int(xp.argmax(bad))
-            raise ValueError(f"{op}: target[{i}] = {int(lab[i])} is out of range for {classes} classes "
-                             f"(valid: 0..{classes - 1}{'' if ignore_index is None else f' or ignore_index={ignore_index}'})")
+            when = (" (labels on the GPU are checked at the next host synchronisation, so this may be raised "
+                    "a few steps after the call that failed)") if deferred else ""
+            return ValueError(f"{op}: target[{i}] = {int(lab[i])} is out of range for {classes} classes "
+                              f"(valid: 0..{classes - 1}{'' if ignore_index is None else f' or ignore_index={ignore_index}'})"
+                              f"{when}")
+
+        if xp is np:
+            if bad.any():
+                raise error()
+        else:  # no synchronisation per step: checked with the next value the host reads
+            defer_check(bad.any(), lambda: error(deferred=True))
     return lab
 
 

@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 
+from gpunn.autograd.checks import flush_checks
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import device as resolve_device
 from gpunn.backend import device_of, get_array_module
@@ -509,6 +510,7 @@ def _diverged_loss(where, epoch, step, n_steps, lr, value, history):
 
 
 def _check_gpu_losses(host_losses, where, epoch, n_steps, optimizer, lrs, history):
+    flush_checks()  # a bad label explains a NaN loss better than "diverged" does
     finite = np.isfinite(host_losses)
     if finite.all():
         return
@@ -543,6 +545,7 @@ def _evaluate(model, loss_fn, X, y, batch_size, correct_fn):
                         counted += yb.size
     finally:
         model.train(was_training)
+    flush_checks()
     out = {"loss": float(total) / n if n else float("nan")}
     if correct_fn is not None and counted:
         out["accuracy"] = int(correct) / counted

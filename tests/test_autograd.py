@@ -957,3 +957,31 @@ def test_gradcheck_refuses_float32_and_handles_noncontiguous_and_0d_inputs():
     assert gn.gradcheck(lambda t: t.exp() * t, [scalar])
     frozen = gn.tensor(np.ones(2))  # inputs that do not require grad are held fixed
     assert gn.gradcheck(lambda a, b: a * b, [gn.tensor(np.ones(2), requires_grad=True), frozen])
+
+
+# ------------------------------------------------------------------ deferred device checks
+
+def test_deferred_checks_raise_at_the_next_read():
+    from gpunn.autograd import checks
+
+    checks.flush_checks()
+    checks.defer_check(np.array(False), lambda: AssertionError("a passing check must not raise"))
+    checks.defer_check(np.array(True), lambda: ValueError("first failure"))
+    checks.defer_check(np.array(True), lambda: ValueError("second failure"))
+    assert checks.pending_checks() == 3
+    with pytest.raises(ValueError, match="first failure"):
+        checks.flush_checks()
+    assert checks.pending_checks() == 0
+    checks.flush_checks()  # nothing left: no error
+
+
+def test_deferred_checks_flush_when_the_queue_is_full():
+    from gpunn.autograd import checks
+
+    checks.flush_checks()
+    for _ in range(checks.MAX_PENDING - 1):
+        checks.defer_check(np.array(False), lambda: AssertionError("unreachable"))
+    assert checks.pending_checks() == checks.MAX_PENDING - 1
+    with pytest.raises(ValueError, match="queue full"):
+        checks.defer_check(np.array(True), lambda: ValueError("queue full"))
+    assert checks.pending_checks() == 0

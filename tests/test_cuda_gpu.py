@@ -56,7 +56,8 @@ def test_kernels_launch_on_cupys_current_stream(cp):
     np.testing.assert_allclose(probs.get().sum(axis=1), 1.0, rtol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["fused:64x64x16/4x4", "fused:128x128x8/8x8", "fused:32x32x8/2x2", "cublas"])
+@pytest.mark.parametrize("impl", ["fused:64x64x16/4x4", "fused:128x128x8/8x8", "fused:32x32x8/2x2",
+                                  "fused:64x64x16/4x4@3", "cublas"])
 @pytest.mark.parametrize("shape", [(300, 130, 70), (1000, 512, 10), (64, 1024, 1024)], ids=str)
 @pytest.mark.parametrize("act", ["relu", "gelu", "sigmoid"])
 def test_dense_on_real_shapes(cp, impl, shape, act):
@@ -132,3 +133,48 @@ def test_a_step_compiles_nothing_new_after_the_first(cp):
     for _ in range(3):
         step()
     assert len(nc.compile_log()) == n
+
+
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse", "bce"])
+def test_a_training_step_never_waits_for_the_gpu(cp, loss_name):
+    """Forward, loss (label check and mean count included), backward and the optimizer step queue
+    GPU work only: CuPy raises DeviceSynchronized at any host synchronisation inside the block."""
+    import cupyx
+
+    if not hasattr(cupyx, "allow_synchronize"):  # deprecated since CuPy 10; the only sync detector CuPy has
+        pytest.skip(f"CuPy {cp.__version__} has no cupyx.allow_synchronize to detect synchronisations")
+    rng = np.random.default_rng(5)
+    model = gn.nn.Sequential(gn.nn.Dense(8, 16, activation="gelu"), gn.nn.Linear(16, 4)).to("gpu")
+    opt = gn.optim.AdamW(model.parameters(), lr=1e-3)
+    X = gn.Tensor(cp.asarray(rng.standard_normal((64, 8)).astype(np.float32)))
+    if loss_name == "cross_entropy":
+        loss_fn, y = gn.nn.CrossEntropyLoss(), cp.asarray(rng.integers(0, 4, 64))
+    elif loss_name == "mse":
+        loss_fn, y = gn.nn.MSELoss(), cp.asarray(rng.standard_normal((64, 4)).astype(np.float32))
+    else:
+        loss_fn, y = gn.nn.BCEWithLogitsLoss(), cp.asarray((rng.random((64, 4)) < 0.5).astype(np.float32))
+    for _ in range(2):  # the first step compiles kernels (host work, no synchronisation either)
+        with cupyx.allow_synchronize(False):
+            opt.zero_grad()
+            loss = loss_fn(model(X), gn.Tensor(y))
+            loss.backward()
+            opt.step()
+    assert math.isfinite(loss.item())
+
+
+def test_a_bad_label_on_the_gpu_is_reported_at_the_next_read(cp):
+    logits = gn.Tensor(cp.zeros((4, 3), cp.float32), requires_grad=True)
+    labels = cp.asarray([0, 1, 7, 2])
+    loss = gn.functional.cross_entropy(logits, labels)  # queued, not yet checked: no synchronisation
+    with pytest.raises(ValueError, match=r"target\[2\] = 7 is out of range for 3 classes.*next host synchronisation"):
+        loss.item()
+    ok = gn.functional.cross_entropy(logits, cp.asarray([0, 1, -100, 2]))  # ignore_index passes
+    assert ok.item() == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_cross_entropy_mean_over_no_targets_is_nan_on_the_gpu_too(cp):
+    logits = gn.Tensor(cp.zeros((2, 3), cp.float32), requires_grad=True)
+    loss = gn.functional.cross_entropy(logits, cp.asarray([-100, -100]))
+    loss.backward()
+    assert math.isnan(loss.item())
+    assert (logits.grad.data == 0).all()  # every row ignored: zero gradient, as on the CPU and in PyTorch

@@ -60,3 +60,44 @@ def unbroadcast(g, shape):
     if axes:
         g = g.sum(axis=axes, keepdims=True)
     return g.reshape(shape)
+
+
+# ------------------------------------------------------------------ checks deferred on the GPU
+# Checking values that live on the GPU (are all labels in range?) makes the host wait for the GPU:
+# one synchronisation per training step if done at once. Such checks are deferred instead: the
+# condition is computed on the device (no wait), queued here, and evaluated together the next time
+# the host reads a value anyway (Tensor.item/numpy/tolist/bool, fit's loss read-backs) or once
+# MAX_PENDING are queued. A failed check raises its error then, a few steps after the call that
+# failed, as CUDA's own asynchronous errors do; the message says so. On the CPU nothing is deferred.
+
+MAX_PENDING = 64
+_pending: list = []
+
+
+def defer_check(failed, error) -> None:
+    """Queue a device-side check. failed: a 0-d boolean array on the device (True = the check
+    failed); error: a callable returning the exception to raise (called only on failure)."""
+    _pending.append((failed, error))
+    if len(_pending) >= MAX_PENDING:
+        flush_checks()
+
+
+def flush_checks() -> None:
+    """Evaluate every queued check (one host synchronisation); raise the first failure's error."""
+    if not _pending:
+        return
+    items = _pending[:]
+    _pending.clear()
+    try:
+        xp = xp_of(items[0][0])
+        flags = xp.stack([f.reshape(()) for f, _ in items])
+        flags = flags.get() if hasattr(flags, "get") else np.asarray(flags)
+    except Exception:  # arrays on different devices: one at a time
+        flags = [bool(f) for f, _ in items]
+    for ok_flag, (_, error) in zip(flags, items):
+        if bool(ok_flag):
+            raise error()
+
+
+def pending_checks() -> int:
+    return len(_pending)

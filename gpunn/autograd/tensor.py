@@ -13,6 +13,7 @@ import contextlib
 
 import numpy as np
 
+from gpunn.autograd.checks import flush_checks
 from gpunn.backend import Device, device as resolve_device, device_of
 from gpunn.kernels import ops as _kops
 
@@ -165,6 +166,7 @@ class Tensor:
         """The values as a NumPy array (shares memory on the CPU; a host copy from the GPU)."""
         if type(self.data) is np.ndarray:
             return self.data
+        flush_checks()  # the host waits for the GPU here anyway: run the deferred checks first
         return self.data.get()
 
     def __array__(self, dtype=None, copy=None):
@@ -177,6 +179,8 @@ class Tensor:
     def item(self):
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        if type(self.data) is not np.ndarray:
+            flush_checks()
         return self.data.reshape(()).item()
 
     def tolist(self):
@@ -342,6 +346,8 @@ class Tensor:
     def __bool__(self):
         if self.data.size != 1:
             raise RuntimeError(f"the truth value of a tensor with {self.data.size} elements is ambiguous")
+        if type(self.data) is not np.ndarray:
+            flush_checks()
         return bool(self.data.reshape(()))
 
     def __float__(self):

@@ -5,6 +5,8 @@ reduction: "mean" (average over elements; for cross-entropy over non-ignored tar
 """
 from __future__ import annotations
 
+import numpy as np
+
 from gpunn.autograd.checks import xp_of
 from gpunn.autograd.tensor import Function
 from gpunn.kernels import ops_for
@@ -17,14 +19,21 @@ class _LossNode(Function):
     layer = "loss"
 
 
+def _divide(a, n, dtype):
+    """a / n for the "mean" reduction; NaN when n == 0 (as PyTorch). n: a Python int, or a 0-d
+    integer array on the GPU (a count that stays there: reading it would synchronise)."""
+    if not isinstance(n, int):
+        return a / n.astype(dtype)  # 0 / 0 is NaN on the device, with no warning to silence
+    return a / dtype.type(n) if n else a * dtype.type(float("nan"))
+
+
 def _reduce(losses, reduction, count=None):
     if reduction == "none":
         return losses
     total = losses.sum(dtype=losses.dtype)
     if reduction == "sum":
         return total
-    n = losses.size if count is None else count
-    return total / losses.dtype.type(n) if n else total * losses.dtype.type(float("nan"))
+    return _divide(total, losses.size if count is None else count, losses.dtype)
 
 
 def _upstream(g, reduction, shape, dtype, count=None):
@@ -36,8 +45,7 @@ def _upstream(g, reduction, shape, dtype, count=None):
         n = 1
         for s in shape:
             n *= s
-        n = n if count is None else count
-        g = g / dtype.type(n) if n else g * dtype.type(float("nan"))
+        g = _divide(g, n if count is None else count, dtype)
     return xp.broadcast_to(g, shape)
 
 
@@ -46,7 +54,10 @@ class CrossEntropy(_LossNode):
         ops = ops_for(logits)
         losses, self.probs = ops.softmax_cross_entropy_forward(logits, labels, ignore_index)
         self.labels, self.reduction, self.ignore = labels, reduction, ignore_index
-        self.count = int((labels != ignore_index).sum()) if reduction == "mean" else None
+        self.count = None
+        if reduction == "mean":  # non-ignored rows; on the GPU the count stays there (no sync)
+            count = (labels != ignore_index).sum()
+            self.count = int(count) if xp_of(labels) is np else count
         return _reduce(losses, reduction, self.count)
 
     def backward(self, g):
