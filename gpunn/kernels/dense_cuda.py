@@ -151,57 +151,80 @@ def fused_fits(rows: int, cfg: TileConfig) -> bool:
 
 # ------------------------------------------------------------------------------------------ builders
 
-def _build_forward(dt, code, has_bias, store_z, cfg):
-    _cuda()
-    nbt = nc.nbtype(dt)
-    act = act_device(code, dt)
-    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
-    TX, TY = BN // TN, BM // TM
-    NT = TX * TY
-    AL, BL = BM * BK // NT, BN * BK // NT
-    BMP, BNP = BM + 1, BN + 1
-    zero = dt.type(0)
-    HAS_BIAS, STORE_Z = has_bias, store_z
+# The three fused GEMMs share one main loop: walk the reduction in BK-wide slices, stage an A slice
+# (BK x BM, transposed) and a B slice (BK x BN) in shared memory, then let each thread accumulate
+# its TM x TN sub-tile. They differ only in how a slice is fetched (which array, which index is
+# contiguous in global memory, whether dz = dy * act'(s) is formed on the way) and in the epilogue.
+# The fetches are device functions built per (tile, dtype, activation) and inlined by NVVM; ptxas
+# reports no stack use for the kernels that call them (kernels/ptxas_report.py).
 
-    def dense_forward_kernel(x, W, b, slope, y, z):
-        As = cuda.shared.array((BK, BMP), nbt)
-        Bs = cuda.shared.array((BK, BNP), nbt)
-        acc = cuda.local.array((TM, TN), nbt)
-        ar = cuda.local.array(TM, nbt)
-        br = cuda.local.array(TN, nbt)
-        tid = cuda.threadIdx.x
-        tx = tid % TX
-        ty = tid // TX
-        row0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
-        N = x.shape[0]
-        K = x.shape[1]
-        M = W.shape[0]
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = zero
-        for k0 in range(0, K, BK):
-            for q in range(AL):  # x slice, coalesced along k, stored transposed
+def _tile_geometry(cfg):
+    TX, TY = cfg.bn // cfg.tn, cfg.bm // cfg.tm
+    return TX, TY, TX * TY
+
+
+def _slice_loader(cfg, dt, width, reduction_fastest, code=None):
+    """A device function load(S, A, B, slope, i0, k0, ni, nk, tid) that fills S[kk, i] (kk < BK,
+    i < width) with a slice of a 2-D operand, zero outside it; each of the block's threads moves
+    width*BK/threads elements, consecutive threads touching consecutive global addresses:
+      reduction_fastest  S[kk, i] = op[i0 + i, k0 + kk]   (op's rows are tile rows)
+      otherwise          S[kk, i] = op[k0 + kk, i0 + i]   (op's rows are the reduction)
+    where op is A (B unused), or with `code` dz = dy * act'(s) formed from (A, B) = (dy, s) on the
+    way (never stored)."""
+    dt = np.dtype(dt)
+    BK = cfg.bk
+    _, _, NT = _tile_geometry(cfg)
+    PER_THREAD = width * BK // NT
+    WIDTH = width
+    RF = reduction_fastest
+    zero = dt.type(0)
+
+    def build():
+        if code is None:
+            def fetch(A, B, slope, r, c):
+                return A[r, c]
+        else:
+            dzf = dz_device(code, dt)
+
+            def fetch(A, B, slope, r, c):
+                return dzf(A[r, c], B[r, c], slope)
+        get = nc.device_jit(fetch)
+
+        def load(S, A, B, slope, i0, k0, ni, nk, tid):
+            for q in range(PER_THREAD):
                 e = tid + q * NT
-                r = e // BK
-                kk = e - r * BK
-                gr = row0 + r
-                gk = k0 + kk
+                if RF:
+                    i = e // BK
+                    kk = e - i * BK
+                else:
+                    kk = e // WIDTH
+                    i = e - kk * WIDTH
                 v = zero
-                if gr < N and gk < K:
-                    v = x[gr, gk]
-                As[kk, r] = v
-            for q in range(BL):  # W slice, coalesced along k
-                e = tid + q * NT
-                c = e // BK
-                kk = e - c * BK
-                gc = col0 + c
-                gk = k0 + kk
-                v = zero
-                if gc < M and gk < K:
-                    v = W[gc, gk]
-                Bs[kk, c] = v
-            cuda.syncthreads()
+                if i0 + i < ni and k0 + kk < nk:
+                    if RF:
+                        v = get(A, B, slope, i0 + i, k0 + kk)
+                    else:
+                        v = get(A, B, slope, k0 + kk, i0 + i)
+                S[kk, i] = v
+
+        return nc.device_jit(load)
+
+    return nc.kernel(("dense_slice", dt.name, cfg, width, reduction_fastest, code), build)
+
+
+def _tile_mma(cfg, dt):
+    """The device function acc[i, j] += sum_kk As[kk, ty + i*TY] * Bs[kk, tx + j*TX] over one slice
+    (operands staged in registers first: TM + TN loads feed TM * TN FMAs)."""
+    dt = np.dtype(dt)
+    BK, TM, TN = cfg.bk, cfg.tm, cfg.tn
+    TX, TY, _ = _tile_geometry(cfg)
+
+    def build():
+        nbt = nc.nbtype(dt)
+
+        def mma(As, Bs, acc, tx, ty):
+            ar = cuda.local.array(TM, nbt)
+            br = cuda.local.array(TN, nbt)
             for kk in range(BK):
                 for i in range(TM):
                     ar[i] = As[kk, ty + i * TY]
@@ -210,7 +233,77 @@ def _build_forward(dt, code, has_bias, store_z, cfg):
                 for i in range(TM):
                     for j in range(TN):
                         acc[i, j] += ar[i] * br[j]
-            cuda.syncthreads()
+
+        return nc.device_jit(mma)
+
+    return nc.kernel(("dense_tile_mma", dt.name, cfg), build)
+
+
+def _mainloop(cfg, dt, a_layout, b_layout, with_db):
+    """The device function acc = A-slices . B-slices over the whole reduction (length nk), for the
+    block's tile; returns the float64 sum of the A slice's column `tid` (the db of dense_dw_kernel)
+    when with_db and do_db, else 0. A = (A1, A2) is read at tile offset a0 (na rows) and B at b0
+    (nb rows), laid out as a_layout = (reduction_fastest, activation code or None) and
+    b_layout = reduction_fastest (see _slice_loader)."""
+    _cuda()
+    dt = np.dtype(dt)
+    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
+    BMP, BNP = BM + 1, BN + 1
+    zero = dt.type(0)
+    WITH_DB = with_db
+    mma = _tile_mma(cfg, dt)
+    load_a = _slice_loader(cfg, dt, BM, *a_layout)
+    load_b = _slice_loader(cfg, dt, BN, b_layout)
+    key = ("dense_mainloop", dt.name, cfg, a_layout, b_layout, with_db)
+
+    def build():
+        import numba
+
+        nbt = nc.nbtype(dt)
+        f64 = numba.float64
+
+        def mainloop(acc, A1, A2, B, slope, a0, b0, na, nb, nk, tid, tx, ty, do_db):
+            As = cuda.shared.array((BK, BMP), nbt)  # padded by one column: no bank conflicts
+            Bs = cuda.shared.array((BK, BNP), nbt)
+            for i in range(TM):
+                for j in range(TN):
+                    acc[i, j] = zero
+            dbacc = f64(0.0)
+            for k0 in range(0, nk, BK):
+                load_a(As, A1, A2, slope, a0, k0, na, nk, tid)
+                load_b(Bs, B, B, slope, b0, k0, nb, nk, tid)
+                cuda.syncthreads()
+                if WITH_DB:
+                    if do_db:  # the block's dz columns, summed in row order: deterministic
+                        for kk in range(BK):
+                            dbacc += f64(As[kk, tid])
+                mma(As, Bs, acc, tx, ty)
+                cuda.syncthreads()
+            return dbacc
+
+        return nc.device_jit(mainloop)
+
+    return nc.kernel(key, build)
+
+
+def _build_forward(dt, code, has_bias, store_z, cfg):
+    """y (N, M) = act(x (N, K) @ W.T + b); z = x @ W.T + b stored too when backward needs it."""
+    _cuda()
+    nbt = nc.nbtype(dt)
+    act = act_device(code, dt)
+    # As[k, r] = x[row0 + r, k0 + k], Bs[k, c] = W[col0 + c, k0 + k]
+    mainloop = _mainloop(cfg, dt, (True, None), True, False)
+    BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
+    TX, TY, _ = _tile_geometry(cfg)
+    HAS_BIAS, STORE_Z = has_bias, store_z
+
+    def dense_forward_kernel(x, W, b, slope, y, z):
+        acc = cuda.local.array((TM, TN), nbt)
+        tid = cuda.threadIdx.x
+        tx, ty = tid % TX, tid // TX
+        row0, col0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
+        N, K, M = x.shape[0], x.shape[1], W.shape[0]
+        mainloop(acc, x, x, W, slope, row0, col0, N, M, K, tid, tx, ty, False)
         for i in range(TM):
             r = row0 + ty + i * TY
             if r < N:
@@ -232,62 +325,18 @@ def _build_dx(dt, code, cfg):
     """dx (N, K) = dz (N, M) @ W (M, K); dz formed on load."""
     _cuda()
     nbt = nc.nbtype(dt)
-    dzf = dz_device(code, dt)
-    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
-    TX, TY = BN // TN, BM // TM
-    NT = TX * TY
-    AL, BL = BM * BK // NT, BN * BK // NT
-    BMP, BNP = BM + 1, BN + 1
-    zero = dt.type(0)
+    # As[m, r] = dz[row0 + r, m0 + m], Bs[m, c] = W[m0 + m, col0 + c]
+    mainloop = _mainloop(cfg, dt, (True, code), False, False)
+    BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
+    TX, TY, _ = _tile_geometry(cfg)
 
     def dense_dx_kernel(dy, s, W, slope, dx):
-        As = cuda.shared.array((BK, BMP), nbt)
-        Bs = cuda.shared.array((BK, BNP), nbt)
         acc = cuda.local.array((TM, TN), nbt)
-        ar = cuda.local.array(TM, nbt)
-        br = cuda.local.array(TN, nbt)
         tid = cuda.threadIdx.x
-        tx = tid % TX
-        ty = tid // TX
-        row0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
-        N = dy.shape[0]
-        M = dy.shape[1]
-        K = W.shape[1]
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = zero
-        for m0 in range(0, M, BK):
-            for q in range(AL):  # dz slice (rows n, reduction index m): coalesced along m
-                e = tid + q * NT
-                r = e // BK
-                kk = e - r * BK
-                gr = row0 + r
-                gm = m0 + kk
-                v = zero
-                if gr < N and gm < M:
-                    v = dzf(dy[gr, gm], s[gr, gm], slope)
-                As[kk, r] = v
-            for q in range(BL):  # W slice (reduction index m, columns k): coalesced along k
-                e = tid + q * NT
-                kk = e // BN
-                c = e - kk * BN
-                gm = m0 + kk
-                gc = col0 + c
-                v = zero
-                if gm < M and gc < K:
-                    v = W[gm, gc]
-                Bs[kk, c] = v
-            cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    ar[i] = As[kk, ty + i * TY]
-                for j in range(TN):
-                    br[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += ar[i] * br[j]
-            cuda.syncthreads()
+        tx, ty = tid % TX, tid // TX
+        row0, col0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
+        N, M, K = dy.shape[0], dy.shape[1], W.shape[1]
+        mainloop(acc, dy, s, W, slope, row0, col0, N, K, M, tid, tx, ty, False)
         for i in range(TM):
             r = row0 + ty + i * TY
             if r < N:
@@ -303,72 +352,21 @@ def _build_dx(dt, code, cfg):
 def _build_dw(dt, code, want_db, cfg):
     """dW (M, K) = dz.T (M, N) @ x (N, K); dz formed on load; db folded into the first K-tile column."""
     _cuda()
-    import numba
-
     nbt = nc.nbtype(dt)
-    f64 = numba.float64
-    dzf = dz_device(code, dt)
-    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
-    TX, TY = BN // TN, BM // TM
-    NT = TX * TY
-    AL, BL = BM * BK // NT, BN * BK // NT
-    BMP, BNP = BM + 1, BN + 1
-    zero = dt.type(0)
+    # As[n, r] = dz[n0 + n, row0 + r], Bs[n, c] = x[n0 + n, col0 + c]
+    mainloop = _mainloop(cfg, dt, (False, code), False, want_db)
+    BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
+    TX, TY, _ = _tile_geometry(cfg)
     WANT_DB = want_db
 
     def dense_dw_kernel(dy, s, x, slope, dW, db):
-        As = cuda.shared.array((BK, BMP), nbt)
-        Bs = cuda.shared.array((BK, BNP), nbt)
         acc = cuda.local.array((TM, TN), nbt)
-        ar = cuda.local.array(TM, nbt)
-        br = cuda.local.array(TN, nbt)
         tid = cuda.threadIdx.x
-        tx = tid % TX
-        ty = tid // TX
-        row0 = cuda.blockIdx.y * BM  # rows of dW: m
-        col0 = cuda.blockIdx.x * BN  # columns of dW: k
-        N = dy.shape[0]
-        M = dy.shape[1]
-        K = x.shape[1]
+        tx, ty = tid % TX, tid // TX
+        row0, col0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN  # rows of dW: m; columns: k
+        N, M, K = dy.shape[0], dy.shape[1], x.shape[1]
         do_db = WANT_DB and cuda.blockIdx.x == 0 and tid < BM
-        dbacc = f64(0.0)
-        for i in range(TM):
-            for j in range(TN):
-                acc[i, j] = zero
-        for n0 in range(0, N, BK):
-            for q in range(AL):  # dz.T slice: As[n, m] = dz[n0 + n, row0 + m], coalesced along m
-                e = tid + q * NT
-                kk = e // BM
-                r = e - kk * BM
-                gn = n0 + kk
-                gm = row0 + r
-                v = zero
-                if gn < N and gm < M:
-                    v = dzf(dy[gn, gm], s[gn, gm], slope)
-                As[kk, r] = v
-            for q in range(BL):  # x slice: Bs[n, k] = x[n0 + n, col0 + k], coalesced along k
-                e = tid + q * NT
-                kk = e // BN
-                c = e - kk * BN
-                gn = n0 + kk
-                gc = col0 + c
-                v = zero
-                if gn < N and gc < K:
-                    v = x[gn, gc]
-                Bs[kk, c] = v
-            cuda.syncthreads()
-            if do_db:
-                for kk in range(BK):
-                    dbacc += f64(As[kk, tid])
-            for kk in range(BK):
-                for i in range(TM):
-                    ar[i] = As[kk, ty + i * TY]
-                for j in range(TN):
-                    br[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += ar[i] * br[j]
-            cuda.syncthreads()
+        dbacc = mainloop(acc, dy, s, x, slope, row0, col0, M, K, N, tid, tx, ty, do_db)
         for i in range(TM):
             r = row0 + ty + i * TY
             if r < M:
