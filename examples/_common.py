@@ -98,3 +98,17 @@ def finish(args, plot, result) -> None:
     if not args.no_plot:
         print(f"figure: {plot(result, args.out)}")
     sys.stdout.flush()
+
+
+def run_example(name: str, doc: str, run, report, plot, argv=None, epochs: int | None = None,
+                steps: int | None = None):
+    """The main() of an example whose only own option is --epochs (or --steps): parse the command
+    line, run(epochs=..., device=..., seed=...), print the report, draw the figure. Returns run's result."""
+    opt, default = ("epochs", epochs) if epochs is not None else ("steps", steps)
+    args, dev = start(name, doc.splitlines()[0], argv,
+                      lambda p: p.add_argument(f"--{opt}", type=int, default=default))
+    result = run(**{opt: getattr(args, opt)}, device=dev, seed=args.seed)
+    report(result)
+    finish(args, plot, result)
+    return result
+

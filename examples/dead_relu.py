@@ -122,12 +122,7 @@ def plot(r, path):
 
 
 def main(argv=None):
-    args, dev = _common.start("dead_relu", __doc__.splitlines()[0], argv,
-                              lambda p: p.add_argument("--epochs", type=int, default=20))
-    r = run(epochs=args.epochs, device=dev, seed=args.seed)
-    report(r)
-    _common.finish(args, plot, r)
-    return r
+    return _common.run_example("dead_relu", __doc__, run, report, plot, argv, epochs=20)
 
 
 if __name__ == "__main__":

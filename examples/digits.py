@@ -80,12 +80,7 @@ def plot(r, path):
 
 
 def main(argv=None):
-    args, dev = _common.start("digits", __doc__.splitlines()[0], argv,
-                              lambda p: p.add_argument("--epochs", type=int, default=30))
-    r = run(epochs=args.epochs, device=dev, seed=args.seed)
-    report(r)
-    _common.finish(args, plot, r)
-    return r
+    return _common.run_example("digits", __doc__, run, report, plot, argv, epochs=30)
 
 
 if __name__ == "__main__":

@@ -101,12 +101,7 @@ def plot(r, path):
 
 
 def main(argv=None):
-    args, dev = _common.start("learning_rates", __doc__.splitlines()[0], argv,
-                              lambda p: p.add_argument("--epochs", type=int, default=40))
-    r = run(epochs=args.epochs, device=dev, seed=args.seed)
-    report(r)
-    _common.finish(args, plot, r)
-    return r
+    return _common.run_example("learning_rates", __doc__, run, report, plot, argv, epochs=40)
 
 
 if __name__ == "__main__":

@@ -100,12 +100,7 @@ def plot(result, path):
 
 
 def main(argv=None):
-    args, dev = _common.start("perceptron_logic", __doc__.splitlines()[0], argv,
-                              lambda p: p.add_argument("--epochs", type=int, default=50))
-    result = run(epochs=args.epochs, device=dev, seed=args.seed)
-    report(result)
-    _common.finish(args, plot, result)
-    return result
+    return _common.run_example("perceptron_logic", __doc__, run, report, plot, argv, epochs=50)
 
 
 if __name__ == "__main__":

@@ -143,12 +143,7 @@ def plot(r, path):
 
 
 def main(argv=None):
-    args, dev = _common.start("universal_approximation", __doc__.splitlines()[0], argv,
-                              lambda p: p.add_argument("--steps", type=int, default=3000))
-    r = run(steps=args.steps, device=dev, seed=args.seed)
-    report(r)
-    _common.finish(args, plot, r)
-    return r
+    return _common.run_example("universal_approximation", __doc__, run, report, plot, argv, steps=3000)
 
 
 if __name__ == "__main__":
