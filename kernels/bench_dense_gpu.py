@@ -98,20 +98,8 @@ def results_stem(device_name: str, date: str | None = None) -> str:
 
 # ------------------------------------------------------------------------------------------ GPU parts
 
-def _need_cupy():
-    try:
-        import cupy
-    except ImportError as err:
-        raise SystemExit(f"bench_dense_gpu: needs CuPy on a CUDA GPU (pip install 'gpunn[gpu]'): {err}")
-    from gpunn.backend import numba_cuda as nc
-
-    usable, why = nc.kernel_status()
-    if not usable:
-        raise SystemExit(f"bench_dense_gpu: the GPU kernels cannot run here: {why}")
-    return cupy
-
-
-def _torch_cuda():
+def torch_cuda():
+    """PyTorch on CUDA with TF32 off (the peer in the GPU benchmarks), or None without it."""
     try:
         import torch
     except ImportError:
@@ -200,10 +188,11 @@ def bench_shape(cp, torch, n, w, pass_, rounds, code, budget_s=0.05):
 
 
 def run(quick=False, rounds=5, peak=None, log=print):
-    cp = _need_cupy()
-    torch = _torch_cuda()
     from gpunn.backend import numba_cuda as nc
     from gpunn.kernels.activations import RELU
+
+    cp = nc.require_kernels("bench_dense_gpu")
+    torch = torch_cuda()
 
     name = nc.device_name()
     pk = peak_tflops(name, peak)
@@ -240,11 +229,23 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None, help="FP32 peak to compare with (default: by name)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
-    result = run(args.quick, args.rounds, args.peak_tflops)
-    if args.json:
-        with open(args.json, "w") as f:
+    return run_main(lambda: run(args.quick, args.rounds, args.peak_tflops), args.json)
+
+
+def run_main(compute, json_path=None) -> int:
+    """A GPU benchmark's main(): run compute(), write its result to json_path; exit status 2 with
+    the reason (and no traceback) where gpunn's GPU kernels cannot run."""
+    from gpunn.backend.numba_cuda import KernelsUnavailable
+
+    try:
+        result = compute()
+    except KernelsUnavailable as err:
+        print(err, file=sys.stderr)
+        return 2
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        print(f"wrote {json_path}")
     return 0
 
 

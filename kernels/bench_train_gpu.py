@@ -13,12 +13,15 @@ Needs CuPy on a CUDA GPU; PyTorch with CUDA for the comparison (gpunn alone othe
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # kernels/ is a folder of scripts
+from bench_dense_gpu import run_main, torch_cuda  # noqa: E402
 
 # (name, widths, batch, loss, steps per round, steps per round with --quick)
 SHAPES = [
@@ -58,31 +61,6 @@ def parse_shapes(text):
 
 
 # ------------------------------------------------------------------------------------------ GPU parts
-
-def _need_cupy():
-    try:
-        import cupy
-    except ImportError as err:
-        raise SystemExit(f"bench_train_gpu: needs CuPy on a CUDA GPU (pip install 'gpunn[gpu]'): {err}")
-    from gpunn.backend import numba_cuda as nc
-
-    usable, why = nc.kernel_status()
-    if not usable:
-        raise SystemExit(f"bench_train_gpu: the GPU kernels cannot run here: {why}")
-    return cupy
-
-
-def _torch_cuda():
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    return torch
-
 
 def build(widths, torch):
     """(gpunn model on the GPU, torch model on the GPU or None) with the same initial weights."""
@@ -138,12 +116,13 @@ def run_torch(torch, model, opt, loss_fn, X, y, batch, steps):
 
 
 def bench(quick=False, rounds=5, only=None, log=print):
-    cp = _need_cupy()
-    torch = _torch_cuda()
     import numpy as np
 
     import gpunn as gn
     from gpunn.backend import numba_cuda as nc
+
+    cp = nc.require_kernels("bench_train_gpu")
+    torch = torch_cuda()
 
     rows = []
     for name, widths, batch, loss, steps, quick_steps in parse_shapes(only):
@@ -198,12 +177,7 @@ def main(argv=None) -> int:
         parse_shapes(args.only)
     except ValueError as err:
         ap.error(str(err))
-    result = bench(args.quick, args.rounds, args.only)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+    return run_main(lambda: bench(args.quick, args.rounds, args.only), args.json)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,21 @@ def kernel_status() -> tuple[bool, str]:
     return True, f"Numba CUDA kernels on CuPy's current stream ({why})"
 
 
+class KernelsUnavailable(RuntimeError):
+    """Raised by `require_kernels` where gpunn's GPU kernels cannot run (the message says why)."""
+
+
+def require_kernels(what: str):
+    """CuPy, for `what` (a tool that needs gpunn's GPU kernels: autotune, the GPU benchmarks);
+    KernelsUnavailable with the reason where they cannot run (`kernel_status`)."""
+    usable, why = kernel_status()
+    if not usable:
+        raise KernelsUnavailable(f"{what}: needs the GPU kernels, which cannot run here: {why}")
+    import cupy
+
+    return cupy
+
+
 def tf32_status() -> str:
     """Whether float32 cuBLAS GEMMs may use TF32 (only if the user set CUPY_TF32=1; gpunn never does)."""
     v = os.environ.get("CUPY_TF32", "")

@@ -218,20 +218,11 @@ def median_time_us(fn, repeat: int = 20, warmup: int = 3, inner: int = 1):
     return statistics.median(times)
 
 
-def _require_gpu(what):
-    usable, why = nc.kernel_status()
-    if not usable:
-        raise RuntimeError(f"{what} needs the GPU kernels, which cannot run here: {why}")
-    import cupy
-
-    return cupy
-
-
 def autotune(shapes=None, dtypes=("float32",), code: int = RELU, tiles=None, repeat: int = 20,
              quick: bool = False, write: bool = True, path=None, log=print):
     """Time cublas and each fused tile for the forward and backward pass of each shape; return the
     entries and (write=True) merge them into the table file (default: gpunn/kernels/dense_table.py)."""
-    cp = _require_gpu("autotune")
+    cp = nc.require_kernels("autotune")
     shapes = autotune_shapes(quick) if shapes is None else [tuple(s) for s in shapes]
     tiles = list(dense_cuda.TILES) if tiles is None else list(tiles)
     device = nc.device_name()
