@@ -3,9 +3,16 @@
 For each kernel variant the CUDA families can build (`variants()` in gpunn/kernels/*_cuda.py:
 every activation, dtype, flag combination and tile configuration), this compiles Numba -> NVVM ->
 PTX -> cubin for the target (gpunn.backend.cuda_offline) and prints registers per thread, spill
-stores/loads, stack, static shared memory, and the occupancy those allow at the kernel's block
-size (resident blocks per SM, resident threads / 2048). Any compile failure is listed and makes
-the exit status 1; so does any spill when --no-spills is given.
+stores/loads, stack, the PTX's local-memory loads and stores (ldst.local: a per-thread array the
+compiler could not keep in registers), static shared memory (with the driver's 1 KB), and the
+occupancy those allow at the kernel's block size (resident blocks per SM, resident threads /
+2048). Any compile failure is listed and makes the exit status 1; so does any spill when
+--no-spills is given.
+
+Reading it: the 128x128x8/8x8 forward GEMM with gelu, gelu_tanh or sigmoid (and float64 tanh)
+shows a 256-byte (float64: 512) stack and 40 ldst.local: its epilogue loop is too large to unroll,
+so the 64 accumulators are stored to local memory once after the main loop and read back there;
+the main loop itself keeps them in registers (checked in the PTX, 2026-11-26).
 
     python kernels/ptxas_report.py [--cc 9.0] [--quick] [--family dense] [--json out.json]
 
@@ -91,12 +98,14 @@ def run(families, dtypes, tiles, cc, quiet=False) -> dict:
             blocks, occ = k.occupancy(threads)
             row = {"family": fam, "kernel": k.name, "variant": label, "threads": threads,
                    "registers": k.registers, "spill_stores": k.spill_stores, "spill_loads": k.spill_loads,
-                   "stack_bytes": k.stack_bytes, "shared_bytes": k.shared_bytes, "local_bytes": k.local_bytes,
+                   "stack_bytes": k.stack_bytes, "local_ops": k.local_ops, "shared_bytes": k.shared_bytes,
+                   "local_bytes": k.local_bytes,
                    "blocks_per_sm": blocks, "occupancy": round(occ, 4), "compile_seconds": round(k.seconds, 3)}
             rows.append(row)
             if not quiet:
                 print(f"{fam:11s} {k.name:28s} {label:42s} thr {threads:4d} reg {k.registers:3d} "
-                      f"spill {k.spill_stores}/{k.spill_loads} stack {k.stack_bytes:4d} smem {k.shared_bytes:6d} "
+                      f"spill {k.spill_stores}/{k.spill_loads} stack {k.stack_bytes:4d} ldst.local {k.local_ops:4d} "
+                      f"smem {k.shared_bytes:6d} "
                       f"blk/SM {blocks:2d} occ {occ:5.1%}  {k.seconds:5.2f}s", flush=True)
     return {"rows": rows, "failures": failures, "seconds": round(time.perf_counter() - t0, 1)}
 

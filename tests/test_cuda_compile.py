@@ -138,9 +138,13 @@ def test_every_kernel_compiles_for_sm90(report):
     assert len(report["rows"]) == _expected_count()
 
 
-def test_no_kernel_spills_registers(report):
-    spilled = [r for r in report["rows"] if r["spill_stores"] or r["spill_loads"] or r["local_bytes"]]
-    assert not spilled, spilled
+def test_no_kernel_spills_registers_or_uses_local_memory(report):
+    """No spills, and no per-thread array left in local memory (PTX ld/st.local, stack frame): the
+    GEMM accumulators stay in registers. (The 128x128 tile with gelu/sigmoid does keep a 256-byte
+    copy of them on the stack for its epilogue; it is not in this quick set: see ptxas_report.)"""
+    bad = [r for r in report["rows"]
+           if r["spill_stores"] or r["spill_loads"] or r["local_bytes"] or r["stack_bytes"] or r["local_ops"]]
+    assert not bad, bad
 
 
 def test_gemm_shared_memory_is_what_the_tile_config_says(report):

@@ -61,6 +61,7 @@ class OfflineKernel:
     shared_bytes: int = -1  # static shared memory per block, with the 1 KB reservation (see above)
     local_bytes: int = -1
     ptx_lines: int = 0
+    local_ops: int = 0  # ld.local + st.local instructions in the PTX: arrays the compiler could not keep in registers
     seconds: float = 0.0
     log: str = field(default="", repr=False)
 
@@ -126,7 +127,8 @@ class OfflineTarget:
                         options=LinkerOptions(arch=f"sm_{self.cc[0]}{self.cc[1]}", verbose=True))
         linker.link("cubin")
         log = (linker.get_info_log() or "").replace("\x00", "")
-        k = OfflineKernel(fn.__name__, self.cc, ptx_lines=ptx.count("\n"), log=log)
+        k = OfflineKernel(fn.__name__, self.cc, ptx_lines=ptx.count("\n"),
+                          local_ops=ptx.count("ld.local") + ptx.count("st.local"), log=log)
         parse_ptxas(log, k)
         k.seconds = time.perf_counter() - t0
         self.built.append(k)
