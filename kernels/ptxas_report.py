@@ -16,7 +16,7 @@ the main loop itself keeps them in registers (checked in the PTX, 2026-11-26).
 
     python kernels/ptxas_report.py [--cc 9.0] [--quick] [--family dense] [--json out.json]
 
-Needs numba-cuda, nvidia-nvvm and nvidia-nvjitlink (gpunn's `test` extra); no GPU, no driver.
+Needs numba-cuda[cu13] (gpunn's `test` extra: NVVM, NVRTC, nvJitLink); no GPU, no driver.
 It proves the kernels compile for the target with these resources, not that they run correctly
 or fast there: that is kernels/gpu_check.sh's job, on a GPU.
 """
@@ -122,7 +122,7 @@ def _versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("numba", "numba-cuda", "nvidia-nvvm", "nvidia-nvjitlink"):
+    for dist in ("numba", "numba-cuda", "nvidia-nvvm", "nvidia-nvjitlink", "nvidia-cuda-nvrtc"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
