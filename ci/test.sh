@@ -12,8 +12,8 @@ python3 -m venv "$venv"
 . "$venv/bin/activate"
 python -m pip install --quiet --upgrade pip
 
-# README, "Run the tests": the project with its test extra
-python -m pip install --quiet -e ".[test]"
+# README, "Run the tests": the project with its test and cuda-compile extras
+python -m pip install --quiet -e ".[test,cuda-compile]"
 # The oracle for the PyTorch parity tests (CPU build); CI only, never a dependency of gpunn.
 python -m pip install --quiet "torch==2.13.0"
 

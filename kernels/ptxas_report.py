@@ -16,7 +16,7 @@ the main loop itself keeps them in registers (checked in the PTX, 2026-11-26).
 
     python kernels/ptxas_report.py [--cc 9.0] [--quick] [--family dense] [--json out.json]
 
-Needs numba-cuda[cu13] (gpunn's `test` extra: NVVM, NVRTC, nvJitLink); no GPU, no driver.
+Needs numba-cuda[cu13] (gpunn's `cuda-compile` extra: NVVM, NVRTC, nvJitLink); no GPU, no driver.
 It proves the kernels compile for the target with these resources, not that they run correctly
 or fast there: that is kernels/gpu_check.sh's job, on a GPU.
 """

@@ -10,7 +10,7 @@ The offline plumbing itself (occupancy arithmetic, ptxas log parsing) is checked
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -41,6 +41,14 @@ def _offline_env():
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def _toolchain() -> tuple[bool, str]:
@@ -105,10 +113,10 @@ def test_variants_are_distinct_and_cover_every_activation():
 def report(tmp_path_factory):
     ok, why = _toolchain()
     if not ok:
-        if importlib.util.find_spec("numba_cuda") is not None:
-            # the test extra is installed (it brings numba-cuda[cu13]): then the compiler must work
-            pytest.fail(f"numba-cuda is installed but cannot compile offline: {why}")
-        pytest.skip(f"needs numba-cuda with NVVM (pip install -e '.[test]'): {why}")
+        if _installed("nvidia-nvvm"):
+            # the cuda-compile (or cuda13) extra is installed: then the compiler must work
+            pytest.fail(f"numba-cuda[cu13] is installed but cannot compile offline: {why}")
+        pytest.skip(f"needs numba-cuda[cu13] (pip install -e '.[test,cuda-compile]'): {why}")
     out = tmp_path_factory.mktemp("ptxas")
     # two processes (dense is about half of the compile time), both cores busy on a 2-core machine
     groups = {"dense": ["--family", "dense"],

@@ -7,7 +7,7 @@ it runs the same front end (Numba typing and lowering, NVVM) to PTX for compute 
 cubin with nvJitLink (ptxas inside it) in verbose mode and parses ptxas's resource report. The
 kernel registry used inside is a fresh one, so nothing built offline can ever be launched.
 Needs numba-cuda with CUDA 13's NVVM, NVRTC and nvJitLink (pip: `numba-cuda[cu13]`, in gpunn's
-`test` extra); no driver, no device.
+`cuda-compile` extra); no driver, no device.
 
 What this proves: the kernels type-check, lower and assemble for the real target, with the
 resources ptxas reports. What it does not: that they run correctly or fast on the hardware.
@@ -151,7 +151,7 @@ def toolchain_status() -> tuple[bool, str]:
         cuda.compile_ptx(probe, (numba.float32[:],), cc=(9, 0))
     except Exception as err:
         return False, (f"cannot compile CUDA kernels offline: {type(err).__name__}: {err} "
-                       "(needs numba-cuda[cu13]: pip install 'gpunn[test]')")
+                       "(needs numba-cuda[cu13]: pip install 'gpunn[cuda-compile]')")
     return True, "numba-cuda with NVVM and nvJitLink"
 
 
