@@ -239,6 +239,24 @@ def _tile_mma(cfg, dt):
     return nc.kernel(("dense_tile_mma", dt.name, cfg), build)
 
 
+def _tile_store(cfg, dt):
+    """The device function out[r0 + ty + i*TY, c0 + tx + j*TX] = acc[i, j] inside (nr, nc)."""
+    dt = np.dtype(dt)
+    TM, TN = cfg.tm, cfg.tn
+    TX, TY, _ = _tile_geometry(cfg)
+
+    def store(out, acc, r0, c0, nr, ncols, tx, ty):
+        for i in range(TM):
+            r = r0 + ty + i * TY
+            if r < nr:
+                for j in range(TN):
+                    c = c0 + tx + j * TX
+                    if c < ncols:
+                        out[r, c] = acc[i, j]
+
+    return nc.kernel(("dense_tile_store", dt.name, cfg), lambda: nc.device_jit(store))
+
+
 def _mainloop(cfg, dt, a_layout, b_layout, with_db):
     """The device function acc = A-slices . B-slices over the whole reduction (length nk), for the
     block's tile; returns the float64 sum of the A slice's column `tid` (the db of dense_dw_kernel)
@@ -327,8 +345,9 @@ def _build_dx(dt, code, cfg):
     nbt = nc.nbtype(dt)
     # As[m, r] = dz[row0 + r, m0 + m], Bs[m, c] = W[m0 + m, col0 + c]
     mainloop = _mainloop(cfg, dt, (True, code), False, False)
+    store = _tile_store(cfg, dt)
     BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
-    TX, TY, _ = _tile_geometry(cfg)
+    TX, _, _ = _tile_geometry(cfg)
 
     def dense_dx_kernel(dy, s, W, slope, dx):
         acc = cuda.local.array((TM, TN), nbt)
@@ -337,13 +356,7 @@ def _build_dx(dt, code, cfg):
         row0, col0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
         N, M, K = dy.shape[0], dy.shape[1], W.shape[1]
         mainloop(acc, dy, s, W, slope, row0, col0, N, K, M, tid, tx, ty, False)
-        for i in range(TM):
-            r = row0 + ty + i * TY
-            if r < N:
-                for j in range(TN):
-                    c = col0 + tx + j * TX
-                    if c < K:
-                        dx[r, c] = acc[i, j]
+        store(dx, acc, row0, col0, N, K, tx, ty)
 
     a2 = nc.arr(dt, 2)
     return nc.jit(nc.void(a2, a2, a2, nbt, a2), dense_dx_kernel, cfg.launch_bounds)
@@ -355,8 +368,9 @@ def _build_dw(dt, code, want_db, cfg):
     nbt = nc.nbtype(dt)
     # As[n, r] = dz[n0 + n, row0 + r], Bs[n, c] = x[n0 + n, col0 + c]
     mainloop = _mainloop(cfg, dt, (False, code), False, want_db)
+    store = _tile_store(cfg, dt)
     BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
-    TX, TY, _ = _tile_geometry(cfg)
+    TX, _, _ = _tile_geometry(cfg)
     WANT_DB = want_db
 
     def dense_dw_kernel(dy, s, x, slope, dW, db):
@@ -367,13 +381,7 @@ def _build_dw(dt, code, want_db, cfg):
         N, M, K = dy.shape[0], dy.shape[1], x.shape[1]
         do_db = WANT_DB and cuda.blockIdx.x == 0 and tid < BM
         dbacc = mainloop(acc, dy, s, x, slope, row0, col0, M, K, N, tid, tx, ty, do_db)
-        for i in range(TM):
-            r = row0 + ty + i * TY
-            if r < M:
-                for j in range(TN):
-                    c = col0 + tx + j * TX
-                    if c < K:
-                        dW[r, c] = acc[i, j]
+        store(dW, acc, row0, col0, M, K, tx, ty)
         if do_db and row0 + tid < M:
             db[row0 + tid] = dbacc
 
