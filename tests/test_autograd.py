@@ -985,3 +985,42 @@ def test_deferred_checks_flush_when_the_queue_is_full():
     with pytest.raises(ValueError, match="queue full"):
         checks.defer_check(np.array(True), lambda: ValueError("queue full"))
     assert checks.pending_checks() == 0
+
+
+# ------------------------------------------------------------------ gradients written in place
+
+def _grads_after_backward(model, x, y, with_optimizer, passes=1):
+    if with_optimizer:
+        opt = gn.optim.SGD(model.parameters(), lr=0.1)
+        opt.zero_grad()
+    for _ in range(passes):
+        gn.nn.CrossEntropyLoss()(model(x), y).backward()
+    return [p.grad.numpy().copy() for p in model.parameters()]
+
+
+def _twin_models(shared: bool):
+    """Two identical models; `shared` applies one Dense layer twice (its weight gets two gradients)."""
+    out = []
+    for _ in range(2):
+        gn.manual_seed(3)
+        if shared:
+            mid = gn.nn.Dense(6, 6, activation="tanh")
+            out.append(gn.nn.Sequential(gn.nn.Dense(4, 6, activation="relu"), mid, mid, gn.nn.Linear(6, 3)))
+        else:
+            out.append(gn.nn.Sequential(gn.nn.Dense(4, 6, activation="relu"), gn.nn.Linear(6, 3)))
+    return out
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "shared-weight"])
+@pytest.mark.parametrize("passes", [1, 2])
+def test_dense_gradients_written_into_the_optimizer_buffer_equal_copied_ones(shared, passes):
+    rng = np.random.default_rng(0)
+    x = gn.tensor(rng.standard_normal((7, 4)).astype(np.float32))
+    y = gn.tensor(rng.integers(0, 3, 7))
+    with_buffer, without = _twin_models(shared)
+    got = _grads_after_backward(with_buffer, x, y, True, passes)
+    want = _grads_after_backward(without, x, y, False, passes)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)  # bit for bit: the same arithmetic, minus one copy
+    for p in with_buffer.parameters():
+        assert p.grad.data is p._grad_buffer  # the optimizer's flat buffer holds them, no copy kept aside

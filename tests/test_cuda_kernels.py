@@ -525,3 +525,24 @@ def test_kernel_registry_builds_once_and_times_its_own_builds():
     assert calls == ["outer", "inner"] and len(reg) == 2
     log = dict(reg.compile_log())
     assert set(log) == {"outer", "inner"} and all(v >= 0 for v in log.values())
+
+
+@pytest.mark.parametrize("impl", ["fused", "cublas"])
+@pytest.mark.parametrize("act", ["identity", "gelu"])
+def test_dense_backward_into_given_outputs(target, act, impl):
+    """dW / db written into caller-given views of one flat buffer (an optimizer's gradient buffer):
+    the very arrays come back with what a call without them gives, nothing written past them."""
+    from gpunn.kernels import dense_dispatch
+
+    code = ACTIVATIONS[act]
+    x, W, b, dy = make_dense(np.random.default_rng(6), 9, 5, 6, np.float32)
+    X, WW, B, DY = (target.asarray(a) for a in (x, W, b, dy))
+    _, saved = dense_dispatch.dense_forward(X, WW, B, code, impl=impl)
+    want = dense_dispatch.dense_backward(DY, X, WW, saved, code, impl=impl)
+    flat = target.asarray(np.full(6 * 5 + 6 + 2, np.nan, np.float32))
+    dW_out, db_out = flat[:30].reshape(6, 5), flat[30:36]
+    got = dense_dispatch.dense_backward(DY, X, WW, saved, code, impl=impl, dW_out=dW_out, db_out=db_out)
+    assert got[1] is dW_out and got[2] is db_out
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(target.get(g), target.get(w))
+    assert np.isnan(target.get(flat[36:])).all()

@@ -194,3 +194,34 @@ def test_cpu_bias_gradient_accumulates_in_float64():
     _, _, db = CpuOps().dense_backward(dy, x, W, dy, ACTIVATIONS["identity"], need_dx=False, need_dw=False)
     want = np.float64(np.float32(0.1)) * n
     assert abs(float(db[0]) - want) <= 1e-6 * want
+
+
+@pytest.mark.parametrize("act", ["identity", "relu", "gelu"])
+def test_dense_backward_writes_dw_and_db_into_given_outputs(backend, act):
+    """dW_out / db_out (an optimizer's flat gradient buffer): the very arrays come back, holding
+    exactly what a call without them returns."""
+    code = ACTIVATIONS[act]
+    ops = backend.ops()
+    xp = backend.xp
+    x, W, b, dy = make(np.random.default_rng(8), 9, 5, 4, np.float32, True)
+    X, WW, B, DY = (backend.asarray(a) for a in (x, W, b, dy))
+    _, saved = ops.dense_forward(X, WW, B, code)
+    want = ops.dense_backward(DY, X, WW, saved, code)
+    flat = xp.full(4 * 5 + 4 + 3, np.nan, dtype=np.float32)  # dW and db as views of one buffer
+    dW_out, db_out = flat[:20].reshape(4, 5), flat[20:24]
+    got = ops.dense_backward(DY, X, WW, saved, code, dW_out=dW_out, db_out=db_out)
+    assert got[1] is dW_out and got[2] is db_out
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
+    assert np.isnan(backend.to_numpy(flat[24:])).all()  # nothing written past them
+
+
+def test_dense_backward_refuses_a_wrong_output(backend):
+    ops = backend.ops()
+    x, W, b, dy = make(np.random.default_rng(9), 6, 3, 2, np.float32, True)
+    X, WW, B, DY = (backend.asarray(a) for a in (x, W, b, dy))
+    _, saved = ops.dense_forward(X, WW, B, ACTIVATIONS["relu"])
+    for bad in (backend.xp.zeros((3, 2), np.float32), backend.xp.zeros((2, 3), np.float64),
+                backend.xp.zeros((3, 4), np.float32)[:, :2].T):
+        with pytest.raises(ValueError, match="dense_backward: an output for a gradient of shape"):
+            ops.dense_backward(DY, X, WW, saved, ACTIVATIONS["relu"], dW_out=bad)

@@ -18,6 +18,9 @@ from gpunn.backend import Device, device as resolve_device, device_of
 from gpunn.kernels import ops as _kops
 
 _grad_enabled = contextvars.ContextVar("gpunn_grad_enabled", default=True)
+# Leaves whose optimizer gradient buffer a node has already written during the current backward pass
+# (Function.grad_buffer); None outside a backward pass.
+_claimed_buffers = contextvars.ContextVar("gpunn_claimed_grad_buffers", default=None)
 
 
 def is_grad_enabled() -> bool:
@@ -77,6 +80,24 @@ class Function:
                 res._node = fn
                 return res
         return Tensor(out)
+
+    def grad_buffer(self, i: int):
+        """Where the gradient of input i may be written directly (or None): the optimizer's flat
+        gradient view of a leaf (`Tensor._grad_buffer`) that has no .grad yet, once per backward
+        pass (a second node reaching the same leaf gets None, so two contributions are never written
+        into one buffer). A backward that writes there returns that very array; the leaf then takes
+        it as its .grad without a copy."""
+        claimed = _claimed_buffers.get()
+        if claimed is None:
+            return None
+        t = self.inputs[i]
+        buf = t._grad_buffer
+        if buf is None or t._node is not None or t.grad is not None or id(t) in claimed:
+            return None
+        if buf.shape != t.data.shape or buf.dtype != t.data.dtype or type(buf) is not type(t.data):
+            return None
+        claimed.add(id(t))
+        return buf
 
     def forward(self, *arrays, **params):  # pragma: no cover - interface
         raise NotImplementedError
@@ -228,7 +249,9 @@ class Tensor:
             g = np.asarray(g)
         if self.grad is None:
             buf = self._grad_buffer
-            if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype and type(buf) is type(g):
+            if g is buf:  # written there by the backward that produced it (Function.grad_buffer)
+                self.grad = Tensor(buf)
+            elif buf is not None and buf.shape == g.shape and buf.dtype == g.dtype and type(buf) is type(g):
                 buf[...] = g
                 self.grad = Tensor(buf)
             else:
@@ -451,6 +474,14 @@ class Tensor:
 def _run_backward(order, grads, rec) -> None:
     """The reverse walk of `Tensor.backward`: each node's backward in reverse topological order,
     gradients summed per input, leaves accumulating theirs. `rec` is the active profiler or None."""
+    token = _claimed_buffers.set(set())
+    try:
+        _walk_backward(order, grads, rec)
+    finally:
+        _claimed_buffers.reset(token)
+
+
+def _walk_backward(order, grads, rec) -> None:
     for t in reversed(order):
         g = grads.pop(id(t), None)
         if g is None:

@@ -47,8 +47,10 @@ def dense_forward(x, W, b, code: int, negative_slope: float = 0.01):
 
 
 def dense_backward(dy, x, W, saved, code: int, negative_slope: float = 0.01,
-                   need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
-    return dense_dispatch.dense_backward(dy, x, W, saved, code, negative_slope, need_dx, need_dw, need_db)
+                   need_dx: bool = True, need_dw: bool = True, need_db: bool = True,
+                   dW_out=None, db_out=None):
+    return dense_dispatch.dense_backward(dy, x, W, saved, code, negative_slope, need_dx, need_dw, need_db,
+                                         dW_out=dW_out, db_out=db_out)
 
 
 class CudaOps(Ops):

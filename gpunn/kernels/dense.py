@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from gpunn.backend import get_array_module as array_module
 from gpunn.kernels.activations import (
     IDENTITY,
     activation_backward_cpu_kernel,
@@ -42,14 +43,30 @@ def dense_forward_ref(x, W, b, code: int, negative_slope: float = 0.01):
     return y, (z if needs_preactivation(code, negative_slope) else y)
 
 
+def check_grad_out(op, out, shape, like):
+    """An output array a caller gave for dW or db: C-contiguous, of `like`'s array type and dtype,
+    of the gradient's shape (ValueError otherwise). None passes through."""
+    if out is None:
+        return None
+    if type(out) is not type(like) or out.dtype != like.dtype or tuple(out.shape) != tuple(shape) \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"{op}: an output for a gradient of shape {tuple(shape)} must be a C-contiguous "
+                         f"{type(like).__name__} of dtype {like.dtype} and that shape, got {type(out).__name__} "
+                         f"{tuple(getattr(out, 'shape', ()))} {getattr(out, 'dtype', '?')}")
+    return out
+
+
 def dense_backward_ref(dy, x, W, saved, code: int, negative_slope: float = 0.01,
-                       need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
-    """Reference: (dx, dW, db), each None where not needed."""
+                       need_dx: bool = True, need_dw: bool = True, need_db: bool = True,
+                       dW_out=None, db_out=None):
+    """Reference: (dx, dW, db), each None where not needed. dW_out / db_out: arrays to write dW /
+    db into (returned as dW / db), e.g. an optimizer's flat gradient buffer."""
+    xp = array_module(dy)
     pre = needs_preactivation(code, negative_slope)
     dz = activation_backward_ref(dy, saved if pre else None, None if pre else saved, code, negative_slope)
     dx = dz @ W if need_dx else None
-    dW = dz.T @ x if need_dw else None
-    db = dz.sum(axis=0) if need_db else None
+    dW = xp.matmul(dz.T, x, out=check_grad_out("dense_backward", dW_out, W.shape, dy)) if need_dw else None
+    db = dz.sum(axis=0, out=check_grad_out("dense_backward", db_out, W.shape[:1], dy)) if need_db else None
     return dx, dW, db
 
 
@@ -102,12 +119,16 @@ def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
 
 
 def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
-                       need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
-    """CPU fast path: one fused pass forms dz (and db), then the GEMMs dx = dz @ W, dW = dz.T @ x."""
+                       need_dx: bool = True, need_dw: bool = True, need_db: bool = True,
+                       dW_out=None, db_out=None):
+    """CPU fast path: one fused pass forms dz (and db), then the GEMMs dx = dz @ W, dW = dz.T @ x
+    (dW and db written into dW_out / db_out when given)."""
     check_code(code)
     dy = np.ascontiguousarray(dy)
     m = dy.shape[1]
-    db = np.empty(m, dtype=dy.dtype) if need_db else None
+    dW_out = check_grad_out("dense_backward", dW_out, W.shape, dy) if need_dw else None
+    db_out = check_grad_out("dense_backward", db_out, (m,), dy) if need_db else None
+    db = (db_out if db_out is not None else np.empty(m, dtype=dy.dtype)) if need_db else None
     if code == IDENTITY:
         dz = dy
         if need_db:
@@ -117,7 +138,7 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
         _act_grad_colsum(dy, np.ascontiguousarray(saved), code, float(negative_slope), dz,
                          db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db)
     dx = np.matmul(dz, W) if need_dx else None
-    dW = np.matmul(dz.T, x) if need_dw else None
+    dW = np.matmul(dz.T, x, out=dW_out) if need_dw else None
     return dx, dW, db
 
 
@@ -136,7 +157,8 @@ def dense_forward_cost(x, W, b, code: int, negative_slope: float = 0.01):
 
 
 def dense_backward_cost(dy, x, W, saved, code: int, negative_slope: float = 0.01,
-                        need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
+                        need_dx: bool = True, need_dw: bool = True, need_db: bool = True,
+                        dW_out=None, db_out=None):
     """dz = dy * act' (NM), dx = dz @ W (2NMK), dW = dz.T @ x (2NMK), db (NM, one add per element);
     read dy, the saved z or y (not for identity), W (for dx), x (for dW); write dx, dW, db."""
     n, m = dy.shape

@@ -632,9 +632,10 @@ def _colsum(dy, s, code, slope, dz, db, write_dz):
 
 
 def backward_fused(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, need_dw=True, need_db=True,
-                   tile=None):
+                   tile=None, dW_out=None, db_out=None):
     """dx with one launch (dense_dx_kernel), dW and db with one (dense_dw_kernel); db alone (no dW)
-    with the column-sum kernel. dz is never stored."""
+    with the column-sum kernel. dz is never stored. dW / db go into dW_out / db_out when given
+    (C-contiguous, of dW's / db's shape and dtype: the dispatcher checks)."""
     check_code(code)
     check_operands("dense_backward", x, W, None, dy, saved)
     cfg = tile_config(tile)
@@ -656,9 +657,9 @@ def backward_fused(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, nee
             else:
                 dx[...] = 0
     if need_db:
-        db = xp.empty(m, dtype=dt)
+        db = db_out if db_out is not None else xp.empty(m, dtype=dt)
     if need_dw:
-        dW = xp.empty((m, k), dtype=dt)
+        dW = dW_out if dW_out is not None else xp.empty((m, k), dtype=dt)
         if m and (k or need_db):
             if not fused_fits(m, cfg):
                 raise ValueError(f"dense_backward: {m} output features exceed the fused kernel's grid")
@@ -704,16 +705,17 @@ def forward_cublas(x, W, b, code, negative_slope=0.01):
     return (y, z) if pre else (z, z)
 
 
-def backward_cublas(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, need_dw=True, need_db=True):
+def backward_cublas(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, need_dw=True, need_db=True,
+                    dW_out=None, db_out=None):
     """One dz (+ column sums) launch (a second one adds the chunk sums when the rows were split),
-    then xp.matmul for dx = dz @ W and dW = dz.T @ x."""
+    then xp.matmul for dx = dz @ W and dW = dz.T @ x (into dW_out / db_out when given)."""
     check_code(code)
     check_operands("dense_backward", x, W, None, dy, saved)
     xp = nc.xp_of(dy)
     n, m = dy.shape
     dt = dy.dtype
     s = dy if code == IDENTITY else saved
-    db = xp.empty(m, dtype=dt) if need_db else None
+    db = (db_out if db_out is not None else xp.empty(m, dtype=dt)) if need_db else None
     if code == IDENTITY:
         dz = dy
         if need_db and m:
@@ -740,5 +742,5 @@ def backward_cublas(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, ne
             else:
                 db[...] = 0
     dx = xp.matmul(dz, W) if need_dx else None
-    dW = xp.matmul(dz.T, x) if need_dw else None
+    dW = xp.matmul(dz.T, x, out=dW_out) if need_dw else None
     return dx, dW, db

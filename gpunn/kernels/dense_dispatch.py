@@ -33,6 +33,7 @@ import numpy as np
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import dense_cuda
 from gpunn.kernels.activations import RELU, check_code
+from gpunn.kernels.dense import check_grad_out
 
 ENV = "GPUNN_DENSE_IMPL"
 IMPLS = ("auto", "fused", "cublas")
@@ -169,8 +170,9 @@ def dense_forward(x, W, b, code: int, negative_slope: float = 0.01, impl=None):
 
 
 def dense_backward(dy, x, W, saved, code: int, negative_slope: float = 0.01, need_dx: bool = True,
-                   need_dw: bool = True, need_db: bool = True, impl=None):
-    """(dx, dW, db) on the GPU, each None where not needed."""
+                   need_dw: bool = True, need_db: bool = True, impl=None, dW_out=None, db_out=None):
+    """(dx, dW, db) on the GPU, each None where not needed; dW / db written into dW_out / db_out
+    when given."""
     check_code(code)
     x, W, dy, saved = _prepare("dense_backward", [("x", x), ("W", W), ("dy", dy), ("saved", saved)])
     if saved is None:
@@ -179,9 +181,13 @@ def dense_backward(dy, x, W, saved, code: int, negative_slope: float = 0.01, nee
     n, k = x.shape
     m = W.shape[0]
     kind, tile = choose(n, k, m, x.dtype, "backward", impl)
+    dW_out = check_grad_out("dense_backward", dW_out, W.shape, dy) if need_dw else None
+    db_out = check_grad_out("dense_backward", db_out, (m,), dy) if need_db else None
     if kind == "fused":
-        return dense_cuda.backward_fused(dy, x, W, saved, code, negative_slope, need_dx, need_dw, need_db, tile)
-    return dense_cuda.backward_cublas(dy, x, W, saved, code, negative_slope, need_dx, need_dw, need_db)
+        return dense_cuda.backward_fused(dy, x, W, saved, code, negative_slope, need_dx, need_dw, need_db, tile,
+                                         dW_out=dW_out, db_out=db_out)
+    return dense_cuda.backward_cublas(dy, x, W, saved, code, negative_slope, need_dx, need_dw, need_db,
+                                      dW_out=dW_out, db_out=db_out)
 
 
 # ------------------------------------------------------------------------------------------ autotune

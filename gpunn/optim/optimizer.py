@@ -6,8 +6,9 @@ each param group keeps its parameters, gradients and optimizer state in flat con
 so one step is ONE fused kernel call per group however many tensors the model has.
 
 - Construction copies a group's parameters into one flat buffer and rebinds every `p.data` to its
-  reshaped view; it sets `p._grad_buffer` to a view of one flat gradient buffer, so backward
-  writes the first gradient of each pass straight into it (`Tensor._accumulate_grad`).
+  reshaped view; it sets `p._grad_buffer` to a view of one flat gradient buffer. The first
+  gradient of each backward pass lands there: dense layers' backward kernels write dW and db into
+  it directly (`Function.grad_buffer`), other gradients are copied in (`Tensor._accumulate_grad`).
 - `state[p]` holds per-parameter views of the flat state buffers ("exp_avg", ...) and of the
   step counts ("step", a 0-d array), as PyTorch's state holds per-parameter tensors. Modify them
   in place; rebinding an entry is not seen by the kernels.
