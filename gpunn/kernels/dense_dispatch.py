@@ -234,6 +234,7 @@ def autotune(shapes=None, dtypes=("float32",), code: int = RELU, tiles=None, rep
     device = nc.device_name()
     rng = cp.random.default_rng(0)
     entries = []
+    broken = {}  # fused tiles that failed to build or run here: skipped from then on, said once
     t0 = time.perf_counter()
     for dtype in dtypes:
         dt = np.dtype(dtype)
@@ -246,16 +247,25 @@ def autotune(shapes=None, dtypes=("float32",), code: int = RELU, tiles=None, rep
             for pass_ in PASSES:
                 us = {}
                 for impl in impls:
+                    if impl in broken:
+                        continue
                     if impl != "cublas":
                         cfg = dense_cuda.tile_config(impl[6:])
                         if not dense_cuda.fused_fits(max(n, m), cfg):
                             continue
-                    _, saved = dense_forward(x, W, b, code, impl=impl)
-                    if pass_ == "forward":
-                        fn = (lambda impl=impl: dense_forward(x, W, b, code, impl=impl))
-                    else:
-                        fn = (lambda impl=impl, saved=saved: dense_backward(dy, x, W, saved, code, impl=impl))
-                    us[impl] = round(median_time_us(fn, repeat), 3)
+                    try:
+                        _, saved = dense_forward(x, W, b, code, impl=impl)
+                        if pass_ == "forward":
+                            fn = (lambda impl=impl: dense_forward(x, W, b, code, impl=impl))
+                        else:
+                            fn = (lambda impl=impl, saved=saved: dense_backward(dy, x, W, saved, code, impl=impl))
+                        us[impl] = round(median_time_us(fn, repeat), 3)
+                    except Exception as err:  # one tile this numba-cuda cannot build must not sink the run
+                        if impl == "cublas":
+                            raise
+                        broken[impl] = f"{type(err).__name__}: {err}"
+                        if log:
+                            log(f"autotune: {impl} skipped from now on: {broken[impl]}")
                 best = min(us, key=us.get)
                 entries.append({"device": device, "dtype": dt.name, "pass": pass_, "n": n, "k": k, "m": m,
                                 "act": "relu" if code == RELU else str(code), "us": us, "best": best})
