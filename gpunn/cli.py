@@ -106,7 +106,7 @@ def _run_info(args) -> int:
         print(f"numba {numba.__version__}{threads}", file=out)
     except ImportError as err:
         print(f"numba not importable ({err})", file=out)
-    for dist in ("tqdm", "safetensors", "scikit-learn"):
+    for dist in ("numba-cuda", "tqdm", "safetensors", "scikit-learn"):
         print(f"{dist} {_version(dist)}", file=out)
     cupy_version = next((v for v in (_version(d) for d in ("cupy-cuda12x", "cupy-cuda13x", "cupy"))
                          if v != "not installed"), "not installed")
