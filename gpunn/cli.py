@@ -463,6 +463,12 @@ def main(argv=None) -> int:
 
     try:
         return args._run(args)
+    except BrokenPipeError:  # the reader went away (gpunn info | head): stop quietly, as Unix tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except OSError:  # pragma: no cover - no real stdout
+            pass
+        return 141
     except (UsageError, ValueError, TypeError, DeviceError, ImportError) as err:
         print(f"gpunn: error: {_one_line(err)}", file=sys.stderr)
         return 2

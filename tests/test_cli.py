@@ -138,3 +138,24 @@ def test_help_and_version_exit_0(capsys):
 def test_console_script_points_at_main():
     text = open(os.path.join(ROOT, "pyproject.toml")).read()
     assert 'gpunn = "gpunn.cli:main"' in text
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path, monkeypatch, capsys):
+    """`gpunn info | head -1`: when the reader goes away the command stops with status 141 (as
+    Unix tools do), without an error message or a traceback."""
+    sink = open(tmp_path / "sink", "w")
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):  # where main() points the dead stdout (a scratch file here)
+            return sink.fileno()
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["info"]) == 141
+    sink.close()
+    assert capsys.readouterr().err == ""
