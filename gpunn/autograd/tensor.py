@@ -92,9 +92,7 @@ class Function:
             return None
         t = self.inputs[i]
         buf = t._grad_buffer
-        if buf is None or t._node is not None or t.grad is not None or id(t) in claimed:
-            return None
-        if buf.shape != t.data.shape or buf.dtype != t.data.dtype or type(buf) is not type(t.data):
+        if t._node is not None or t.grad is not None or id(t) in claimed or not _fits(buf, t.data):
             return None
         claimed.add(id(t))
         return buf
@@ -243,15 +241,20 @@ class Tensor:
         return self
 
     # ------------------------------------------------------------------ autodiff
+    def _grad_written_in_place(self, g) -> bool:
+        """Whether g is this leaf's first gradient, written straight into its optimizer buffer by the
+        backward that produced it (Function.grad_buffer): it becomes .grad with no copy."""
+        return self.grad is None and g is self._grad_buffer
+
     def _accumulate_grad(self, g) -> None:
         """Add g into .grad. A leaf with a grad buffer (set by an optimizer) receives it in place."""
         if isinstance(g, np.generic):  # NumPy reductions of 0-d arrays give scalars
             g = np.asarray(g)
         if self.grad is None:
             buf = self._grad_buffer
-            if g is buf:  # written there by the backward that produced it (Function.grad_buffer)
+            if self._grad_written_in_place(g):
                 self.grad = Tensor(buf)
-            elif buf is not None and buf.shape == g.shape and buf.dtype == g.dtype and type(buf) is type(g):
+            elif _fits(buf, g):
                 buf[...] = g
                 self.grad = Tensor(buf)
             else:
@@ -469,6 +472,11 @@ class Tensor:
 
     def log_softmax(self, axis=-1, *, dim=None):
         return _F.LogSoftmax.apply(self, axis=axis if dim is None else dim)
+
+
+def _fits(buf, a) -> bool:
+    """Whether the gradient buffer `buf` (or None) can hold a gradient like `a`: same shape, dtype, array type."""
+    return buf is not None and buf.shape == a.shape and buf.dtype == a.dtype and type(buf) is type(a)
 
 
 def _run_backward(order, grads, rec) -> None:

@@ -234,7 +234,7 @@ def autotune(shapes=None, dtypes=("float32",), code: int = RELU, tiles=None, rep
     device = nc.device_name()
     rng = cp.random.default_rng(0)
     entries = []
-    broken = {}  # fused tiles that failed to build or run here: skipped from then on, said once
+    broken = set()  # fused tiles that failed to build or run here: skipped from then on, said once
     t0 = time.perf_counter()
     for dtype in dtypes:
         dt = np.dtype(dtype)
@@ -263,9 +263,9 @@ def autotune(shapes=None, dtypes=("float32",), code: int = RELU, tiles=None, rep
                     except Exception as err:  # one tile this numba-cuda cannot build must not sink the run
                         if impl == "cublas":
                             raise
-                        broken[impl] = f"{type(err).__name__}: {err}"
+                        broken.add(impl)
                         if log:
-                            log(f"autotune: {impl} skipped from now on: {broken[impl]}")
+                            log(f"autotune: {impl} skipped from now on: {type(err).__name__}: {err}")
                 best = min(us, key=us.get)
                 entries.append({"device": device, "dtype": dt.name, "pass": pass_, "n": n, "k": k, "m": m,
                                 "act": "relu" if code == RELU else str(code), "us": us, "best": best})

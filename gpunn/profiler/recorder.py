@@ -356,7 +356,7 @@ class Recorder:
         """The backward walk's hook for a leaf: its gradient copied (or added) into .grad, timed as
         a kernel and filed under the layer of the node that produced it. A gradient the node already
         wrote into the leaf's optimizer buffer (Function.grad_buffer) needs no copy and records nothing."""
-        if tensor.grad is None and grad is tensor._grad_buffer:
+        if tensor._grad_written_in_place(grad):
             return tensor._accumulate_grad(grad)
         n = operand_bytes(grad)
         cost = (0, 2 * n) if tensor.grad is None else (int(grad.size), 3 * n)
