@@ -113,6 +113,16 @@ def numba_cuda():
     return numba.cuda
 
 
+def bind_numba_cuda(namespace: dict):
+    """numba.cuda (`numba_cuda()`), also stored as `namespace["cuda"]`: a kernel module calls this
+    with its globals() before building kernels, because kernels must reach numba.cuda as a module
+    global (Numba's simulator swaps module globals that are numba.cuda, not closure variables)."""
+    cuda = namespace.get("cuda")
+    if cuda is None:
+        cuda = namespace["cuda"] = numba_cuda()
+    return cuda
+
+
 def is_simulator() -> bool:
     """True when numba.cuda is Numba's CPU simulator (NUMBA_ENABLE_CUDASIM=1 before numba's import)."""
     try:

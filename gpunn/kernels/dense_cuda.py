@@ -58,16 +58,11 @@ from gpunn.kernels.activations import (
 from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, act_device, dz_device
 from gpunn.kernels.activations_cuda import backward_kernel as activation_backward_kernel
 
-# numba.cuda, bound by the first kernel build. A module global on purpose: kernels must reach it as a
-# global name (Numba's simulator swaps module globals that are numba.cuda, not closure variables).
-cuda = None
+cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
 
 def _cuda():
-    global cuda
-    if cuda is None:
-        cuda = nc.numba_cuda()
-    return cuda
+    return nc.bind_numba_cuda(globals())
 
 
 @dataclass(frozen=True)

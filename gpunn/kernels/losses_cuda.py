@@ -26,17 +26,11 @@ import numpy as np
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
 
-# numba.cuda, bound by the first kernel build. A module global on purpose: kernels must reach it as a
-# global name (Numba's simulator swaps module globals that are numba.cuda, not closure variables).
-cuda = None
+cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
 
 def _cuda():
-    global cuda
-    if cuda is None:
-        cuda = nc.numba_cuda()
-    return cuda
-
+    return nc.bind_numba_cuda(globals())
 
 
 PW_NONE, PW_SCALAR, PW_LAST_AXIS, PW_FULL = range(4)
