@@ -152,7 +152,13 @@ def _lambdas(cls, optimizer, lr_lambda):
 
 
 class _LambdaState:
-    """state_dict without the functions (only callable objects' attributes), as PyTorch does."""
+    """One lr function per param group (or one for all); state_dict without the functions (only
+    callable objects' attributes), as PyTorch does."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
+        self.optimizer = optimizer
+        self.lr_lambdas = _lambdas(type(self).__name__, optimizer, lr_lambda)
+        super().__init__(optimizer, last_epoch)
 
     def state_dict(self) -> dict:
         sd = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "lr_lambdas")}
@@ -172,22 +178,12 @@ class _LambdaState:
 class LambdaLR(_LambdaState, LRScheduler):
     """lr = base_lr * lr_lambda(t) (one function, or one per param group)."""
 
-    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
-        self.optimizer = optimizer
-        self.lr_lambdas = _lambdas("LambdaLR", optimizer, lr_lambda)
-        super().__init__(optimizer, last_epoch)
-
     def get_lr(self):
         return [base * fn(self.last_epoch) for fn, base in zip(self.lr_lambdas, self.base_lrs)]
 
 
 class MultiplicativeLR(_LambdaState, LRScheduler):
     """lr = previous lr * lr_lambda(t) for t >= 1."""
-
-    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
-        self.optimizer = optimizer
-        self.lr_lambdas = _lambdas("MultiplicativeLR", optimizer, lr_lambda)
-        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         if self._is_initial:
