@@ -36,6 +36,21 @@ def _cuda():
 PW_NONE, PW_SCALAR, PW_LAST_AXIS, PW_FULL = range(4)
 
 
+def _pos_weight_at(pw_mode):
+    """The device function weight_at(pw, i, c): element i's pos_weight for a PW_* mode other than
+    PW_NONE (one value, one per class of the last axis, or one per element)."""
+    PW = pw_mode
+
+    def weight_at(pw, i, c):
+        if PW == PW_SCALAR:
+            return pw[0]
+        if PW == PW_LAST_AXIS:
+            return pw[i % c]
+        return pw[i]
+
+    return nc.kernel(("bce_pos_weight_at", pw_mode), lambda: nc.device_jit(weight_at))
+
+
 def _build_bce_forward(dt, pw_mode):
     _cuda()
     from numba.core import types
@@ -43,6 +58,7 @@ def _build_bce_forward(dt, pw_mode):
     cast = nc.nbtype(dt)
     zero, one = dt.type(0), dt.type(1)
     PW = pw_mode
+    weight_at = _pos_weight_at(pw_mode)
 
     def bce_forward_kernel(x, y, pw, c, out):
         i = cuda.grid(1)
@@ -56,12 +72,7 @@ def _build_bce_forward(dt, pw_mode):
             if PW == 0:
                 out[i] = (one - yi) * xi + lt
             else:
-                if PW == 1:
-                    w = pw[0]
-                elif PW == 2:
-                    w = pw[i % c]
-                else:
-                    w = pw[i]
+                w = weight_at(pw, i, c)
                 out[i] = (one - yi) * xi + (one + (w - one) * yi) * lt
             i += stride
 
@@ -76,6 +87,7 @@ def _build_bce_backward(dt, pw_mode, g_scalar):
     cast = nc.nbtype(dt)
     zero, one = dt.type(0), dt.type(1)
     PW, GS = pw_mode, g_scalar
+    weight_at = _pos_weight_at(pw_mode)
 
     def bce_backward_kernel(g, x, y, pw, c, out):
         i = cuda.grid(1)
@@ -90,12 +102,7 @@ def _build_bce_backward(dt, pw_mode, g_scalar):
             if PW == 0:
                 out[i] = gi * (s - yi)
             else:
-                if PW == 1:
-                    w = pw[0]
-                elif PW == 2:
-                    w = pw[i % c]
-                else:
-                    w = pw[i]
+                w = weight_at(pw, i, c)
                 out[i] = gi * ((one + (w - one) * yi) * s - w * yi)
             i += stride
 
