@@ -116,6 +116,12 @@ class LRScheduler:
         self._step_count += 1
         self._update_lr(epoch)
 
+    def _set_lrs(self, values) -> None:
+        """Write one learning rate per param group and remember them (get_last_lr)."""
+        for group, lr in zip(self.optimizer.param_groups, values):
+            group["lr"] = lr
+        self._last_lr = _lrs(self.optimizer)
+
     def _update_lr(self, epoch=None) -> None:
         self._get_lr_called_within_step = True
         try:
@@ -130,9 +136,7 @@ class LRScheduler:
                     values = self.get_lr()
         finally:
             self._get_lr_called_within_step = False
-        for group, lr in zip(self.optimizer.param_groups, values):
-            group["lr"] = lr
-        self._last_lr = _lrs(self.optimizer)
+        self._set_lrs(values)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} last_epoch={self.last_epoch} lr={getattr(self, '_last_lr', None)}>"
@@ -388,9 +392,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
             values = self.get_lr()
         finally:
             self._get_lr_called_within_step = False
-        for group, lr in zip(self.optimizer.param_groups, values):
-            group["lr"] = lr
-        self._last_lr = _lrs(self.optimizer)
+        self._set_lrs(values)
 
 
 def _check_members(cls, optimizer, schedulers):
