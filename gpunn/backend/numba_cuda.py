@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import os
 import shutil
 import sys
@@ -414,17 +415,16 @@ def _register_signature(k, name: str, sig) -> None:
 
 
 def _launch_spec(kernel):
-    spec = _launch_specs.get(id(kernel))
-    if spec is None or spec[0] is not kernel:  # not built by jit(): read a specialised dispatcher
-        overloads = list(getattr(kernel, "overloads", {}) or {})
-        name = getattr(getattr(kernel, "py_func", None), "__name__", type(kernel).__name__)
-        if len(overloads) == 1:
-            from numba.core import types
+    """The launch spec of a kernel jit() did not build: read from a dispatcher compiled for one
+    signature, else nothing to check against."""
+    overloads = list(getattr(kernel, "overloads", {}) or {})
+    name = getattr(getattr(kernel, "py_func", None), "__name__", type(kernel).__name__)
+    if len(overloads) == 1:
+        from numba.core import types
 
-            _register_signature(kernel, name, types.void(*overloads[0]))
-            spec = _launch_specs[id(kernel)]
-        else:  # nothing to check against
-            spec = _launch_specs[id(kernel)] = (kernel, name, None, ())
+        _register_signature(kernel, name, types.void(*overloads[0]))
+        return _launch_specs[id(kernel)]
+    spec = _launch_specs[id(kernel)] = (kernel, name, None, ())
     return spec
 
 
@@ -435,16 +435,33 @@ def _describe(a) -> str:
     return f"{a.ndim}-d {a.dtype} {type(a).__module__.split('.')[0]} array, {layout}"
 
 
+_contiguity: dict = {}  # array type -> its cheapest "C-contiguous?" getter
+
+
+def _contiguity_getter(tp):
+    """CuPy arrays answer through their `_c_contiguous` attribute (no flags object built per call),
+    others (NumPy) through flags.c_contiguous."""
+    getter = operator.attrgetter("_c_contiguous" if hasattr(tp, "_c_contiguous") else "flags.c_contiguous")
+    _contiguity[tp] = getter
+    return getter
+
+
 def check_launch_args(kernel, args) -> None:
     """Raise LaunchArgumentError unless `args` fit the signature `kernel` was compiled for: the
-    number of arguments, and the dtype, ndim and C-contiguity of every array argument."""
-    _, name, nargs, checks = _launch_spec(kernel)
+    number of arguments, and the dtype, ndim and C-contiguity of every array argument. On the launch
+    path: the expected types are cached per kernel, and the common case costs a few attribute reads
+    per array."""
+    spec = _launch_specs.get(id(kernel))
+    if spec is None or spec[0] is not kernel:
+        spec = _launch_spec(kernel)
+    _, name, nargs, checks = spec
     if nargs is not None and len(args) != nargs:
         raise LaunchArgumentError(f"kernel {name}: {len(args)} arguments given, its signature takes {nargs}")
     for i, dt, nd in checks:
         a = args[i]
         try:
-            ok = a.dtype == dt and a.ndim == nd and a.flags.c_contiguous
+            contiguous = _contiguity.get(type(a)) or _contiguity_getter(type(a))
+            ok = (a.dtype is dt or a.dtype == dt) and a.ndim == nd and contiguous(a)
         except AttributeError:
             ok = False
         if not ok:
