@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cuda_util import requires_simulator
+from cuda_util import requires_simulator, target  # noqa: F401  (fixture)
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import Ops, ops as ops_mod
 from gpunn.kernels.cuda_ops import CudaOps
@@ -299,18 +299,22 @@ def _copy_kernel(x, out):
         out[i, 0] = x[i]
 
 
-@requires_simulator
-def test_launch_refuses_arrays_that_do_not_match_the_signature():
+def test_launch_refuses_arrays_that_do_not_match_the_signature(target):
+    """On the simulator (NumPy arrays) and on a GPU (CuPy arrays): a float64 array for a float32
+    argument, a transposed view for a C-contiguous one, a scalar for an array, a missing argument."""
     nc.bind_numba_cuda(globals())
-    k = nc.jit(nc.void(nc.arr(np.float32, 1), nc.arr(np.float32, 2)), _copy_kernel)
-    x, out = np.arange(4, dtype=np.float32), np.zeros((4, 2), np.float32)
+    xp = target.xp
+    k = nc.kernel(("test_copy_kernel",), lambda: nc.jit(nc.void(nc.arr(np.float32, 1), nc.arr(np.float32, 2)),
+                                                       _copy_kernel))
+    x, out = xp.arange(4, dtype=np.float32), xp.zeros((4, 2), np.float32)
     nc.launch(k, 1, 4, x, x, out)
-    np.testing.assert_array_equal(out[:, 0], x)
+    np.testing.assert_array_equal(target.get(out)[:, 0], np.arange(4))
+    kind = "cupy" if target.is_gpu else "numpy"
     with pytest.raises(nc.LaunchArgumentError, match=r"kernel _copy_kernel: argument 0 must be a 1-d float32 "
-                                                     r"C-contiguous array .*got a 1-d float64 numpy array"):
+                                                     rf"C-contiguous array .*got a 1-d float64 {kind} array"):
         nc.launch(k, 1, 4, x, x.astype(np.float64), out)
     with pytest.raises(nc.LaunchArgumentError, match=r"argument 1 .* 2-d float32 .*not C-contiguous"):
-        nc.launch(k, 1, 4, x, x, np.zeros((2, 4), np.float32).T)
+        nc.launch(k, 1, 4, x, x, xp.zeros((2, 4), np.float32).T)
     with pytest.raises(nc.LaunchArgumentError, match=r"argument 1 .*got a float 1.0"):
         nc.launch(k, 1, 4, x, x, 1.0)
     with pytest.raises(nc.LaunchArgumentError, match="1 arguments given, its signature takes 2"):

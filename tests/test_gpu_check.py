@@ -143,4 +143,5 @@ def test_probe_stage_writes_its_json_even_where_nothing_runs(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     data = json.loads(out.read_text())
     assert data["finished"] and data["versions"]["numba-cuda"] and "pytest_timeout_importable" in data["versions"]
-    assert data["probe"]["error"].startswith("compile:") and data["nvvm_gpunn"].startswith("NVVM")
+    why = data["probe"].get("error") or data["probe"].get("current")
+    assert why and why != "ok" and data["nvvm_gpunn"].startswith("NVVM")

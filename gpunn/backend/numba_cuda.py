@@ -54,6 +54,7 @@ argument: `dummy()`), and it allocates shared arrays without a lock (patched: se
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -232,7 +233,10 @@ def probe(streams=("current", "new"), n: int = 1000) -> dict:
     result: dict = {}
     try:
         import cupy
-
+    except Exception as err:
+        result["error"] = f"cupy: {type(err).__name__}: {err}"
+        return result
+    try:
         bind_numba_cuda(globals())
         t0 = time.perf_counter()
         k = kernel(("probe", "float32"), lambda: jit(void(arr(np.float32), arr(np.float32)), _probe_kernel))
@@ -243,8 +247,7 @@ def probe(streams=("current", "new"), n: int = 1000) -> dict:
     want = np.arange(n, dtype=np.float32) * 2 + 1
     for name in streams:
         try:
-            stream = cupy.cuda.Stream(non_blocking=True) if name == "new" else cupy.cuda.get_current_stream()
-            with stream:
+            with cupy.cuda.Stream(non_blocking=True) if name == "new" else contextlib.nullcontext():
                 x = cupy.arange(n, dtype=cupy.float32)
                 out = cupy.zeros(n, dtype=cupy.float32)
                 launch(k, math.ceil(n / 128), 128, x, x, out)
