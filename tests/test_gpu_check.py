@@ -145,3 +145,12 @@ def test_probe_stage_writes_its_json_even_where_nothing_runs(tmp_path):
     assert data["finished"] and data["versions"]["numba-cuda"] and "pytest_timeout_importable" in data["versions"]
     why = data["probe"].get("error") or data["probe"].get("current")
     assert why and why != "ok" and data["nvvm_gpunn"].startswith("NVVM")
+
+
+@needs_bash
+def test_readme_states_the_plan_the_script_runs():
+    r = subprocess.run(["bash", SCRIPT, "--dry-run"], capture_output=True, text=True, timeout=30, env=_env())
+    plan = [line.split() for line in r.stdout.strip().splitlines()[:-1]]
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    rows = re.findall(r"^\| (\w+) \| (\d+) s \|", readme, re.M)
+    assert [list(row) for row in rows] == plan
