@@ -129,7 +129,7 @@ write_summary() {
         files+="$sep\"$(basename "$f")\""; sep=", "
     done
     local stages="" s sep2=""
-    for s in "${RECORDS[@]}"; do stages+="$sep2    $s"; sep2=$',\n'; done
+    for s in ${RECORDS[@]+"${RECORDS[@]}"}; do stages+="$sep2    $s"; sep2=$',\n'; done
     {
         printf '{\n  "stem": "%s",\n  "card": "%s",\n  "state": "%s",\n' "$STEM" "$CARD" "$STATE"
         printf '  "deadline_s": %d,\n  "elapsed_s": %d,\n' "$DEADLINE_S" "$(( $(date +%s) - START ))"

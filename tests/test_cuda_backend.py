@@ -1,5 +1,6 @@
-"""The GPU backend's plumbing that runs anywhere: lazy imports, Numba's CUDA Array Interface
-setting, streams, the CudaOps choice and its fallbacks, `gpunn info --gpu`."""
+"""The GPU backend's plumbing that runs anywhere: lazy imports, Numba settings, NVVM discovery, the
+probe-kernel decision and its fallback, launch-argument checks, the launch stream CuPy's arrays are
+exported on (stand-ins), `gpunn info --gpu`."""
 from __future__ import annotations
 
 import importlib
@@ -51,7 +52,7 @@ def test_importing_gpunn_and_training_on_the_cpu_touch_no_gpu_module():
     assert out.strip() == "[]"
 
 
-def test_numba_cuda_is_configured_not_to_synchronise_per_cupy_array():
+def test_numba_cuda_settings_are_set_unless_the_user_chose():
     code = """
         import os
         from gpunn.backend import numba_cuda as nc
