@@ -118,7 +118,13 @@ def stage_probe(path) -> int:
     rep.data["probe"] = nc.probe(("current", "new"))
     rep.data["kernel_status"] = list(nc.kernel_status())
     rep.write(finished=True)
-    print(json.dumps(rep.data, indent=1, default=str))
+    v = rep.data["versions"]
+    print("versions:", ", ".join(f"{k} {v[k]}" for k in ("driver", "cuda_runtime", "device", "cupy-cuda13x",
+                                                          "cupy-cuda12x", "numba", "numba-cuda", "cuda-core", "torch")
+                                 if v.get(k)))
+    print("nvvm:", rep.data["nvvm_gpunn"])
+    print("probe:", json.dumps(rep.data["probe"], default=str))
+    print("kernel_status:", rep.data["kernel_status"])
     ok = all(rep.data["probe"].get(s) == "ok" for s in ("current", "new"))
     return 0 if ok else 1
 
