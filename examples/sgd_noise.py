@@ -9,7 +9,7 @@ and what batch size did to generalisation on digits (measured, not assumed).
    200 runs (different batch orders) take 1000 steps at the same learning rate 0.1 with batch size
    B = 1, 2, 4, 8, 16 and 64 (full batch). Full-batch gradient descent is exactly at rest at the
    minimum and stays there; the smaller the batch, the more runs the noise carries over the barrier.
-   From the deep minimum (barrier 0.59), the same noise moves (almost) no run out.
+   From the deep minimum (barrier 0.62), the same noise moves (almost) no run out.
 2. "SGD acts as an implicit regulariser", checked on the bundled digits: a 64-256-10 ReLU network
    on 400 training images, SGD at lr 0.2 with batches of 16 and with the full batch, each trained
    until it classifies every training image correctly, over 3 seeds. Here the small batches did NOT
