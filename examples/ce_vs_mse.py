@@ -109,8 +109,8 @@ def report(r) -> None:
                                           (("sigmoid", "cross-entropy"), ("sigmoid", "MSE"),
                                            ("softmax", "cross-entropy"), ("softmax", "MSE"))))
     print(f"softmax regression on digits, trained with cross-entropy to training accuracy "
-          f"{r['trained_accuracy']:.3f}, then its logits x -{CONFIDENCE:g}: accuracy {r['start_accuracy']:.3f}, mean probability of the "
-          f"correct digit {r['start_p_correct']:.1e} (of the top digit {r['start_p_max']:.2f})")
+          f"{r['trained_accuracy']:.3f}, then its logits x -{CONFIDENCE:g}: accuracy {r['start_accuracy']:.3f}, "
+          f"mean probability of the correct digit {r['start_p_correct']:.1e} (of the top digit {r['start_p_max']:.2f})")
     print(f"full-batch SGD steps to {r['target']:.0%} training accuracy from that start (at most {r['steps']}):")
     print("  lr       cross-entropy   MSE")
     fmt = lambda s: f"{s:5d}" if s is not None else "never"  # noqa: E731

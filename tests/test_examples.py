@@ -351,7 +351,8 @@ def test_overparameterised_networks_memorise_and_end_alike(tmp_path):
     r = ex.run(widths=(2, 64), steps=300, starts=4, n=300, seed=SEED)
     (narrow, wide), (narrow_s, wide_s) = r["labels"]["true"], r["labels"]["shuffled"]
     L2, L64 = r["final_losses"][2], r["final_losses"][64]
-    show("overparameterization", wide_shuffled_train=wide_s["train_accuracy"], wide_shuffled_test=wide_s["test_accuracy"],
+    show("overparameterization", wide_shuffled_train=wide_s["train_accuracy"],
+         wide_shuffled_test=wide_s["test_accuracy"],
          wide_test=wide["test_accuracy"], spread2=float(L2.max() - L2.min()), spread64=float(L64.max() - L64.min()))
     assert wide_s["train_accuracy"] >= 0.99 and wide_s["test_accuracy"] <= 0.2  # memorised, at chance
     assert wide["train_accuracy"] == 1.0 and wide["test_accuracy"] >= 0.85
