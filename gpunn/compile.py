@@ -1,0 +1,495 @@
+"""`gn.compile(fn)`: trace a step once, then replay it without building an autograd graph.
+
+fn is typically the PyTorch-style step::
+
+    def step(x, y):
+        opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); opt.step(); return loss
+    step = gn.compile(step)
+
+How it works. The first call for an input signature (shape, dtype and array type of every tensor or
+array argument, the value of every other argument, grad mode) runs fn eagerly while recording, in
+order: every graph node's forward (`Function.apply`: its class, parameters, and where each input
+comes from: an argument, an earlier node's output, or a tensor living outside fn such as a
+parameter, read afresh at every replay), every `backward()` walk (its topological order),
+and every `Optimizer.step()` / `zero_grad()` call. The second call traces again and the two
+recordings must agree (the same nodes, parameters and outside tensors): only then is the signature
+replayed, from the third call on. A replay runs the same node forwards on the new inputs, the same
+backward walk (`_run_backward`, the engine's own code, so gradients land in the optimizer's flat
+buffers exactly as in eager mode) and calls the optimizer's own `step()`/`zero_grad()`, so what the
+optimizer reads (lr from `param_groups`, Adam's step count and bias corrections, a
+`load_state_dict`) is read at replay time. It skips what eager mode spends its Python on: Tensor
+objects, graph recording, the topological sort.
+
+Bit-identical to eager: the same kernels run on the same buffers in the same order.
+
+What cannot be replayed is detected while tracing and the signature then runs eagerly, with one
+`CompileWarning` naming the cause (never a wrong result): a host read of a tensor inside fn
+(`.item()`, `float()`, `bool()`, `.numpy()`, `.tolist()`), a tensor created inside fn that feeds the
+computation (pass it as an argument), `backward(gradient)` or `step(closure)`, an argument that
+requires grad, a return value that is not built from tensors, or a second trace that differs from
+the first (Python control flow on values, parameters added or replaced). `strict=True` raises
+`CompileError` instead.
+
+Not seen by a replay (as with jax.jit): Python side effects inside fn other than the optimizer
+calls (a scheduler.step() or a counter inside fn runs at trace time only: keep them outside fn),
+and writes to arrays through `.data` inside fn. Replacing a model's parameter object after tracing
+is seen only through the optimizer (its parameter list is checked before each replay).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+
+import gpunn.autograd.tensor  # noqa: E402
+_tmod = sys.modules["gpunn.autograd.tensor"]
+from gpunn.kernels import ops as _kops
+from gpunn.autograd.tensor import Function, Tensor, is_grad_enabled
+from gpunn.optim.optimizer import Optimizer
+
+__all__ = ["compile", "CompiledFunction", "CompileError", "CompileWarning"]
+
+
+class CompileError(RuntimeError):
+    """fn cannot be replayed (raised with strict=True; otherwise a CompileWarning and eager fallback)."""
+
+
+class CompileWarning(UserWarning):
+    """A compiled function falls back to eager execution for one input signature."""
+
+
+class _Unreplayable(Exception):
+    pass
+
+
+_HOST_READS = ("item", "__bool__", "__float__", "__int__", "numpy", "tolist", "__array__")
+
+
+class _Trace:
+    """One eager run of fn, recorded. `events` is the program a replay runs:
+    ("fwd", cls, params, binds, keep, out_slot, node_inputs, needs)  a graph node's forward
+    ("bwd", root_slot, order, holders)                                a backward walk
+    ("call", method, obj, args)                                       Optimizer.step / zero_grad"""
+
+    def __init__(self, arg_arrays):
+        self.args = arg_arrays           # id(array) -> argument position
+        self.events = []
+        self.slots = {}                  # id(output array) -> slot index
+        self.tensor_slot = {}            # id(output Tensor) -> slot index
+        self.keep = []                   # every traced object, kept alive so ids stay unique
+        self.holder_of = {}              # id(output Tensor) -> (Tensor, event index)
+        self.live = []                   # outside tensors, in first-use order (compared between traces)
+        self.optimizers = []
+        self.cause = None
+
+    def fail(self, cause):
+        if self.cause is None:
+            self.cause = cause
+
+    def bind(self, t: Tensor):
+        """Where input t of a node comes from at replay time."""
+        k = self.tensor_slot.get(id(t))
+        if k is not None:
+            return ("slot", k)
+        d = t.data
+        k = self.slots.get(id(d))
+        if k is not None:
+            return ("slot", k)
+        i = self.args.get(id(d))
+        if i is not None:
+            return ("arg", i)
+        if t._node is not None:
+            self.fail(f"a {t._node.name} node's output was computed outside the trace")
+        self.live.append(t)
+        return ("live", t)
+
+    def slot(self, out: Tensor) -> int:
+        k = len(self.slots)
+        self.slots[id(out.data)] = k
+        self.tensor_slot[id(out)] = k
+        self.keep.append(out)
+        return k
+
+
+_active: _Trace | None = None
+_depth = 0  # > 0 while a recorded operation (node forward, backward walk, optimizer call) runs
+
+
+class _KernelWatch:
+    """ops_for's hook while tracing: a kernel called outside every recorded operation (an optimizer
+    that overrides step(), a kernel called directly) would be missing from the replay."""
+
+    def __call__(self, ops, array):
+        if _depth == 0 and _active is not None:
+            _active.fail(f"a {ops.name} kernel ran outside any graph node or optimizer call")
+        return ops
+
+    @staticmethod
+    def node_forward(fn, arrays, params):
+        return fn.forward(*arrays, **params)
+
+    @staticmethod
+    def node_backward(node, grad):
+        return node.backward(grad)
+
+    @staticmethod
+    def accumulate_grad(tensor, grad):
+        return tensor._accumulate_grad(grad)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def phase(name):
+        yield
+
+
+@contextlib.contextmanager
+def _recorded():
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+
+
+def _traced_apply(orig):
+    def apply(cls, *inputs, **params):
+        tr = _active
+        with _recorded():
+            out = orig.__func__(cls, *inputs, **params)
+        if tr is None:
+            return out
+        binds = tuple(tr.bind(t) for t in inputs)
+        node = out._node
+        k = tr.slot(out)
+        ev = ("fwd", cls, params, binds, node is not None, k,
+              node.inputs if node is not None else None, node.needs_grad if node is not None else None)
+        if node is not None:
+            tr.holder_of[id(out)] = (out, len(tr.events))
+        tr.events.append(ev)
+        return out
+    return classmethod(apply)
+
+
+def _traced_run_backward(orig):
+    def run_backward(order, grads, rec):
+        tr = _active
+        if tr is not None:
+            (root_id, g), = grads.items()
+            root = next(t for t in order if id(t) == root_id)
+            k = tr.tensor_slot.get(root_id)
+            if k is None:
+                tr.fail("backward() from a tensor computed outside the trace")
+            holders = tuple(tr.holder_of.get(id(t), (None, None))[1] for t in order)
+            if any(h is None and t._node is not None for h, t in zip(holders, order)):
+                tr.fail("backward() reaches a graph node built outside the compiled function")
+            tr.events.append(("bwd", k, tuple(order), holders, root.data.dtype))
+        with _recorded():
+            return orig(order, grads, rec)
+    return run_backward
+
+
+@contextlib.contextmanager
+def _tracing(tr: _Trace):
+    """Install the trace hooks (class attributes, restored on exit): tracing is not thread-safe."""
+    global _active
+    saved = []
+
+    def patch(owner, name, value):
+        saved.append((owner, name, owner.__dict__[name]))
+        setattr(owner, name, value)
+
+    def host_read(name, orig):
+        @functools.wraps(orig)
+        def read(self, *a, **k):
+            if _active is not None:
+                _active.fail(f"Tensor.{name}() read a tensor's value on the host inside fn")
+            return orig(self, *a, **k)
+        return read
+
+    def opt_call(name, orig):
+        @functools.wraps(orig)
+        def call(self, *a, **k):
+            t = _active
+            if t is not None:
+                if name == "step" and (a or k.get("closure") is not None):
+                    t.fail("optimizer.step(closure) inside fn")
+                t.events.append(("call", orig, self, a, tuple(sorted(k.items()))))
+                if self not in t.optimizers:
+                    t.optimizers.append(self)
+            with _recorded():
+                return orig(self, *a, **k)
+        return call
+
+    def backward(orig):
+        @functools.wraps(orig)
+        def bw(self, gradient=None):
+            if _active is not None and gradient is not None:
+                _active.fail("backward(gradient) inside fn (only a scalar loss's backward() is replayed)")
+            return orig(self, gradient)
+        return bw
+
+    try:
+        patch(Function, "apply", _traced_apply(Function.__dict__["apply"]))
+        patch(Tensor, "backward", backward(Tensor.__dict__["backward"]))
+        for name in _HOST_READS:
+            patch(Tensor, name, host_read(name, Tensor.__dict__[name]))
+        for name in ("step", "zero_grad"):
+            patch(Optimizer, name, opt_call(name, Optimizer.__dict__[name]))
+        saved.append((_tmod, "_run_backward", _tmod._run_backward))
+        _tmod._run_backward = _traced_run_backward(_tmod._run_backward)
+        saved.append((_kops, "_recorder", None))
+        _kops._recorder = _KernelWatch()
+        _active = tr
+        yield tr
+    finally:
+        _active = None
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
+def _same(a, b) -> bool:
+    """Trace equality of node parameters / outside tensors: arrays and tensors by identity."""
+    if isinstance(a, (Tensor, np.ndarray)) or isinstance(b, (Tensor, np.ndarray)) or hasattr(a, "__cuda_array_interface__"):
+        return a is b
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # noqa: BLE001 - incomparable values are different
+        return a is b
+
+
+def _difference(t1: _Trace, t2: _Trace):
+    """The first way two traces of one signature differ (a sentence), or None."""
+    if len(t1.events) != len(t2.events):
+        return f"the second trace ran {len(t2.events)} recorded operations, the first {len(t1.events)}"
+    for i, (e1, e2) in enumerate(zip(t1.events, t2.events)):
+        what = f"operation {i}"
+        if e1[0] != e2[0]:
+            return f"{what} is a {e2[0]} on the second trace but a {e1[0]} on the first"
+        if e1[0] == "fwd":
+            if e1[1] is not e2[1]:
+                return f"{what} is {e2[1].__name__} on the second trace but {e1[1].__name__} on the first"
+            if not _same(e1[2], e2[2]):
+                return f"{what} ({e1[1].__name__}) has different parameters on the second trace"
+            for b1, b2 in zip(e1[3], e2[3]):
+                if b1[0] != b2[0] or (b1[0] == "live" and b1[1] is not b2[1]) or (b1[0] != "live" and b1[1] != b2[1]):
+                    return (f"{what} ({e1[1].__name__}) takes a different input on the second trace (a tensor "
+                            "created inside fn, or a parameter added or replaced; pass such tensors as arguments)")
+            if e1[4] != e2[4] or e1[7] != e2[7]:
+                return f"{what} ({e1[1].__name__}) differs in which inputs require grad"
+        elif e1[0] == "bwd":
+            if e1[3] != e2[3]:
+                return f"{what} (backward) walks a different graph on the second trace"
+        elif e1[1] is not e2[1] or e1[2] is not e2[2] or not _same(e1[3], e2[3]) or e1[4] != e2[4]:
+            return f"{what} ({e1[1].__name__} of an optimizer) differs on the second trace"
+    return None
+
+
+def _flatten_args(args, kwargs):
+    return list(args) + [kwargs[k] for k in sorted(kwargs)]
+
+
+def _arg_key(a):
+    if isinstance(a, Tensor):
+        d = a.data
+        return ("T", type(d), d.shape, d.dtype.str, a.requires_grad)
+    if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__"):
+        return ("A", type(a), a.shape, a.dtype.str)
+    try:
+        hash(a)
+    except TypeError:
+        return ("id", id(a))
+    return ("V", type(a), a)
+
+
+def _arrays(flat):
+    """Each argument's array (or None): what a replay binds."""
+    return [a.data if isinstance(a, Tensor) else a if (isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__"))
+            else None for a in flat]
+
+
+class _Program:
+    """A verified trace, ready to replay."""
+
+    def __init__(self, tr: _Trace, out_spec):
+        self.events = tr.events
+        self.n_slots = len(tr.slots)
+        self.out_spec = out_spec
+        self.guard = [(opt, self._param_ids(opt)) for opt in tr.optimizers]
+
+    @staticmethod
+    def _param_ids(opt):
+        return tuple(id(p) for g in opt.param_groups for p in g["params"])
+
+    def guard_ok(self) -> bool:
+        return all(self._param_ids(opt) == ids for opt, ids in self.guard)
+
+    def run(self, arrays):
+        slots = [None] * self.n_slots
+        nodes = {}
+        for i, ev in enumerate(self.events):
+            kind = ev[0]
+            if kind == "fwd":
+                _, cls, params, binds, keep, k, node_inputs, needs = ev
+                ins = [slots[b[1]] if b[0] == "slot" else arrays[b[1]] if b[0] == "arg" else b[1].data
+                       for b in binds]
+                fn = cls()
+                out = fn.forward(*ins, **params)
+                if isinstance(out, np.generic):
+                    out = np.asarray(out)
+                slots[k] = out
+                if keep:
+                    fn.inputs, fn.needs_grad = node_inputs, needs
+                    nodes[i] = fn
+            elif kind == "bwd":
+                _, k, order, holders, dtype = ev
+                for t, h in zip(order, holders):
+                    if h is not None:
+                        t._node = nodes[h]
+                root = slots[k]
+                xp = np if type(root) is np.ndarray else _xp(root)
+                _tmod._run_backward(order, {id(order[-1]): xp.ones_like(root)}, None)
+            else:
+                _, method, obj, a, kw = ev
+                method(obj, *a, **dict(kw))
+        return _build(self.out_spec, slots, arrays)
+
+
+def _xp(a):
+    from gpunn.backend import get_array_module
+
+    return get_array_module(a)
+
+
+def _spec(value, tr: _Trace):
+    """How to rebuild fn's return value from a replay's slots."""
+    if value is None:
+        return ("none",)
+    if isinstance(value, Tensor):
+        k = tr.tensor_slot.get(id(value))
+        if k is None:
+            k = tr.slots.get(id(value.data))
+        if k is not None:
+            return ("slot", k)
+        i = tr.args.get(id(value.data))
+        if i is not None:
+            return ("arg", i)
+        raise _Unreplayable("fn returns a tensor that no recorded operation produced")
+    if isinstance(value, (tuple, list)):
+        return ("seq", type(value), tuple(_spec(v, tr) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _spec(v, tr)) for k, v in value.items()))
+    raise _Unreplayable(f"fn returns a {type(value).__name__}, not tensors (return the tensor; read it outside fn)")
+
+
+def _build(spec, slots, arrays):
+    kind = spec[0]
+    if kind == "slot":
+        return Tensor(slots[spec[1]])
+    if kind == "arg":
+        return Tensor(arrays[spec[1]])
+    if kind == "none":
+        return None
+    if kind == "seq":
+        return spec[1](_build(s, slots, arrays) for s in spec[2])
+    return {k: _build(s, slots, arrays) for k, s in spec[1]}
+
+
+class CompiledFunction:
+    """fn traced per input signature and replayed (see the module doc). `cache_size` recordings are
+    kept (least recently used dropped first); `strict=True` raises CompileError where the default
+    falls back to eager with a CompileWarning. `stats` counts traces, replays and eager calls."""
+
+    def __init__(self, fn, cache_size: int = 8, strict: bool = False):
+        if not callable(fn):
+            raise TypeError(f"gn.compile needs a callable, got {type(fn).__name__}")
+        if not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"cache_size must be an int >= 1, got {cache_size!r}")
+        self.fn = fn
+        self.cache_size = cache_size
+        self.strict = strict
+        self._cache = OrderedDict()   # signature -> ("trace", _Trace, out_spec) | ("ready", _Program) | ("eager", cause)
+        self.stats = {"traces": 0, "replays": 0, "eager": 0}
+        functools.update_wrapper(self, fn)
+        try:
+            self.__signature__ = inspect.signature(fn)
+        except (TypeError, ValueError):
+            pass
+
+    def _give_up(self, key, cause):
+        if self.strict:
+            raise CompileError(f"gn.compile({getattr(self.fn, '__name__', 'fn')}): cannot replay: {cause}")
+        warnings.warn(f"gn.compile({getattr(self.fn, '__name__', 'fn')}): running eagerly for this input "
+                      f"signature: {cause}", CompileWarning, stacklevel=3)
+        self._store(key, ("eager", cause))
+
+    def _store(self, key, entry):
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _trace(self, flat, args, kwargs):
+        arrays = _arrays(flat)
+        tr = _Trace({id(a): i for i, a in enumerate(arrays) if a is not None})
+        for a in flat:
+            if isinstance(a, Tensor) and a.requires_grad:
+                tr.fail("an argument requires grad (its gradient would not reach the new argument)")
+        with _tracing(tr):
+            value = self.fn(*args, **kwargs)
+        self.stats["traces"] += 1
+        spec = None
+        if tr.cause is None:
+            try:
+                spec = _spec(value, tr)
+            except _Unreplayable as err:
+                tr.fail(str(err))
+        return value, tr, spec
+
+    def __call__(self, *args, **kwargs):
+        flat = _flatten_args(args, kwargs)
+        key = (tuple(_arg_key(a) for a in flat), tuple(sorted(kwargs)), is_grad_enabled())
+        if _kops._recorder is not None or _active is not None:  # a profiler is on, or fn is nested in a trace
+            self.stats["eager"] += 1
+            return self.fn(*args, **kwargs)
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._cache.move_to_end(key)
+            if entry[0] == "ready":
+                prog = entry[1]
+                if prog.guard_ok():
+                    self.stats["replays"] += 1
+                    return prog.run(_arrays(flat))
+                entry = None  # an optimizer's parameters changed: trace afresh
+            elif entry[0] == "eager":
+                self.stats["eager"] += 1
+                return self.fn(*args, **kwargs)
+        value, tr, spec = self._trace(flat, args, kwargs)
+        if tr.cause is not None:
+            self._give_up(key, tr.cause)
+        elif entry is None:
+            self._store(key, ("trace", tr, spec))
+        else:
+            diff = _difference(entry[1], tr)
+            if diff is not None:
+                self._give_up(key, diff)
+            else:
+                self._store(key, ("ready", _Program(tr, spec)))
+        return value
+
+
+def compile(fn=None, *, cache_size: int = 8, strict: bool = False):  # noqa: A001 - PyTorch's name
+    """`gn.compile(fn)` or `@gn.compile(strict=True)`: fn traced per input signature and replayed
+    without an autograd graph (see gpunn/compile.py)."""
+    if fn is None:
+        return lambda f: CompiledFunction(f, cache_size=cache_size, strict=strict)
+    return CompiledFunction(fn, cache_size=cache_size, strict=strict)
