@@ -1,0 +1,189 @@
+"""gn.compile: replays are bit-identical to eager steps; what cannot be replayed is refused or warned."""
+import warnings
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from gpunn.compile import CompileError, CompileWarning, compile as gcompile
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((40, 6)).astype(np.float32)
+Y = RNG.integers(0, 3, 40)
+
+
+def _setup(opt="adam", seed=0):
+    gn.manual_seed(seed)
+    model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 3))
+    o = gn.optim.Adam(model.parameters(), lr=1e-2) if opt == "adam" else \
+        gn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, o, gn.nn.CrossEntropyLoss()
+
+
+def _step_fn(model, opt, loss_fn):
+    def step(x, y):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _train(compiled, epochs=4, batch=16, opt="adam", between=None):
+    """Losses and final parameters of `epochs` epochs (a short last batch each), StepLR per step."""
+    model, o, lf = _setup(opt)
+    sched = gn.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.7)
+    step = _step_fn(model, o, lf)
+    f = gcompile(step) if compiled else step
+    losses = []
+    for e in range(epochs):
+        for s in range(0, len(X), batch):
+            losses.append(f(gn.tensor(X[s:s + batch]), gn.tensor(Y[s:s + batch])).item())
+            sched.step()
+            if between is not None:
+                between(e, s, model, o)
+    return losses, [p.data.copy() for p in model.parameters()], f
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_bit_identical_to_eager_with_scheduler_and_short_batch(opt):
+    le, pe, _ = _train(False, opt=opt)
+    lc, pc, f = _train(True, opt=opt)
+    assert lc == le
+    for a, b in zip(pc, pe):
+        np.testing.assert_array_equal(a, b)
+    # two signatures (batch 16 and the short batch 8), each traced twice, the rest replayed
+    assert f.stats == {"traces": 4, "replays": 8, "eager": 0}
+
+
+def test_state_changes_between_steps_are_read_at_replay():
+    def poke(e, s, model, o):
+        if e == 2 and s == 0:
+            o.param_groups[0]["lr"] = 0.05
+            o.param_groups[0]["betas"] = (0.8, 0.99)
+        if e == 3 and s == 16:
+            o.load_state_dict(saved[0])
+        if e == 1 and s == 32:
+            saved.append(o.state_dict())
+
+    saved = []
+    le, pe, _ = _train(False, between=poke)
+    saved.clear()
+    lc, pc, f = _train(True, between=poke)
+    assert f.stats["replays"] > 0
+    assert lc == le
+    for a, b in zip(pc, pe):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inference_under_no_grad_and_eval():
+    model, _, _ = _setup()
+    model.eval()
+
+    @gcompile
+    def predict(x):
+        with gn.no_grad():
+            return model(x).softmax(-1)
+
+    for i in range(4):
+        x = gn.tensor(X[i * 8:(i + 1) * 8])
+        np.testing.assert_array_equal(predict(x).numpy(), model(x).softmax(-1).numpy())
+    assert predict.stats["replays"] == 2
+
+
+def test_numpy_array_arguments_are_bound_per_call():
+    model, o, lf = _setup()
+    f = gcompile(lambda x: model(gn.Tensor(x)))
+    for i in range(4):
+        x = X[i * 8:(i + 1) * 8]
+        np.testing.assert_array_equal(f(x).numpy(), model(gn.Tensor(x)).numpy())
+    assert f.stats["replays"] == 2
+
+
+def test_cache_is_bounded():
+    model, _, _ = _setup()
+    f = gcompile(lambda x: model(x), cache_size=2)
+    for n in (1, 2, 3, 1):
+        f(gn.tensor(X[:n]))
+    assert len(f._cache) == 2 and f.stats["traces"] == 4
+
+
+def _expect_fallback(fn, match, calls=4):
+    f = gcompile(fn)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        outs = [f(gn.tensor(X[:8]), gn.tensor(Y[:8])) for _ in range(calls)]
+    msgs = [str(x.message) for x in w if issubclass(x.category, CompileWarning)]
+    assert len(msgs) == 1 and match in msgs[0], msgs
+    assert f.stats["replays"] == 0
+    strict = gcompile(fn, strict=True)
+    with pytest.raises(CompileError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        for _ in range(2):  # a difference between traces shows on the second
+            strict(gn.tensor(X[:8]), gn.tensor(Y[:8]))
+    return outs
+
+
+def test_host_read_inside_fn_falls_back_with_one_warning():
+    model, o, lf = _setup()
+
+    def step(x, y):
+        o.zero_grad()
+        loss = lf(model(x), y)
+        if loss.item() > 100:  # Python control flow on a value: cannot be baked into a replay
+            return loss
+        loss.backward()
+        o.step()
+        return loss
+
+    _expect_fallback(step, "Tensor.item()")
+
+
+def test_tensor_created_inside_fn_is_refused():
+    model, o, lf = _setup()
+    scale = [1.0]
+
+    def step(x, y):
+        scale[0] *= 2  # a fresh tensor each call: its value must not be baked in
+        return lf(model(x), y) * gn.tensor(np.float32(scale[0]))
+
+    _expect_fallback(step, "takes a different input on the second trace")
+
+
+def test_different_graph_on_second_trace_is_refused():
+    model, o, lf = _setup()
+    calls = [0]
+
+    def step(x, y):
+        calls[0] += 1
+        out = model(x)
+        if calls[0] % 2 == 0:
+            out = out.tanh()
+        return lf(out, y)
+
+    _expect_fallback(step, "the second trace ran 4 recorded operations, the first 3")
+
+
+def test_parameters_replaced_after_tracing_retrace():
+    model, o, lf = _setup()
+    step = gcompile(_step_fn(model, o, lf))
+    for _ in range(3):
+        step(gn.tensor(X[:8]), gn.tensor(Y[:8]))
+    assert step.stats["replays"] == 1
+    extra = gn.nn.Parameter(np.zeros(3, dtype=np.float32))
+    o.add_param_group({"params": [extra]})
+    step(gn.tensor(X[:8]), gn.tensor(Y[:8]))
+    assert step.stats["traces"] == 3  # the optimizer's parameters changed: traced again, not replayed
+
+
+def test_non_tensor_return_is_refused():
+    model, o, lf = _setup()
+    _expect_fallback(lambda x, y: lf(model(x), y).data, "fn returns a ndarray")
+
+
+def test_returned_loss_holds_this_steps_value():
+    model, o, lf = _setup()
+    step = gcompile(_step_fn(model, o, lf))
+    outs = [step(gn.tensor(X[i * 8:(i + 1) * 8]), gn.tensor(Y[i * 8:(i + 1) * 8])) for i in range(5)]
+    vals = [float(t.numpy()) for t in outs]
+    assert len(set(vals)) == 5  # every returned loss is its own step's, not an alias of one buffer
