@@ -169,6 +169,8 @@ def _add_train_arguments(p):
                    help="seed for generating/splitting the data set (default 0: the same data every run)")
     p.add_argument("--save", metavar="PATH", default=None, help="write a checkpoint (.safetensors) after training")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true",
+                   help="run each training step through gn.compile (traced, then replayed without a graph)")
 
 
 def build_mlp(layers, activation="relu"):
@@ -232,7 +234,7 @@ def _run_train(args) -> int:
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):  # fit reports divergence itself, in one line
         fit(model, loss_fn, opt, split.X_train, split.y_train, epochs=args.epochs, batch_size=args.batch_size,
-            progress=not args.no_progress, seed=seed)
+            progress=not args.no_progress, seed=seed, compile=getattr(args, "compile", False))
     elapsed = time.perf_counter() - t0
     train = evaluate(model, loss_fn, split.X_train, split.y_train)
     test = evaluate(model, loss_fn, split.X_test, split.y_test)

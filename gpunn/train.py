@@ -325,7 +325,7 @@ def _fmt_logs(logs):
 
 def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, scheduler=None,
         validation=None, callbacks=(), progress: bool = True, device=None, seed=None,
-        shuffle: bool = True, start_epoch: int = 0, scheduler_step: str = "epoch") -> History:
+        shuffle: bool = True, start_epoch: int = 0, scheduler_step: str = "epoch", compile: bool = False) -> History:
     """Train `model` on (X, y) with mini-batches; return a `History` (see the module docstring).
 
     model: a gpunn Module; loss_fn(output, target) -> scalar Tensor; optimizer: a gpunn optimizer
@@ -337,6 +337,9 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
     val_loss, else loss) or after every optimizer step ("batch"). `validation=(X_val, y_val)` is
     evaluated after every epoch. `callbacks`: `Callback` instances. `progress`: a tqdm bar per epoch
     (shown only on a terminal). Raises TrainingDiverged on a non-finite loss or input.
+    `compile=True` runs each step through `gn.compile` (traced per batch shape, then replayed with no
+    autograd graph; bit-identical to eager). The loss is then checked after its step's update, not
+    before it, so on a TrainingDiverged the parameters already hold the diverged step.
     """
     epochs = _check_int("epochs", epochs)
     start_epoch = _check_int("start_epoch", start_epoch)
@@ -386,6 +389,7 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
     if on_gpu:  # each step's weight in the epoch mean (the batch size, or 1 for reduction="sum")
         step_weights = np.array([_weight(loss_fn, min(batch_size, n - i * batch_size)) for i in range(n_steps)],
                                 dtype=np.float64)
+    step_fn = _compiled_step(model, loss_fn, optimizer) if compile else None
     history = History(seed=seed)
     for cb in callbacks:
         cb.set_context(model, optimizer, history)
@@ -412,9 +416,12 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
                     raise _diverged_input(where, epoch, step, n_steps, _lr(optimizer), bad_what, bad_rows, history)
                 if lrs is not None:
                     lrs.append(_lr(optimizer))
-                optimizer.zero_grad()
-                out = model(Tensor(xb))
-                loss = loss_fn(out, Tensor(yb))
+                if step_fn is None:
+                    optimizer.zero_grad()
+                    out = model(Tensor(xb))
+                    loss = loss_fn(out, Tensor(yb))
+                else:
+                    out, loss = step_fn(Tensor(xb), Tensor(yb))
                 if on_gpu:
                     step_losses[step] = loss.data  # no sync: read back at refreshes and at the epoch end
                 else:
@@ -422,8 +429,9 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
                     if not math.isfinite(lv):
                         raise _diverged_loss(where, epoch, step, n_steps, _lr(optimizer), lv, history)
                     loss_sum += lv * _weight(loss_fn, len(xb))
-                loss.backward()
-                optimizer.step()
+                if step_fn is None:
+                    loss.backward()
+                    optimizer.step()
                 if correct_fn is not None:
                     c = correct_fn(out.data, yb)
                     if c is not None:
@@ -471,6 +479,21 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
     for cb in callbacks:
         cb.on_train_end()
     return history
+
+
+def _compiled_step(model, loss_fn, optimizer):
+    """fit's training step as one gn.compile'd function returning (output, loss)."""
+    from gpunn.compiler import compile as compile_step
+
+    def train_step(x, y):
+        optimizer.zero_grad()
+        out = model(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+        optimizer.step()
+        return out, loss
+
+    return compile_step(train_step)
 
 
 def _first_bad_step(bad_x, bad_y, n, batch_size, shuffle, seed, epoch):

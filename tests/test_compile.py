@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.compile import CompileError, CompileWarning, compile as gcompile
+from gpunn.compiler import CompileError, CompileWarning
+
+gcompile = gn.compile
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((40, 6)).astype(np.float32)
@@ -187,3 +189,31 @@ def test_returned_loss_holds_this_steps_value():
     outs = [step(gn.tensor(X[i * 8:(i + 1) * 8]), gn.tensor(Y[i * 8:(i + 1) * 8])) for i in range(5)]
     vals = [float(t.numpy()) for t in outs]
     assert len(set(vals)) == 5  # every returned loss is its own step's, not an alias of one buffer
+
+
+def test_fit_compile_matches_eager():
+    from gpunn.train import fit
+
+    Xf = RNG.standard_normal((70, 6)).astype(np.float32)
+    yf = RNG.integers(0, 3, 70)
+    runs = []
+    for compiled in (False, True):
+        model, o, lf = _setup()
+        sched = gn.optim.lr_scheduler.ExponentialLR(o, gamma=0.9)
+        h = fit(model, lf, o, Xf, yf, epochs=4, batch_size=16, seed=3, progress=False, scheduler=sched,
+                scheduler_step="batch", compile=compiled)
+        runs.append((h["loss"], h["accuracy"], [p.data.copy() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    for a, b in zip(runs[0][2], runs[1][2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cli_train_compile_prints_the_same_results(capsys):
+    from gpunn.cli import main
+
+    args = ["train", "--data", "moons", "--epochs", "3", "--seed", "4", "--no-progress"]
+    outs = []
+    for extra in ([], ["--compile"]):
+        assert main(args + extra) == 0
+        outs.append(capsys.readouterr().out.split("trained")[1].split("\n", 1)[1])
+    assert outs[0] == outs[1] and "accuracy" in outs[0]

@@ -489,7 +489,7 @@ class CompiledFunction:
 
 def compile(fn=None, *, cache_size: int = 8, strict: bool = False):  # noqa: A001 - PyTorch's name
     """`gn.compile(fn)` or `@gn.compile(strict=True)`: fn traced per input signature and replayed
-    without an autograd graph (see gpunn/compile.py)."""
+    without an autograd graph (see gpunn/compiler.py)."""
     if fn is None:
         return lambda f: CompiledFunction(f, cache_size=cache_size, strict=strict)
     return CompiledFunction(fn, cache_size=cache_size, strict=strict)
