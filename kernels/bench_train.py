@@ -5,6 +5,9 @@ the figure that matters is the median ratio (gpunn samples/s over PyTorch sample
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python kernels/bench_train.py [--quick] [--json out.json]
 
+Each shape also runs gpunn's step through gn.compile and, when JAX is installed, the same step
+jax.jit-compiled; those columns compare best rounds (us per step).
+
 (The two OPENBLAS_* variables, set on some shared machines as a guard for old OpenBLAS builds,
 make a current NumPy's GEMM about 2x slower than on a user's machine; unset them for the
 benchmark only.) The BLAS kernels in use are printed from threadpoolctl.
@@ -105,6 +108,75 @@ def run_gpunn(model, opt, loss_fn, X, y, batch):
     return n / (time.perf_counter() - t0)
 
 
+def compiled_step(model, opt, loss_fn):
+    """gpunn's step through gn.compile (traced on the first two calls of each batch shape)."""
+    def step(x, y):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return gn.compile(step)
+
+
+def run_gpunn_compiled(step, X, y, batch):
+    n = X.shape[0]
+    t0 = time.perf_counter()
+    for s in range(0, n, batch):
+        loss = step(gn.Tensor(X[s:s + batch]), gn.Tensor(y[s:s + batch]))
+    float(loss.item())
+    return n / (time.perf_counter() - t0)
+
+
+def build_jax(torch_model, loss, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """The same MLP, loss and Adam (torch.optim.Adam's formula, written out: no optax here) as one
+    jax.jit-compiled step; returns (step, state). None when JAX is not installed."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    import torch
+
+    params = [(jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy()))
+              for m in torch_model if isinstance(m, torch.nn.Linear)]
+
+    def loss_fn(params, x, y):
+        for i, (W, b) in enumerate(params):
+            x = x @ W.T + b
+            if i < len(params) - 1:
+                x = jax.nn.relu(x)
+        if loss == "ce":
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], axis=1))
+        return jnp.mean((x - y) ** 2)
+
+    tm = jax.tree_util.tree_map
+
+    @jax.jit
+    def step(params, m, v, t, x, y):
+        value, g = jax.value_and_grad(loss_fn)(params, x, y)
+        t = t + 1
+        m = tm(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+        v = tm(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+        c1, c2 = 1 - b1 ** t, jnp.sqrt(1 - b2 ** t)
+        params = tm(lambda p, m, v: p - (lr / c1) * m / (jnp.sqrt(v) / c2 + eps), params, m, v)
+        return params, m, v, t, value
+
+    zeros = tm(jnp.zeros_like, params)
+    return step, (params, zeros, zeros, jnp.float32(0))
+
+
+def run_jax(jax_step, state, batches):
+    """Steps over pre-made device batches (JAX's best case); returns (samples/s, new state)."""
+    n = 0
+    t0 = time.perf_counter()
+    for xb, yb in batches:
+        *state, value = jax_step(*state, xb, yb)
+        n += xb.shape[0]
+    value.block_until_ready()
+    return n / (time.perf_counter() - t0), tuple(state)
+
+
 def bench_vs_torch(rounds: int, scale: float):
     import torch
 
@@ -119,18 +191,37 @@ def bench_vs_torch(rounds: int, scale: float):
         gopt = gn.optim.Adam(gm.parameters(), lr=1e-3)
         tl = torch.nn.CrossEntropyLoss() if loss == "ce" else torch.nn.MSELoss()
         gl = gn.nn.CrossEntropyLoss() if loss == "ce" else gn.nn.MSELoss()
-        # warm-up: Numba compiles (or loads its cache), both allocators settle
+        # the compiled step trains its own copy of the same start (its own optimizer state)
+        cm = build_gpunn(widths, tm)
+        copt = gn.optim.Adam(cm.parameters(), lr=1e-3)
+        cstep = compiled_step(cm, copt, gl)
+        jax_built = build_jax(tm, loss)
+        # warm-up: Numba compiles (or loads its cache), gn.compile traces, XLA compiles, allocators settle
         run_gpunn(gm, gopt, gl, X[: batch * 3], y[: batch * 3], batch)
+        run_gpunn_compiled(cstep, X[: batch * 3], y[: batch * 3], batch)
         run_torch(tm, topt, tl, Xt[: batch * 3], yt[: batch * 3], batch)
-        g_rates, t_rates = [], []
+        runners = [
+            ("gpunn", lambda: run_gpunn(gm, gopt, gl, X, y, batch)),
+            ("compiled", lambda: run_gpunn_compiled(cstep, X, y, batch)),
+            ("torch", lambda: run_torch(tm, topt, tl, Xt, yt, batch)),
+        ]
+        if jax_built is not None:
+            import jax.numpy as jnp
+
+            jax_step, jstate = jax_built[0], [jax_built[1]]
+            jb = [(jnp.asarray(X[s:s + batch]), jnp.asarray(y[s:s + batch])) for s in range(0, len(X), batch)]
+            jstate[0] = run_jax(jax_step, jstate[0], jb[:3])[1]
+
+            def jax_round():
+                rate, jstate[0] = run_jax(jax_step, jstate[0], jb)
+                return rate
+            runners.append(("jax", jax_round))
+        rates = {name: [] for name, _ in runners}
         for r in range(rounds):
-            # alternate who goes first so drift in machine load favours neither
-            if r % 2 == 0:
-                g_rates.append(run_gpunn(gm, gopt, gl, X, y, batch))
-                t_rates.append(run_torch(tm, topt, tl, Xt, yt, batch))
-            else:
-                t_rates.append(run_torch(tm, topt, tl, Xt, yt, batch))
-                g_rates.append(run_gpunn(gm, gopt, gl, X, y, batch))
+            # rotate who goes first so drift in machine load favours none
+            for who, run in runners[r % len(runners):] + runners[:r % len(runners)]:
+                rates[who].append(run())
+        g_rates, t_rates = rates["gpunn"], rates["torch"]
         ratios = [g / t for g, t in zip(g_rates, t_rates)]
         row = {
             "shape": name, "batch": batch, "rounds": rounds, "steps_per_round": steps,
@@ -138,11 +229,24 @@ def bench_vs_torch(rounds: int, scale: float):
             "torch_samples_per_s": statistics.median(t_rates),
             "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios), "ratio_max": max(ratios),
+            # best rounds: the least disturbed by the machine's other load
+            "best_us_per_step": {k: batch / max(v) * 1e6 for k, v in rates.items()},
         }
+        row["compile_stats"] = dict(cstep.stats)
+        best = row["best_us_per_step"]
+        row["compiled_vs_eager_best"] = best["gpunn"] / best["compiled"]
+        if "jax" in best:
+            row["compiled_vs_jax_best"] = best["jax"] / best["compiled"]
+            row["eager_vs_jax_best"] = best["jax"] / best["gpunn"]
         results.append(row)
         print(f"{name:30s} batch {batch:5d}  gpunn {row['gpunn_samples_per_s']:10.0f}/s  "
               f"torch {row['torch_samples_per_s']:10.0f}/s  ratio {row['ratio_median']:.2f}x "
               f"(min {row['ratio_min']:.2f}, max {row['ratio_max']:.2f})", flush=True)
+        print(f"{'':30s} best us/step: " + ", ".join(f"{k} {v:.0f}" for k, v in best.items())
+              + f"; compiled/eager {row['compiled_vs_eager_best']:.2f}x"
+              + (f", compiled vs jax {row['compiled_vs_jax_best']:.2f}x, eager vs jax "
+                 f"{row['eager_vs_jax_best']:.2f}x" if "jax" in best else "") + f" (higher: gpunn faster); gn.compile {cstep.stats}",
+              flush=True)
     return results
 
 
