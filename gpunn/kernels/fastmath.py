@@ -314,10 +314,10 @@ erf = _python_entry("erf", """erf(x). float32: max error 1.05 ulp against math.e
 points on [-5, 5] and +-[1e-45, 5]); erf(+-x) = +-1 for |x| >= 3.92, erf(-0) = -0. float64:
 libm's math.erf (correctly rounded in practice, not vectorised).""")
 
-overload(exp, inline="always")(_dispatch(_exp32, _exp64))
-overload(tanh, inline="always")(_dispatch(_tanh32, _tanh64))
-overload(sigmoid, inline="always")(_dispatch(_sigmoid32, _sigmoid64))
-overload(erf, inline="always")(_dispatch(_erf32, _erf64))
+overload(exp)(_dispatch(_exp32, _exp64))
+overload(tanh)(_dispatch(_tanh32, _tanh64))
+overload(sigmoid)(_dispatch(_sigmoid32, _sigmoid64))
+overload(erf)(_dispatch(_erf32, _erf64))
 
 
 def like(c, x):
@@ -326,7 +326,7 @@ def like(c, x):
     return type(x)(c) if isinstance(x, np.floating) else float(c)
 
 
-@overload(like, inline="always")
+@overload(like)
 def _like_ov(c, x):
     if x == types.float32:
         return lambda c, x: f32(c)
