@@ -126,20 +126,33 @@ _E64 = tuple(f64(1.0 / math.factorial(k)) for k in range(2, 14))
 
 
 @njit(inline="always")
-def _exp32(x):
-    # Clamp (NaN passes: both tests are false) so k stays in range: exp(89) = inf, exp(-104) = 0.
-    x = f32(89.0) if x > f32(89.0) else x
-    x = f32(-104.0) if x < f32(-104.0) else x
+def _expm32(x):
+    """e^x = p * 2^k for x already clamped to [-104, 89] (or NaN): (p, k)."""
     k = _rint(x * f32(_LOG2E))
     r = _fma(k, -_LN2_HI32, x)
     r = _fma(k, -_LN2_LO32, r)
     c = _E32
     p = _fma(_fma(_fma(_fma(c[4], r, c[3]), r, c[2]), r, c[1]), r, c[0])
-    p = _fma(_fma(p, r, f32(1.0)), r, f32(1.0))
+    return _fma(_fma(p, r, f32(1.0)), r, f32(1.0)), k
+
+
+@njit(inline="always")
+def _exp32(x):
+    # Clamp (NaN passes: both tests are false) so k stays in range: exp(89) = inf, exp(-104) = 0.
+    x = f32(89.0) if x > f32(89.0) else x
+    x = f32(-104.0) if x < f32(-104.0) else x
+    p, k = _expm32(x)
     # 2^k in two factors: each is a normal number for k in [-150, 129] (denormal and overflowing
     # results then round once, in the last multiply)
     k1 = _rint(k * f32(0.5))
     return p * _pow2(k1) * _pow2(k - k1)
+
+
+@njit(inline="always")
+def _exp_pos32(x):
+    """e^x for 0 <= x (or NaN), capped at e^88 = 1.65e38: one power of two suffices (tanh's use)."""
+    p, k = _expm32(f32(88.0) if x > f32(88.0) else x)
+    return p * _pow2(k)
 
 
 @njit(inline="always")
@@ -182,7 +195,7 @@ _T64 = tuple(f64(c) for c in (-0.3333333333333333, 0.13333333333332711, -0.05396
 @njit(inline="always")
 def _tanh32(x):
     a = abs(x)
-    e = _exp32(a + a)
+    e = _exp_pos32(a + a)  # capped at 1.65e38: 1 - 2/(e + 1) is then exactly 1
     big = _copysign(f32(1.0) - _div(f32(2.0), e + f32(1.0)), x)
     s = x * x
     c = _T32
