@@ -276,7 +276,8 @@ def _erf32(x):
     d = _ERF_L32
     p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(d[7], t, d[6]), t, d[5]), t, d[4]), t, d[3]), t, d[2]), t, d[1]), t,
              d[0])
-    big = _copysign(f32(1.0) - _exp32(p), x)
+    e, k = _expm32(p)  # p in [-17.9, -1.6]: no clamps, one power of two
+    big = _copysign(f32(1.0) - e * _pow2(k), x)
     return small if a < f32(0.92) else big  # NaN: big, NaN
 
 
