@@ -306,7 +306,7 @@ def _python_entry(name, doc):
     through its overload, inlined, in the argument's precision."""
 
     def fn(x):
-        return _apply(_LOOPS[name], x)
+        return _apply(_SCALARS[name], x)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc
@@ -352,49 +352,32 @@ def _like_ov(c, x):
 # ---------------------------------------------------------------------------------- Python side
 
 @njit(cache=True)
-def _exp_loop(x, out):
+def _map(fn, x, out):
+    """out[i] = fn(x[i]): specialised (and inlined, vectorised) per scalar function fn."""
     for i in range(x.size):
-        out[i] = exp(x[i])
+        out[i] = fn(x[i])
 
 
-@njit(cache=True)
-def _tanh_loop(x, out):
-    for i in range(x.size):
-        out[i] = tanh(x[i])
+_SCALARS = {"exp": njit(lambda x: exp(x)), "tanh": njit(lambda x: tanh(x)),
+            "sigmoid": njit(lambda x: sigmoid(x)), "erf": njit(lambda x: erf(x))}
 
 
-@njit(cache=True)
-def _sigmoid_loop(x, out):
-    for i in range(x.size):
-        out[i] = sigmoid(x[i])
-
-
-@njit(cache=True)
-def _erf_loop(x, out):
-    for i in range(x.size):
-        out[i] = erf(x[i])
-
-
-_LOOPS = {"exp": _exp_loop, "tanh": _tanh_loop, "sigmoid": _sigmoid_loop, "erf": _erf_loop}
-
-
-def _apply(loop, x):
-    """loop over x (a float32/float64 array or scalar; other input is taken as float64)."""
-    scalar = np.ndim(x) == 0
+def _apply(fn, x):
+    """fn mapped over x (a float32/float64 array or scalar; other input is taken as float64)."""
     a = np.asarray(x)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    a = np.ascontiguousarray(a)
+    shape = a.shape
+    a = np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64).reshape(-1)
     out = np.empty_like(a)
-    loop(a.reshape(-1), out.reshape(-1))
-    return out[()] if scalar else out
+    _map(fn, a, out)
+    return out.reshape(shape)[()]  # [()]: a 0-d result as a NumPy scalar
 
 
 def vector_width(name: str = "tanh", dtype=np.float32) -> int:
     """The widest SIMD vector (in elements) in the machine code of `name`'s float loop here:
     16 with AVX-512 (zmm), 8 with AVX2 (ymm), 4 with SSE (xmm), 1 if it did not vectorise."""
-    loop = njit(_LOOPS[name].py_func)  # uncached: numba cannot inspect code loaded from its cache
-    sig = (types.Array(types.float32 if dtype == np.float32 else types.float64, 1, "C"),) * 2
+    loop = njit(_map.py_func)  # uncached: numba cannot inspect code loaded from its cache
+    arr = types.Array(types.float32 if dtype == np.float32 else types.float64, 1, "C")
+    sig = (types.Dispatcher(_SCALARS[name]), arr, arr)
     loop.compile(sig)
     asm = loop.inspect_asm(sig)
     per = 4 if dtype == np.float32 else 8
