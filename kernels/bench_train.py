@@ -286,6 +286,9 @@ def main(argv=None):
     ap.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS),
                     help="the hidden layers' activation (default relu)")
     ap.add_argument("--shape", help="run only the shapes whose name contains this, e.g. 784-512")
+    ap.add_argument("--threads", type=int, help="threads for every library (OpenBLAS via threadpoolctl, "
+                    "torch.set_num_threads, XLA's flags); on a machine busy with other work, 1 keeps "
+                    "spin-waiting thread pools from measuring the load instead of the libraries")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -293,6 +296,14 @@ def main(argv=None):
 
     import torch
 
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+        torch.set_num_threads(args.threads)
+        if args.threads == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                       "intra_op_parallelism_threads=1").strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     env = {
