@@ -71,6 +71,8 @@ def main(argv=None):
     ap.add_argument("--shape", default="256x512")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-threads", type=int, help="torch.set_num_threads (gpunn's pass is one thread; on "
+                    "a machine busy with other work, 1 keeps torch's spin-waiting pool out of the figure)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     n, m = map(int, args.shape.lower().split("x"))
@@ -78,6 +80,8 @@ def main(argv=None):
     if not args.no_torch:
         import torch
 
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"BLAS: {blas_info()}")
     rng = np.random.default_rng(0)
