@@ -183,6 +183,16 @@ def dact_scalar(s, code, slope):
 @njit(cache=True)
 def activation_forward_cpu_kernel(z, code, slope, y):
     """y = act(z) over flat C-contiguous arrays (y may be z: in place)."""
+    if y.size and y.ctypes.data == z.ctypes.data:
+        # In place, pass one array: given two, LLVM checks at run time whether they overlap, finds
+        # that they do, and runs its scalar loop (measured 10-20x slower for tanh over 256x512).
+        _forward_loops(z, code, slope, z)
+    else:
+        _forward_loops(z, code, slope, y)
+
+
+@njit(inline="always", cache=True)
+def _forward_loops(z, code, slope, y):
     n = z.size
     if code == RELU:
         for i in range(n):
