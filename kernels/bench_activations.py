@@ -8,8 +8,8 @@ dense_forward_cpu runs after its GEMM); PyTorch: act(z + b). Backward: gpunn's o
 dz = dy * act'(z or y) with db = column sums of dz (_act_grad_colsum); PyTorch: the activation's
 backward op (aten.gelu_backward, tanh_backward, sigmoid_backward, threshold_backward) then
 dz.sum(0). float32. The bias is zero so that the input keeps its values from call to call (the
-work is the same as with any bias). gpunn and PyTorch alternate rounds of >= 0.2 s; the figures are
-best rounds (per call), the ratios best over best.
+work is the same as with any bias). gpunn and PyTorch alternate rounds of >= 0.2 s; each round's
+figure is its fastest batch of 10 calls, the figures are best rounds, the ratios best over best.
 """
 from __future__ import annotations
 
@@ -30,19 +30,19 @@ from gpunn.kernels.dense import _act_grad_colsum, _bias_act_epilogue  # noqa: E4
 NAMES = ["relu", "gelu", "gelu_tanh", "tanh", "sigmoid"]
 
 
-def per_call(fn, min_s=0.2):
-    """Seconds per call of fn, timing batches until min_s has passed."""
+def per_call(fn, min_s=0.2, batch=10):
+    """Seconds per call of fn: the fastest batch of `batch` calls within a round of >= min_s (on a
+    shared machine a whole round's mean mostly measures who else got the core)."""
     fn()
-    n, t = 0, 0.0
-    batch = 1
-    while t < min_s:
+    best, spent = float("inf"), 0.0
+    while spent < min_s:
         t0 = time.perf_counter()
         for _ in range(batch):
             fn()
-        t += time.perf_counter() - t0
-        n += batch
-        batch *= 2
-    return t / n
+        dt = time.perf_counter() - t0
+        spent += dt
+        best = min(best, dt / batch)
+    return best
 
 
 def torch_ops(torch, name, z, b, dy, s):
