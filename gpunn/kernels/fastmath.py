@@ -3,9 +3,9 @@
 Why: `math.exp`, `math.tanh` and `math.erf` compile to scalar libm calls, which LLVM cannot
 vectorise (and PyPI's llvmlite has no SVML), so a Numba loop over them runs one element at a
 time (~16 ns per tanh). The functions here are straight-line arithmetic: range reduction, a
-polynomial, exponent bits set through integer views, and selects instead of branches. Inlined
-into a Numba loop (`inline="always"`), LLVM turns them into SIMD code (AVX2: <8 x float>,
-AVX-512: <16 x float>; see `vector_width`), as Eigen, Sleef and XLA do.
+polynomial, exponent bits set through integer views, IEEE division without numba's zero test,
+and selects instead of branches. Called in a Numba loop, LLVM inlines them and turns the loop into
+SIMD code (AVX2: <8 x float>, AVX-512: <16 x float>; see `vector_width`), as Eigen, Sleef and XLA do.
 
 Use inside `@njit` code as `exp(x)`, `tanh(x)`, `erf(x)`, `sigmoid(x)`: a float32 argument is
 computed in float32 (float32 constants, float32 polynomials), a float64 one in float64; `like(c, x)`
@@ -283,8 +283,8 @@ def _erf32(x):
 
 @njit(inline="always")
 def _erf64(x):
-    # No vectorisable float64 erf yet: libm's (correctly rounded in practice). float64 is the
-    # gradcheck precision, not the training one.
+    # No vectorisable float64 erf yet: libm's (glibc: within 1 ulp). float64 is the gradcheck
+    # precision, not the training one.
     return math.erf(x)
 
 
@@ -326,7 +326,7 @@ relative-accurate down into the denormals, no floating-point warnings. float64: 
 against 80-bit long double.""")
 erf = _python_entry("erf", """erf(x). float32: max error 1.05 ulp against math.erf (5 million
 points on [-5, 5] and +-[1e-45, 5]); erf(+-x) = +-1 for |x| >= 3.92, erf(-0) = -0. float64:
-libm's math.erf (correctly rounded in practice, not vectorised).""")
+libm's math.erf (glibc: within 1 ulp; not vectorised).""")
 
 overload(exp)(_dispatch(_exp32, _exp64))
 overload(tanh)(_dispatch(_tanh32, _tanh64))
