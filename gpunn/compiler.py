@@ -295,15 +295,20 @@ def _difference(t1: _Trace, t2: _Trace):
 
 
 def _flatten_args(args, kwargs):
-    return list(args) + [kwargs[k] for k in sorted(kwargs)]
+    return tuple(args) + tuple(kwargs[k] for k in sorted(kwargs))
+
+
+def _array_key(d):
+    """An array's part of a signature: array type, shape, dtype, device (-1: host)."""
+    dev = -1 if type(d) is np.ndarray else int(getattr(getattr(d, "device", None), "id", -1))
+    return (type(d), d.shape, d.dtype, dev)
 
 
 def _arg_key(a):
     if isinstance(a, Tensor):
-        d = a.data
-        return ("T", type(d), d.shape, d.dtype.str, a.requires_grad)
+        return (_array_key(a.data), a.requires_grad)
     if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__"):
-        return ("A", type(a), a.shape, a.dtype.str)
+        return _array_key(a)
     try:
         hash(a)
     except TypeError:
@@ -456,8 +461,8 @@ class CompiledFunction:
         return value, tr, spec
 
     def __call__(self, *args, **kwargs):
-        flat = _flatten_args(args, kwargs)
-        key = (tuple(_arg_key(a) for a in flat), tuple(sorted(kwargs)), is_grad_enabled())
+        flat = _flatten_args(args, kwargs) if kwargs else args
+        key = (tuple(map(_arg_key, flat)), tuple(sorted(kwargs)), is_grad_enabled())
         if _kops._recorder is not None or _active is not None:  # a profiler is on, or fn is nested in a trace
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
