@@ -330,12 +330,18 @@ class _Program:
         self.n_slots = len(tr.slots)
         self.out_spec = out_spec
         self.guard = [(opt, self._param_ids(opt)) for opt in tr.optimizers]
+        # a parameter frozen or unfrozen after tracing changes which gradients the graph computes
+        self.live = [(t, t.requires_grad) for t in {id(t): t for t in tr.live}.values()]
 
     @staticmethod
     def _param_ids(opt):
         return tuple(id(p) for g in opt.param_groups for p in g["params"])
 
     def guard_ok(self) -> bool:
+        """Whether what the recording assumed still holds (else fn is traced again)."""
+        for t, rg in self.live:
+            if t.requires_grad != rg:
+                return False
         return all(self._param_ids(opt) == ids for opt, ids in self.guard)
 
     def run(self, arrays):
@@ -474,7 +480,7 @@ class CompiledFunction:
                 if prog.guard_ok():
                     self.stats["replays"] += 1
                     return prog.run(_arrays(flat))
-                entry = None  # an optimizer's parameters changed: trace afresh
+                entry = None  # parameters changed (optimizer's list, requires_grad): trace afresh
             elif entry[0] == "eager":
                 self.stats["eager"] += 1
                 return self.fn(*args, **kwargs)

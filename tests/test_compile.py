@@ -217,3 +217,16 @@ def test_cli_train_compile_prints_the_same_results(capsys):
         assert main(args + extra) == 0
         outs.append(capsys.readouterr().out.split("trained")[1].split("\n", 1)[1])
     assert outs[0] == outs[1] and "accuracy" in outs[0]
+
+
+def test_freezing_a_parameter_after_tracing_matches_eager():
+    def freeze(e, s, model, o):
+        if e == 2 and s == 0:
+            model[0].weight.requires_grad_(False)
+
+    le, pe, _ = _train(False, between=freeze)
+    lc, pc, f = _train(True, between=freeze)
+    assert lc == le
+    for a, b in zip(pc, pe):
+        np.testing.assert_array_equal(a, b)
+    assert f.stats["traces"] == 8  # both signatures traced twice again after the freeze
