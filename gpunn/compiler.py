@@ -33,7 +33,9 @@ the first (Python control flow on values, parameters added or replaced). `strict
 Not seen by a replay (as with jax.jit): Python side effects inside fn other than the optimizer
 calls (a scheduler.step() or a counter inside fn runs at trace time only: keep them outside fn),
 and writes to arrays through `.data` inside fn. Replacing a model's parameter object after tracing
-is seen only through the optimizer (its parameter list is checked before each replay).
+is seen only through the optimizer (its parameter list is checked before each replay, with every
+outside tensor's requires_grad). Tracing patches Function.apply, Tensor.backward, Tensor's host
+reads and Optimizer.step/zero_grad for its duration: trace from one thread at a time.
 """
 from __future__ import annotations
 
@@ -46,11 +48,12 @@ from collections import OrderedDict
 
 import numpy as np
 
-import gpunn.autograd.tensor  # noqa: E402
-_tmod = sys.modules["gpunn.autograd.tensor"]
-from gpunn.kernels import ops as _kops
+import gpunn.autograd.tensor  # noqa: F401 - the module itself: gpunn.autograd.tensor is also a function's name
 from gpunn.autograd.tensor import Function, Tensor, is_grad_enabled
+from gpunn.kernels import ops as _kops
 from gpunn.optim.optimizer import Optimizer
+
+_tmod = sys.modules["gpunn.autograd.tensor"]
 
 __all__ = ["compile", "CompiledFunction", "CompileError", "CompileWarning"]
 
