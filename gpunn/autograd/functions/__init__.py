@@ -278,11 +278,12 @@ def var(x, dim=None, keepdim: bool = False, *, correction=None, unbiased=None):
     corr = (1 if unbiased is None or unbiased else 0) if correction is None else correction
     if x.dtype.kind != "f":
         raise TypeError(f"var: needs a float tensor, got dtype {x.dtype}")
-    centred = x - x.mean(dim=dim, keepdim=True)
-    axes = range(x.ndim) if dim is None else (dim if isinstance(dim, (tuple, list)) else (dim,))
+    dims = range(x.ndim) if dim is None else (dim if isinstance(dim, (tuple, list)) else (dim,))
+    axes = [dim_index("var", x, d) for d in dims]
     n = 1
     for d in axes:
-        n *= x.shape[dim_index("var", x, d)] if x.ndim else 1
+        n *= x.shape[d] if x.ndim else 1
+    centred = x - x.mean(dim=dim, keepdim=True)
     return (centred * centred).sum(dim=dim, keepdim=keepdim) / float(max(n - corr, 0))
 
 
