@@ -22,7 +22,7 @@ from gpunn.gradcheck import GradcheckError, gradcheck
 __version__ = "0.1.0"
 
 _LAZY_MODULES = {"nn", "optim", "data", "datasets", "train", "checkpoint", "kernels", "backend", "cli",
-                 "profiler"}
+                 "profiler", "utils"}
 _LAZY_ATTRS = {"save": "gpunn.checkpoint", "load": "gpunn.checkpoint", "CheckpointError": "gpunn.checkpoint"}
 
 
@@ -41,5 +41,6 @@ def __dir__():
 
 __all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Parameter", "Tensor",
            "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
-           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "__version__",
+           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils",
+           "__version__",
            *_creation_names, *_function_names]
