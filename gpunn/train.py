@@ -356,8 +356,6 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
         (X, y), batch_size, shuffle, drop_last, gen = _loader_pair(X)
         if seed is None and gen is not None:
             seed = int(gen.integers(2**63 - 1))
-    elif y is None:
-        raise TypeError("fit: y (the targets) is missing; pass fit(model, loss_fn, optimizer, X, y) or a DataLoader")
     epochs = _check_int("epochs", epochs)
     start_epoch = _check_int("start_epoch", start_epoch)
     if start_epoch > epochs:

@@ -151,7 +151,7 @@ def test_fit_with_drop_last_and_errors():
     assert len(hist["loss"]) == 2 and np.isfinite(hist["loss"]).all()
     with pytest.raises(TypeError, match="not a DataLoader and y"):
         gn.train.fit(model, gn.nn.CrossEntropyLoss(), opt, dl, y, progress=False)
-    with pytest.raises(TypeError, match="y \\(the targets\\) is missing"):
+    with pytest.raises(ValueError, match="targets y are required"):
         gn.train.fit(model, gn.nn.CrossEntropyLoss(), opt, X, progress=False)
     with pytest.raises(TypeError, match="needs two"):
         gn.train.fit(model, gn.nn.CrossEntropyLoss(), opt, DataLoader(TensorDataset(gn.tensor(X))), progress=False)
