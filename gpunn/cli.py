@@ -293,6 +293,9 @@ def _add_profile_arguments(p):
     p.add_argument("--compare", action="store_true",
                    help="run the same steps once per kernel choice (CPU: fused, reference; GPU: fused, cublas "
                         "(+ fused epilogue), reference) and print them side by side with ratios")
+    p.add_argument("--remeasure-peaks", action="store_true",
+                   help="measure this machine's peak GFLOP/s and GB/s again before profiling instead of using the "
+                        "cached figures (a figure is also re-measured when a kernel exceeds 100%% of it)")
     p.add_argument("--sync", action="store_true",
                    help="GPU: every NVTX range and span waits for its kernels (slower, exact ranges)")
 
@@ -465,6 +468,10 @@ def _run_profile(args) -> int:
     dev = gn.device(args.device)
     how = dev.reason or f"chosen with --device {args.device}"
     print(f"device: {dev} ({how})", flush=True)
+    if args.remeasure_peaks:
+        from gpunn.profiler import calibrate
+
+        print(f"peaks re-measured: {calibrate(str(dev)).describe()}", flush=True)
     print(f"model: {'-'.join(map(str, args.layers))} {args.activation}, Adam lr=0.001, cross-entropy; batch "
           f"{args.batch}; {args.warmup} warm-up + {args.steps} profiled steps; seed {args.seed}", flush=True)
     if args.compare:
