@@ -116,19 +116,10 @@ def _like(op, t, dtype, device):
     return t.shape, (t.dtype if dtype is None else _dtype(op, dtype, None)), (t.device if device is None else device)
 
 
-def zeros_like(input, *, dtype=None, device=None, requires_grad: builtins.bool = False) -> Tensor:
-    shape, dt, dev = _like("zeros_like", input, dtype, device)
-    return zeros(shape, dtype=dt, device=dev, requires_grad=requires_grad)
 
 
-def ones_like(input, *, dtype=None, device=None, requires_grad: builtins.bool = False) -> Tensor:
-    shape, dt, dev = _like("ones_like", input, dtype, device)
-    return ones(shape, dtype=dt, device=dev, requires_grad=requires_grad)
 
 
-def full_like(input, fill_value, *, dtype=None, device=None, requires_grad: builtins.bool = False) -> Tensor:
-    shape, dt, dev = _like("full_like", input, dtype, device)
-    return full(shape, fill_value, dtype=dt, device=dev, requires_grad=requires_grad)
 
 
 def _rng(op, gen):
@@ -158,14 +149,8 @@ def randn(*size, generator=None, dtype=None, device=None, requires_grad: builtin
     return _finish("randn", _rng("randn", generator).standard_normal(shape).astype(dt), device, requires_grad)
 
 
-def rand_like(input, *, dtype=None, device=None, requires_grad: builtins.bool = False) -> Tensor:
-    shape, dt, dev = _like("rand_like", input, dtype, device)
-    return rand(shape, dtype=dt, device=dev, requires_grad=requires_grad)
 
 
-def randn_like(input, *, dtype=None, device=None, requires_grad: builtins.bool = False) -> Tensor:
-    shape, dt, dev = _like("randn_like", input, dtype, device)
-    return randn(shape, dtype=dt, device=dev, requires_grad=requires_grad)
 
 
 def _check_number(op, name, v):
@@ -207,6 +192,20 @@ def eye(n, m=None, *, dtype=None, device=None, requires_grad: builtins.bool = Fa
     shape = _size("eye", (n,) if m is None else (n, m))
     dt = _dtype("eye", dtype, float32)
     return _make("eye", _xp_for(device).eye(shape[0], shape[-1], dtype=dt), requires_grad)
+
+
+def _like_of(make):
+    """make_like(input, ...): `make` with input's shape, and its dtype and device unless given."""
+    def like(input, *args, dtype=None, device=None, requires_grad: builtins.bool = False) -> Tensor:
+        shape, dt, dev = _like(like.__name__, input, dtype, device)
+        return make(shape, *args, dtype=dt, device=dev, requires_grad=requires_grad)
+
+    like.__name__ = like.__qualname__ = f"{make.__name__}_like"
+    like.__doc__ = f"gn.{make.__name__} shaped like input, with its dtype and device unless given."
+    return like
+
+
+zeros_like, ones_like, full_like, rand_like, randn_like = map(_like_of, (zeros, ones, full, rand, randn))
 
 
 def from_numpy(array) -> Tensor:
