@@ -8,6 +8,7 @@
 
 Importing gpunn imports neither CuPy nor any compiled kernel; submodules load on first use.
 """
+import builtins as _builtins
 import importlib
 
 from gpunn.backend import Device, DeviceError, device, gpu_status, manual_seed
@@ -43,4 +44,5 @@ __all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Para
            "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
            "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils",
            "__version__",
-           *_creation_names, *_function_names]
+           # `from gpunn import *` must not shadow Python's own bool, int, float, abs, max, min, sum
+           *[n for n in (*_creation_names, *_function_names) if not hasattr(_builtins, n)]]
