@@ -24,7 +24,8 @@ Bit-identical to eager: the same kernels run on the same buffers in the same ord
 
 What cannot be replayed is detected while tracing and the signature then runs eagerly, with one
 `CompileWarning` naming the cause (never a wrong result): a host read of a tensor inside fn
-(`.item()`, `float()`, `bool()`, `.numpy()`, `.tolist()`), a tensor created inside fn that feeds the
+(`.item()`, `float()`, `bool()`, `.numpy()`, `.tolist()`), an in-place tensor op (`p -= lr * g`,
+`.add_()`, `.copy_()`), a tensor created inside fn that feeds the
 computation (pass it as an argument), `backward(gradient)` or `step(closure)`, an argument that
 requires grad, a return value that is not built from tensors, or a second trace that differs from
 the first (Python control flow on values, parameters added or replaced). `strict=True` raises
@@ -71,6 +72,7 @@ class _Unreplayable(Exception):
 
 
 _HOST_READS = ("item", "__bool__", "__float__", "__int__", "numpy", "tolist", "__array__")
+_IN_PLACE = ("_inplace", "fill_", "copy_")  # Tensor's in-place writers: no graph node records them
 
 
 class _Trace:
@@ -215,6 +217,16 @@ def _tracing(tr: _Trace):
             return orig(self, *a, **k)
         return read
 
+    def in_place(name, orig):
+        @functools.wraps(orig)
+        def write(self, *a, **k):
+            if _active is not None:
+                op = a[0] if name == "_inplace" else name
+                _active.fail(f"an in-place Tensor.{op}() inside fn (a replay would not repeat it; "
+                             "update parameters through an optimizer)")
+            return orig(self, *a, **k)
+        return write
+
     def opt_call(name, orig):
         @functools.wraps(orig)
         def call(self, *a, **k):
@@ -242,6 +254,9 @@ def _tracing(tr: _Trace):
         patch(Tensor, "backward", backward(Tensor.__dict__["backward"]))
         for name in _HOST_READS:
             patch(Tensor, name, host_read(name, Tensor.__dict__[name]))
+        for name in _IN_PLACE:
+            if name in Tensor.__dict__:
+                patch(Tensor, name, in_place(name, Tensor.__dict__[name]))
         for name in ("step", "zero_grad"):
             patch(Optimizer, name, opt_call(name, Optimizer.__dict__[name]))
         saved.append((_tmod, "_run_backward", _tmod._run_backward))

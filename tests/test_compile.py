@@ -230,3 +230,19 @@ def test_freezing_a_parameter_after_tracing_matches_eager():
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
     assert f.stats["traces"] == 8  # both signatures traced twice again after the freeze
+
+
+def test_in_place_update_inside_fn_falls_back():
+    model, o, lf = _setup()
+
+    def manual_sgd(x, y):
+        for p in model.parameters():
+            p.grad = None
+        loss = lf(model(x), y)
+        loss.backward()
+        with gn.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        return loss
+
+    _expect_fallback(manual_sgd, "in-place Tensor.sub_()")
