@@ -273,7 +273,7 @@ def _tracing(tr: _Trace):
 
 def _same(a, b) -> bool:
     """Trace equality of node parameters / outside tensors: arrays and tensors by identity."""
-    if isinstance(a, (Tensor, np.ndarray)) or isinstance(b, (Tensor, np.ndarray)) or hasattr(a, "__cuda_array_interface__"):
+    if _is_array(a) or _is_array(b):
         return a is b
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -325,7 +325,7 @@ def _array_key(d):
 def _arg_key(a):
     if isinstance(a, Tensor):
         return (_array_key(a.data), a.requires_grad)
-    if isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__"):
+    if _is_array(a):
         return _array_key(a)
     try:
         hash(a)
@@ -336,8 +336,11 @@ def _arg_key(a):
 
 def _arrays(flat):
     """Each argument's array (or None): what a replay binds."""
-    return [a.data if isinstance(a, Tensor) else a if (isinstance(a, np.ndarray) or hasattr(a, "__cuda_array_interface__"))
-            else None for a in flat]
+    return [a.data if isinstance(a, Tensor) else a if _is_array(a) else None for a in flat]
+
+
+def _is_array(a) -> bool:
+    return isinstance(a, (Tensor, np.ndarray)) or hasattr(a, "__cuda_array_interface__")
 
 
 class _Program:
@@ -446,7 +449,8 @@ class CompiledFunction:
         self.fn = fn
         self.cache_size = cache_size
         self.strict = strict
-        self._cache = OrderedDict()   # signature -> ("trace", _Trace, out_spec) | ("ready", _Program) | ("eager", cause)
+        # signature -> ("trace", _Trace, out_spec) | ("ready", _Program) | ("eager", cause)
+        self._cache = OrderedDict()
         self.stats = {"traces": 0, "replays": 0, "eager": 0}
         functools.update_wrapper(self, fn)
         try:
