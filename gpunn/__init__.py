@@ -18,7 +18,7 @@ from gpunn.gradcheck import GradcheckError, gradcheck
 __version__ = "0.1.0"
 
 _LAZY_MODULES = {"nn", "optim", "data", "datasets", "train", "checkpoint", "kernels", "backend", "cli",
-                 "profiler"}
+                 "profiler", "distributed"}
 _LAZY_ATTRS = {"save": "gpunn.checkpoint", "load": "gpunn.checkpoint", "CheckpointError": "gpunn.checkpoint"}
 
 
@@ -32,4 +32,4 @@ def __getattr__(name):
 
 __all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Parameter", "Tensor",
            "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
-           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "__version__"]
+           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "distributed", "__version__"]

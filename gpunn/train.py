@@ -25,6 +25,10 @@ in advance). On the CPU the loss is checked every step before `backward()` (`flo
 costs nothing there), so the weights keep their last finite values. On a GPU the step losses stay
 on the device and are read back only when the progress bar refreshes and at the end of each
 epoch, so a normal step never waits for the GPU; the first non-finite step is still named exactly.
+
+Under an initialized process group of several ranks (gpunn.distributed) the model must be a
+DistributedDataParallel; `batch_size` is then the global batch, split over the ranks, and the
+metrics, divergence and early stopping are the whole job's (gpunn/train_parallel.py).
 """
 from __future__ import annotations
 
