@@ -452,7 +452,9 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
                 bar.update(1)
                 if show and time.monotonic() >= next_show:
                     if on_gpu and ranks is not None:  # rank 0 alone must not decide divergence
-                        running = float(step_losses[: step + 1].get().sum()) / min(n, (step + 1) * batch_size)
+                        # rank 0's weighted share, scaled to the job (display only)
+                        seen = float(step_losses[: step + 1].get().sum()) * ranks.size
+                        running = seen / min(n, (step + 1) * batch_size)
                     elif on_gpu:
                         seen = step_losses[: step + 1].get()
                         _check_gpu_losses(seen, where, epoch, n_steps, optimizer, lrs, history)

@@ -13,7 +13,8 @@ import numpy as np
 import gpunn as gn
 import gpunn.distributed as dist
 from gpunn import nn, optim
-from gpunn.train import EarlyStopping, fit
+from gpunn.data import permutation
+from gpunn.train import EarlyStopping, TrainingDiverged, fit
 
 
 def build(seed, sizes=(6, 16, 16, 3)):
@@ -108,7 +109,8 @@ def scenario_ddp():
 
 def scenario_fit():
     """fit on all ranks equals fit in one process: a short last batch (37 = 4*8 + 5 rows, and 35
-    = 4*8 + 3 on 4 ranks leaves one rank an empty share), validation, metrics, early stopping."""
+    = 4*8 + 3 on 4 ranks leaves one rank an empty share), validation, metrics, early stopping;
+    divergence on one rank's share stops every rank."""
     r = dist.get_rank()
     for n in (37, 35):
         X, y = data(n, seed=n)
@@ -134,8 +136,25 @@ def scenario_fit():
         close(weights(replica), weights(single), f"fit on ranks differs from one process (n={n})")
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             np.testing.assert_allclose(h.history[key], hs.history[key], rtol=1e-11, err_msg=key)
+    # a finite target whose squared error overflows, in rank 0's share of epoch 0's second step
+    # only: every rank stops at that step (decided on the loss summed over ranks), weights equal
+    X, _ = data(64, seed=2)
+    t = np.random.default_rng(3).normal(size=(64, 3))
+    t[permutation(64, [7, 0])[8]] = 1e200
+    replica = build(0)
+    model = nn.parallel.DistributedDataParallel(replica)
     try:
-        fit(build(0), nn.CrossEntropyLoss(), optim.SGD(build(0).parameters(), lr=0.1), X, y)
+        with np.errstate(all="ignore"):
+            fit(model, nn.MSELoss(), optim.SGD(model.parameters(), lr=0.1), X, t, epochs=1, batch_size=8,
+                seed=7, progress=False)
+    except TrainingDiverged as err:
+        assert (err.epoch, err.step, err.what) == (0, 1, "loss"), (err.epoch, err.step, err.what)
+    else:
+        raise AssertionError("no rank saw the divergence")
+    assert all(np.isfinite(w).all() for w in weights(replica))
+    assert_same_on_all_ranks(weights(replica))
+    try:
+        fit(build(0), nn.CrossEntropyLoss(), optim.SGD(build(0).parameters(), lr=0.1), *data(16))
     except ValueError as err:
         assert "DistributedDataParallel" in str(err)
     else:

@@ -359,6 +359,23 @@ def test_nccl_backend_wiring_over_stand_ins():
         be.destroy()
 
 
+def test_nccl_average_without_ncclavg_sums_then_divides_on_the_stream():
+    """NCCL before 2.10 has no ncclAvg: SUM, then one division queued after it."""
+    from gpunn.distributed._backends import NCCLBackend
+
+    cupy, nccl, log = _fake_cupy_nccl()
+    del nccl.NCCL_AVG
+    cupy.divide = lambda a, b, out: log.append(("divide", a.data.ptr, b, out is a))
+    be = NCCLBackend(5.0, _FakeMPI(rank=0, size=4, local_rank=0), nccl=nccl, cupy=cupy)
+    try:
+        a = _FakeArray(6, np.float64, ptr=0x5000)
+        be.wait(be.start_all_reduce(a, "avg", average=True), "avg")
+        assert log[-3:] == [("allReduce", 0x5000, 0x5000, 6, 8, 0, 0xABC), ("record", 0xABC),
+                            ("divide", 0x5000, 4, True)]
+    finally:
+        be.destroy()
+
+
 def test_nccl_watchdog_aborts_a_collective_past_its_deadline(capsys):
     from gpunn.distributed._backends import NCCLBackend
 

@@ -154,14 +154,6 @@ def _abort_on_exception(etype, value, tb) -> None:
     fail(group.rank, group.size, f"uncaught {etype.__name__}", group.abort)
 
 
-def abort(message: str, code: int = 1) -> None:
-    """Print `message` naming this rank and end the whole job with exit status `code`."""
-    from gpunn.distributed._backends import fail
-
-    group = _need("abort")
-    fail(group.rank, group.size, message, lambda _: group.abort(code))
-
-
 def is_initialized() -> bool:
     return _group is not None
 

@@ -238,7 +238,7 @@ class NCCLBackend:
         after = None
         if average and self._avg is None:  # an NCCL older than 2.10: sum, then scale on the stream
             def after():
-                array /= self.size
+                self.cupy.divide(array, self.size, out=array)
         return self._enqueue(lambda s: self.comm.allReduce(ptr, ptr, array.size, dt, op, s), what, after)
 
     def start_broadcast(self, array, src: int, what="broadcast"):
