@@ -41,6 +41,8 @@ def blas_info() -> str:
 def _rounds(comm, fns, round_s=ROUND_S, rounds=ROUNDS):
     """Best per-call seconds of each fn over alternating rounds; every rank runs the same count
     (rank 0's, broadcast) so that the collectives match."""
+    from mpi4py import MPI
+
     best = [float("inf")] * len(fns)
     for fn in fns:  # warm up, and size a round from rank 0's first calls
         fn()
@@ -56,7 +58,7 @@ def _rounds(comm, fns, round_s=ROUND_S, rounds=ROUNDS):
             t0 = time.perf_counter()
             for _ in range(reps[i]):
                 fn()
-            dt = comm.allreduce((time.perf_counter() - t0) / reps[i], op=__import__("mpi4py").MPI.MAX)
+            dt = comm.allreduce((time.perf_counter() - t0) / reps[i], op=MPI.MAX)  # the slowest rank
             best[i] = min(best[i], dt)
     return best
 
