@@ -115,13 +115,17 @@ def test_cli_train_under_mpiexec_prints_once_and_saves_on_rank_0(tmp_path):
     assert "2 processes (mpi)" in out
     for line in ("data: digits", "trained 2 epochs", "train: loss", "test:  loss", "saved checkpoint"):
         assert out.count(line) == 1, out
-    # the same run in one process: the same figures (float32: to the printed digits)
+    # the same run in one process: the same figures, to float32 rounding (which may move a
+    # borderline prediction: a few samples of accuracy)
     env = dict(os.environ, PYTHONPATH=ROOT)
     single = subprocess.run([sys.executable, "-m", "gpunn", "train", "--data", "digits", "--epochs", "2",
                              "--seed", "3", "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=90)
-    pick = lambda text: [ln for ln in text.splitlines() if ln.startswith(("train:", "test:"))]  # noqa: E731
-    assert pick(out) == pick(single.stdout)
+    figures = lambda text: [float(w.strip(",")) for ln in text.splitlines()  # noqa: E731
+                            if ln.startswith(("train:", "test:")) for w in ln.split()[2::2]]
+    ddp, one = figures(out), figures(single.stdout)
+    assert len(ddp) == len(one) == 4, (out, single.stdout)
+    np.testing.assert_allclose(ddp, one, atol=3 / 360 + 1e-4)
     model = nn.Sequential(nn.Dense(64, 128), nn.Linear(128, 10))
     assert gn.load(str(path), model=model)["epoch"] == 2  # the replica's keys, no "module." prefix
 
