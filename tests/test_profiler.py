@@ -230,9 +230,10 @@ def test_costs_of_a_profiled_step_equal_hand_counts():
         ("dense_forward", "0"): (288, 4 * (40 + 15 + 3 + 24)),
         # GEMM 2*8*3*4 + bias 8*4 (identity); read x 24, W 12, b 4, write y 32
         ("dense_forward", "2"): (224, 4 * (24 + 12 + 4 + 32)),
-        # 5 per logit (8*4) + 4 per row; read logits, write probs (32 each), losses 8, int64 labels 8*8 bytes
-        ("softmax_cross_entropy_forward", "loss"): (5 * 32 + 4 * 8, 4 * (32 + 32 + 8) + 64),
-        # one multiply per logit + one subtract per row; the mean's upstream gradient is one broadcast scalar
+        # 5 per logit (8*4) + 4 per row + 1 per row for the mean; read logits, write probs (32 each),
+        # losses 8, int64 labels 8*8 bytes
+        ("softmax_cross_entropy_forward", "loss"): (5 * 32 + 5 * 8, 4 * (32 + 32 + 8) + 64),
+        # one multiply per logit + one subtract per row; the mean's upstream gradient is one value
         ("softmax_cross_entropy_backward", "loss"): (32 + 8, 4 * (32 + 32 + 1) + 64),
         # identity: no act'; dx 2*8*4*3, dW 2*8*4*3, db 8*4; read dy 32, W 12, x 24; write dx 24, dW 12, db 4
         ("dense_backward", "2"): (192 + 192 + 32, 4 * (32 + 12 + 24 + 24 + 12 + 4)),
