@@ -628,3 +628,30 @@ def test_a_failing_node_records_no_kernel_and_leaves_no_span_open():
         y = gn.tensor(np.ones((2, 3), np.float32)).reshape(3, 2)
     assert [ev.name for ev in prof.events] == ["Reshape.forward"] and y.shape == (3, 2)
     assert [s.name for s in prof.spans] == ["Reshape", "Reshape"]
+
+
+def test_cpu_epilogues_show_as_parts_of_their_dense_kernels():
+    """The bias+activation pass after the GEMM (and its backward with db) is timed as a part of
+    its dense kernel: rows indented under it in the kernel table, inside the kernel's time, with
+    the pass's own cost; never an extra kernel or launch."""
+    gn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 3))
+    x = gn.tensor(np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32))
+    with profile(peaks=False) as prof:
+        model(x).sum().backward()
+    assert dense.part_hook is None  # cleared when the profile stops
+    names = [ev.name for ev in prof.parts]
+    assert names == ["dense_forward / bias+gelu", "dense_forward / bias", "dense_backward / db",
+                     "dense_backward / gelu'+db"]
+    kernels = [ev for ev in prof.events if ev.name.startswith("dense_")]
+    assert len(kernels) == 4 and prof.kernel_ns == sum(ev.duration_ns for ev in prof.events)
+    for part, kernel in zip(prof.parts, kernels):
+        assert kernel.start_ns <= part.start_ns <= part.end_ns <= kernel.end_ns
+        assert part.layer == kernel.layer and part.phase == kernel.phase
+    gelu = prof.parts[0]
+    n = 8 * 16
+    assert (gelu.flops, gelu.bytes) == ((activations.ACT_FLOPS[activations.GELU] + 1) * n, (3 * n + 16) * 4)
+    lines = prof.table().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("dense_forward "))
+    assert lines[i + 1].startswith("  dense_forward / bias ") and lines[i + 2].startswith("  dense_forward / bias+gelu")
+    assert "/" not in "".join(r.key for r in prof.key_averages("layer"))
