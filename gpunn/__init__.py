@@ -42,7 +42,8 @@ def __dir__():
 
 __all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Parameter", "Tensor",
            "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
-           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils", "distributed",
+           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils",
+           "distributed",
            "__version__",
            # `from gpunn import *` must not shadow Python's own bool, int, float, abs, max, min, sum
            *[n for n in (*_creation_names, *_function_names) if not hasattr(_builtins, n)]]
