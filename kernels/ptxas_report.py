@@ -89,21 +89,22 @@ def main_loop_figures(k) -> dict:
     return {"fma_share": round(loop.fma_share, 4), "loop_fmas": loop.fmas, "loop_instructions": loop.size}
 
 
-def collect(families, dtypes, tiles, quick=False):
+def collect(families, dtypes, tiles, quick=False, codes=None):
     for fam in families:
         mod = FAMILIES[fam]
         kwargs = {"tiles": tiles} if fam == "dense" else {}
         if fam == "dense" and quick:  # element-load GEMMs share their main loop across activations
             kwargs["element_load_codes"] = QUICK_ELEMENT_LOAD_CODES
         for getter, args, threads in mod.variants(dtypes=dtypes, **kwargs):
-            yield fam, getter, args, threads
+            if codes is None or fam == "dense" and len(args) > 1 and args[1] in codes:
+                yield fam, getter, args, threads
 
 
-def run(families, dtypes, tiles, cc, quiet=False, quick=False) -> dict:
+def run(families, dtypes, tiles, cc, quiet=False, quick=False, codes=None) -> dict:
     rows, failures = [], []
     t0 = time.perf_counter()
     with cuda_offline.offline_build(cc):
-        for fam, getter, args, threads in collect(families, dtypes, tiles, quick):
+        for fam, getter, args, threads in collect(families, dtypes, tiles, quick, codes):
             label = describe(args)
             try:
                 k = getter(*args)
@@ -161,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", action="append", choices=sorted(dense_cuda.TILES), help="only these GEMM tiles")
     ap.add_argument("--quick", action="store_true", help=f"float32 and the default tile ({dense_cuda.DEFAULT_TILE}) only; element-load GEMMs "
                     "for the identity only")
+    ap.add_argument("--activation", action="append", type=int, choices=sorted(dense_cuda.CODES),
+                    help="only the dense kernels of these activation codes (gpunn.kernels.activations)")
     ap.add_argument("--no-spills", action="store_true", help="exit 1 if any kernel spills registers")
     ap.add_argument("--json", help="write the rows, failures and versions here")
     ap.add_argument("-q", "--quiet", action="store_true")
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
     dtypes = [np.dtype(d) for d in (a.dtype or (["float32"] if a.quick else ["float32", "float64"]))]
     tiles = a.tile or ([dense_cuda.DEFAULT_TILE] if a.quick else list(dense_cuda.TILES))
     families = a.family or list(FAMILIES)
-    result = run(families, dtypes, tiles, cc, quiet=a.quiet, quick=a.quick)
+    result = run(families, dtypes, tiles, cc, quiet=a.quiet, quick=a.quick, codes=a.activation)
     rows, failures = result["rows"], result["failures"]
     spilled = [r for r in rows if r["spill_stores"] > 0 or r["spill_loads"] > 0]
     print(f"\n{len(rows)} kernels compiled for sm_{cc[0]}{cc[1]} in {result['seconds']} s, {len(failures)} failed, "
@@ -188,7 +191,8 @@ def main(argv=None) -> int:
         print(f"SPILLS {r['family']} {r['kernel']} {r['variant']}: {r['spill_stores']} B stored, {r['spill_loads']} B loaded")
     if a.json:
         meta = {"cc": list(cc), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "commit": _commit(),
-                "versions": _versions(), "dtypes": [d.name for d in dtypes], "tiles": tiles, "families": families}
+                "versions": _versions(), "dtypes": [d.name for d in dtypes], "tiles": tiles, "families": families,
+                "activations": a.activation}
         with open(a.json, "w") as f:
             json.dump({**meta, **result}, f, indent=1)
     if failures or (a.no_spills and spilled):

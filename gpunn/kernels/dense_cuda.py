@@ -126,11 +126,12 @@ TILES = {t.name: t for t in (
     TileConfig(64, 64, 16, 4, 4),       # 256 threads, 16 accumulators per thread
     TileConfig(128, 128, 8, 8, 8),      # 256 threads, 64 accumulators: large GEMMs
     TileConfig(32, 32, 8, 2, 2),        # 256 threads: more blocks for small outputs
-    # 64x64 with launch bounds. ptxas for sm_90 (kernels/results/sm_90-ptxas-*.txt) gives the
-    # unbounded float32 GEMMs 96-116 registers: 2 blocks of 256 threads per SM; bounded to 3 blocks
-    # they take 72-80 registers and spill nothing. Whether that is faster is for the autotune on a
-    # GPU to say. (A bound of 4 spills 20-76 bytes per thread; 128x128 bounded to 2 blocks spills
-    # 4-36 bytes in dx/dW, so it is not offered.)
+    # 64x64 with launch bounds (float32 only: `_launch_bounds`). ptxas for sm_90
+    # (kernels/results/sm_90-ptxas-2026-11-29.txt) gives the unbounded float32 GEMMs 63-79
+    # registers with 16-byte loads (3-4 blocks of 256 threads per SM) and 65-119 with element
+    # loads (2-3); bounded to 3 blocks all take 79-80 and spill nothing. Whether a bound is faster
+    # is for the autotune on a GPU to say. (In 2026-11-26's loop a bound of 4 spilled 20-76 bytes
+    # per thread and 128x128 bounded to 2 blocks 4-36 bytes in dx/dW: not offered.)
     TileConfig(64, 64, 16, 4, 4, min_blocks=3),
 )}
 DEFAULT_TILE = "64x64x16/4x4"
