@@ -4,7 +4,8 @@ A `Tensor` wraps one NumPy or CuPy array. An op is a `Function` subclass with `f
 one array out) and `backward` (the output's gradient in, one gradient per input out). Calling
 `Function.apply(*tensors)` runs forward and, when grad mode is on and an input requires grad,
 records the node on the output. `loss.backward()` walks the recorded graph once in reverse
-topological order and accumulates into `.grad` of every leaf that requires it.
+topological order and accumulates into `.grad` of every leaf that requires it (into the leaf's
+gradient sink where its owner registered one: gpunn/autograd/grad_sink.py).
 """
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ import contextlib
 
 import numpy as np
 
+from gpunn.autograd import grad_sink as _sink
 from gpunn.autograd.checks import flush_checks
 from gpunn.backend import Device, device as resolve_device, device_of
 from gpunn.kernels import ops as _kops
 
 _grad_enabled = contextvars.ContextVar("gpunn_grad_enabled", default=True)
-# Leaves whose optimizer gradient buffer a node has already written during the current backward pass
-# (Function.grad_buffer); None outside a backward pass.
-_claimed_buffers = contextvars.ContextVar("gpunn_claimed_grad_buffers", default=None)
 
 
 def is_grad_enabled() -> bool:
@@ -81,21 +80,10 @@ class Function:
                 return res
         return Tensor(out)
 
-    def grad_buffer(self, i: int):
-        """Where the gradient of input i may be written directly (or None): the optimizer's flat
-        gradient view of a leaf (`Tensor._grad_buffer`) that has no .grad yet, once per backward
-        pass (a second node reaching the same leaf gets None, so two contributions are never written
-        into one buffer). A backward that writes there returns that very array; the leaf then takes
-        it as its .grad without a copy."""
-        claimed = _claimed_buffers.get()
-        if claimed is None:
-            return None
-        t = self.inputs[i]
-        buf = t._grad_buffer
-        if t._node is not None or t.grad is not None or id(t) in claimed or not _fits(buf, t.data):
-            return None
-        claimed.add(id(t))
-        return buf
+    def grad_sink(self, i: int):
+        """The array that input i's gradient may be written into directly, or None (see
+        gpunn/autograd/grad_sink.py). A backward that writes there returns that very array."""
+        return _sink.claim(self.inputs[i])
 
     def forward(self, *arrays, **params):  # pragma: no cover - interface
         raise NotImplementedError
@@ -114,7 +102,7 @@ _NUMERIC_KINDS = "biuf"
 class Tensor:
     """An n-dimensional array with an optional gradient. `data` is a NumPy or CuPy array."""
 
-    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_buffer", "__weakref__")
+    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_sink", "__weakref__")
     __array_priority__ = 1000  # so ndarray OP Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False):
@@ -122,7 +110,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad = None
         self._node = None
-        self._grad_buffer = None
+        self._grad_sink = None  # see gpunn/autograd/grad_sink.py
 
     # ------------------------------------------------------------------ properties
     @property
@@ -241,24 +229,13 @@ class Tensor:
         return self
 
     # ------------------------------------------------------------------ autodiff
-    def _grad_written_in_place(self, g) -> bool:
-        """Whether g is this leaf's first gradient, written straight into its optimizer buffer by the
-        backward that produced it (Function.grad_buffer): it becomes .grad with no copy."""
-        return self.grad is None and g is self._grad_buffer
-
     def _accumulate_grad(self, g) -> None:
-        """Add g into .grad. A leaf with a grad buffer (set by an optimizer) receives it in place."""
+        """Add g into .grad; the first gradient goes to the leaf's sink, else to a private copy."""
         if isinstance(g, np.generic):  # NumPy reductions of 0-d arrays give scalars
             g = np.asarray(g)
         if self.grad is None:
-            buf = self._grad_buffer
-            if self._grad_written_in_place(g):
-                self.grad = Tensor(buf)
-            elif _fits(buf, g):
-                buf[...] = g
-                self.grad = Tensor(buf)
-            else:
-                self.grad = Tensor(g.copy())
+            kept = _sink.receive(self, g)
+            self.grad = Tensor(g.copy() if kept is None else kept)
         else:
             self.grad.data += g
 
@@ -474,19 +451,11 @@ class Tensor:
         return _F.LogSoftmax.apply(self, axis=axis if dim is None else dim)
 
 
-def _fits(buf, a) -> bool:
-    """Whether the gradient buffer `buf` (or None) can hold a gradient like `a`: same shape, dtype, array type."""
-    return buf is not None and buf.shape == a.shape and buf.dtype == a.dtype and type(buf) is type(a)
-
-
 def _run_backward(order, grads, rec) -> None:
     """The reverse walk of `Tensor.backward`: each node's backward in reverse topological order,
     gradients summed per input, leaves accumulating theirs. `rec` is the active profiler or None."""
-    token = _claimed_buffers.set(set())
-    try:
+    with _sink.backward_pass():
         _walk_backward(order, grads, rec)
-    finally:
-        _claimed_buffers.reset(token)
 
 
 def _walk_backward(order, grads, rec) -> None:

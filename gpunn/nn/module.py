@@ -337,8 +337,7 @@ class Module:
             for t in list(self.parameters()) + list(self.buffers()):
                 new = convert(t.data)
                 if new is not t.data:
-                    t.data = new
-                    t._grad_buffer = None
+                    t.data = new  # a gradient sink on the old device or dtype no longer fits: ignored
                     if t.grad is not None:
                         t.grad = Tensor(convert(t.grad.data))
         return self

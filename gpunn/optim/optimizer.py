@@ -6,9 +6,9 @@ each param group keeps its parameters, gradients and optimizer state in flat con
 so one step is ONE fused kernel call per group however many tensors the model has.
 
 - Construction copies a group's parameters into one flat buffer and rebinds every `p.data` to its
-  reshaped view; it sets `p._grad_buffer` to a view of one flat gradient buffer. The first
-  gradient of each backward pass lands there: dense layers' backward kernels write dW and db into
-  it directly (`Function.grad_buffer`), other gradients are copied in (`Tensor._accumulate_grad`).
+  reshaped view; it registers a view of one flat gradient buffer as each parameter's gradient
+  sink (gpunn/autograd/grad_sink.py), so the first gradient of each backward pass lands there
+  (dense layers' backward kernels write dW and db into it directly).
 - `state[p]` holds per-parameter views of the flat state buffers ("exp_avg", ...) and of the
   step counts ("step", a 0-d array), as PyTorch's state holds per-parameter tensors. Modify them
   in place; rebinding an entry is not seen by the kernels.
@@ -30,6 +30,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from gpunn.autograd.grad_sink import register_grad_sink
 from gpunn.autograd.tensor import Tensor, enable_grad
 from gpunn.backend import get_array_module
 from gpunn.kernels import ops as _kops
@@ -167,7 +168,7 @@ class _FlatGroup:
             if hg:
                 p.grad = Tensor(gv)
             p.data = v
-            p._grad_buffer = gv
+            register_grad_sink(p, gv)
         self.flat, self.grad, self.views, self.gviews = flat, grad, views, gviews
         self.shapes, self.bounds, self.bufs = shapes, bounds, bufs
         self.xp, self.dtype, self.device_id = xp, dtype, device_id
@@ -194,7 +195,7 @@ class _FlatGroup:
             if p.data.shape == s and p.data.dtype == self.dtype and type(p.data) is type(v):
                 v[...] = p.data
                 p.data = v
-            p._grad_buffer = gv
+            register_grad_sink(p, gv)
             self.views.append(v)
             self.gviews.append(gv)
         self.synced = False

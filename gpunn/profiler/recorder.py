@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpunn.autograd import grad_sink
 from gpunn.kernels import activations, dense, losses, optimizers, softmax_ce
 from gpunn.kernels.activations import operand_bytes
 
@@ -355,8 +356,8 @@ class Recorder:
     def accumulate_grad(self, tensor, grad):
         """The backward walk's hook for a leaf: its gradient copied (or added) into .grad, timed as
         a kernel and filed under the layer of the node that produced it. A gradient the node already
-        wrote into the leaf's optimizer buffer (Function.grad_buffer) needs no copy and records nothing."""
-        if tensor._grad_written_in_place(grad):
+        wrote into the leaf's gradient sink (Function.grad_sink) needs no copy and records nothing."""
+        if grad_sink.written_in_place(tensor, grad):
             return tensor._accumulate_grad(grad)
         n = operand_bytes(grad)
         cost = (0, 2 * n) if tensor.grad is None else (int(grad.size), 3 * n)
