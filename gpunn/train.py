@@ -37,9 +37,9 @@ import numpy as np
 from gpunn.autograd.checks import flush_checks
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import device as resolve_device
-from gpunn.backend import device_of, get_array_module
+from gpunn.backend import device_of, get_array_module, is_cupy_array
 from gpunn.backend import random as _random
-from gpunn.data import _check_batch_size, _is_cupy, as_array, batches, num_batches, permutation
+from gpunn.data import _check_batch_size, as_array, batches, num_batches, permutation
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "TrainingDiverged"]
 
@@ -205,11 +205,11 @@ def _to_device(a, dev):
     if dev.is_gpu:
         import cupy
 
-        if _is_cupy(a) and a.device.id == dev.index:
+        if is_cupy_array(a) and a.device.id == dev.index:
             return a
         with cupy.cuda.Device(dev.index):
             return cupy.array(a)  # copies onto this device (asarray would keep another GPU's array)
-    return a.get() if _is_cupy(a) else a
+    return a.get() if is_cupy_array(a) else a
 
 
 def _is_bce(loss_fn) -> bool:

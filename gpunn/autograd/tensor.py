@@ -16,7 +16,7 @@ import numpy as np
 
 from gpunn.autograd import grad_sink as _sink
 from gpunn.autograd.checks import flush_checks
-from gpunn.backend import Device, device as resolve_device, device_of
+from gpunn.backend import Device, device as resolve_device, device_of, is_array, is_cupy_array
 from gpunn.kernels import ops as _kops
 
 _grad_enabled = contextvars.ContextVar("gpunn_grad_enabled", default=True)
@@ -498,7 +498,7 @@ def _check_gradient(t: Tensor, gradient):
     """The array that `t.backward(gradient)` starts from: same shape, dtype and device as `t`."""
     if isinstance(gradient, Tensor):
         g = gradient.data
-    elif isinstance(gradient, np.ndarray) or type(gradient).__module__.startswith("cupy"):
+    elif is_array(gradient):
         g = gradient
     elif isinstance(gradient, np.generic):
         g = np.asarray(gradient)
@@ -541,7 +541,7 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
     if isinstance(data, Tensor):
         data = data.data
     dev = resolve_device(device) if device is not None else None
-    if type(data).__module__.startswith("cupy"):
+    if is_cupy_array(data):
         arr = data.copy() if dtype is None else data.astype(dtype)
         if dev is not None and not dev.is_gpu:
             arr = arr.get()

@@ -22,6 +22,7 @@ import numpy as np
 
 from gpunn.autograd.tensor import Parameter, Tensor, no_grad
 from gpunn.backend import device as resolve_device
+from gpunn.backend import is_array, is_cupy_array
 
 # Bumped whenever any module's structure changes (children or parameters registered, replaced or
 # removed; a fusion-relevant attribute such as LeakyReLU.negative_slope reassigned). Sequential
@@ -52,15 +53,11 @@ def _addindent(text: str, spaces: int) -> str:
     return lines[0] + "\n" + "\n".join(" " * spaces + line for line in lines[1:])
 
 
-def _is_gpu_array(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
 def _as_array(value):
     """A state_dict value as a NumPy or CuPy array, without importing torch."""
     if isinstance(value, Tensor):
         return value.data
-    if isinstance(value, np.ndarray) or _is_gpu_array(value):
+    if is_array(value):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor (or look-alike)
         return np.asarray(value.detach().cpu().numpy())
@@ -325,7 +322,7 @@ class Module:
             xp = dev.xp
 
             def convert(a):
-                on_gpu = _is_gpu_array(a)
+                on_gpu = is_cupy_array(a)
                 if dev.is_gpu:
                     if on_gpu and a.device.id == dev.index:
                         return a
@@ -415,12 +412,12 @@ class Module:
         with no_grad():
             for target, value in ready:
                 data = target.data
-                if _is_gpu_array(data):
-                    if not _is_gpu_array(value) or value.device.id != data.device.id:
+                if is_cupy_array(data):
+                    if not is_cupy_array(value) or value.device.id != data.device.id:
                         cupy = __import__("cupy")
                         with cupy.cuda.Device(data.device.id):
                             value = cupy.asarray(value)
-                elif _is_gpu_array(value):
+                elif is_cupy_array(value):
                     value = value.get()
                 data[...] = value
         return IncompatibleKeys(missing, unexpected)

@@ -14,7 +14,7 @@ import numpy as np
 from gpunn import functional
 from gpunn.autograd.tensor import Parameter, Tensor, no_grad
 from gpunn.backend import generator as default_generator
-from gpunn.backend import get_array_module
+from gpunn.backend import get_array_module, is_cupy_array
 from gpunn.nn.linear import _check_features, _empty_parameter
 from gpunn.nn.module import Module
 
@@ -22,7 +22,7 @@ from gpunn.nn.module import Module
 def _host(a):
     if isinstance(a, Tensor):
         a = a.data
-    if type(a).__module__.startswith("cupy"):
+    if is_cupy_array(a):
         a = a.get()
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
         a = a.detach().cpu().numpy()

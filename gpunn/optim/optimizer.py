@@ -32,7 +32,7 @@ import numpy as np
 
 from gpunn.autograd.grad_sink import register_grad_sink
 from gpunn.autograd.tensor import Tensor, enable_grad
-from gpunn.backend import get_array_module
+from gpunn.backend import device_of, get_array_module, is_array, is_cupy_array
 from gpunn.kernels import ops as _kops
 from gpunn.kernels.ops import ops_for
 
@@ -49,22 +49,12 @@ class _Required:
 required = _Required()
 
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
-def _describe(a) -> str:
-    if isinstance(a, np.ndarray):
-        return "cpu"
-    return f"gpu:{getattr(getattr(a, 'device', None), 'id', 0)}"
-
-
 def _convert(a, like_xp, dtype, device_id=None):
     """`a` (NumPy/CuPy array, Tensor or number) as an array of `like_xp` with `dtype`."""
     if isinstance(a, Tensor):
         a = a.data
     if like_xp is np:
-        if _is_cupy(a):
+        if is_cupy_array(a):
             a = a.get()
         return np.asarray(a, dtype=dtype)
     if device_id is not None:
@@ -103,10 +93,10 @@ class _FlatGroup:
                 raise ValueError(f"param group {self.index} mixes dtypes: parameter 0 is {first.dtype} "
                                  f"but parameter {j} (shape {a.shape}) is {a.dtype}; one group shares "
                                  "one flat buffer, so convert them or put them in separate param groups")
-            if type(a) is not type(first) or _describe(a) != _describe(first):
+            if type(a) is not type(first) or device_of(a) != device_of(first):
                 raise ValueError(f"param group {self.index} mixes devices: parameter 0 is on "
-                                 f"{_describe(first)} but parameter {j} (shape {a.shape}) is on "
-                                 f"{_describe(a)}; move them to one device or use separate param groups")
+                                 f"{device_of(first)} but parameter {j} (shape {a.shape}) is on "
+                                 f"{device_of(a)}; move them to one device or use separate param groups")
 
     def _pack(self):
         """(Re)build the flat buffers from the parameters' current arrays, carrying state along."""
@@ -234,8 +224,8 @@ class _FlatGroup:
                         raise RuntimeError(f"param group {self.index}: parameter {i} has shape {gv.shape} "
                                            f"but its .grad has shape {gd.shape}")
                     if gd.dtype != gv.dtype or type(gd) is not type(gv):
-                        raise TypeError(f"param group {self.index}: parameter {i} is {gv.dtype} on {_describe(gv)} "
-                                        f"but its .grad is {gd.dtype} on {_describe(gd)}; assign a gradient of the "
+                        raise TypeError(f"param group {self.index}: parameter {i} is {gv.dtype} on {device_of(gv)} "
+                                        f"but its .grad is {gd.dtype} on {device_of(gd)}; assign a gradient of the "
                                         "parameter's dtype and device")
                     gv[...] = gd
                 if have is not None:
@@ -520,7 +510,7 @@ class Optimizer:
                     continue
                 if name == "step":
                     v = value.data if isinstance(value, Tensor) else value
-                    v = v.get() if _is_cupy(v) else v
+                    v = v.get() if is_cupy_array(v) else v
                     v = np.asarray(v)
                     if v.size != 1:
                         raise ValueError(f"state of parameter {pid}: 'step' must be a number, got shape {v.shape}")
@@ -532,7 +522,7 @@ class Optimizer:
                     raise ValueError(f"state of parameter {pid} has an entry {name!r} that "
                                      f"{type(self).__name__} does not use (it uses {sorted(allowed)})")
                 arr = value.data if isinstance(value, Tensor) else value
-                if not (isinstance(arr, np.ndarray) or _is_cupy(arr)):
+                if not is_array(arr):
                     raise ValueError(f"state of parameter {pid}: {name!r} must be an array or Tensor, "
                                      f"got {type(value).__name__}")
                 if tuple(arr.shape) != tuple(shape):

@@ -16,6 +16,7 @@ from gpunn.autograd.functions.loss import BCEWithLogits, CrossEntropy, L1, MSE
 from gpunn.autograd.functions.reduction import Max, Mean, Sum
 from gpunn.autograd.functions.shape import Gather, GetItem, Reshape, Transpose
 from gpunn.autograd.tensor import Tensor
+from gpunn.backend import is_array
 from gpunn.kernels import activation_code
 
 
@@ -37,7 +38,7 @@ def _operands(op: str, a, b):
 
 
 def _const(x, like, op):
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+    if is_array(x):
         # raw arrays are accepted only when they already agree; no silent casts
         check_same_device(op, like, x)
         check_same_dtype(op, like, x)

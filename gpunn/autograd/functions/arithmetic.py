@@ -7,8 +7,9 @@ MatMul (any ndim >= 1, batched over leading axes): dA = dC @ B^T, dB = A^T @ dC.
 """
 from __future__ import annotations
 
-from gpunn.autograd.checks import unbroadcast, xp_of as _xp
+from gpunn.autograd.checks import unbroadcast
 from gpunn.autograd.tensor import Function
+from gpunn.backend import get_array_module
 
 
 class Add(Function):
@@ -93,7 +94,7 @@ class Pow(Function):
 
 class Exp(Function):
     def forward(self, a):
-        self.out = _xp(a).exp(a)
+        self.out = get_array_module(a).exp(a)
         return self.out
 
     def backward(self, g):
@@ -103,7 +104,7 @@ class Exp(Function):
 class Log(Function):
     def forward(self, a):
         self.a = a
-        return _xp(a).log(a)
+        return get_array_module(a).log(a)
 
     def backward(self, g):
         return (g / self.a,)
@@ -111,7 +112,7 @@ class Log(Function):
 
 class Sqrt(Function):
     def forward(self, a):
-        self.out = _xp(a).sqrt(a)
+        self.out = get_array_module(a).sqrt(a)
         return self.out
 
     def backward(self, g):
@@ -121,10 +122,10 @@ class Sqrt(Function):
 class Abs(Function):
     def forward(self, a):
         self.a = a
-        return _xp(a).abs(a)
+        return get_array_module(a).abs(a)
 
     def backward(self, g):
-        return (g * _xp(g).sign(self.a),)
+        return (g * get_array_module(g).sign(self.a),)
 
 
 class MatMul(Function):
@@ -134,7 +135,7 @@ class MatMul(Function):
 
     def backward(self, g):
         a, b = self.a, self.b
-        xp = _xp(g)
+        xp = get_array_module(g)
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g  # restore the axes a 1-D operand dropped: last for b (first), then second-last for a

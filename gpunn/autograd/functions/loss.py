@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.autograd.checks import xp_of
 from gpunn.autograd.tensor import Function
+from gpunn.backend import get_array_module
 from gpunn.kernels import ops_for
 
 
@@ -40,7 +40,7 @@ def _upstream(g, reduction, shape, dtype, count=None):
     """The gradient of each unreduced element, given the gradient g of the reduced loss."""
     if reduction == "none":
         return g
-    xp = xp_of(g)
+    xp = get_array_module(g)
     if reduction == "mean":
         n = 1
         for s in shape:
@@ -57,7 +57,7 @@ class CrossEntropy(_LossNode):
         self.count = None
         if reduction == "mean":  # non-ignored rows; on the GPU the count stays there (no sync)
             count = (labels != ignore_index).sum()
-            self.count = int(count) if xp_of(labels) is np else count
+            self.count = int(count) if get_array_module(labels) is np else count
         return _reduce(losses, reduction, self.count)
 
     def backward(self, g):
@@ -80,7 +80,7 @@ class BCEWithLogits(_LossNode):
             if pw is None:
                 gy = -gu * x
             else:
-                xp = xp_of(x)
+                xp = get_array_module(x)
                 mv = xp.maximum(-x, x.dtype.type(0))
                 L = xp.log(xp.exp(-mv) + xp.exp(-x - mv)) + mv
                 gy = gu * (-x + (pw - 1) * L)
