@@ -149,7 +149,8 @@ class Module:
 
     @property
     def _layer_name(self) -> str:
-        """What error messages call this module: its path in the model, or its class for a root."""
+        """The name its ops carry (the profiler's layer label, in error messages): its path in the
+        model, or its class name for a root."""
         return self._path or type(self).__name__
 
     def register_parameter(self, name: str, param) -> None:

@@ -54,7 +54,7 @@ class Perceptron(Module):
         """0/1 predictions (n,) as a Tensor of the parameters' dtype; no graph is recorded."""
         with no_grad():
             x = x if isinstance(x, Tensor) else Tensor(_host(x).astype(self.weight.dtype, copy=False))
-            z = functional.dense(x, self.weight, self.bias, None, name=self._path or "Perceptron")
+            z = functional.dense(x, self.weight, self.bias, None, name=self._layer_name)
             return Tensor((z.data[..., 0] > 0).astype(self.weight.dtype))
 
     def decision_function(self, X) -> np.ndarray:
