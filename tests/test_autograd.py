@@ -1105,3 +1105,15 @@ def test_a_sink_that_no_longer_fits_is_ignored_and_none_removes_it():
     assert p._grad_sink is None and not np.shares_memory(p.grad.data, sink)
     with pytest.raises(TypeError, match="gradient sink must be a NumPy or CuPy array or None, got list"):
         gn.autograd.register_grad_sink(p, [0.0, 0.0, 0.0])
+
+
+def test_flatten_checks_its_dims_as_torch_does():
+    x = gn.tensor(np.zeros((2, 3, 4), np.float32))
+    assert x.flatten().shape == (24,) and x.flatten(-2).shape == (2, 12) and x.flatten(0, 1).shape == (6, 4)
+    assert gn.tensor(np.float32(1)).flatten().shape == (1,)
+    with pytest.raises(IndexError, match=r"flatten: dims \(3, -1\) out of range for shape \(2, 3, 4\)"):
+        x.flatten(3)  # a wrap-around would have flattened dim 0
+    with pytest.raises(IndexError, match="out of range"):
+        x.flatten(0, -4)
+    with pytest.raises(ValueError, match="start_dim 2 comes after end_dim 1"):
+        x.flatten(2, 1)

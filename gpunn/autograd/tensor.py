@@ -415,11 +415,16 @@ class Tensor:
     view = reshape
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
-        """Merge dims start_dim..end_dim into one (works for empty tensors, unlike reshape(..., -1))."""
+        """Merge dims start_dim..end_dim into one (works for empty tensors, unlike reshape(..., -1));
+        a 0-d tensor becomes shape (1,). IndexError for a dim out of range, as in PyTorch."""
         shape = self.shape
-        if not shape:
+        nd = len(shape)
+        if nd == 0:
             return self.reshape(1)
-        s, e = start_dim % len(shape), end_dim % len(shape)
+        s = start_dim + nd if start_dim < 0 else start_dim
+        e = end_dim + nd if end_dim < 0 else end_dim
+        if not (0 <= s < nd and 0 <= e < nd):
+            raise IndexError(f"flatten: dims ({start_dim}, {end_dim}) out of range for shape {shape}")
         if s > e:
             raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {shape}")
         n = 1

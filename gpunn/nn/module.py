@@ -46,6 +46,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _check_name(what: str, name) -> None:
+    if not isinstance(name, str) or not name or "." in name:
+        raise KeyError(f"{what} name must be a non-empty string without '.', got {name!r}")
+
+
 def _addindent(text: str, spaces: int) -> str:
     lines = text.split("\n")
     if len(lines) == 1:
@@ -87,32 +92,16 @@ class Module:
             raise AttributeError(f"cannot assign {name!r} before Module.__init__() call "
                                  f"(call super().__init__() first in {type(self).__name__}.__init__)")
         if isinstance(value, Parameter):
-            if name not in d["_parameters"]:  # replacing keeps the registration order
-                self._forget(name)
-            d["_parameters"][name] = value
-            d[name] = value
-            _bump()
+            self._register("_parameters", name, value)
         elif isinstance(value, Module):
-            if name not in d["_modules"]:
-                self._forget(name)
-            d["_modules"][name] = value
-            d[name] = value
-            value._set_path(_join(self._path, name))
-            _bump()
-        elif name in d["_parameters"]:
+            self._register("_modules", name, value)
+        elif name in d["_parameters"] or name in d["_modules"]:
+            kind, what, expected = (("_parameters", "parameter", "gpunn.nn.Parameter") if name in d["_parameters"]
+                                    else ("_modules", "child module", "Module"))
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} of "
-                                f"{type(self).__name__} (gpunn.nn.Parameter or None expected)")
-            d["_parameters"][name] = None
-            d[name] = None
-            _bump()
-        elif name in d["_modules"]:
-            if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} of "
-                                f"{type(self).__name__} (Module or None expected)")
-            d["_modules"][name] = None
-            d[name] = None
-            _bump()
+                raise TypeError(f"cannot assign {type(value).__name__} as {what} {name!r} of "
+                                f"{type(self).__name__} ({expected} or None expected)")
+            self._register(kind, name, None)
         elif name in d["_buffers"]:
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} (Tensor or None expected)")
@@ -141,6 +130,19 @@ class Module:
         d["_non_persistent"].discard(name)
         return found
 
+    def _register(self, kind: str, name: str, value) -> None:
+        """`value` (or None) as parameter (kind "_parameters") or child module ("_modules") `name`;
+        replacing one keeps its place in the registration order, a name registered as something
+        else is forgotten there. Structure changed: Sequential's fusion plans are rebuilt."""
+        d = self.__dict__
+        if name not in d[kind]:
+            self._forget(name)
+        d[kind][name] = value
+        d[name] = value
+        if value is not None and kind == "_modules":
+            value._set_path(_join(self._path, name))
+        _bump()
+
     def _set_path(self, path: str) -> None:
         self.__dict__["_path"] = path
         for name, child in self._modules.items():
@@ -154,36 +156,23 @@ class Module:
         return self._path or type(self).__name__
 
     def register_parameter(self, name: str, param) -> None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"parameter name must be a non-empty string without '.', got {name!r}")
+        _check_name("parameter", name)
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"cannot register {type(param).__name__} as parameter {name!r} "
                             "(gpunn.nn.Parameter or None expected)")
-        if name not in self._parameters:
-            self._forget(name)
-        self._parameters[name] = param
-        self.__dict__[name] = param
-        _bump()
+        self._register("_parameters", name, param)
 
     def add_module(self, name: str, module) -> None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"module name must be a non-empty string without '.', got {name!r}")
+        _check_name("module", name)
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a Module subclass")
-        if name not in self._modules:
-            self._forget(name)
-        self._modules[name] = module
-        self.__dict__[name] = module
-        if module is not None:
-            module._set_path(_join(self._path, name))
-        _bump()
+        self._register("_modules", name, module)
 
     register_module = add_module
 
     def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
         """A non-trainable tensor that is part of the state (saved by state_dict when persistent)."""
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"buffer name must be a non-empty string without '.', got {name!r}")
+        _check_name("buffer", name)
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"cannot register {type(tensor).__name__} as buffer {name!r} (Tensor or None expected)")
         self._forget(name)
