@@ -19,8 +19,9 @@ every gradient from one array); the engine needs to know only what is written he
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
+
+import numpy as np
 
 __all__ = ["register_grad_sink"]
 
@@ -37,18 +38,20 @@ def register_grad_sink(tensor, sink) -> None:
 
 def fits(sink, a) -> bool:
     """Whether `sink` (or None) can hold a gradient like `a`: same shape, dtype, array type and device."""
-    return (sink is not None and sink.shape == a.shape and sink.dtype == a.dtype and type(sink) is type(a)
-            and getattr(sink, "device", None) == getattr(a, "device", None))
+    if sink is None or sink.shape != a.shape or sink.dtype != a.dtype:
+        return False
+    kind = type(sink)
+    return kind is type(a) and (kind is np.ndarray or sink.device == a.device)
 
 
-@contextlib.contextmanager
-def backward_pass():
-    """The scope of one backward walk: within it each sink is handed out once (`claim`)."""
-    token = _claimed.set(set())
-    try:
-        yield
-    finally:
-        _claimed.reset(token)
+def begin_pass():
+    """Start one backward walk: within it each sink is handed out once (`claim`). Returns the
+    token that `end_pass` takes (a pair of calls, not a context manager: this runs every step)."""
+    return _claimed.set(set())
+
+
+def end_pass(token) -> None:
+    _claimed.reset(token)
 
 
 def claim(t):

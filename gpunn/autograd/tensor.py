@@ -459,8 +459,11 @@ class Tensor:
 def _run_backward(order, grads, rec) -> None:
     """The reverse walk of `Tensor.backward`: each node's backward in reverse topological order,
     gradients summed per input, leaves accumulating theirs. `rec` is the active profiler or None."""
-    with _sink.backward_pass():
+    token = _sink.begin_pass()
+    try:
         _walk_backward(order, grads, rec)
+    finally:
+        _sink.end_pass(token)
 
 
 def _walk_backward(order, grads, rec) -> None:

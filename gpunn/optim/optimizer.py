@@ -325,9 +325,9 @@ class Optimizer:
     def _validate(self, options: dict) -> None:
         pass
 
-    def _state_names(self, group) -> tuple:
+    def _state_names(self, group) -> list:
         """The state buffers this group's options need, in state order."""
-        return tuple(name for name, option in self._state_buffers.items() if option is None or group[option])
+        return [name for name, option in self._state_buffers.items() if option is None or group[option]]
 
     def _counts_step(self, group) -> bool:
         return True
