@@ -231,7 +231,10 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean", pos
     x, y = _pair(op, input, target)
     pw = None
     if pos_weight is not None:
-        pw = pos_weight.data if isinstance(pos_weight, Tensor) else get_array_module(x.data).asarray(pos_weight, x.dtype)
+        if isinstance(pos_weight, Tensor):
+            pw = pos_weight.data
+        else:
+            pw = get_array_module(x.data).asarray(pos_weight, x.dtype)
         check_same_device(op, x.data, pw)
         check_same_dtype(op, x.data, pw, names=("input", "pos_weight"))
         try:

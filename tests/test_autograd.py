@@ -1012,7 +1012,7 @@ def test_dense_gradients_written_into_the_optimizer_buffer_equal_copied_ones(sha
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)  # bit for bit: the same arithmetic, minus one copy
     for p in with_buffer.parameters():
-        assert p.grad.data is p._grad_sink  # the optimizer's flat buffer holds them, no copy kept aside
+        assert p.grad.data is gn.autograd.grad_sink_of(p)  # the optimizer's flat buffer holds them: no copy
 
 
 # ------------------------------------------------------------------ gradient sinks (gpunn/autograd/grad_sink.py)
@@ -1080,7 +1080,7 @@ def test_dense_backward_writes_dw_and_db_into_the_sinks_with_no_copy(monkeypatch
 def test_without_a_sink_each_leaf_gets_its_own_gradient_array(monkeypatch):
     p = gn.Parameter(np.ones(3, np.float32))
     q = gn.Parameter(np.ones(3, np.float32))
-    assert p._grad_sink is None
+    assert gn.autograd.grad_sink_of(p) is None
     (p + q).sum().backward()  # Add's backward hands the same array to both inputs
     assert not np.shares_memory(p.grad.data, q.grad.data)
     np.testing.assert_array_equal(p.grad.numpy(), [1.0, 1.0, 1.0])
@@ -1102,7 +1102,7 @@ def test_a_sink_that_no_longer_fits_is_ignored_and_none_removes_it():
     p.grad = None
     gn.autograd.register_grad_sink(p, None)
     (p * 2.0).sum().backward()
-    assert p._grad_sink is None and not np.shares_memory(p.grad.data, sink)
+    assert gn.autograd.grad_sink_of(p) is None and not np.shares_memory(p.grad.data, sink)
     with pytest.raises(TypeError, match="gradient sink must be a NumPy or CuPy array or None, got list"):
         gn.autograd.register_grad_sink(p, [0.0, 0.0, 0.0])
 

@@ -3,7 +3,8 @@
 Every example exposes run(...) (its measurements) and plot(result, path); each claim test runs it
 SMALL (fewer epochs, samples or steps than the script's defaults, except digits, whose 0.97 claim
 needs its real settings and takes about a second) and asserts the example's claim on the numbers;
-test_figure_is_drawn draws each figure from the same run into tmp_path (skipped without matplotlib). The margins were checked over several seeds: run the file with
+test_figure_is_drawn draws each figure from the same run into tmp_path (skipped without
+matplotlib). The margins were checked over several seeds: run the file with
 GPUNN_EXAMPLES_SEED=1 (2, 3, ...) to repeat that, and with -s to see the measured numbers.
 
 Also checked: --device gpu without a usable GPU exits with gpunn's reason (every example), --device

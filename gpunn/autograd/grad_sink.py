@@ -4,8 +4,9 @@
 `t.data`. During `backward()` the first gradient that reaches `t` (while `t.grad` is None) is
 stored in that array and `t.grad` becomes a Tensor over it: nothing is copied aside. Later
 gradients (a second backward without zero_grad) are added into `.grad` as they are without a
-sink. `register_grad_sink(t, None)` removes the sink; a sink that no longer fits `t.data` (the
-data rebound to another shape, dtype or device) is ignored, and `.grad` is then a fresh array.
+sink. `grad_sink_of(t)` returns the sink, `register_grad_sink(t, None)` removes it. A sink that
+no longer fits `t.data` (rebound to another shape, dtype or device) is ignored: `.grad` is then
+a fresh array.
 
 A gradient reaches the sink in one of two ways:
 - a backward that can write its result anywhere asks `Function.grad_sink(i)` for input i's sink
@@ -23,7 +24,7 @@ import contextvars
 
 import numpy as np
 
-__all__ = ["register_grad_sink"]
+__all__ = ["grad_sink_of", "register_grad_sink"]
 
 # Leaves whose sink a node has claimed during the current backward pass; None outside one.
 _claimed = contextvars.ContextVar("gpunn_claimed_grad_sinks", default=None)
@@ -34,6 +35,11 @@ def register_grad_sink(tensor, sink) -> None:
     if sink is not None and not (hasattr(sink, "shape") and hasattr(sink, "dtype")):
         raise TypeError(f"a gradient sink must be a NumPy or CuPy array or None, got {type(sink).__name__}")
     tensor._grad_sink = sink
+
+
+def grad_sink_of(tensor):
+    """The array registered as `tensor`'s gradient sink, or None."""
+    return tensor._grad_sink
 
 
 def fits(sink, a) -> bool:
