@@ -247,8 +247,7 @@ class Tensor:
         if gradient is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output, got shape {self.shape}")
-            xp = np if type(self.data) is np.ndarray else self.device.xp
-            g = xp.ones_like(self.data)
+            g = _unit_seed(self.data)
         else:
             g = _check_gradient(self, gradient)
 
@@ -454,6 +453,25 @@ class Tensor:
 
     def log_softmax(self, axis=-1, *, dim=None):
         return _F.LogSoftmax.apply(self, axis=axis if dim is None else dim)
+
+
+_seeds: dict = {}
+
+
+def _unit_seed(a):
+    """The 1 that `backward()` starts from on a one-element output: one cached array per (array
+    type, device, dtype, shape), so a GPU training step spends no fill launch on it. Safe to share
+    because a backward never writes into the gradient it is given (the tape already hands one
+    gradient to several inputs, e.g. in Add); the NumPy seed is read-only, so a write would fail."""
+    key = (type(a), device_of(a), a.dtype, a.shape)
+    g = _seeds.get(key)
+    if g is None:
+        xp = np if type(a) is np.ndarray else device_of(a).xp
+        g = xp.ones_like(a)
+        if xp is np:
+            g.flags.writeable = False
+        _seeds[key] = g
+    return g
 
 
 def _run_backward(order, grads, rec) -> None:

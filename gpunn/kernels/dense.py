@@ -24,6 +24,9 @@ from numba import njit
 
 from gpunn.backend import get_array_module as array_module
 from gpunn.kernels.activations import (
+    ACT_FLOPS,
+    ACTIVATIONS,
+    DACT_FLOPS,
     IDENTITY,
     activation_backward_cpu_kernel,
     activation_backward_ref,
@@ -100,21 +103,43 @@ def _colsum(a, out):
         out[j] = acc[j]
 
 
+# The profiler's hook for the parts of a fused CPU kernel (None unless a gpunn.profiler profile is
+# active, which sets it): part_hook(kernel, part, fn, args, (flops, bytes)) runs fn(*args) and
+# records it as a part of `kernel`, so that the epilogue after the GEMM shows as its own row.
+part_hook = None
+_ACT_NAMES = {code: name for name, code in ACTIVATIONS.items()}
+
+
+def _part(kernel, part, fn, args, flops, nbytes):
+    if part_hook is None:
+        return fn(*args)
+    return part_hook(kernel, part, fn, args, (flops, nbytes))
+
+
+def _add_bias(z, b):
+    z += b
+
+
 def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
     """CPU fast path: one GEMM, then one fused bias+activation pass. Returns (y, saved)."""
     check_code(code)
     z = np.matmul(x, W.T)
     has_bias = b is not None
     bias = b if has_bias else z[0] if z.shape[0] else np.zeros(z.shape[1], z.dtype)
+    nm, size = z.size, z.dtype.itemsize
     if code == IDENTITY:
         if has_bias:
-            z += b
+            _part("dense_forward", "bias", _add_bias, (z, b), nm, (2 * nm + b.size) * size)
         return z, z
+    label = ("bias+" if has_bias else "") + _ACT_NAMES[code]
+    flops = (ACT_FLOPS[code] + has_bias) * nm
     if needs_preactivation(code, negative_slope):
         y = np.empty_like(z)
-        _bias_act_epilogue(z, bias, has_bias, code, float(negative_slope), y)
+        _part("dense_forward", label, _bias_act_epilogue, (z, bias, has_bias, code, float(negative_slope), y),
+              flops, (3 * nm + z.shape[1]) * size)
         return y, z
-    _bias_act_epilogue(z, bias, has_bias, code, float(negative_slope), z)
+    _part("dense_forward", label, _bias_act_epilogue, (z, bias, has_bias, code, float(negative_slope), z),
+          flops, (2 * nm + z.shape[1]) * size)
     return z, z
 
 
@@ -129,14 +154,17 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
     dW_out = check_grad_out("dense_backward", dW_out, W.shape, dy) if need_dw else None
     db_out = check_grad_out("dense_backward", db_out, (m,), dy) if need_db else None
     db = (db_out if db_out is not None else np.empty(m, dtype=dy.dtype)) if need_db else None
+    nm, size = dy.size, dy.dtype.itemsize
     if code == IDENTITY:
         dz = dy
         if need_db:
-            _colsum(dz, db)
+            _part("dense_backward", "db", _colsum, (dz, db), nm, (nm + m) * size)
     else:
         dz = np.empty_like(dy)
-        _act_grad_colsum(dy, np.ascontiguousarray(saved), code, float(negative_slope), dz,
-                         db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db)
+        _part("dense_backward", _ACT_NAMES[code] + "'" + ("+db" if need_db else ""), _act_grad_colsum,
+              (dy, np.ascontiguousarray(saved), code, float(negative_slope), dz,
+               db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db),
+              (DACT_FLOPS[code] + need_db) * nm, (3 * nm + (m if need_db else 0)) * size)
     dx = np.matmul(dz, W) if need_dx else None
     dW = np.matmul(dz.T, x, out=dW_out) if need_dw else None
     return dx, dW, db
@@ -144,8 +172,6 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
 
 # ----------------------------------------------------------------------------- cost model
 # (flops, bytes) of one call from the shapes alone, for the profiler (conventions: activations.py).
-from gpunn.kernels.activations import ACT_FLOPS, DACT_FLOPS  # noqa: E402
-
 
 def dense_forward_cost(x, W, b, code: int, negative_slope: float = 0.01):
     """GEMM 2NKM + bias NM + activation; read x, W, b, write y (and z when it is saved too)."""

@@ -13,6 +13,9 @@ What is counted, and how (see also recorder.py):
   gpunn kernel ("MatMul.forward"); each is also one *launch* in `launches_per_step()` (a fused
   primitive is one call however many passes it makes: on the CPU a dense layer is one NumPy GEMM
   plus one Numba epilogue);
+- a *part* is one such pass inside a fused CPU kernel (the dense layer's bias+activation epilogue,
+  "dense_forward / bias+gelu", and its backward, "dense_backward / gelu'+db"): kept in `parts`,
+  shown in the kernel table indented under its kernel, never counted twice in totals or launches;
 - a *step* ends with every `Optimizer.step()`;
 - FLOPs and bytes come from the cost model beside each kernel (`COSTS` in gpunn/kernels/*.py);
   achieved GFLOP/s = FLOPs / time, GB/s = bytes / time, and "% peak" is the share of the roofline
@@ -24,6 +27,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
+from gpunn.kernels import dense as _kdense
 from gpunn.kernels import ops as _kops
 from gpunn.profiler.peaks import Peaks, device_peaks
 from gpunn.profiler.recorder import KernelEvent, Recorder, Span
@@ -103,6 +107,7 @@ class profile:
         self._rec = None
         self._peaks = {}
         self.events: list[KernelEvent] = []
+        self.parts: list[KernelEvent] = []
         self.spans: list[Span] = []
         self.step_ends: list[int] = []
         self.wall_ns = 0
@@ -123,6 +128,7 @@ class profile:
         _wait_for_gpu()  # work queued before the profile must not land in it
         self._rec = Recorder(nvtx=self._nvtx, sync=self._sync)
         _kops._recorder = self._rec
+        _kdense.part_hook = self._rec.part
 
     def stop(self) -> None:
         rec = self._rec
@@ -130,8 +136,13 @@ class profile:
             return
         if _kops._recorder is rec:
             _kops._recorder = None
+        if _kdense.part_hook == rec.part:
+            _kdense.part_hook = None
         rec.finish()
         t0 = rec.t0
+        for ev in rec.parts:
+            ev.start_ns -= t0
+            ev.end_ns -= t0
         for ev in rec.events:  # times relative to the profile's start
             ev.start_ns -= t0
             ev.end_ns -= t0
@@ -142,6 +153,7 @@ class profile:
             sp.start_ns -= t0
             sp.end_ns -= t0
         self.events = rec.events
+        self.parts = rec.parts
         self.spans = sorted(rec.spans, key=lambda s: (s.start_ns, -s.end_ns))
         self.step_ends = [e - t0 for e in rec.step_ends]
         self.wall_ns = rec.t1 - t0
@@ -241,7 +253,15 @@ class profile:
         GB/s, and % of the device's peak, one row per kernel name, layer or phase."""
         rows = self.key_averages(group_by, sort_by)
         shown = rows if row_limit is None else rows[:row_limit]
-        width = max([len(group_by)] + [len(r.key) for r in shown]) + 2
+        parts = {}  # kernel name -> the rows of its parts (kernel table only), shown under it
+        if group_by == "kernel":
+            groups = {}
+            for ev in self.parts:
+                groups.setdefault(ev.name, []).append(ev)
+            for name, evs in sorted(groups.items()):
+                parts.setdefault(name.split(" / ")[0], []).append(self._row("  " + name, evs))
+        width = max([len(group_by)] + [len(r.key) for r in shown]
+                    + [len(r.key) for rs in parts.values() for r in rs]) + 2
         head = (f"{group_by:<{width}}{'backend':<11}{'calls':>7}{'total ms':>11}{'mean us':>10}{'% time':>8}"
                 f"{'GFLOP/s':>10}{'GB/s':>9}{'% peak':>8}")
         rule = "-" * len(head)
@@ -254,9 +274,10 @@ class profile:
         lines = [f"gpunn profile: {steps} step{'s' if steps != 1 else ''}, {self.wall_ns / 1e6:.2f} ms profiled"
                  f"{per}, device {self.device}", head, rule]
         for r in shown:
-            lines.append(f"{r.key:<{width}}{r.backend:<11}{r.calls:>7}{r.total_ns / 1e6:>11.3f}"
-                         f"{r.mean_ns / 1e3:>10.1f}{r.pct_time:>8.1f}{num(r.gflops, '10.2f')}"
-                         f"{num(r.gbps, '9.2f')}{num(r.pct_peak, '8.1f')}")
+            for r in [r] + (parts.get(r.key, []) if r.backend == "cpu" else []):
+                lines.append(f"{r.key:<{width}}{r.backend:<11}{r.calls:>7}{r.total_ns / 1e6:>11.3f}"
+                             f"{r.mean_ns / 1e3:>10.1f}{r.pct_time:>8.1f}{num(r.gflops, '10.2f')}"
+                             f"{num(r.gbps, '9.2f')}{num(r.pct_peak, '8.1f')}")
         if len(shown) < len(rows):
             lines.append(f"... {len(rows) - len(shown)} more rows")
         lines.append(rule)
