@@ -52,7 +52,13 @@ SMALL = {
     "digits": dict(),  # its real settings: the 0.97 claim needs them (about a second)
     "backprop_by_hand": dict(),
     "gpu_vs_cpu": dict(epochs=1, n=512, width=32),
+    "linear_collapse": dict(steps=400, n=128),
+    "first_layer_features": dict(epochs=10),
+    "ce_vs_mse": dict(steps=120, lrs=(1.0, 10.0), shown_lr=10.0),
+    "sgd_noise": dict(steps=500, runs=100, batches=(1, 4, 64), gen_seeds=(0,), gen_n=200),
+    "overparameterization": dict(widths=(2, 64), steps=300, starts=4, n=300),
 }
+NEEDS_SKLEARN = ("digits", "first_layer_features", "ce_vs_mse", "sgd_noise", "overparameterization")
 _results = {}
 
 
@@ -76,7 +82,6 @@ def show(name, **numbers):
 # ----------------------------------------------------------------------------------- the claims
 
 def test_perceptron_learns_and_or_but_not_xor():
-    ex = example("perceptron_logic")
     r = result("perceptron_logic")
     show("perceptron", **{f"{g}_acc": r[g]["accuracy"] for g in r}, xor_epochs=len(r["XOR"]["mistakes"]))
     for gate in ("AND", "OR"):
@@ -89,7 +94,6 @@ def test_perceptron_learns_and_or_but_not_xor():
 
 
 def test_xor_mlp_solves_xor():
-    ex = example("xor_mlp")
     r = result("xor_mlp")
     show("xor_mlp", accuracy=r["accuracy"], loss=r["loss"])
     assert r["accuracy"] == 1.0
@@ -98,7 +102,6 @@ def test_xor_mlp_solves_xor():
 
 
 def test_universal_approximation_error_falls_with_width_and_depth_helps():
-    ex = example("universal_approximation")
     r = result("universal_approximation")
     spread = [s["mse"] for s in r["spread"]]
     default = [s["mse"] for s in r["shallow"]]
@@ -113,7 +116,6 @@ def test_universal_approximation_error_falls_with_width_and_depth_helps():
 
 
 def test_activation_derivatives_match_finite_differences():
-    ex = example("activations")
     r = result("activations")
     show("activations", **{k.split(" ")[0]: c["max_err"] for k, c in r["curves"].items()},
          jacobian=r["softmax_jacobian_err"])
@@ -128,7 +130,6 @@ def test_activation_derivatives_match_finite_differences():
 
 
 def test_vanishing_gradients_sigmoid_vs_relu():
-    ex = example("vanishing_gradients")
     r = result("vanishing_gradients")
     first = r["first_layer"]
     ratio = {a: v[-1] / v[0] for a, v in first.items()}
@@ -161,7 +162,6 @@ def test_dead_relu_large_lr_kills_relu_units_not_leaky_or_gelu():
 
 
 def test_losses_outliers_mae_stays_near_true_line():
-    ex = example("losses_outliers")
     r = result("losses_outliers")
     (wm, bm), (wa, ba) = r["fits"]["MSE"], r["fits"]["MAE"]
     show("losses_outliers", mse_err=r["MSE_line_error"], mae_err=r["MAE_line_error"], mse_slope=wm, mae_slope=wa)
@@ -173,7 +173,6 @@ def test_losses_outliers_mae_stays_near_true_line():
 
 
 def test_loss_landscape_trained_point_is_the_bottom_of_the_slice():
-    ex = example("loss_landscape")
     r = result("loss_landscape")
     show("loss_landscape", centre=r["centre_loss"], min=r["min_loss"], border=r["border_mean"],
          border_min=r["border_min"], first=r["trajectory_losses"][0], pca=r["pca"]["explained"])
@@ -213,7 +212,6 @@ def test_learning_rates_small_right_and_diverging(capsys):
 
 
 def test_optimizers_adam_reaches_the_target_first():
-    ex = example("optimizers")
     r = result("optimizers")
     steps = {name: (d["steps_to_target"] or math.inf) for name, d in r["runs"].items()}
     sgd, momentum, adam = steps.values()
@@ -223,7 +221,6 @@ def test_optimizers_adam_reaches_the_target_first():
 
 
 def test_schedules_curves_and_warmup_cosine_beats_constant():
-    ex = example("schedules")
     r = result("schedules")
     c = r["curves"]
     assert len(c) == 13
@@ -243,7 +240,6 @@ def test_schedules_curves_and_warmup_cosine_beats_constant():
 
 def test_digits_test_accuracy_at_least_097():
     pytest.importorskip("sklearn")
-    ex = example("digits")
     r = result("digits")
     show("digits", test_accuracy=r["test_accuracy"])
     assert r["test_accuracy"] >= 0.97
@@ -252,7 +248,6 @@ def test_digits_test_accuracy_at_least_097():
 
 
 def test_backprop_by_hand_equals_autodiff_and_finite_differences():
-    ex = example("backprop_by_hand")
     r = result("backprop_by_hand")
     show("backprop", hand_auto=r["max_hand_vs_autodiff"], hand_fd=r["max_hand_vs_numeric"])
     assert len(r["hand"]) == 26
@@ -279,35 +274,30 @@ def test_gpu_vs_cpu_cpu_half_and_skip_reason(capsys):
             ex.run(epochs=1, n=64, width=8, require_gpu=True, seed=SEED)
 
 
-def test_linear_collapse_is_one_matrix_and_stalls_at_least_squares(tmp_path):
-    ex = example("linear_collapse")
-    r = ex.run(steps=400, n=128, seed=SEED)
+def test_linear_collapse_is_one_matrix_and_stalls_at_least_squares():
+    r = result("linear_collapse")
     lin, relu = r["linear"], r["relu"]
     show("linear_collapse", max_diff=lin["max_diff"], linear=lin["loss"], lsq=r["lsq_loss"], relu=relu["loss"])
     assert lin["max_diff"] < 1e-5  # W x + b from the multiplied-out weights is the network, to float32 rounding
     assert r["lsq_loss"] * (1 - 1e-5) <= lin["loss"] <= 1.01 * r["lsq_loss"]  # stalls at the best line
     assert abs(lin["W"] - r["lsq"][0]) < 0.01 and abs(lin["b"] - r["lsq"][1]) < 0.01
     assert relu["loss"] < r["lsq_loss"] / 20
-    draw(ex, r, tmp_path)
 
 
-def test_first_layer_filters_become_smooth_and_layer_two_combines_them(tmp_path):
+def test_first_layer_filters_become_smooth_and_layer_two_combines_them():
     pytest.importorskip("sklearn")
-    ex = example("first_layer_features")
-    r = ex.run(epochs=10, seed=SEED)
+    r = result("first_layer_features")
     show("first_layer_features", corr0=float(r["corr0"].mean()), corr=float(r["corr"].mean()),
          pr=float(np.median(r["pr"])), test_accuracy=r["test_accuracy"])
     assert abs(r["corr0"].mean()) < 0.1  # independent draws at initialisation
     assert r["corr"].mean() > 0.2 and r["corr"].mean() > r["corr0"].mean() + 0.2
     assert np.median(r["pr"]) > 8  # each second-layer unit is driven by many first-layer units
     assert r["test_accuracy"] > 0.9
-    draw(ex, r, tmp_path)
 
 
-def test_ce_keeps_its_gradient_when_confidently_wrong_and_learns_faster(tmp_path):
+def test_ce_keeps_its_gradient_when_confidently_wrong_and_learns_faster():
     pytest.importorskip("sklearn")
-    ex = example("ce_vs_mse")
-    r = ex.run(steps=120, lrs=(1.0, 10.0), shown_lr=10.0, seed=SEED)
+    r = result("ce_vs_mse")
     g, m = r["grads"], r["margins"]
     sig = 1 / (1 + np.exp(m))
     np.testing.assert_allclose(g[("sigmoid", "cross-entropy")], sig - 1, atol=1e-12)
@@ -323,13 +313,11 @@ def test_ce_keeps_its_gradient_when_confidently_wrong_and_learns_faster(tmp_path
         ce, mse = steps[("cross-entropy", lr)], steps[("MSE", lr)]
         assert ce is not None and ce <= 40
         assert mse is None or mse >= 4 * ce
-    draw(ex, r, tmp_path)
 
 
-def test_sgd_noise_escapes_the_shallow_minimum_full_batch_does_not(tmp_path):
+def test_sgd_noise_escapes_the_shallow_minimum_full_batch_does_not():
     pytest.importorskip("sklearn")
-    ex = example("sgd_noise")
-    r = ex.run(steps=500, runs=100, batches=(1, 4, 64), gen_seeds=(0,), gen_n=200, seed=SEED)
+    r = result("sgd_noise")
     e = r["escaped"]
     small, full = r["gen"][r["gen_small"]][0], r["gen"][r["gen_n"]][0]
     show("sgd_noise", b1=e[1], b4=e[4], full=e[64], left_deep=r["left_deep"], test_small=small[1], test_full=full[1])
@@ -339,13 +327,11 @@ def test_sgd_noise_escapes_the_shallow_minimum_full_batch_does_not(tmp_path):
     assert r["left_deep"] <= 0.02
     assert small[0] == 1.0 and full[0] == 1.0  # both fit the training images
     assert abs(small[1] - full[1]) < 0.04  # and generalise alike here (what the example reports)
-    draw(ex, r, tmp_path)
 
 
-def test_overparameterised_networks_memorise_and_end_alike(tmp_path):
+def test_overparameterised_networks_memorise_and_end_alike():
     pytest.importorskip("sklearn")
-    ex = example("overparameterization")
-    r = ex.run(widths=(2, 64), steps=300, starts=4, n=300, seed=SEED)
+    r = result("overparameterization")
     (narrow, wide), (narrow_s, wide_s) = r["labels"]["true"], r["labels"]["shuffled"]
     L2, L64 = r["final_losses"][2], r["final_losses"][64]
     show("overparameterization", wide_shuffled_train=wide_s["train_accuracy"],
@@ -356,7 +342,6 @@ def test_overparameterised_networks_memorise_and_end_alike(tmp_path):
     assert narrow_s["train_accuracy"] < 0.5
     assert L2.max() - L2.min() > 0.05 and L2.min() > 0.3
     assert L64.max() < 0.01 and L64.max() - L64.min() < 1e-3
-    draw(ex, r, tmp_path)
 
 
 # ------------------------------------------------------------------------- command line and rules
@@ -375,7 +360,7 @@ def test_device_gpu_without_a_gpu_exits_with_the_reason(name, capsys):
 def test_figure_is_drawn(name, tmp_path):
     """plot(result, path) writes a PNG (from the claim test's run when it came first)."""
     pytest.importorskip("matplotlib")
-    if name == "digits":
+    if name in NEEDS_SKLEARN:
         pytest.importorskip("sklearn")
     path = tmp_path / f"{name}.png"
     example(name).plot(result(name), str(path))

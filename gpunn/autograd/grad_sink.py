@@ -47,7 +47,7 @@ def fits(sink, a) -> bool:
     if sink is None or sink.shape != a.shape or sink.dtype != a.dtype:
         return False
     kind = type(sink)
-    return kind is type(a) and (kind is np.ndarray or sink.device == a.device)
+    return kind is type(a) and (kind is np.ndarray or sink.device.id == a.device.id)
 
 
 def begin_pass():
