@@ -40,6 +40,7 @@ from gpunn.backend import device as resolve_device
 from gpunn.backend import device_of, get_array_module, is_cupy_array
 from gpunn.backend import random as _random
 from gpunn.data import _check_batch_size, as_array, batches, num_batches, permutation
+from gpunn.utils.data import DataLoader, loader_arrays
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "TrainingDiverged"]
 
@@ -323,10 +324,20 @@ def _fmt_logs(logs):
 
 # ----------------------------------------------------------------------------- fit
 
-def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, scheduler=None,
+def _loader_pair(loader):
+    arrays, batch_size, shuffle, drop_last, gen = loader_arrays(loader)
+    if len(arrays) != 2:
+        raise TypeError(f"fit: the DataLoader's TensorDataset holds {len(arrays)} tensors; fit needs two (inputs, targets)")
+    return tuple(arrays), batch_size, shuffle, drop_last, gen
+
+
+def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int = 32, scheduler=None,
         validation=None, callbacks=(), progress: bool = True, device=None, seed=None,
         shuffle: bool = True, start_epoch: int = 0, scheduler_step: str = "epoch") -> History:
     """Train `model` on (X, y) with mini-batches; return a `History` (see the module docstring).
+
+    X may instead be a `gn.utils.data.DataLoader` over a TensorDataset (X, y) (y then omitted): its
+    batch_size, shuffle and drop_last are used, and its generator (if any) draws the seed.
 
     model: a gpunn Module; loss_fn(output, target) -> scalar Tensor; optimizer: a gpunn optimizer
     over the model's parameters. X: float array whose dtype equals the parameters' dtype (never cast
@@ -338,14 +349,15 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
     evaluated after every epoch. `callbacks`: `Callback` instances. `progress`: a tqdm bar per epoch
     (shown only on a terminal). Raises TrainingDiverged on a non-finite loss or input.
 
-    The phases, in order: `_check_fit_options` (arguments); `_FitRun(...)` (data checked and moved
+    The phases, in order: `_data_source` (arrays or a DataLoader), `_check_fit_options` (arguments); `_FitRun(...)` (data checked and moved
     to the model's device, per-run constants); per epoch `_FitRun.train_epoch` (its batches from
     `epoch_batches`, one `train_step` each, then `epoch_logs` and `validate`), `step_scheduler`
     and the epoch-end callbacks.
     """
+    X, y, batch_size, shuffle, drop_last, seed = _data_source(X, y, batch_size, shuffle, seed)
     epochs, start_epoch, batch_size, callbacks = _check_fit_options(epochs, start_epoch, batch_size,
                                                                      callbacks, scheduler_step)
-    run = _FitRun(model, loss_fn, optimizer, X, y, validation, device, batch_size, shuffle, seed,
+    run = _FitRun(model, loss_fn, optimizer, X, y, validation, device, batch_size, shuffle, drop_last, seed,
                   scheduler, scheduler_step, epochs, progress)
     history = History(seed=run.seed)
     for cb in callbacks:
@@ -366,6 +378,18 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
     for cb in callbacks:
         cb.on_train_end()
     return history
+
+
+def _data_source(X, y, batch_size, shuffle, seed):
+    """(X, y, batch_size, shuffle, drop_last, seed): fit's own arguments, or a DataLoader's."""
+    if not isinstance(X, DataLoader):
+        return X, y, batch_size, shuffle, False, seed
+    if y is not None:
+        raise TypeError("fit: pass a DataLoader alone (its dataset holds the targets), not a DataLoader and y")
+    (X, y), batch_size, shuffle, drop_last, gen = _loader_pair(X)
+    if seed is None and gen is not None:
+        seed = int(gen.integers(2**63 - 1))
+    return X, y, batch_size, shuffle, drop_last, seed
 
 
 def _check_fit_options(epochs, start_epoch, batch_size, callbacks, scheduler_step):
@@ -416,7 +440,7 @@ class _FitRun:
     """What stays fixed during one `fit` call (data on the model's device, the batch plan) and
     the phases of an epoch."""
 
-    def __init__(self, model, loss_fn, optimizer, X, y, validation, device, batch_size, shuffle, seed,
+    def __init__(self, model, loss_fn, optimizer, X, y, validation, device, batch_size, shuffle, drop_last, seed,
                  scheduler, scheduler_step, epochs, progress):
         dev, dtype = _model_device_dtype(model)
         if device is not None:
@@ -436,11 +460,15 @@ class _FitRun:
         self.seed = _check_seed(seed)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.scheduler, self.scheduler_step = scheduler, scheduler_step
-        self.batch_size, self.shuffle, self.epochs, self.progress = batch_size, shuffle, epochs, progress
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.epochs, self.progress = epochs, progress
         self.dtype, self.on_gpu, self.xp = dtype, dev.is_gpu, dev.xp
         self.bad_x, self.bad_y = _bad_rows(self.X), _bad_rows(self.y)
         self.correct_fn = _accuracy_counter(loss_fn, self.y)
-        self.n_steps = num_batches(n, batch_size)
+        self.n_steps = num_batches(n, batch_size, drop_last)
+        if self.n_steps == 0:
+            raise ValueError(f"fit: drop_last with batch_size {batch_size} leaves no batch of the {n} samples")
+        self.n_used = self.n_steps * batch_size if drop_last else n  # the samples an epoch sees
         if self.on_gpu:  # each step's weight in the epoch mean (the batch size, or 1 for reduction="sum")
             self.step_weights = np.array([_weight(loss_fn, min(batch_size, n - i * batch_size))
                                           for i in range(self.n_steps)], dtype=np.float64)
@@ -483,7 +511,8 @@ class _FitRun:
 
     def epoch_batches(self, epoch):
         """This epoch's (xb, yb) batches, in the order fixed by (seed, epoch)."""
-        return batches(self.X, self.y, self.batch_size, shuffle=self.shuffle, seed=[self.seed, epoch])
+        return batches(self.X, self.y, self.batch_size, shuffle=self.shuffle, seed=[self.seed, epoch],
+                       drop_last=self.drop_last)
 
     def train_step(self, xb, yb, ep, step):
         """zero_grad, forward, loss (summed in `ep`; checked on the CPU), backward, optimizer step,
@@ -524,7 +553,7 @@ class _FitRun:
             _check_gpu_losses(host, ep.where, ep.index, self.n_steps, self.optimizer, ep.lrs, ep.history)
             loss_sum = float((host.astype(np.float64) * self.step_weights).sum())
             correct = int(correct)
-        logs = {"loss": loss_sum / self.n}
+        logs = {"loss": loss_sum / self.n_used}
         if self.correct_fn is not None and ep.counted:
             logs["accuracy"] = correct / ep.counted
         return logs

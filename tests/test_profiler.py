@@ -630,6 +630,36 @@ def test_a_failing_node_records_no_kernel_and_leaves_no_span_open():
     assert [s.name for s in prof.spans] == ["Reshape", "Reshape"]
 
 
+def test_a_cached_peak_that_is_exceeded_is_measured_again(monkeypatch):
+    """A peak cached from a busy machine is too low: above 100% of it, the profile measures again, once."""
+    name = peaks_mod._device_name("cpu")
+    import os
+
+    os.makedirs(os.path.dirname(peaks_mod.cache_path()), exist_ok=True)
+    entry = {"name": name, "gflops": {"float32": 1e-9, "float64": 1e-9}, "gbps": 1e-9, "source": "busy"}
+    with open(peaks_mod.cache_path(), "w") as f:
+        json.dump({peaks_mod._key("cpu", name): entry}, f)
+    calls = []
+
+    def fake_measure(xp, sync, **sizes):
+        calls.append(1)
+        return {"float32": 1e6, "float64": 5e5}, 1e6, "measured (test)"
+
+    monkeypatch.setattr(peaks_mod, "_measure", fake_measure)
+    _, _, step = training()
+    with profile() as prof:
+        step()
+    rows = prof.key_averages()
+    assert len(calls) == 1 and prof.peaks().gbps == 1e6 and not prof.peaks().cached
+    assert all(r.pct_peak is None or r.pct_peak < 100 for r in rows)
+    prof.key_averages()
+    assert len(calls) == 1  # once per profile
+    assert json.load(open(peaks_mod.cache_path()))[peaks_mod._key("cpu", name)]["gbps"] == 1e6
+    with profile(peaks={"gflops": 1e-9, "gbps": 1e-9}) as given:
+        step()
+    assert all(r.pct_peak is None or r.pct_peak > 100 for r in given.key_averages()) and len(calls) == 1
+
+
 def test_cpu_epilogues_show_as_parts_of_their_dense_kernels():
     """The bias+activation pass after the GEMM (and its backward with db) is timed as a part of
     its dense kernel: rows indented under it in the kernel table, inside the kernel's time, with

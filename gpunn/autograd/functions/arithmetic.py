@@ -2,7 +2,10 @@
 
 Add/Sub/Mul/Div: gradients are summed back over broadcast axes (`unbroadcast`).
 Pow (scalar exponent):  d(x^c) = c x^(c-1).   Exp: d e^x = e^x.   Log: d log x = 1/x.
-Sqrt: d sqrt x = 1/(2 sqrt x).   Abs: d|x| = sign(x) (0 at 0).
+Sqrt: d sqrt x = 1/(2 sqrt x).   Abs: d|x| = sign(x) (0 at 0).   Sign: 0.   Sin: cos x.   Cos: -sin x.
+Clamp(lo, hi): g where lo <= x <= hi, else 0 (PyTorch's rule: the bounds themselves pass the gradient).
+Where(c, a, b): g to a where c, to b elsewhere.
+Maximum/Minimum(a, b): g to the larger (smaller) operand; on ties g/2 to each (as PyTorch).
 MatMul (any ndim >= 1, batched over leading axes): dA = dC @ B^T, dB = A^T @ dC.
 """
 from __future__ import annotations
@@ -13,6 +16,9 @@ from gpunn.backend import get_array_module
 
 
 class Add(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
         return a + b
@@ -23,6 +29,9 @@ class Add(Function):
 
 
 class Sub(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
         return a - b
@@ -33,6 +42,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    saves_output = False
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a * b
@@ -44,6 +55,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    saves_output = False
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a / b
@@ -56,6 +69,9 @@ class Div(Function):
 
 
 class Neg(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a):
         return -a
 
@@ -64,6 +80,9 @@ class Neg(Function):
 
 
 class Clone(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a):
         return a.copy()
 
@@ -72,6 +91,9 @@ class Clone(Function):
 
 
 class Cast(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, dtype):
         self.src = a.dtype
         return a.astype(dtype)
@@ -81,6 +103,8 @@ class Cast(Function):
 
 
 class Pow(Function):
+    saves_output = False
+
     def forward(self, a, exponent):
         self.a, self.c = a, exponent
         return a ** a.dtype.type(exponent)
@@ -93,6 +117,8 @@ class Pow(Function):
 
 
 class Exp(Function):
+    saves_inputs = False
+
     def forward(self, a):
         self.out = get_array_module(a).exp(a)
         return self.out
@@ -102,6 +128,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    saves_output = False
+
     def forward(self, a):
         self.a = a
         return get_array_module(a).log(a)
@@ -111,6 +139,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    saves_inputs = False
+
     def forward(self, a):
         self.out = get_array_module(a).sqrt(a)
         return self.out
@@ -120,6 +150,8 @@ class Sqrt(Function):
 
 
 class Abs(Function):
+    saves_output = False
+
     def forward(self, a):
         self.a = a
         return get_array_module(a).abs(a)
@@ -128,7 +160,95 @@ class Abs(Function):
         return (g * get_array_module(g).sign(self.a),)
 
 
+class Sign(Function):
+    saves_inputs = False
+    saves_output = False
+
+    def forward(self, a):
+        self.shape = a.shape
+        return _xp(a).sign(a)
+
+    def backward(self, g):
+        return (_xp(g).zeros(self.shape, dtype=g.dtype),)
+
+
+class Sin(Function):
+    saves_output = False
+
+    def forward(self, a):
+        self.a = a
+        return _xp(a).sin(a)
+
+    def backward(self, g):
+        return (g * _xp(g).cos(self.a),)
+
+
+class Cos(Function):
+    saves_output = False
+
+    def forward(self, a):
+        self.a = a
+        return _xp(a).cos(a)
+
+    def backward(self, g):
+        return (-g * _xp(g).sin(self.a),)
+
+
+class Clamp(Function):
+    saves_output = False
+
+    def forward(self, a, lo=None, hi=None):
+        xp = _xp(a)
+        inside = xp.ones(a.shape, dtype=bool)
+        if lo is not None:
+            inside &= a >= lo
+        if hi is not None:
+            inside &= a <= hi
+        self.inside = inside
+        return xp.clip(a, lo, hi)
+
+    def backward(self, g):
+        return (g * self.inside,)
+
+
+class Where(Function):
+    """out = a where cond else b; cond is a boolean array (a parameter, not an input)."""
+
+    saves_inputs = False
+    saves_output = False
+
+    def forward(self, a, b, cond):
+        self.cond, self.shapes = cond, (a.shape, b.shape)
+        return _xp(a).where(cond, a, b)
+
+    def backward(self, g):
+        xp, (sa, sb) = _xp(g), self.shapes
+        zero = g.dtype.type(0)
+        return (unbroadcast(xp.where(self.cond, g, zero), sa) if self.needs_grad[0] else None,
+                unbroadcast(xp.where(self.cond, zero, g), sb) if self.needs_grad[1] else None)
+
+
+class Maximum(Function):
+    """Elementwise maximum (or minimum with `take_min`)."""
+
+    saves_output = False
+
+    def forward(self, a, b, take_min=False):
+        xp = _xp(a)
+        self.a, self.b, self.take_min = a, b, take_min
+        return xp.minimum(a, b) if take_min else xp.maximum(a, b)
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        a_wins = (a < b) if self.take_min else (a > b)
+        share = a_wins + (a == b) * g.dtype.type(0.5)  # 1 where a is chosen, 1/2 on ties, else 0
+        return (unbroadcast(g * share, a.shape) if self.needs_grad[0] else None,
+                unbroadcast(g * (1 - share), b.shape) if self.needs_grad[1] else None)
+
+
 class MatMul(Function):
+    saves_output = False
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a @ b
