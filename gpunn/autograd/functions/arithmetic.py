@@ -166,10 +166,10 @@ class Sign(Function):
 
     def forward(self, a):
         self.shape = a.shape
-        return _xp(a).sign(a)
+        return get_array_module(a).sign(a)
 
     def backward(self, g):
-        return (_xp(g).zeros(self.shape, dtype=g.dtype),)
+        return (get_array_module(g).zeros(self.shape, dtype=g.dtype),)
 
 
 class Sin(Function):
@@ -177,10 +177,10 @@ class Sin(Function):
 
     def forward(self, a):
         self.a = a
-        return _xp(a).sin(a)
+        return get_array_module(a).sin(a)
 
     def backward(self, g):
-        return (g * _xp(g).cos(self.a),)
+        return (g * get_array_module(g).cos(self.a),)
 
 
 class Cos(Function):
@@ -188,17 +188,17 @@ class Cos(Function):
 
     def forward(self, a):
         self.a = a
-        return _xp(a).cos(a)
+        return get_array_module(a).cos(a)
 
     def backward(self, g):
-        return (-g * _xp(g).sin(self.a),)
+        return (-g * get_array_module(g).sin(self.a),)
 
 
 class Clamp(Function):
     saves_output = False
 
     def forward(self, a, lo=None, hi=None):
-        xp = _xp(a)
+        xp = get_array_module(a)
         inside = xp.ones(a.shape, dtype=bool)
         if lo is not None:
             inside &= a >= lo
@@ -219,10 +219,10 @@ class Where(Function):
 
     def forward(self, a, b, cond):
         self.cond, self.shapes = cond, (a.shape, b.shape)
-        return _xp(a).where(cond, a, b)
+        return get_array_module(a).where(cond, a, b)
 
     def backward(self, g):
-        xp, (sa, sb) = _xp(g), self.shapes
+        xp, (sa, sb) = get_array_module(g), self.shapes
         zero = g.dtype.type(0)
         return (unbroadcast(xp.where(self.cond, g, zero), sa) if self.needs_grad[0] else None,
                 unbroadcast(xp.where(self.cond, zero, g), sb) if self.needs_grad[1] else None)
@@ -234,7 +234,7 @@ class Maximum(Function):
     saves_output = False
 
     def forward(self, a, b, take_min=False):
-        xp = _xp(a)
+        xp = get_array_module(a)
         self.a, self.b, self.take_min = a, b, take_min
         return xp.minimum(a, b) if take_min else xp.maximum(a, b)
 
