@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd import functions as F
-from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, xp_of
+from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype
 from gpunn.autograd.tensor import Tensor
+from gpunn.backend import FLOAT_DTYPES, get_array_module, is_array
 from gpunn.kernels import ACTIVATIONS, activation_code
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -19,7 +20,7 @@ REDUCTIONS = ("mean", "sum", "none")
 def _tensor(x, op: str, name: str) -> Tensor:
     if isinstance(x, Tensor):
         return x
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+    if is_array(x):
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{op}: {name} must be numeric, got dtype {x.dtype}")
         return Tensor(x)
@@ -95,7 +96,6 @@ def gather(x, dim: int, index):
 
 # ----------------------------------------------------------------------------- dense
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _dense_inputs_valid(x, W, b) -> bool:
@@ -106,7 +106,7 @@ def _dense_inputs_valid(x, W, b) -> bool:
         return False
     xd, Wd = x.data, W.data
     dt = Wd.dtype
-    if (type(xd) is not np.ndarray or type(Wd) is not np.ndarray or xd.dtype != dt or dt not in _FLOAT_DTYPES
+    if (type(xd) is not np.ndarray or type(Wd) is not np.ndarray or xd.dtype != dt or dt not in FLOAT_DTYPES
             or xd.ndim != 2 or Wd.ndim != 2 or xd.shape[1] != Wd.shape[1]):
         return False
     if b is None:
@@ -159,7 +159,7 @@ def linear(x, weight, bias=None):
 
 def _labels(target, n: int, op: str):
     lab = target.data if isinstance(target, Tensor) else target
-    if not (isinstance(lab, np.ndarray) or type(lab).__module__.startswith("cupy")):
+    if not is_array(lab):
         lab = np.asarray(lab)
     if lab.dtype.kind not in "iu":
         raise TypeError(f"{op}: target must hold integer class labels, got dtype {lab.dtype} "
@@ -211,7 +211,10 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean", pos
     x, y = _pair(op, input, target)
     pw = None
     if pos_weight is not None:
-        pw = pos_weight.data if isinstance(pos_weight, Tensor) else xp_of(x.data).asarray(pos_weight, x.dtype)
+        if isinstance(pos_weight, Tensor):
+            pw = pos_weight.data
+        else:
+            pw = get_array_module(x.data).asarray(pos_weight, x.dtype)
         check_same_device(op, x.data, pw)
         check_same_dtype(op, x.data, pw, names=("input", "pos_weight"))
         try:

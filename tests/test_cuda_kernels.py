@@ -89,6 +89,7 @@ def make_dense(rng, n, k, m, dtype, bias=True):
 
 
 def run_dense(target, impl, x, W, b, dy, code, slope, need=(True, True, True), tile=None):
+    """(y, saved, [dx, dW, db]) on the host, and whether forward's `saved` was y itself."""
     X, WW, B, DY = (target.asarray(a) for a in (x, W, b, dy))
     if impl == "fused":
         y, saved = dense_cuda.forward_fused(X, WW, B, code, slope, tile)
@@ -96,11 +97,11 @@ def run_dense(target, impl, x, W, b, dy, code, slope, need=(True, True, True), t
     else:
         y, saved = dense_cuda.forward_cublas(X, WW, B, code, slope)
         grads = dense_cuda.backward_cublas(DY, X, WW, saved, code, slope, *need)
-    return target.get(y), target.get(saved), [target.get(g) for g in grads]
+    return target.get(y), target.get(saved), [target.get(g) for g in grads], saved is y
 
 
 def check_dense(got, want, dtype, n, k, m, what=""):
-    y, saved, grads = got
+    y, saved, grads, _ = got
     y_ref, s_ref, g_ref = want
     assert y.dtype == dtype and y.shape == (n, m)
     np.testing.assert_allclose(y, y_ref, err_msg=f"{what} y", **tol(dtype, k))
@@ -123,8 +124,8 @@ def test_dense_matches_reference(target, act, impl, dtype):
     x, W, b, dy = make_dense(np.random.default_rng(1), n, k, m, dtype, bias=name != "tanh")
     got = run_dense(target, impl, x, W, b, dy, code, slope)
     check_dense(got, dense_reference(x, W, b, dy, code, slope), dtype, n, k, m, f"{impl} {name}")
-    if not needs_preactivation(code, slope):
-        assert got[1] is not None
+    # backward needs z only for these; for the rest forward keeps no second (N, M) array
+    assert got[3] is not needs_preactivation(code, slope)
 
 
 @pytest.mark.parametrize("impl", ["fused", "cublas"])

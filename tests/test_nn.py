@@ -578,3 +578,12 @@ def test_nn_namespace():
     assert nn.Parameter is gn.Parameter and nn.init.kaiming_uniform_ is nn.init.he_uniform_
     for name in nn.__all__:
         assert hasattr(nn, name), name
+
+
+def test_dense_nodes_carry_the_layer_name_path_or_class():
+    x = gn.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    root = nn.Dense(3, 2, activation="tanh")
+    assert root._layer_name == "Dense" and root(x).grad_fn.layer == "Dense"
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 2)))
+    assert model(x).grad_fn.layer == "2.0"
+    assert [m._layer_name for m in model.modules()] == ["Sequential", "0", "1", "2", "2.0"]

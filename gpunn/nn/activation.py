@@ -125,21 +125,7 @@ class Flatten(Module):
         self.end_dim = end_dim
 
     def forward(self, x):
-        shape = x.shape
-        nd = len(shape)
-        if nd == 0:
-            return x.reshape(1)
-        start = self.start_dim + nd if self.start_dim < 0 else self.start_dim
-        end = self.end_dim + nd if self.end_dim < 0 else self.end_dim
-        if not (0 <= start < nd and 0 <= end < nd):
-            raise IndexError(f"Flatten: dims ({self.start_dim}, {self.end_dim}) out of range for an input "
-                             f"of shape {tuple(shape)}")
-        if start > end:
-            raise ValueError(f"Flatten: start_dim ({self.start_dim}) cannot come after end_dim ({self.end_dim})")
-        n = 1
-        for s in shape[start:end + 1]:
-            n *= s
-        return x.reshape(*shape[:start], n, *shape[end + 1:])
+        return x.flatten(self.start_dim, self.end_dim)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

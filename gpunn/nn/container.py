@@ -128,7 +128,7 @@ class Sequential(_ModuleSequence):
                 if activation_code(act) == IDENTITY and type(nxt) in _FUSABLE and nxt._fused is not None:
                     act, slope = nxt._fused
                     i += 1
-                plan.append((m, act, slope, m._path or t.__name__, None))
+                plan.append((m, act, slope, m._layer_name, None))
             elif t is not Identity:
                 plan.append((None, None, None, None, m))
             i += 1
