@@ -188,7 +188,7 @@ def test_dense_fused_vector_and_element_loads(target, dtype):
         for xin in (X, Xm):
             y, saved = dense_cuda.forward_fused(xin, WW, B, code, 0.01, tile)
             grads = dense_cuda.backward_fused(DY, xin, WW, saved, code, 0.01, tile=tile)
-            got = target.get(y), target.get(saved), [target.get(g) for g in grads]
+            got = target.get(y), target.get(saved), [target.get(g) for g in grads], saved is y
             check_dense(got, want, dtype, n, k, m, f"{n}x{k}x{m} width {dense_cuda.vector_width(tile, xin, WW)}")
 
 
