@@ -1,247 +1,158 @@
-"""Activation functions and their derivatives: the reference (any xp) and Numba CPU scalar cores.
+"""Activation functions and their derivatives on the CPU, made from the registry's one definition
+of each (gpunn/kernels/registry.py: the formulas, which of z or y the derivative needs, FLOPs).
 
-Names (and the code each compiles to):
-  identity (0)   y = z
-  relu (1)       y = max(z, 0);                  y' = 1 if z > 0 else 0 (0 at z == 0, as PyTorch)
-  leaky_relu (2) y = z if z > 0 else s*z;        y' = 1 if z > 0 else s  (s = negative_slope)
-  gelu (3)       y = z * Phi(z) = 0.5 z (1 + erf(z / sqrt 2)); y' = Phi(z) + z phi(z)
-  gelu_tanh (4)  y = 0.5 z (1 + tanh(k (z + 0.044715 z^3))), k = sqrt(2/pi)
-  sigmoid (5)    y = 1 / (1 + exp(-z)), evaluated on the stable branch for each sign; y' = y (1 - y)
-  tanh (6)       y = tanh(z);                    y' = 1 - y^2
+Contract (CPU and GPU alike): y = act(z); dz = dy * act'(.) from s, where s is z for the
+activations whose derivative needs the input (gelu, gelu_tanh, leaky_relu with a negative slope)
+and y otherwise (`needs_preactivation`). Precision: elementwise in the array's own dtype (float32
+math for float32, float64 for float64), the policy of the whole activation family on every backend.
 
-Derivatives of relu, leaky_relu (slope >= 0), sigmoid and tanh need only the output y,
-so a fused dense layer keeps y alone; gelu and gelu_tanh (and leaky_relu with a negative
-slope) need the pre-activation z.
+Kernels: one Numba loop per (activation, dtype) and direction, the activation's scalar function
+inlined into it (no branch on the activation at run time, so relu and leaky_relu vectorise), built
+on first use and cached on disk under a name that carries a hash of the definition.
+`activation_forward_ref` / `activation_backward_ref` (the `Ops` reference) run the same kernels:
+the independent check of a definition is the float64 reference in the tests, not a second copy here.
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
 import numpy as np
 from numba import njit
 
-from gpunn.backend import get_array_module as array_module
-
-IDENTITY, RELU, LEAKY_RELU, GELU, GELU_TANH, SIGMOID, TANH = range(7)
-ACTIVATIONS = {
-    "identity": IDENTITY,
-    "relu": RELU,
-    "leaky_relu": LEAKY_RELU,
-    "gelu": GELU,
-    "gelu_tanh": GELU_TANH,
-    "sigmoid": SIGMOID,
-    "tanh": TANH,
-}
-CODES = frozenset(ACTIVATIONS.values())
-_ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_GELU_C = 0.044715
+from gpunn.kernels import registry
+from gpunn.kernels.registry import activation_code, check_code, needs_preactivation  # noqa: F401 (re-exported)
 
 
-def activation_code(name) -> int:
-    """The integer code of an activation name; ValueError listing the valid names otherwise."""
-    key = _ALIASES.get(name, name)
-    if isinstance(key, str):
-        key = key.lower()
-    try:
-        return ACTIVATIONS[key]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)} (or None for identity)"
-        ) from None
+class _Codes(Mapping):
+    """name -> integer code of every registered activation (a live view of the registry)."""
+
+    def __getitem__(self, name):
+        return registry.ACTIVATIONS[name].code
+
+    def __iter__(self):
+        return iter(registry.ACTIVATIONS)
+
+    def __len__(self):
+        return len(registry.ACTIVATIONS)
+
+    def __repr__(self):
+        return repr(dict(self))
 
 
-def check_code(code) -> None:
-    """The fused kernels treat an unknown code as identity: refuse it before they run."""
-    if code not in CODES:
-        raise ValueError(f"unknown activation code {code!r}; valid codes: {sorted(CODES)} "
-                         f"({', '.join(ACTIVATIONS)})")
-
-
-def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
-    """True when the derivative must be computed from z rather than from y = act(z)."""
-    return code in (GELU, GELU_TANH) or (code == LEAKY_RELU and negative_slope < 0)
+ACTIVATIONS = _Codes()
+IDENTITY, RELU, LEAKY_RELU, GELU, GELU_TANH, SIGMOID, TANH = (
+    ACTIVATIONS[n] for n in ("identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh"))
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference implementation: plain array expressions, valid for NumPy and CuPy alike.
+# CPU kernels: templates whose free names (act, dact) are bound per activation and dtype.
 # ---------------------------------------------------------------------------------------------
 
-def _erf(xp, x):
-    if xp is np:
-        # NumPy has no erf ufunc; math.erf per element is slow but exact: this is the reference.
-        return np.vectorize(math.erf, otypes=[x.dtype])(x) if x.size else x.copy()
-    from cupyx.scipy.special import erf  # only reached on the GPU backend
-
-    return erf(x)
-
-
-def _sigmoid_ref(xp, z):
-    # exp(-|z|) never overflows; pick 1/(1+e) for z >= 0 and e/(1+e) for z < 0.
-    e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
-
-
-def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
-    """y = act(z) elementwise; returns a new array of z's dtype."""
-    xp = array_module(z)
-    dt = z.dtype
-    if code == IDENTITY:
-        return z.copy()
-    if code == RELU:
-        return xp.maximum(z, dt.type(0))
-    if code == LEAKY_RELU:
-        return xp.where(z > 0, z, z * dt.type(negative_slope))
-    if code == GELU:
-        return (0.5 * z * (1.0 + _erf(xp, z * _INV_SQRT_2))).astype(dt, copy=False)
-    if code == GELU_TANH:
-        return (0.5 * z * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3)))).astype(dt, copy=False)
-    if code == SIGMOID:
-        return _sigmoid_ref(xp, z)
-    if code == TANH:
-        return xp.tanh(z)
-    raise ValueError(f"unknown activation code {code}")
-
-
-def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
-    """dz = dy * act'(z), using y where the derivative needs only the output (z may be None then)."""
-    xp = array_module(dy)
-    dt = dy.dtype
-    if code == IDENTITY:
-        return dy.copy()
-    if code == RELU:
-        return xp.where(y > 0, dy, dt.type(0))
-    if code == LEAKY_RELU:
-        s = z if needs_preactivation(code, negative_slope) else y
-        return xp.where(s > 0, dy, dy * dt.type(negative_slope))
-    if code == GELU:
-        cdf = 0.5 * (1.0 + _erf(xp, z * _INV_SQRT_2))
-        pdf = xp.exp(-0.5 * z * z) * _INV_SQRT_2PI
-        return (dy * (cdf + z * pdf)).astype(dt, copy=False)
-    if code == GELU_TANH:
-        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))
-        d = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * z * z)
-        return (dy * d).astype(dt, copy=False)
-    if code == SIGMOID:
-        return dy * y * (1 - y)
-    if code == TANH:
-        return dy * (1 - y * y)
-    raise ValueError(f"unknown activation code {code}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Numba scalar cores, inlined into the CPU kernels (dense epilogue, elementwise activation).
-# Computed in float64 and rounded once on store: exact enough for the float64 gradchecks and
-# never less accurate than a float32 evaluation.
-# ---------------------------------------------------------------------------------------------
-
-@njit(inline="always", cache=True)
-def act_scalar(z, code, slope):
-    z = float(z)
-    if code == RELU:
-        return z if z > 0.0 else 0.0
-    if code == LEAKY_RELU:
-        return z if z > 0.0 else slope * z
-    if code == GELU:
-        return 0.5 * z * (1.0 + math.erf(z * _INV_SQRT_2))
-    if code == GELU_TANH:
-        return 0.5 * z * (1.0 + math.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z)))
-    if code == SIGMOID:
-        if z >= 0.0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return e / (1.0 + e)
-    if code == TANH:
-        return math.tanh(z)
-    return z
-
-
-@njit(inline="always", cache=True)
-def dact_scalar(s, code, slope):
-    """act'(z) from s, where s is z for gelu/gelu_tanh/negative-slope leaky_relu and y otherwise."""
-    s = float(s)
-    if code == RELU:
-        return 1.0 if s > 0.0 else 0.0
-    if code == LEAKY_RELU:
-        return 1.0 if s > 0.0 else slope
-    if code == GELU:
-        return 0.5 * (1.0 + math.erf(s * _INV_SQRT_2)) + s * math.exp(-0.5 * s * s) * _INV_SQRT_2PI
-    if code == GELU_TANH:
-        t = math.tanh(_SQRT_2_OVER_PI * (s + _GELU_C * s * s * s))
-        return 0.5 * (1.0 + t) + 0.5 * s * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * s * s)
-    if code == SIGMOID:
-        return s * (1.0 - s)
-    if code == TANH:
-        return 1.0 - s * s
-    return 1.0
-
-
-# The kernels branch on the activation OUTSIDE their loops: a branch inside the loop keeps LLVM
-# from vectorising relu/leaky_relu (measured 7x slower on a 256x512 epilogue).
-
-@njit(cache=True)
-def activation_forward_cpu_kernel(z, code, slope, y):
+def activation_forward_loop(z, slope, y):
     """y = act(z) over flat C-contiguous arrays (y may be z: in place)."""
-    n = z.size
-    if code == RELU:
-        for i in range(n):
-            v = z[i]
-            y[i] = v if v > 0 else 0
-    elif code == LEAKY_RELU:
-        for i in range(n):
-            v = z[i]
-            y[i] = v if v > 0 else v * slope
-    elif code == IDENTITY:
-        for i in range(n):
-            y[i] = z[i]
-    else:  # transcendental: the libm call dominates, the branch does not matter
-        for i in range(n):
-            y[i] = act_scalar(z[i], code, slope)
+    for i in range(z.size):
+        y[i] = act(z[i], slope)  # noqa: F821 (bound per activation)
 
 
-@njit(cache=True)
-def activation_backward_cpu_kernel(dy, s, code, slope, dz):
-    """dz = dy * act'(.) from s (z or y, see dact_scalar) over flat C-contiguous arrays."""
-    n = dy.size
-    if code == RELU:
-        for i in range(n):
-            dz[i] = dy[i] if s[i] > 0 else 0
-    elif code == LEAKY_RELU:
-        for i in range(n):
-            dz[i] = dy[i] if s[i] > 0 else dy[i] * slope
-    elif code == SIGMOID:
-        for i in range(n):
-            dz[i] = dy[i] * (s[i] * (1 - s[i]))
-    elif code == TANH:
-        for i in range(n):
-            dz[i] = dy[i] * (1 - s[i] * s[i])
-    elif code == IDENTITY:
-        for i in range(n):
-            dz[i] = dy[i]
-    else:
-        for i in range(n):
-            dz[i] = dy[i] * dact_scalar(s[i], code, slope)
+def activation_backward_loop(dy, s, slope, dz):
+    """dz = dy * act'(.) from s (z or y, see the module docstring) over flat C-contiguous arrays."""
+    for i in range(dy.size):
+        dz[i] = dact(dy[i], s[i], slope)  # noqa: F821 (bound per activation)
+
+
+_CPU_KERNELS: dict = {}
+
+
+def cpu_scalar(code: int, dtype, which: str):
+    """The registry's forward or backward formula of activation `code` as a Numba function over
+    `dtype` scalars (inlined into its callers)."""
+    key = ("scalar", code, np.dtype(dtype).name, which)
+    f = _CPU_KERNELS.get(key)
+    if f is None:
+        m = registry.activation(code)
+        f = _CPU_KERNELS[key] = njit(inline="always", error_model="numpy")(
+            registry.retarget(getattr(m, which), registry.CPU_MATH, dtype))
+    return f
+
+
+def cpu_kernel(template, code: int, dtype, **bound):
+    """`template` compiled with act/dact bound to activation `code`'s formulas in `dtype` (and any
+    other free names given in `bound`); one per (template, code, dtype), cached on disk."""
+    dt = np.dtype(dtype)
+    key = (template.__name__, code, dt.name)
+    k = _CPU_KERNELS.get(key)
+    if k is None:
+        names = template.__code__.co_names
+        if "act" in names:
+            bound["act"] = cpu_scalar(code, dt, "forward")
+        if "dact" in names:
+            bound["dact"] = cpu_scalar(code, dt, "backward")
+        tag = f"{registry.activation(code).name}_{dt.name}"
+        k = _CPU_KERNELS[key] = njit(cache=True, error_model="numpy")(registry.specialise(template, bound, tag))
+    return k
+
+
+def _flat_c(a):
+    return np.ascontiguousarray(a).reshape(-1)
 
 
 def activation_forward_cpu(z, code, negative_slope=0.01):
     """CPU fast path: y = act(z) in one Numba pass (any shape; a new array)."""
     check_code(code)
-    zc = np.ascontiguousarray(z)
-    y = np.empty_like(zc)
-    activation_forward_cpu_kernel(zc.reshape(-1), code, float(negative_slope), y.reshape(-1))
-    return y if y.ndim == z.ndim else y.reshape(z.shape)  # ascontiguousarray makes 0-d arrays 1-d
+    if code == IDENTITY:
+        return z.copy()
+    zf = _flat_c(z)
+    y = np.empty_like(zf)
+    cpu_kernel(activation_forward_loop, code, z.dtype)(zf, z.dtype.type(negative_slope), y)
+    return y.reshape(z.shape)
 
 
 def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
     """CPU fast path: dz = dy * act'(.) in one Numba pass, from z or y as the activation needs."""
     check_code(code)
-    s = np.ascontiguousarray(z if needs_preactivation(code, negative_slope) else y)
-    dyc = np.ascontiguousarray(dy)
-    dz = np.empty_like(dyc)
-    activation_backward_cpu_kernel(dyc.reshape(-1), s.reshape(-1), code, float(negative_slope), dz.reshape(-1))
-    return dz if dz.ndim == dy.ndim else dz.reshape(dy.shape)  # ascontiguousarray makes 0-d arrays 1-d
+    if code == IDENTITY:
+        return dy.copy()
+    s = z if needs_preactivation(code, negative_slope) else y
+    if s is None:
+        which = "z (the pre-activation)" if needs_preactivation(code, negative_slope) else "y (the output)"
+        raise ValueError(f"activation_backward: {registry.activation(code).name} needs {which}, got None")
+    dyf = _flat_c(dy)
+    dz = np.empty_like(dyf)
+    cpu_kernel(activation_backward_loop, code, dy.dtype)(dyf, _flat_c(s).astype(dy.dtype, copy=False),
+                                                         dy.dtype.type(negative_slope), dz)
+    return dz.reshape(dy.shape)
+
+
+def _on_host(fn):
+    """The reference on any array module: NumPy arrays run the kernels above; other arrays (CuPy,
+    reached only when the GPU kernels cannot run) go through the host and back."""
+
+    def run(*arrays_then_args, n_arrays):
+        arrays = arrays_then_args[:n_arrays]
+        first = next(a for a in arrays if a is not None)
+        if isinstance(first, np.ndarray):
+            return fn(*arrays_then_args)
+        from gpunn.backend import get_array_module
+
+        xp = get_array_module(first)
+        host = [None if a is None else xp.asnumpy(a) for a in arrays]
+        return xp.asarray(fn(*host, *arrays_then_args[n_arrays:]))
+
+    return run
+
+
+_forward_any = _on_host(activation_forward_cpu)
+_backward_any = _on_host(activation_backward_cpu)
+
+
+def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
+    """y = act(z) elementwise; a new array of z's shape and dtype (NumPy or CuPy)."""
+    return _forward_any(z, code, negative_slope, n_arrays=1)
+
+
+def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
+    """dz = dy * act'(z), using y where the derivative needs only the output (z may be None then)."""
+    return _backward_any(dy, z, y, code, negative_slope, n_arrays=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,12 +161,8 @@ def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
 # FLOP, and so is a transcendental (exp, log, erf, tanh, sqrt); bytes are compulsory traffic:
 # every operand read once and every result written once (what an ideal fused kernel moves; an
 # implementation that makes more passes shows up as a lower achieved GB/s, not as more bytes).
+# FLOPs per element of each activation: the registry's `flops` and `backward_flops`.
 # ---------------------------------------------------------------------------------------------
-
-# FLOPs per element of y = act(z) and of dz = dy * act'(.) (counted from the formulas above).
-ACT_FLOPS = {IDENTITY: 0, RELU: 1, LEAKY_RELU: 2, GELU: 5, GELU_TANH: 9, SIGMOID: 5, TANH: 1}
-DACT_FLOPS = {IDENTITY: 0, RELU: 1, LEAKY_RELU: 2, GELU: 11, GELU_TANH: 19, SIGMOID: 3, TANH: 3}
-
 
 def operand_bytes(a) -> int:
     """Bytes of the distinct elements of an array operand (a broadcast view, with stride 0 along
@@ -271,13 +178,13 @@ def operand_bytes(a) -> int:
 
 def activation_forward_cost(z, code: int, negative_slope: float = 0.01):
     """(flops, bytes) of y = act(z): read z, write y."""
-    return ACT_FLOPS[code] * z.size, 2 * z.size * z.dtype.itemsize
+    return registry.activation(code).flops * z.size, 2 * z.size * z.dtype.itemsize
 
 
 def activation_backward_cost(dy, z, y, code: int, negative_slope: float = 0.01):
     """(flops, bytes) of dz = dy * act'(.): read dy and the saved z or y (neither for identity), write dz."""
     saved = 0 if code == IDENTITY else 1
-    return DACT_FLOPS[code] * dy.size, (2 + saved) * dy.size * dy.dtype.itemsize
+    return registry.activation(code).backward_flops * dy.size, (2 + saved) * dy.size * dy.dtype.itemsize
 
 
 COSTS = {"activation_forward": activation_forward_cost, "activation_backward": activation_backward_cost}

@@ -23,13 +23,15 @@ import numpy as np
 from numba import njit
 
 from gpunn.backend import get_array_module as array_module
+from gpunn.kernels import registry
 from gpunn.kernels.activations import (
     IDENTITY,
-    activation_backward_cpu_kernel,
+    activation_backward_loop,
     activation_backward_ref,
-    activation_forward_cpu_kernel,
+    activation_forward_loop,
     activation_forward_ref,
     check_code,
+    cpu_kernel,
     needs_preactivation,
 )
 
@@ -70,23 +72,29 @@ def dense_backward_ref(dy, x, W, saved, code: int, negative_slope: float = 0.01,
     return dx, dW, db
 
 
-@njit(cache=True)
-def _bias_act_epilogue(z, b, has_bias, code, slope, y):
+# Epilogue templates: `act_loop` / `dact_loop` are bound per activation and dtype (activations.cpu_kernel).
+
+def bias_act_epilogue(z, b, has_bias, slope, y):
     """z += b (in place); y = act(z). y may be z itself. Two cache-resident passes."""
     n, m = z.shape
     if has_bias:
         for i in range(n):
             for j in range(m):
                 z[i, j] += b[j]
-    activation_forward_cpu_kernel(z.reshape(-1), code, slope, y.reshape(-1))
+    act_loop(z.reshape(-1), slope, y.reshape(-1))  # noqa: F821 (bound per activation)
 
 
-@njit(cache=True)
-def _act_grad_colsum(dy, s, code, slope, dz, db, want_db):
+def act_grad_colsum(dy, s, slope, dz, db, want_db):
     """dz = dy * act'(s); db = column sums of dz (float64 accumulation, row order)."""
-    activation_backward_cpu_kernel(dy.reshape(-1), s.reshape(-1), code, slope, dz.reshape(-1))
+    dact_loop(dy.reshape(-1), s.reshape(-1), slope, dz.reshape(-1))  # noqa: F821 (bound per activation)
     if want_db:
         _colsum(dz, db)
+
+
+def _epilogue(template, code, dtype):
+    if template is bias_act_epilogue:
+        return cpu_kernel(template, code, dtype, act_loop=cpu_kernel(activation_forward_loop, code, dtype))
+    return cpu_kernel(template, code, dtype, dact_loop=cpu_kernel(activation_backward_loop, code, dtype))
 
 
 @njit(cache=True)
@@ -110,11 +118,13 @@ def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
         if has_bias:
             z += b
         return z, z
+    epilogue = _epilogue(bias_act_epilogue, code, z.dtype)
+    slope = z.dtype.type(negative_slope)
     if needs_preactivation(code, negative_slope):
         y = np.empty_like(z)
-        _bias_act_epilogue(z, bias, has_bias, code, float(negative_slope), y)
+        epilogue(z, bias, has_bias, slope, y)
         return y, z
-    _bias_act_epilogue(z, bias, has_bias, code, float(negative_slope), z)
+    epilogue(z, bias, has_bias, slope, z)
     return z, z
 
 
@@ -135,8 +145,9 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
             _colsum(dz, db)
     else:
         dz = np.empty_like(dy)
-        _act_grad_colsum(dy, np.ascontiguousarray(saved), code, float(negative_slope), dz,
-                         db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db)
+        _epilogue(act_grad_colsum, code, dy.dtype)(
+            dy, np.ascontiguousarray(saved), dy.dtype.type(negative_slope), dz,
+            db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db)
     dx = np.matmul(dz, W) if need_dx else None
     dW = np.matmul(dz.T, x, out=dW_out) if need_dw else None
     return dx, dW, db
@@ -144,14 +155,13 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
 
 # ----------------------------------------------------------------------------- cost model
 # (flops, bytes) of one call from the shapes alone, for the profiler (conventions: activations.py).
-from gpunn.kernels.activations import ACT_FLOPS, DACT_FLOPS  # noqa: E402
 
 
 def dense_forward_cost(x, W, b, code: int, negative_slope: float = 0.01):
     """GEMM 2NKM + bias NM + activation; read x, W, b, write y (and z when it is saved too)."""
     n, k = x.shape
     m = W.shape[0]
-    flops = 2 * n * k * m + (n * m if b is not None else 0) + ACT_FLOPS[code] * n * m
+    flops = 2 * n * k * m + (n * m if b is not None else 0) + registry.activation(code).flops * n * m
     outputs = 2 if needs_preactivation(code, negative_slope) else 1
     return flops, (n * k + m * k + (m if b is not None else 0) + outputs * n * m) * x.dtype.itemsize
 
@@ -163,7 +173,7 @@ def dense_backward_cost(dy, x, W, saved, code: int, negative_slope: float = 0.01
     read dy, the saved z or y (not for identity), W (for dx), x (for dW); write dx, dW, db."""
     n, m = dy.shape
     k = x.shape[1]
-    flops = DACT_FLOPS[code] * n * m + (2 * n * m * k if need_dx else 0) + (2 * n * m * k if need_dw else 0) \
+    flops = Dregistry.activation(code).flops * n * m + (2 * n * m * k if need_dx else 0) + (2 * n * m * k if need_dw else 0) \
         + (n * m if need_db else 0)
     elems = n * m * (1 if code == IDENTITY else 2)
     if need_dx:

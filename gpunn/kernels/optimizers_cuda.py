@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, launch
 from gpunn.kernels.optimizers import _check_adam, _check_rmsprop, _check_sgd
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
@@ -175,45 +175,34 @@ def variants(dtypes=SUPPORTED_DTYPES):
                     yield _get, ("adam", _build_adam, dt, mx, wd_mode, ams), t
 
 
-def _dtype_ok(op, p):
-    if not supported(p.dtype):
-        raise TypeError(f"{op}: the CUDA kernels take float32 or float64 buffers, got {p.dtype}")
-
-
-def _launch(kern, p, *args):
-    if p.size:
-        grid, block = nc.elementwise_geometry(p.size, p)
-        nc.launch(kern, grid, block, p, *args)
-
-
 def sgd_update(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                weight_decay=0.0, maximize=False, first_step=True):
     _check_sgd("sgd_update", p, grad, buf, momentum)
-    _dtype_ok("sgd_update", p)
+    check_dtype("sgd_update", p.dtype)
     has_m = momentum != 0
     kern = _get("sgd", _build_sgd, p.dtype, bool(maximize), weight_decay != 0, has_m,
                 bool(nesterov) and has_m, bool(first_step) and has_m)
-    _launch(kern, p, p, grad, buf if has_m else nc.dummy(p), float(lr), float(momentum), float(dampening),
+    launch(kern, p.size, p, p, grad, buf if has_m else nc.dummy(p), float(lr), float(momentum), float(dampening),
             float(weight_decay))
 
 
 def adam_update(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                 decoupled=False, amsgrad=False, maximize=False, step=1):
     _check_adam("adam_update", p, grad, m, v, vmax, amsgrad)
-    _dtype_ok("adam_update", p)
+    check_dtype("adam_update", p.dtype)
     wd_mode = 0 if weight_decay == 0 else (2 if decoupled else 1)
     kern = _get("adam", _build_adam, p.dtype, bool(maximize), wd_mode, bool(amsgrad))
     bc1 = 1.0 - beta1**step
-    _launch(kern, p, p, grad, m, v, vmax if amsgrad else nc.dummy(p), float(beta1), float(beta2), float(eps),
+    launch(kern, p.size, p, p, grad, m, v, vmax if amsgrad else nc.dummy(p), float(beta1), float(beta2), float(eps),
             float(weight_decay), 1.0 - lr * weight_decay, float(lr) / bc1, math.sqrt(1.0 - beta2**step))
 
 
 def rmsprop_update(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
                    momentum=0.0, centered=False, maximize=False):
     _check_rmsprop("rmsprop_update", p, grad, sq, buf, gavg, momentum, centered)
-    _dtype_ok("rmsprop_update", p)
+    check_dtype("rmsprop_update", p.dtype)
     kern = _get("rmsprop", _build_rmsprop, p.dtype, bool(maximize), weight_decay != 0, bool(centered),
                 momentum > 0)
-    _launch(kern, p, p, grad, sq, buf if momentum > 0 else nc.dummy(p), gavg if centered else nc.dummy(p),
+    launch(kern, p.size, p, p, grad, sq, buf if momentum > 0 else nc.dummy(p), gavg if centered else nc.dummy(p),
             float(lr),
             float(alpha), float(eps), float(weight_decay), float(momentum))

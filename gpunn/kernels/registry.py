@@ -1,0 +1,270 @@
+"""The registry of elementwise formulas: every activation written once, from which gpunn makes its
+CPU kernels, its CUDA device functions and kernels, its cost model and its tests' parametrisation.
+
+A formula is a scalar Python function that Numba compiles. It is written against FREE names:
+  - the transcendental functions `exp`, `log`, `log1p`, `tanh`, `erf`, `sqrt`, and
+  - named constants (module-level floats such as `HALF`, `GELU_C`), never float literals.
+`retarget(f, math_module, dtype)` rebuilds the function (`types.FunctionType(f.__code__, globals)`)
+with those names bound for one backend and one dtype: the math functions from `math_module`
+(CUDA: `math`, which Numba maps to libdevice; CPU: `CPU_MATH`) and every float constant as a
+scalar of `dtype`, so Numba keeps float32 arithmetic in float32. The same bytecode thus becomes
+the CPU loop body and the CUDA device function, and a definition cannot drift between backends.
+(Generating source per target would do the same at the cost of a code generator; rebinding the
+globals keeps each definition an ordinary, readable, debuggable Python function.)
+
+Activations (family precision policy: elementwise in the array's own dtype, float32 math for
+float32 and float64 math for float64, on the CPU and the GPU alike, as PyTorch does):
+  forward(z, slope) -> y = act(z)
+  backward(dy, s, slope) -> dz = dy * act'(.), where s is z or y as `derivative_from` says
+  derivative_from: "output" (s = y), "input" (s = z) or "output_if_slope_nonneg" (leaky_relu:
+  y carries the sign of z only when the slope is >= 0)
+  flops / backward_flops: per element, counted with the conventions in gpunn/kernels/activations.py
+  module: the torch.nn class name made for it (None: a hand-written class exists, or none wanted)
+
+To add an activation: write its two functions here and one `register_activation(...)` call, then
+its float64 reference in tests/activation_refs.py. docs/extending.md walks through it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TRANSCENDENTALS = ("exp", "log", "log1p", "tanh", "erf", "sqrt")
+CPU_MATH = math  # the CPU kernels' transcendental functions (scalar libm through Numba)
+
+# ------------------------------------------------------------------------------------ constants
+ZERO = 0.0
+ONE = 1.0
+HALF = 0.5
+TWO = 2.0
+THREE = 3.0
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_C = 0.044715  # the tanh approximation's cubic coefficient (Hendrycks & Gimpel)
+
+# The math functions under the free names, for running a formula as plain Python (float64).
+exp, log, log1p, tanh, erf, sqrt = (getattr(math, n) for n in TRANSCENDENTALS)
+
+
+# ------------------------------------------------------------------------------------ activations
+
+def identity_forward(z, slope):
+    return z
+
+
+def identity_backward(dy, s, slope):
+    return dy
+
+
+def relu_forward(z, slope):
+    return z if z > ZERO else ZERO
+
+
+def relu_backward(dy, s, slope):
+    return dy if s > ZERO else ZERO  # select, never dy * 0: an infinite dy gives 0, not NaN (as torch)
+
+
+def leaky_relu_forward(z, slope):
+    return z if z > ZERO else z * slope
+
+
+def leaky_relu_backward(dy, s, slope):
+    return dy if s > ZERO else dy * slope
+
+
+def gelu_forward(z, slope):
+    return HALF * z * (ONE + erf(z * INV_SQRT_2))
+
+
+def gelu_backward(dy, s, slope):
+    cdf = HALF * (ONE + erf(s * INV_SQRT_2))
+    pdf = exp(-HALF * s * s) * INV_SQRT_2PI
+    return dy * (cdf + s * pdf)
+
+
+def gelu_tanh_forward(z, slope):
+    return HALF * z * (ONE + tanh(SQRT_2_OVER_PI * (z + GELU_C * z * z * z)))
+
+
+def gelu_tanh_backward(dy, s, slope):
+    t = tanh(SQRT_2_OVER_PI * (s + GELU_C * s * s * s))
+    d = HALF * (ONE + t) + HALF * s * (ONE - t * t) * SQRT_2_OVER_PI * (ONE + THREE * GELU_C * s * s)
+    return dy * d
+
+
+def sigmoid_forward(z, slope):
+    # the stable branch for each sign: exp never overflows, sigmoid(+-1000) is exactly 1 / 0
+    if z >= ZERO:
+        return ONE / (ONE + exp(-z))
+    e = exp(z)
+    return e / (ONE + e)
+
+
+def sigmoid_backward(dy, s, slope):
+    return dy * (s * (ONE - s))
+
+
+def tanh_forward(z, slope):
+    return tanh(z)
+
+
+def tanh_backward(dy, s, slope):
+    return dy * (ONE - s * s)
+
+
+# ------------------------------------------------------------------------------------ the registry
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    forward: object
+    backward: object
+    derivative_from: str  # "output", "input" or "output_if_slope_nonneg"
+    flops: int
+    backward_flops: int
+    module: str | None = None
+    doc: str = ""
+    code: int = field(default=-1, compare=False)
+
+    def needs_input(self, slope: float = 0.01) -> bool:
+        """True when the derivative must be computed from z rather than from y = act(z)."""
+        return self.derivative_from == "input" or (self.derivative_from == "output_if_slope_nonneg" and slope < 0)
+
+
+_DERIVATIVE_FROM = ("output", "input", "output_if_slope_nonneg")
+ACTIVATIONS: dict[str, Activation] = {}  # name -> member, in code order
+BY_CODE: list[Activation] = []
+ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
+
+
+def _check_formula(f):
+    floats = [c for c in f.__code__.co_consts if isinstance(c, float)]
+    if floats:
+        raise ValueError(f"{f.__name__}: write constants as named module globals (typed per dtype when "
+                         f"retargeted), not float literals {floats}")
+
+
+def register_activation(name, forward, backward, derivative_from, flops, backward_flops, module=None, doc=""):
+    """Add an activation; its code is the next integer. Returns the member."""
+    if name in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is already registered")
+    if derivative_from not in _DERIVATIVE_FROM:
+        raise ValueError(f"derivative_from must be one of {_DERIVATIVE_FROM}, got {derivative_from!r}")
+    for f in (forward, backward):
+        _check_formula(f)
+    m = Activation(name, forward, backward, derivative_from, int(flops), int(backward_flops), module,
+                   doc or (forward.__doc__ or ""), code=len(BY_CODE))
+    ACTIVATIONS[name] = m
+    BY_CODE.append(m)
+    return m
+
+
+def unregister_activation(name):
+    """Remove the most recently registered activation (for tests that add a toy member)."""
+    if not BY_CODE or BY_CODE[-1].name != name:
+        raise ValueError(f"only the last registered activation can be removed, not {name!r}")
+    BY_CODE.pop()
+    del ACTIVATIONS[name]
+
+
+register_activation("identity", identity_forward, identity_backward, "output", 0, 0,
+                    doc="y = z")
+register_activation("relu", relu_forward, relu_backward, "output", 1, 1, module="ReLU",
+                    doc="max(z, 0); gradient 0 at z == 0 (as PyTorch).")
+register_activation("leaky_relu", leaky_relu_forward, leaky_relu_backward, "output_if_slope_nonneg", 2, 2,
+                    doc="z if z > 0 else negative_slope * z.")
+register_activation("gelu", gelu_forward, gelu_backward, "input", 5, 11,
+                    doc="z * Phi(z) = 0.5 z (1 + erf(z / sqrt 2)).")
+register_activation("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward, "input", 9, 19,
+                    doc="0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))).")
+register_activation("sigmoid", sigmoid_forward, sigmoid_backward, "output", 5, 3, module="Sigmoid",
+                    doc="1 / (1 + exp(-z)), stable for any z.")
+register_activation("tanh", tanh_forward, tanh_backward, "output", 1, 3, module="Tanh",
+                    doc="tanh(z).")
+
+
+# ------------------------------------------------------------------------------------ retargeting
+
+def _fingerprint(f, bound) -> str:
+    """A short hash of a formula's bytecode and of what its free names are bound to: part of the
+    qualified name of the kernels made from it, so Numba's on-disk cache never serves a kernel
+    compiled from an older definition or for other math."""
+    h = hashlib.sha1()
+    for fn in (f, *(getattr(v, "py_func", v) for v in bound.values())):
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            h.update(code.co_code)
+            h.update(repr(code.co_consts).encode())
+            h.update(repr(code.co_names).encode())
+    h.update(repr(sorted((k, repr(v)) for k, v in bound.items() if not callable(v))).encode())
+    return h.hexdigest()[:10]
+
+
+def rebind(f, bound: dict, name: str | None = None):
+    """f's code with its free names looked up in `bound` (then in f's own module), under a new
+    name (which Numba's cache uses to tell specialisations apart)."""
+    g = dict(f.__globals__)
+    g.update(bound)
+    new = types.FunctionType(f.__code__, g, name or f.__name__, f.__defaults__, f.__closure__)
+    new.__qualname__ = new.__name__
+    new.__module__ = f.__module__
+    new.__doc__ = f.__doc__
+    return new
+
+
+def retarget(f, math_module, dtype):
+    """The formula f with the transcendental functions taken from `math_module` and every float
+    constant it names made a scalar of `dtype` (see the module docstring)."""
+    T = np.dtype(dtype).type
+    bound = {}
+    for n in f.__code__.co_names:
+        if n in TRANSCENDENTALS:
+            bound[n] = getattr(math_module, n)
+        else:
+            v = f.__globals__.get(n)
+            if isinstance(v, float):
+                bound[n] = T(v)
+    return rebind(f, bound, f"{f.__name__}_{np.dtype(dtype).name}")
+
+
+def specialise(template, bound: dict, tag: str):
+    """A kernel template (a loop calling free names such as `act`) with those names bound, named
+    `<template>__<tag>_<fingerprint of what is bound>`."""
+    return rebind(template, bound, f"{template.__name__}__{tag}_{_fingerprint(template, bound)}")
+
+
+# ------------------------------------------------------------------------------------ lookups
+
+def activation_code(name) -> int:
+    """The integer code of an activation name; ValueError listing the valid names otherwise."""
+    key = ALIASES.get(name, name)
+    if isinstance(key, str):
+        key = key.lower()
+    try:
+        return ACTIVATIONS[key].code
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)} (or None for identity)"
+        ) from None
+
+
+def check_code(code) -> None:
+    """The fused kernels are made per code: refuse an unknown one before anything runs."""
+    if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or not 0 <= code < len(BY_CODE):
+        raise ValueError(f"unknown activation code {code!r}; valid codes: {list(range(len(BY_CODE)))} "
+                         f"({', '.join(ACTIVATIONS)})")
+
+
+def activation(code) -> Activation:
+    check_code(code)
+    return BY_CODE[code]
+
+
+def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
+    """True when the derivative must be computed from z rather than from y = act(z)."""
+    return activation(code).needs_input(negative_slope)
