@@ -17,11 +17,13 @@ import platform
 import sys
 import time
 
+from gpunn.kernels import registry
+
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 DATASETS = ("digits", "xor", "and", "or", "spirals", "moons", "circles")
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "tanh", "sigmoid")
+ACTIVATIONS = tuple(n for n in registry.ACTIVATIONS if n != "identity")
 DEFAULT_LAYERS = {"digits": [64, 128, 10], "xor": [2, 8, 2], "and": [2, 8, 2], "or": [2, 8, 2],
                   "spirals": [2, 64, 64, 2], "moons": [2, 32, 32, 2], "circles": [2, 32, 32, 2]}
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 0.05}
