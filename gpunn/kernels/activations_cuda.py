@@ -97,7 +97,7 @@ def variants(dtypes=SUPPORTED_DTYPES):
     """Every kernel of this family, as (getter, arguments, threads per block): for offline
     compilation (kernels/ptxas_report.py) and warm-up."""
     for dt in dtypes:
-        for m in registry.BY_CODE:
+        for m in registry.ACTIVATIONS.values():
             if m.code != IDENTITY:  # identity never launches a kernel
                 yield forward_kernel, (m.code, dt), nc.ELEMENTWISE_THREADS
                 yield backward_kernel, (m.code, dt), nc.ELEMENTWISE_THREADS

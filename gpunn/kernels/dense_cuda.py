@@ -517,19 +517,19 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None):
     for dt in dtypes:
         for name in (tiles or TILES):
             cfg = TILES[name]
-            for code in range(len(registry.BY_CODE)):
+            for code, m in ((m.code, m) for m in registry.ACTIVATIONS.values()):
                 for has_bias in (True, False):
                     yield forward_kernel, (dt, code, has_bias, False, cfg), cfg.threads
-                    if registry.BY_CODE[code].derivative_from != "output":  # backward may need z
+                    if m.derivative_from != "output":  # backward may need z
                         yield forward_kernel, (dt, code, has_bias, True, cfg), cfg.threads
                 yield dx_kernel, (dt, code, cfg), cfg.threads
                 for want_db in (True, False):
                     yield dw_kernel, (dt, code, want_db, cfg), cfg.threads
-        for code in range(len(registry.BY_CODE)):  # the combinations forward_cublas / backward_cublas launch
+        for code, m in ((m.code, m) for m in registry.ACTIVATIONS.values()):  # the combinations forward_cublas / backward_cublas launch
             for has_bias in (True, False):
                 if has_bias or code != IDENTITY:
                     yield bias_act_kernel, (dt, code, has_bias, "inplace"), nc.ELEMENTWISE_THREADS
-                if registry.BY_CODE[code].derivative_from != "output":  # backward may need z
+                if m.derivative_from != "output":  # backward may need z
                     yield bias_act_kernel, (dt, code, has_bias, "both" if has_bias else "y"), nc.ELEMENTWISE_THREADS
             for write_dz in (True, False) if code != IDENTITY else (False,):
                 for final in (True, False):

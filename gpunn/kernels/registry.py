@@ -138,7 +138,8 @@ class Activation:
 
 _DERIVATIVE_FROM = ("output", "input", "output_if_slope_nonneg")
 ACTIVATIONS: dict[str, Activation] = {}  # name -> member, in code order
-BY_CODE: list[Activation] = []
+BY_CODE: dict[int, Activation] = {}
+_next_code = 0  # codes are never reused: kernels cached by code stay valid after an unregister
 ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
 
 
@@ -157,19 +158,19 @@ def register_activation(name, forward, backward, derivative_from, flops, backwar
         raise ValueError(f"derivative_from must be one of {_DERIVATIVE_FROM}, got {derivative_from!r}")
     for f in (forward, backward):
         _check_formula(f)
+    global _next_code
     m = Activation(name, forward, backward, derivative_from, int(flops), int(backward_flops), module,
-                   doc or (forward.__doc__ or ""), code=len(BY_CODE))
+                   doc or (forward.__doc__ or ""), code=_next_code)
+    _next_code += 1
     ACTIVATIONS[name] = m
-    BY_CODE.append(m)
+    BY_CODE[m.code] = m
     return m
 
 
 def unregister_activation(name):
-    """Remove the most recently registered activation (for tests that add a toy member)."""
-    if not BY_CODE or BY_CODE[-1].name != name:
-        raise ValueError(f"only the last registered activation can be removed, not {name!r}")
-    BY_CODE.pop()
-    del ACTIVATIONS[name]
+    """Remove an activation (for tests that add a toy member); its code is not given out again."""
+    m = ACTIVATIONS.pop(name)
+    del BY_CODE[m.code]
 
 
 register_activation("identity", identity_forward, identity_backward, "output", 0, 0,
@@ -191,17 +192,29 @@ register_activation("tanh", tanh_forward, tanh_backward, "output", 1, 3, module=
 # ------------------------------------------------------------------------------------ retargeting
 
 def _fingerprint(f, bound) -> str:
-    """A short hash of a formula's bytecode and of what its free names are bound to: part of the
-    qualified name of the kernels made from it, so Numba's on-disk cache never serves a kernel
-    compiled from an older definition or for other math."""
+    """A short hash of a kernel template, of what its free names are bound to and, recursively, of
+    the functions and numbers those reach: part of the qualified name of the kernel made from it,
+    so Numba's on-disk cache never serves a kernel compiled from an older definition or other math."""
     h = hashlib.sha1()
-    for fn in (f, *(getattr(v, "py_func", v) for v in bound.values())):
+    seen = set()
+
+    def visit(fn, env):
+        fn = getattr(fn, "py_func", fn)  # a Numba dispatcher: its Python function
         code = getattr(fn, "__code__", None)
-        if code is not None:
-            h.update(code.co_code)
-            h.update(repr(code.co_consts).encode())
-            h.update(repr(code.co_names).encode())
-    h.update(repr(sorted((k, repr(v)) for k, v in bound.items() if not callable(v))).encode())
+        if code is None or id(fn) in seen:
+            h.update(repr(getattr(fn, "__name__", fn)).encode())
+            return
+        seen.add(id(fn))
+        h.update(code.co_code + repr((code.co_consts, code.co_names)).encode())
+        g = {**fn.__globals__, **env}
+        for n in code.co_names:
+            v = g.get(n)
+            if isinstance(v, (int, float, np.generic)):
+                h.update(f"{n}={v!r}:{type(v).__name__}".encode())
+            elif callable(v) and not isinstance(v, type):
+                visit(v, {})
+
+    visit(f, bound)
     return h.hexdigest()[:10]
 
 
@@ -255,8 +268,8 @@ def activation_code(name) -> int:
 
 def check_code(code) -> None:
     """The fused kernels are made per code: refuse an unknown one before anything runs."""
-    if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or not 0 <= code < len(BY_CODE):
-        raise ValueError(f"unknown activation code {code!r}; valid codes: {list(range(len(BY_CODE)))} "
+    if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code not in BY_CODE:
+        raise ValueError(f"unknown activation code {code!r}; valid codes: {list(BY_CODE)} "
                          f"({', '.join(ACTIVATIONS)})")
 
 

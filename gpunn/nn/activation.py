@@ -83,7 +83,7 @@ def activation_module(member):
 
 
 # ReLU, Sigmoid, Tanh, ...: one class per registry activation that names a module
-for _m in registry.BY_CODE:
+for _m in registry.ACTIVATIONS.values():
     if _m.module:
         globals()[_m.module] = activation_module(_m)
 
@@ -91,12 +91,12 @@ for _m in registry.BY_CODE:
 def fusable_types() -> tuple:
     """The module types a Sequential folds into the preceding Linear (exact types: a subclass may
     change forward)."""
-    return (LeakyReLU, GELU, *(activation_module(m) for m in registry.BY_CODE if m.module))
+    return (LeakyReLU, GELU, *(activation_module(m) for m in registry.ACTIVATIONS.values() if m.module))
 
 
 def __getattr__(name):
     """Classes of activations registered after import (gpunn.kernels.registry.register_activation)."""
-    for m in registry.BY_CODE:
+    for m in registry.ACTIVATIONS.values():
         if m.module == name:
             return activation_module(m)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
