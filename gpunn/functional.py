@@ -64,7 +64,7 @@ def _elementwise(member):
 
 
 for _m in _registry.ACTIVATIONS.values():
-    if _m.module:
+    if _m.module and _registry.is_builtin(_m):  # later registrations: through __getattr__
         globals()[_m.name] = _elementwise(_m)
 
 
@@ -276,6 +276,6 @@ def l1_loss(input, target, reduction: str = "mean"):
     return F.L1.apply(*_pair("l1_loss", input, target), reduction=reduction)
 
 
-__all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module] + ["activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
+__all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + ["activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
            "linear", "cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss",
            "l1_loss", "ACTIVATIONS", "REDUCTIONS"]

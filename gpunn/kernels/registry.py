@@ -167,6 +167,11 @@ def register_activation(name, forward, backward, derivative_from, flops, backwar
     return m
 
 
+def is_builtin(member) -> bool:
+    """True for the members defined in this module (registered when gpunn is imported)."""
+    return member.forward.__module__ == __name__
+
+
 def unregister_activation(name):
     """Remove an activation (for tests that add a toy member); its code is not given out again."""
     m = ACTIVATIONS.pop(name)

@@ -82,9 +82,10 @@ def activation_module(member):
     return cls
 
 
-# ReLU, Sigmoid, Tanh, ...: one class per registry activation that names a module
+# ReLU, Sigmoid, Tanh, ...: one class per built-in registry activation that names a module (those
+# registered elsewhere, later, are reached through __getattr__ and vanish when unregistered)
 for _m in registry.ACTIVATIONS.values():
-    if _m.module:
+    if _m.module and registry.is_builtin(_m):
         globals()[_m.module] = activation_module(_m)
 
 
