@@ -1,4 +1,5 @@
-"""Float64 references for every registered activation, written here from the mathematics and
+"""Float64 references for every registered activation (and array-expression references for the
+optimizer updates, in the array's dtype), written here from the mathematics and
 independent of gpunn's definitions (gpunn/kernels/registry.py), plus PyTorch's equivalent of each
 for the parity tests. Adding an activation to the registry means adding its entry here:
 tests/test_kernels_activations.py fails for any registered activation that has none."""
@@ -62,3 +63,66 @@ def act_and_grad(name, z, slope=0.01):
 
 def np_activation(name, z, slope=0.01):
     return act_and_grad("identity" if name is None else name, z, slope)[0]
+
+
+# ---------------------------------------------------------------------------------- optimizer updates
+# The updates of numerics.md as NumPy array expressions (in place, in the arrays' dtype): a second,
+# independent formulation of gpunn/kernels/registry.py's per-element updates (kept from the
+# library's former array reference when the kernels came to be made from one definition).
+
+def sgd_ref(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                   weight_decay=0.0, maximize=False, first_step=True):
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    if momentum != 0:
+        if first_step:
+            buf[...] = g
+        else:
+            buf *= momentum
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+
+
+def adam_ref(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                    decoupled=False, amsgrad=False, maximize=False, step=1):
+    xp = np
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            p *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * p
+    m += (1 - beta1) * (g - m)
+    v *= beta2
+    v += (1 - beta2) * g * g
+    bc1 = 1 - beta1**step
+    bc2_sqrt = math.sqrt(1 - beta2**step)
+    if amsgrad:
+        xp.maximum(vmax, v, out=vmax)
+        denom = xp.sqrt(vmax) / bc2_sqrt + eps
+    else:
+        denom = xp.sqrt(v) / bc2_sqrt + eps
+    p -= (lr / bc1) * m / denom
+
+
+def rmsprop_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                       momentum=0.0, centered=False, maximize=False):
+    xp = np
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    sq *= alpha
+    sq += (1 - alpha) * g * g
+    if centered:
+        gavg += (1 - alpha) * (g - gavg)
+        avg = xp.sqrt(sq - gavg * gavg) + eps
+    else:
+        avg = xp.sqrt(sq) + eps
+    if momentum > 0:
+        buf *= momentum
+        buf += g / avg
+        p -= lr * buf
+    else:
+        p -= lr * g / avg

@@ -194,6 +194,147 @@ register_activation("tanh", tanh_forward, tanh_backward, "output", 1, 3, module=
                     doc="tanh(z).")
 
 
+# ------------------------------------------------------------------------------------ optimizer updates
+# Family precision policy (CPU and GPU alike): per element in float64, rounded once to the array's
+# dtype per stored value, and a stored state value is re-read (rounded) before it is used, as an
+# array implementation in the array's dtype would. Each update reads and writes element i of its
+# arrays; the UPPERCASE names are the options that change the code path, bound as compile-time
+# constants per kernel variant (`Optimizer.flags`); the other arguments are run-time scalars
+# (float64), so a scheduler changes them without a recompile. `sqrt` is bound per backend.
+
+def sgd_update(i, p, grad, buf, lr, momentum, dampening, weight_decay):
+    g = float(grad[i])
+    if MAXIMIZE:  # noqa: F821 (the free UPPERCASE names are the variant's options)
+        g = -g
+    if WEIGHT_DECAY:  # noqa: F821
+        g += weight_decay * float(p[i])
+    if MOMENTUM:  # noqa: F821
+        if FIRST_STEP:  # noqa: F821
+            b = g
+        else:
+            b = momentum * float(buf[i]) + (1.0 - dampening) * g
+        buf[i] = b
+        b = float(buf[i])
+        if NESTEROV:  # noqa: F821
+            g = g + momentum * b
+        else:
+            g = b
+    p[i] = float(p[i]) - lr * g
+
+
+def adam_update(i, p, grad, m, v, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt):
+    """decay = 1 - lr wd (AdamW), step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t)."""
+    g = float(grad[i])
+    if MAXIMIZE:  # noqa: F821
+        g = -g
+    pi = float(p[i])
+    if WD_MODE == 2:  # noqa: F821 (decoupled: AdamW)
+        pi = pi * decay
+    elif WD_MODE == 1:  # noqa: F821
+        g += weight_decay * pi
+    mi = float(m[i])
+    mi = mi + (1.0 - beta1) * (g - mi)
+    m[i] = mi
+    vi = beta2 * float(v[i]) + (1.0 - beta2) * g * g
+    v[i] = vi
+    if AMSGRAD:  # noqa: F821
+        vs = float(v[i])
+        if vs > float(vmax[i]) or vs != vs:  # max(vmax, v) propagating NaN, as torch.maximum
+            vmax[i] = v[i]
+        vi = float(vmax[i])
+    else:
+        vi = float(v[i])
+    denom = sqrt(vi) / bc2_sqrt + eps
+    p[i] = pi - step_size * float(m[i]) / denom
+
+
+def rmsprop_update(i, p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
+    g = float(grad[i])
+    if MAXIMIZE:  # noqa: F821
+        g = -g
+    if WEIGHT_DECAY:  # noqa: F821
+        g += weight_decay * float(p[i])
+    sq[i] = alpha * float(sq[i]) + (1.0 - alpha) * g * g
+    s = float(sq[i])
+    if CENTERED:  # noqa: F821
+        a = float(gavg[i])
+        gavg[i] = a + (1.0 - alpha) * (g - a)
+        a = float(gavg[i])
+        avg = sqrt(s - a * a) + eps
+    else:
+        avg = sqrt(s) + eps
+    if MOMENTUM:  # noqa: F821
+        buf[i] = momentum * float(buf[i]) + g / avg
+        p[i] = float(p[i]) - lr * float(buf[i])
+    else:
+        p[i] = float(p[i]) - lr * g / avg
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer's per-element update: `update(i, *arrays, *scalars)` with its options `flags`
+    (name -> the values a variant can take)."""
+    name: str
+    update: object
+    state: tuple
+    flags: dict
+
+    @property
+    def params(self) -> tuple:
+        c = self.update.__code__
+        return c.co_varnames[1:c.co_argcount]
+
+    @property
+    def arrays(self) -> tuple:
+        """The array parameters: p, grad and the state buffers (the rest are float64 scalars)."""
+        return ("p", "grad") + self.state
+
+
+OPTIMIZERS: dict[str, Optimizer] = {}
+_TF = (False, True)
+
+
+def register_optimizer(name, update, state, **flags):
+    """Add an optimizer update: `update(i, p, grad, *state, *scalars)`; `state` names its buffers;
+    `flags`: each option name and the values a kernel variant can take."""
+    if name in OPTIMIZERS:
+        raise ValueError(f"optimizer update {name!r} is already registered")
+    m = Optimizer(name, update, tuple(state), {k: tuple(v) for k, v in flags.items()})
+    if m.params[:len(m.arrays)] != m.arrays:
+        raise ValueError(f"{update.__name__} must take (i, p, grad, {', '.join(m.state)}, scalars...), "
+                         f"got {m.params}")
+    OPTIMIZERS[name] = m
+    return m
+
+
+register_optimizer("sgd", sgd_update, ("buf",), MAXIMIZE=_TF, WEIGHT_DECAY=_TF, MOMENTUM=_TF, NESTEROV=_TF,
+                   FIRST_STEP=_TF)
+register_optimizer("adam", adam_update, ("m", "v", "vmax"), MAXIMIZE=_TF, WD_MODE=(0, 1, 2), AMSGRAD=_TF)
+register_optimizer("rmsprop", rmsprop_update, ("sq", "buf", "gavg"), MAXIMIZE=_TF, WEIGHT_DECAY=_TF, CENTERED=_TF,
+                   MOMENTUM=_TF)
+
+
+def update_loop_source(member, target: str) -> str:
+    """The loop that applies member.update to every element: a CPU `for` loop or a CUDA
+    grid-stride loop, with the update's own parameters (a kernel takes no *args)."""
+    args = ", ".join(member.params)
+    name = f"{member.name}_{target}_loop"
+    if target == "cpu":
+        body = "    for i in range(p.shape[0]):\n        update(i, {a})\n"
+    else:
+        body = ("    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n    n = p.shape[0]\n"
+                "    while i < n:\n        update(i, {a})\n        i += stride\n")
+    return f"def {name}({args}):\n" + body.format(a=args)
+
+
+def update_loop(member, target: str, update, env: dict):
+    """update_loop_source compiled (under this file's name, so Numba can cache it) with `update`
+    and `env` (e.g. `cuda`) as its globals."""
+    ns = {"__name__": __name__, "update": update, **env}
+    exec(compile(update_loop_source(member, target), __file__, "exec"), ns)  # noqa: S102 (our own source)
+    return ns[f"{member.name}_{target}_loop"]
+
+
 # ------------------------------------------------------------------------------------ retargeting
 
 def _fingerprint(f, bound) -> str:
