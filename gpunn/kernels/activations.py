@@ -107,15 +107,23 @@ def activation_forward_cpu(z, code, negative_slope=0.01):
     return y.reshape(z.shape)
 
 
+def saved_operand(z, y, code, negative_slope):
+    """The array the derivative is computed from (z or y, see the module docstring); ValueError
+    when the caller passed None for it."""
+    pre = needs_preactivation(code, negative_slope)
+    s = z if pre else y
+    if s is None:
+        which = "z (the pre-activation)" if pre else "y (the output)"
+        raise ValueError(f"activation_backward: {registry.activation(code).name} needs {which}, got None")
+    return s
+
+
 def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
     """CPU fast path: dz = dy * act'(.) in one Numba pass, from z or y as the activation needs."""
     check_code(code)
     if code == IDENTITY:
         return dy.copy()
-    s = z if needs_preactivation(code, negative_slope) else y
-    if s is None:
-        which = "z (the pre-activation)" if needs_preactivation(code, negative_slope) else "y (the output)"
-        raise ValueError(f"activation_backward: {registry.activation(code).name} needs {which}, got None")
+    s = saved_operand(z, y, code, negative_slope)
     dyf = _flat_c(dy)
     dz = np.empty_like(dyf)
     cpu_kernel(activation_backward_loop, code, dy.dtype)(dyf, _flat_c(s).astype(dy.dtype, copy=False),

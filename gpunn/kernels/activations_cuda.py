@@ -21,9 +21,9 @@ import numpy as np
 
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import registry
-from gpunn.kernels.activations import IDENTITY
+from gpunn.kernels.activations import IDENTITY, saved_operand
 from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, flat, launch
-from gpunn.kernels.registry import check_code, needs_preactivation
+from gpunn.kernels.registry import check_code
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
@@ -123,10 +123,7 @@ def activation_backward(dy, z, y, code: int, negative_slope: float = 0.01):
     check_dtype("activation_backward", dy.dtype)
     if code == IDENTITY:
         return dy.copy()
-    s = z if needs_preactivation(code, negative_slope) else y
-    if s is None:
-        which = "z (the pre-activation)" if needs_preactivation(code, negative_slope) else "y (the output)"
-        raise ValueError(f"activation_backward: code {code} needs {which}, got None")
+    s = saved_operand(z, y, code, negative_slope)
     if s.shape != dy.shape or s.dtype != dy.dtype or type(s) is not type(dy):
         raise ValueError(f"activation_backward: the saved array ({type(s).__name__} {s.shape} {s.dtype}) must "
                          f"match dy ({type(dy).__name__} {dy.shape} {dy.dtype})")
