@@ -123,6 +123,14 @@ def _run_info(args) -> int:
     print(f"kernels: {ops._choice} (GPUNN_KERNELS={os.environ.get('GPUNN_KERNELS', '')!r})", file=out)
     usable, why = gpu_status()
     print(f"gpu: {'usable' if usable else 'not usable'}: {why}", file=out)
+    if usable:
+        from gpunn.backend import numba_cuda as nc
+
+        kernels_ok, kernels_why = nc.kernel_status()  # runs the probe kernel once
+        nc.fallback_warning_said()  # said here (or by the --gpu report), so device("auto") need not warn too
+        if not getattr(args, "gpu", False):
+            print(f"gpu kernels: {'usable' if kernels_ok else 'not usable, CuPy arrays use the reference kernels'}"
+                  f": {kernels_why}", file=out)
     auto = device("auto")
     print(f"device('auto'): {auto}" + (f" ({auto.reason})" if auto.reason else ""), file=out)
     devices = ["cpu"]
@@ -138,7 +146,10 @@ def _run_info(args) -> int:
     if getattr(args, "gpu", False):
         from gpunn.kernels.cuda_ops import gpu_report
 
-        gpu_report(out)
+        try:
+            gpu_report(out)
+        except Exception as err:  # whatever breaks, `gpunn info --gpu` reports it and ends normally
+            print(f"gpu report stopped: {type(err).__name__}: {err}", file=out)
     return 0
 
 

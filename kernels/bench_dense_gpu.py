@@ -187,7 +187,9 @@ def bench_shape(cp, torch, n, w, pass_, rounds, code, budget_s=0.05):
     return times, inner
 
 
-def run(quick=False, rounds=5, peak=None, log=print):
+def run(quick=False, rounds=5, peak=None, log=print, grid=None, deadline=None):
+    """The benchmark over `grid` ((batch, width) pairs; default: the --quick or full grid); with
+    `deadline` (time.time() seconds), no new shape starts after it (the result says which were left)."""
     from gpunn.backend import numba_cuda as nc
     from gpunn.kernels.activations import RELU
 
@@ -196,11 +198,15 @@ def run(quick=False, rounds=5, peak=None, log=print):
 
     name = nc.device_name()
     pk = peak_tflops(name, peak)
-    grid = shape_grid(QUICK_BATCHES if quick else BATCHES, QUICK_WIDTHS if quick else WIDTHS,
-                      QUICK_MAX_MACS if quick else MAX_MACS)
-    rows = []
+    if grid is None:
+        grid = shape_grid(QUICK_BATCHES if quick else BATCHES, QUICK_WIDTHS if quick else WIDTHS,
+                          QUICK_MAX_MACS if quick else MAX_MACS)
+    rows, left_out = [], []
     t0 = time.perf_counter()
     for n, w in grid:
+        if deadline is not None and time.time() > deadline:
+            left_out.append([n, w])
+            continue
         for pass_ in ("forward", "backward"):
             times, inner = bench_shape(cp, torch, n, w, pass_, rounds, RELU)
             med = {k: statistics.median(v) for k, v in times.items()}
@@ -218,7 +224,7 @@ def run(quick=False, rounds=5, peak=None, log=print):
         "device": name, "peak_fp32_tflops": pk, "torch": (torch.__version__ if torch else None),
         "cupy": cp.__version__, "python": platform.python_version(), "quick": quick,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 1), "rows": rows, "left_out_for_time": left_out,
     }
 
 

@@ -115,7 +115,9 @@ def run_torch(torch, model, opt, loss_fn, X, y, batch, steps):
     return samples_per_second(batch, steps, time.perf_counter() - t0), float(loss.item())
 
 
-def bench(quick=False, rounds=5, only=None, log=print):
+def bench(quick=False, rounds=5, only=None, log=print, deadline=None):
+    """Rows for the shapes `only` picks (all by default); with `deadline` (time.time() seconds), no new
+    shape starts after it (the result lists the ones left out)."""
     import numpy as np
 
     import gpunn as gn
@@ -124,8 +126,11 @@ def bench(quick=False, rounds=5, only=None, log=print):
     cp = nc.require_kernels("bench_train_gpu")
     torch = torch_cuda()
 
-    rows = []
+    rows, left_out = [], []
     for name, widths, batch, loss, steps, quick_steps in parse_shapes(only):
+        if deadline is not None and time.time() > deadline:
+            left_out.append(name)
+            continue
         steps = quick_steps if quick else steps
         rng = np.random.default_rng(0)
         n = batch * 4
@@ -163,7 +168,8 @@ def bench(quick=False, rounds=5, only=None, log=print):
         cp.get_default_memory_pool().free_all_blocks()
     return {"device": nc.device_name(), "torch": torch.__version__ if torch else None, "cupy": cp.__version__,
             "python": platform.python_version(), "quick": quick, "rounds": rounds,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows,
+            "left_out_for_time": left_out}
 
 
 def main(argv=None) -> int:

@@ -104,7 +104,8 @@ def device(spec="auto") -> Device:
 
     "auto" picks the GPU when CuPy can run on one and the CPU otherwise; the
     returned device's `reason` says why. "gpu" where none is usable raises
-    DeviceError with the reason.
+    DeviceError with the reason. Where a GPU is chosen but gpunn's own kernels cannot
+    run on it, a RuntimeWarning says why, once (CuPy arrays then use the reference ops).
     """
     if isinstance(spec, Device):
         return spec
@@ -114,6 +115,7 @@ def device(spec="auto") -> Device:
     if name == "auto":
         usable, why = gpu_status()
         if usable:
+            _say_if_kernels_fall_back()
             return Device("gpu", 0, reason=why)
         return Device("cpu", reason=f"using the CPU: {why}")
     if name == "cpu":
@@ -131,8 +133,18 @@ def device(spec="auto") -> Device:
         count = cupy.cuda.runtime.getDeviceCount()
         if index >= count:
             raise DeviceError(f"device {spec!r} was asked for but only {count} CUDA device(s) exist")
+        _say_if_kernels_fall_back()
         return Device("gpu", index)
     raise ValueError(f"Unknown device {spec!r}; valid: {', '.join(VALID_DEVICE_NAMES)}")
+
+
+def _say_if_kernels_fall_back() -> None:
+    """Where a GPU is chosen: warn once (RuntimeWarning) if gpunn's own GPU kernels cannot run here,
+    so that CuPy arrays use the reference kernels, still on the GPU (numba_cuda.kernel_status runs
+    the probe kernel once per process)."""
+    from gpunn.backend import numba_cuda
+
+    numba_cuda.fallback_warning(stacklevel=3)
 
 
 def device_of(array) -> Device:

@@ -5,23 +5,41 @@ kernel. The first GPU kernel call goes through `numba_cuda()`, which configures 
 numba.cuda; each kernel is compiled the first time its signature is needed (`kernel()`), once per
 process, and the compile time is recorded (`compile_log()`, shown by `gpunn info --gpu`).
 
-Streams. Every Numba kernel is launched on CuPy's *current* stream
-(`numba.cuda.external_stream(cupy.cuda.get_current_stream().ptr)`; `launch()`), so Numba kernels,
-CuPy element-wise kernels and cuBLAS calls run in the order the Python code issues them, with no
-synchronisation between them and none with the host.
+Streams and how arrays reach a kernel. Every Numba kernel is launched on CuPy's *current* stream
+(`launch()` -> `stream_for()`: `numba.cuda.external_stream(ptr)`), so Numba kernels, CuPy
+element-wise kernels and cuBLAS calls run in the order the Python code issues them, with no
+synchronisation between them and none with the host. numba-cuda (0.30) hands a CuPy array to a
+kernel through DLPack first (`cupy.ndarray.__dlpack__(stream=<launch stream>)`, via cuda-core's
+StridedMemoryView), and only objects without `__dlpack__` through the CUDA Array Interface. CuPy,
+as the DLPack producer, orders the streams itself: when the consumer stream differs from its
+current stream it records an event on its current stream and makes the consumer wait on it (no
+host synchronisation); when they are the same it does nothing. Launching on CuPy's current stream
+is therefore what keeps every launch free of extra work. CuPy's default ("null") stream has
+pointer 0, which is not a valid DLPack stream; gpunn names it explicitly instead -- the legacy
+default stream (CU_STREAM_LEGACY, 1), or the per-thread one (2) when CuPy runs with
+CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1 (CuPy's own rule, `cupy_backends.cuda.stream.
+get_default_stream_ptr()`) -- so both libraries mean the same stream whatever the cuda-core version
+makes of a stream 0 (None, or a literal 0 that CuPy answers with a warning).
 
-NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0. A CuPy array handed to a Numba kernel is imported through the
-CUDA Array Interface (v3), which carries the stream the producer last used. With the default (1)
-Numba *synchronises that stream* for every such argument of every launch: the host waits for all
-queued GPU work before each kernel, so nothing overlaps and every launch costs a full GPU
-round trip. gpunn launches on the very stream CuPy uses, so stream order already guarantees that a
-kernel sees its inputs finished; `numba_cuda()` therefore sets the variable (and Numba's config
-attribute, which Numba reads at call time) to 0 before numba.cuda initialises. The price: code
-that hands gpunn arrays produced on *another* stream must synchronise that stream itself (as with
-any CUDA library). A value the user set explicitly in the environment is respected. The same
-goes for NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0: Numba would otherwise warn at every launch of fewer
-than 128 blocks, i.e. at every small layer. Warnings raised while importing numba.cuda or
-compiling a kernel are recorded (`KERNELS.warnings`, shown by `gpunn info --gpu`), not raised.
+NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0 is still set (before numba.cuda initialises, a value the user set
+is respected): it matters only for arrays that reach Numba through the CUDA Array Interface (no
+`__dlpack__`), where the default (1) would make the host wait for the producer's stream at every
+launch. It does not order anything for CuPy arrays. The same goes for
+NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0: Numba would otherwise warn at every launch of fewer than 128
+blocks, i.e. at every small layer. Warnings raised while importing numba.cuda or compiling a
+kernel are recorded (`KERNELS.warnings`, shown by `gpunn info --gpu`), not raised.
+
+Launch checks. Every kernel is compiled for one explicit signature, and numba-cuda does not check
+the arguments of such a kernel at launch: a float64 array passed for float32 or a transposed view
+passed for a C-contiguous array would be read as raw memory. `launch()` therefore checks the dtype,
+ndim and C-contiguity of every array argument against the signature (`check_launch_args`, the
+expected types cached per kernel) and raises LaunchArgumentError naming the kernel and argument.
+
+Whether the kernels run here (`kernel_status()`) is decided by compiling and launching one probe
+kernel on CuPy's current stream and checking its result (`probe()`), not by asking the driver.
+Before the first compile, `ensure_nvvm()` makes sure numba-cuda will find NVVM: when cuda-pathfinder
+finds no libnvvm (no wheel, no CUDA_HOME) it sets CUDA_HOME to the toolkit of the nvcc on PATH or
+to /usr/local/cuda, or says exactly what is missing.
 
 TF32. gpunn never enables TF32: float32 GEMMs in cuBLAS use full float32 unless the user sets
 CUPY_TF32=1 (CuPy's own switch, off by default); `tf32_status()` reports it.
@@ -36,9 +54,12 @@ argument: `dummy()`), and it allocates shared arrays without a lock (patched: se
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import operator
 import os
+import shutil
 import sys
 import threading
 import time
@@ -73,7 +94,8 @@ def _set_config(name: str, value: int) -> None:
 
 
 # Numba settings gpunn chooses (each overridable by setting its variable in the environment):
-#   CUDA_ARRAY_INTERFACE_SYNC  0: no stream synchronisation per CuPy argument (module docstring)
+#   CUDA_ARRAY_INTERFACE_SYNC  0: no host wait per argument that arrives through the CUDA Array
+#                              Interface (CuPy arrays arrive through DLPack: module docstring)
 #   CUDA_LOW_OCCUPANCY_WARNINGS 0: no NumbaPerformanceWarning for grids under 128 blocks -- a small
 #                              layer is a small grid by nature, and the warning would fire on every
 #                              such launch (and fail code that turns warnings into errors)
@@ -100,6 +122,8 @@ def numba_cuda():
 
                 for name, value in settings.items():
                     _set_config(name, value)
+                if not is_simulator():
+                    ensure_nvvm()  # before numba-cuda looks for NVVM (at its first compile)
                 with warnings.catch_warnings(record=True) as caught:  # kept for `gpunn info --gpu`
                     warnings.simplefilter("always")
                     import numba.cuda  # noqa: F401
@@ -148,10 +172,11 @@ def xp_of(a):
 
 @functools.lru_cache(maxsize=None)
 def kernel_status() -> tuple[bool, str]:
-    """(usable, reason): whether gpunn's Numba CUDA kernels can run on CuPy arrays here.
+    """(usable, reason): whether gpunn's Numba CUDA kernels run on CuPy arrays here.
 
-    Needs CuPy on a usable device (`gpu_status()`), numba.cuda on real hardware (not the
-    simulator) and a CUDA driver Numba can use. Cached for the process.
+    Decided by running them: CuPy on a usable device (`gpu_status()`), numba.cuda on real hardware
+    (not the simulator), then the probe kernel compiled, launched on CuPy's current stream and its
+    result checked (`probe()`). Never raises; cached for the process.
     """
     from gpunn.backend.device import gpu_status
 
@@ -162,15 +187,152 @@ def kernel_status() -> tuple[bool, str]:
         return False, (f"{SIM_ENV}=1: numba.cuda is Numba's CPU simulator, which cannot run kernels on "
                        "CuPy arrays (unset it to use the GPU kernels)")
     try:
-        cuda = numba_cuda()
+        numba_cuda()
     except Exception as err:  # numba-cuda missing or broken
         return False, f"numba.cuda cannot be imported: {type(err).__name__}: {err} (pip install 'gpunn[gpu]')"
+    result = probe(("current",))
+    if result.get("current") != "ok":
+        failure = result.get("current") or result.get("error", "not run")
+        return False, f"the probe kernel failed: {failure} [{NVVM_STATUS or 'NVVM not looked for'}]"
+    return True, (f"Numba CUDA kernels on CuPy's current stream (probe kernel compiled in "
+                  f"{result['compile_s']:.2f} s, ran and checked; {why})")
+
+
+_fallback_said = False
+
+
+def fallback_warning(stacklevel: int = 2) -> bool:
+    """True when the GPU kernels run here; else warn ONCE per process (RuntimeWarning) that CuPy
+    arrays use the reference kernels (still on the GPU), and why, and return False."""
+    global _fallback_said
+    usable, why = kernel_status()
+    if not usable and not _fallback_said:
+        _fallback_said = True
+        warnings.warn(f"gpunn: the GPU kernels cannot run, so CuPy arrays use the reference kernels "
+                      f"(still on the GPU): {why}", RuntimeWarning, stacklevel=stacklevel + 1)
+    return usable
+
+
+def fallback_warning_said() -> None:
+    """Mark the fallback as said (a caller that printed `kernel_status()` itself, e.g. `gpunn info`)."""
+    global _fallback_said
+    _fallback_said = True
+
+
+def _probe_kernel(x, out):
+    i = cuda.grid(1)  # noqa: F821  (numba.cuda, bound by bind_numba_cuda in probe())
+    if i < x.size:
+        out[i] = x[i] * 2.0 + 1.0
+
+
+def probe(streams=("current", "new"), n: int = 1000) -> dict:
+    """Compile one tiny kernel and launch it through `launch()` on each of `streams` -- "current"
+    (CuPy's current stream: its default stream unless the caller chose another) and "new" (a fresh
+    non-blocking CuPy stream) -- checking out = 2x + 1 each time. Returns {"compile_s": seconds,
+    <stream>: "ok" or what failed, "error": what stopped the probe before any launch}. Never raises."""
+    result: dict = {}
     try:
-        if not cuda.is_available():
-            return False, "numba.cuda sees no usable CUDA device or driver (numba -s explains why)"
-    except Exception as err:  # pragma: no cover - driver trouble
-        return False, f"numba.cuda failed to probe the driver: {type(err).__name__}: {err}"
-    return True, f"Numba CUDA kernels on CuPy's current stream ({why})"
+        import cupy
+    except Exception as err:
+        result["error"] = f"cupy: {type(err).__name__}: {err}"
+        return result
+    try:
+        bind_numba_cuda(globals())
+        t0 = time.perf_counter()
+        k = kernel(("probe", "float32"), lambda: jit(void(arr(np.float32), arr(np.float32)), _probe_kernel))
+        result["compile_s"] = time.perf_counter() - t0
+    except Exception as err:
+        result["error"] = f"compile: {type(err).__name__}: {err}"
+        return result
+    want = np.arange(n, dtype=np.float32) * 2 + 1
+    for name in streams:
+        try:
+            with cupy.cuda.Stream(non_blocking=True) if name == "new" else contextlib.nullcontext():
+                x = cupy.arange(n, dtype=cupy.float32)
+                out = cupy.zeros(n, dtype=cupy.float32)
+                launch(k, math.ceil(n / 128), 128, x, x, out)
+                got = out.get()  # on `stream`: waits for the kernel
+            bad = int(np.count_nonzero(got != want))
+            result[name] = "ok" if bad == 0 else f"wrong result in {bad} of {n} elements"
+        except Exception as err:
+            result[name] = f"launch: {type(err).__name__}: {err}"
+    return result
+
+
+# ------------------------------------------------------------------------------------------ NVVM
+
+NVVM_STATUS = ""  # what ensure_nvvm() found or did (shown by `gpunn info --gpu`)
+TOOLKIT_DEFAULT = "/usr/local/cuda"
+
+
+def _toolkit_missing(root: str) -> list:
+    """The NVVM pieces numba-cuda needs that the CUDA toolkit at `root` lacks (empty: it has them).
+    cuda-pathfinder looks for libnvvm under <root>/nvvm/lib64, numba-cuda for libdevice under
+    <root>/nvvm/libdevice."""
+    missing = []
+    lib = os.path.join(root, "nvvm", "lib64")
+    if not (os.path.isdir(lib) and any(f.startswith("libnvvm.so") for f in os.listdir(lib))):
+        missing.append(os.path.join(lib, "libnvvm.so*"))
+    if not os.path.isfile(os.path.join(root, "nvvm", "libdevice", "libdevice.10.bc")):
+        missing.append(os.path.join(root, "nvvm", "libdevice", "libdevice.10.bc"))
+    return missing
+
+
+def _pathfinder_nvvm() -> str:
+    from cuda import pathfinder
+
+    dl = pathfinder.load_nvidia_dynamic_lib("nvvm")
+    return f"{dl.abs_path} (found via {dl.found_via})"
+
+
+def find_nvvm(environ=None, which=shutil.which, default_root: str = TOOLKIT_DEFAULT, load=_pathfinder_nvvm):
+    """(CUDA_HOME to set or None, what was found or exactly what is missing).
+
+    First what numba-cuda itself would do: cuda-pathfinder (`load()`: NVIDIA wheels, conda, the
+    system loader, CUDA_HOME/CUDA_PATH). If that finds no libnvvm and neither variable is set, the
+    toolkit of the nvcc on PATH, then `default_root`, if it has NVVM."""
+    environ = os.environ if environ is None else environ
+    try:
+        return None, f"NVVM {load()}"
+    except Exception as err:
+        first = f"{type(err).__name__}: {err}"
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        root = environ.get(var)
+        if root:
+            missing = _toolkit_missing(root)
+            what = f"{var}={root} lacks {', '.join(missing)}" if missing else f"{var}={root} looks complete"
+            return None, f"NVVM not found: {what}; cuda-pathfinder: {first}"
+    tried = []
+    nvcc = which("nvcc")
+    roots = []
+    if nvcc:
+        roots.append((os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), f"nvcc at {nvcc}"))
+    else:
+        tried.append("no nvcc on PATH")
+    roots.append((default_root, default_root))
+    for root, source in roots:
+        missing = _toolkit_missing(root)
+        if not missing:
+            return root, f"NVVM: CUDA_HOME={root} set by gpunn (from {source}; cuda-pathfinder alone: {first})"
+        tried.append(f"{source}: no {', '.join(missing)}")
+    return None, ("NVVM not found: no NVIDIA NVVM wheel, CUDA_HOME and CUDA_PATH unset, "
+                  + "; ".join(tried) + " -- pip install 'gpunn[cuda13]' (numba-cuda[cu13] brings NVVM) "
+                  f"or set CUDA_HOME to a CUDA toolkit (cuda-pathfinder: {first})")
+
+
+def ensure_nvvm() -> str:
+    """Run `find_nvvm()` once, set CUDA_HOME if it found the toolkit that way, and record what
+    happened in NVVM_STATUS (returned). Never raises: a missing NVVM then fails the probe kernel's
+    compile, whose reason quotes this."""
+    global NVVM_STATUS
+    if not NVVM_STATUS:
+        try:
+            root, NVVM_STATUS = find_nvvm()
+            if root:
+                os.environ["CUDA_HOME"] = root
+        except Exception as err:  # pragma: no cover - defensive: discovery must never break the import
+            NVVM_STATUS = f"NVVM discovery failed: {type(err).__name__}: {err}"
+    return NVVM_STATUS
 
 
 class KernelsUnavailable(RuntimeError):
@@ -199,6 +361,7 @@ def tf32_status() -> str:
 # ------------------------------------------------------------------------------------------ streams
 
 _streams: dict = {}
+CU_STREAM_LEGACY = 1  # the driver's explicit handle of the legacy default stream (CU_STREAM_PER_THREAD is 2)
 
 
 def _device_id(like) -> int:
@@ -206,15 +369,27 @@ def _device_id(like) -> int:
     return int(getattr(dev, "id", 0) or 0)
 
 
+def default_stream_handle() -> int:
+    """The explicit handle of the stream CuPy means by its null stream (pointer 0): CuPy's own
+    rule (`cupy_backends.cuda.stream.get_default_stream_ptr()`: per-thread, 2, when CuPy runs with
+    CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1, else legacy, 1); legacy where CuPy does not say."""
+    try:
+        from cupy_backends.cuda import stream as backend_stream
+
+        return int(backend_stream.get_default_stream_ptr()) or CU_STREAM_LEGACY
+    except Exception:
+        return CU_STREAM_LEGACY
+
+
 def stream_for(like):
-    """The Numba stream to launch on for arrays like `like`: CuPy's current stream (0 in the simulator)."""
+    """The Numba stream to launch on for arrays like `like`: CuPy's current stream (0 in the
+    simulator), its null stream named by its explicit handle (`default_stream_handle()`): 0 is not
+    a DLPack stream (module docstring)."""
     if not is_cupy(like):
         return 0
     import cupy
 
-    ptr = cupy.cuda.get_current_stream().ptr
-    if ptr == 0:  # CuPy's legacy default stream is Numba's default stream 0
-        return 0
+    ptr = cupy.cuda.get_current_stream().ptr or default_stream_handle()
     key = (_device_id(like), ptr)
     s = _streams.get(key)
     if s is None:
@@ -223,8 +398,84 @@ def stream_for(like):
     return s
 
 
+class LaunchArgumentError(TypeError):
+    """An argument of a kernel launch does not match the kernel's compiled signature."""
+
+
+# id(kernel) -> (kernel, name, number of arguments or None, ((index, dtype, ndim) of each array argument))
+_launch_specs: dict = {}
+
+
+def _register_signature(k, name: str, sig) -> None:
+    """Remember, for `check_launch_args`, what kernel `k` (compiled for `sig`) takes."""
+    from numba.core import types
+    from numba.np import numpy_support
+
+    argtypes = tuple(getattr(sig, "args", ()))
+    checks = tuple((i, numpy_support.as_dtype(t.dtype), t.ndim) for i, t in enumerate(argtypes)
+                   if isinstance(t, types.Array))
+    _launch_specs[id(k)] = (k, name, len(argtypes), checks)
+
+
+def _launch_spec(kernel):
+    """The launch spec of a kernel jit() did not build: read from a dispatcher compiled for one
+    signature, else nothing to check against."""
+    overloads = list(getattr(kernel, "overloads", {}) or {})
+    name = getattr(getattr(kernel, "py_func", None), "__name__", type(kernel).__name__)
+    if len(overloads) == 1:
+        from numba.core import types
+
+        _register_signature(kernel, name, types.void(*overloads[0]))
+        return _launch_specs[id(kernel)]
+    spec = _launch_specs[id(kernel)] = (kernel, name, None, ())
+    return spec
+
+
+def _describe(a) -> str:
+    if not hasattr(a, "dtype") or not hasattr(a, "flags"):
+        return f"{type(a).__name__} {a!r}"[:80]
+    layout = "C-contiguous" if a.flags.c_contiguous else f"not C-contiguous (strides {a.strides})"
+    return f"{a.ndim}-d {a.dtype} {type(a).__module__.split('.')[0]} array, {layout}"
+
+
+_contiguity: dict = {}  # array type -> its cheapest "C-contiguous?" getter
+
+
+def _contiguity_getter(tp):
+    """CuPy arrays answer through their `_c_contiguous` attribute (no flags object built per call),
+    others (NumPy) through flags.c_contiguous."""
+    getter = operator.attrgetter("_c_contiguous" if hasattr(tp, "_c_contiguous") else "flags.c_contiguous")
+    _contiguity[tp] = getter
+    return getter
+
+
+def check_launch_args(kernel, args) -> None:
+    """Raise LaunchArgumentError unless `args` fit the signature `kernel` was compiled for: the
+    number of arguments, and the dtype, ndim and C-contiguity of every array argument. On the launch
+    path: the expected types are cached per kernel, and the common case costs a few attribute reads
+    per array."""
+    spec = _launch_specs.get(id(kernel))
+    if spec is None or spec[0] is not kernel:
+        spec = _launch_spec(kernel)
+    _, name, nargs, checks = spec
+    if nargs is not None and len(args) != nargs:
+        raise LaunchArgumentError(f"kernel {name}: {len(args)} arguments given, its signature takes {nargs}")
+    for i, dt, nd in checks:
+        a = args[i]
+        try:
+            contiguous = _contiguity.get(type(a)) or _contiguity_getter(type(a))
+            ok = (a.dtype is dt or a.dtype == dt) and a.ndim == nd and contiguous(a)
+        except AttributeError:
+            ok = False
+        if not ok:
+            raise LaunchArgumentError(f"kernel {name}: argument {i} must be a {nd}-d {dt} C-contiguous array "
+                                      f"(its compiled signature), got a {_describe(a)}")
+
+
 def launch(kernel, grid, block, like, *args) -> None:
-    """Launch `kernel[grid, block, stream](*args)` on CuPy's current stream for `like`'s device."""
+    """Launch `kernel[grid, block, stream](*args)` on CuPy's current stream for `like`'s device,
+    after checking the arguments against the kernel's signature (`check_launch_args`)."""
+    check_launch_args(kernel, args)
     stream = stream_for(like)
     if not is_cupy(like):
         _simulate(kernel, grid, block, args)
@@ -357,13 +608,16 @@ def jit(sig, fn, launch_bounds=None):
         return _jit_override(sig, fn, launch_bounds)
     cuda = numba_cuda()
     if launch_bounds is None or is_simulator():
-        return cuda.jit(sig)(fn)
-    try:
-        decorate = cuda.jit(sig, launch_bounds=launch_bounds)
-    except TypeError as err:
-        raise RuntimeError(f"kernel {fn.__name__}: launch bounds {launch_bounds} need a numba-cuda that "
-                           f"supports them (pip install -U numba-cuda): {err}") from None
-    return decorate(fn)
+        k = cuda.jit(sig)(fn)
+    else:
+        try:
+            decorate = cuda.jit(sig, launch_bounds=launch_bounds)
+        except TypeError as err:
+            raise RuntimeError(f"kernel {fn.__name__}: launch bounds {launch_bounds} need a numba-cuda that "
+                               f"supports them (pip install -U numba-cuda): {err}") from None
+        k = decorate(fn)
+    _register_signature(k, fn.__name__, sig)
+    return k
 
 
 def device_jit(fn):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import activations_cuda, dense, dense_dispatch, losses, losses_cuda, optimizers
@@ -83,13 +82,9 @@ class CudaOps(Ops):
 
 
 def gpu_ops():
-    """CudaOps() when the GPU kernels can run here, else the reference Ops() (warning once why)."""
-    usable, why = nc.kernel_status()
-    if usable:
-        return CudaOps()
-    warnings.warn(f"gpunn: the GPU kernels cannot run, so CuPy arrays use the reference kernels: {why}",
-                  RuntimeWarning, stacklevel=3)
-    return Ops()
+    """CudaOps() when the GPU kernels can run here (the probe kernel ran: `nc.kernel_status()`),
+    else the reference Ops() on CuPy, still on the GPU (`nc.fallback_warning()` says why, once)."""
+    return CudaOps() if nc.fallback_warning(stacklevel=3) else Ops()
 
 
 # ------------------------------------------------------------------------------------------ warm-up
@@ -143,7 +138,10 @@ def gpu_report(out=None) -> None:
 
     out = out or sys.stdout
     usable, why = nc.kernel_status()
-    print(f"gpu kernels: {'usable' if usable else 'not usable'}: {why}", file=out)
+    print(f"gpu kernels: {'usable' if usable else 'not usable, CuPy arrays use the reference kernels'}: {why}",
+          file=out)
+    if nc.NVVM_STATUS:
+        print(f"  {nc.NVVM_STATUS}", file=out)
     print(f"  {nc.tf32_status()}", file=out)
     print(f"  dense implementation: {os.environ.get(dd.ENV) or 'auto'} ({dd.ENV}); "
           f"fused GEMM tiles: {', '.join(dense_cuda_tiles())}", file=out)
@@ -152,8 +150,8 @@ def gpu_report(out=None) -> None:
         return
     cuda = nc.numba_cuda()
     impl = getattr(cuda, "implementation", "?")
-    print(f"  numba.cuda: {impl}; {nc.SYNC_ENV}={os.environ.get(nc.SYNC_ENV)!r} "
-          "(0: no stream synchronisation per CuPy argument)", file=out)
+    print(f"  numba.cuda: {impl}; CuPy arrays reach kernels through DLPack on CuPy's current stream; "
+          f"{nc.SYNC_ENV}={os.environ.get(nc.SYNC_ENV)!r} (CUDA Array Interface arguments only)", file=out)
     name = nc.device_name()
     entries = [k for k in dd._table_index() if k[0] == name]
     table = f"measured for {name}" if entries else f"no measurements for {name} (default rule)"
