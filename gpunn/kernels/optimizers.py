@@ -133,7 +133,7 @@ def cpu_kernel(name: str, **flags):
     k = _CPU_KERNELS.get(key)
     if k is None:
         member = registry.OPTIMIZERS[name]
-        bound = {**flags, "sqrt": math.sqrt}
+        bound = {**flags, "sqrt": math.sqrt, "f64": float}
         update = njit(inline="always", error_model="numpy")(registry.rebind(member.update, bound))
         loop = registry.update_loop(member, "cpu", update, {})
         # error_model numpy: IEEE inf/nan on x/0 (as NumPy, torch), and the loop vectorises

@@ -200,74 +200,77 @@ register_activation("tanh", tanh_forward, tanh_backward, "output", 1, 3, module=
 # array implementation in the array's dtype would. Each update reads and writes element i of its
 # arrays; the UPPERCASE names are the options that change the code path, bound as compile-time
 # constants per kernel variant (`Optimizer.flags`); the other arguments are run-time scalars
-# (float64), so a scheduler changes them without a recompile. `sqrt` is bound per backend.
+# (float64), so a scheduler changes them without a recompile. `sqrt` and `f64` (the conversion to
+# float64: `float` on the CPU, numba.float64 on the GPU, as the kernels were written before) are
+# bound per backend.
+f64 = float
 
 def sgd_update(i, p, grad, buf, lr, momentum, dampening, weight_decay):
-    g = float(grad[i])
+    g = f64(grad[i])
     if MAXIMIZE:  # noqa: F821 (the free UPPERCASE names are the variant's options)
         g = -g
     if WEIGHT_DECAY:  # noqa: F821
-        g += weight_decay * float(p[i])
+        g += weight_decay * f64(p[i])
     if MOMENTUM:  # noqa: F821
         if FIRST_STEP:  # noqa: F821
             b = g
         else:
-            b = momentum * float(buf[i]) + (1.0 - dampening) * g
+            b = momentum * f64(buf[i]) + (1.0 - dampening) * g
         buf[i] = b
-        b = float(buf[i])
+        b = f64(buf[i])
         if NESTEROV:  # noqa: F821
             g = g + momentum * b
         else:
             g = b
-    p[i] = float(p[i]) - lr * g
+    p[i] = f64(p[i]) - lr * g
 
 
 def adam_update(i, p, grad, m, v, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt):
     """decay = 1 - lr wd (AdamW), step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t)."""
-    g = float(grad[i])
+    g = f64(grad[i])
     if MAXIMIZE:  # noqa: F821
         g = -g
-    pi = float(p[i])
+    pi = f64(p[i])
     if WD_MODE == 2:  # noqa: F821 (decoupled: AdamW)
         pi = pi * decay
     elif WD_MODE == 1:  # noqa: F821
         g += weight_decay * pi
-    mi = float(m[i])
+    mi = f64(m[i])
     mi = mi + (1.0 - beta1) * (g - mi)
     m[i] = mi
-    vi = beta2 * float(v[i]) + (1.0 - beta2) * g * g
+    vi = beta2 * f64(v[i]) + (1.0 - beta2) * g * g
     v[i] = vi
     if AMSGRAD:  # noqa: F821
-        vs = float(v[i])
-        if vs > float(vmax[i]) or vs != vs:  # max(vmax, v) propagating NaN, as torch.maximum
+        vs = f64(v[i])
+        if vs > f64(vmax[i]) or vs != vs:  # max(vmax, v) propagating NaN, as torch.maximum
             vmax[i] = v[i]
-        vi = float(vmax[i])
+        vi = f64(vmax[i])
     else:
-        vi = float(v[i])
+        vi = f64(v[i])
     denom = sqrt(vi) / bc2_sqrt + eps
-    p[i] = pi - step_size * float(m[i]) / denom
+    p[i] = pi - step_size * f64(m[i]) / denom
 
 
 def rmsprop_update(i, p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
-    g = float(grad[i])
+    g = f64(grad[i])
     if MAXIMIZE:  # noqa: F821
         g = -g
     if WEIGHT_DECAY:  # noqa: F821
-        g += weight_decay * float(p[i])
-    sq[i] = alpha * float(sq[i]) + (1.0 - alpha) * g * g
-    s = float(sq[i])
+        g += weight_decay * f64(p[i])
+    sq[i] = alpha * f64(sq[i]) + (1.0 - alpha) * g * g
+    s = f64(sq[i])
     if CENTERED:  # noqa: F821
-        a = float(gavg[i])
+        a = f64(gavg[i])
         gavg[i] = a + (1.0 - alpha) * (g - a)
-        a = float(gavg[i])
+        a = f64(gavg[i])
         avg = sqrt(s - a * a) + eps
     else:
         avg = sqrt(s) + eps
     if MOMENTUM:  # noqa: F821
-        buf[i] = momentum * float(buf[i]) + g / avg
-        p[i] = float(p[i]) - lr * float(buf[i])
+        buf[i] = momentum * f64(buf[i]) + g / avg
+        p[i] = f64(p[i]) - lr * f64(buf[i])
     else:
-        p[i] = float(p[i]) - lr * g / avg
+        p[i] = f64(p[i]) - lr * g / avg
 
 
 @dataclass(frozen=True)
