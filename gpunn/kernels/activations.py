@@ -92,6 +92,9 @@ def cpu_kernel(template, code: int, dtype, **bound):
     return k
 
 
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _flat_c(a):
     return np.ascontiguousarray(a).reshape(-1)
 
@@ -101,6 +104,8 @@ def activation_forward_cpu(z, code, negative_slope=0.01):
     check_code(code)
     if code == IDENTITY:
         return z.copy()
+    if z.dtype not in _KERNEL_DTYPES:  # float16 and friends: in float32, rounded once (torch's opmath)
+        return activation_forward_cpu(z.astype(np.float32), code, negative_slope).astype(z.dtype)
     zf = _flat_c(z)
     y = np.empty_like(zf)
     cpu_kernel(activation_forward_loop, code, z.dtype)(zf, z.dtype.type(negative_slope), y)
@@ -124,6 +129,9 @@ def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
     if code == IDENTITY:
         return dy.copy()
     s = saved_operand(z, y, code, negative_slope)
+    if dy.dtype not in _KERNEL_DTYPES:
+        return activation_backward_cpu(dy.astype(np.float32), s.astype(np.float32), s.astype(np.float32), code,
+                                       negative_slope).astype(dy.dtype)
     dyf = _flat_c(dy)
     dz = np.empty_like(dyf)
     cpu_kernel(activation_backward_loop, code, dy.dtype)(dyf, _flat_c(s).astype(dy.dtype, copy=False),
