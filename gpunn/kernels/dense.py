@@ -173,8 +173,8 @@ def dense_backward_cost(dy, x, W, saved, code: int, negative_slope: float = 0.01
     read dy, the saved z or y (not for identity), W (for dx), x (for dW); write dx, dW, db."""
     n, m = dy.shape
     k = x.shape[1]
-    flops = Dregistry.activation(code).flops * n * m + (2 * n * m * k if need_dx else 0) + (2 * n * m * k if need_dw else 0) \
-        + (n * m if need_db else 0)
+    flops = registry.activation(code).backward_flops * n * m + (2 * n * m * k if need_dx else 0) \
+        + (2 * n * m * k if need_dw else 0) + (n * m if need_db else 0)
     elems = n * m * (1 if code == IDENTITY else 2)
     if need_dx:
         elems += m * k + n * k
