@@ -276,6 +276,7 @@ def l1_loss(input, target, reduction: str = "mean"):
     return F.L1.apply(*_pair("l1_loss", input, target), reduction=reduction)
 
 
-__all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + ["activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
+__all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + [
+           "activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
            "linear", "cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss",
            "l1_loss", "ACTIVATIONS", "REDUCTIONS"]

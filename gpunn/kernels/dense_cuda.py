@@ -517,7 +517,8 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None):
     for dt in dtypes:
         for name in (tiles or TILES):
             cfg = TILES[name]
-            for code, m in ((m.code, m) for m in registry.ACTIVATIONS.values()):
+            for m in registry.ACTIVATIONS.values():
+                code = m.code
                 for has_bias in (True, False):
                     yield forward_kernel, (dt, code, has_bias, False, cfg), cfg.threads
                     if m.derivative_from != "output":  # backward may need z
@@ -525,7 +526,8 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None):
                 yield dx_kernel, (dt, code, cfg), cfg.threads
                 for want_db in (True, False):
                     yield dw_kernel, (dt, code, want_db, cfg), cfg.threads
-        for code, m in ((m.code, m) for m in registry.ACTIVATIONS.values()):  # the combinations forward_cublas / backward_cublas launch
+        for m in registry.ACTIVATIONS.values():  # the combinations forward_cublas / backward_cublas launch
+            code = m.code
             for has_bias in (True, False):
                 if has_bias or code != IDENTITY:
                     yield bias_act_kernel, (dt, code, has_bias, "inplace"), nc.ELEMENTWISE_THREADS
