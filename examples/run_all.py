@@ -17,7 +17,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = ("perceptron_logic", "xor_mlp", "universal_approximation", "activations", "vanishing_gradients",
             "dead_relu", "losses_outliers", "loss_landscape", "learning_rates", "optimizers", "schedules",
-            "digits", "backprop_by_hand", "gpu_vs_cpu")
+            "digits", "backprop_by_hand", "gpu_vs_cpu", "linear_collapse", "first_layer_features", "ce_vs_mse",
+            "sgd_noise", "overparameterization")
 
 
 def main(argv=None) -> int:

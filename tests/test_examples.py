@@ -31,7 +31,8 @@ if EXAMPLES_DIR not in sys.path:
 SEED = int(os.environ.get("GPUNN_EXAMPLES_SEED", "0"))
 EXAMPLES = ("perceptron_logic", "xor_mlp", "universal_approximation", "activations", "vanishing_gradients",
             "dead_relu", "losses_outliers", "loss_landscape", "learning_rates", "optimizers", "schedules",
-            "digits", "backprop_by_hand", "gpu_vs_cpu")
+            "digits", "backprop_by_hand", "gpu_vs_cpu", "linear_collapse", "first_layer_features", "ce_vs_mse",
+            "sgd_noise", "overparameterization")
 GPU_USABLE, GPU_REASON = gn.gpu_status()
 
 try:
@@ -278,6 +279,86 @@ def test_gpu_vs_cpu_cpu_half_and_skip_reason(tmp_path, capsys):
         assert GPU_REASON in r["skipped"] and GPU_REASON in printed
         with pytest.raises(gn.DeviceError, match="no GPU is usable"):
             ex.run(epochs=1, n=64, width=8, require_gpu=True, seed=SEED)
+    draw(ex, r, tmp_path)
+
+
+def test_linear_collapse_is_one_matrix_and_stalls_at_least_squares(tmp_path):
+    ex = example("linear_collapse")
+    r = ex.run(steps=400, n=128, seed=SEED)
+    lin, relu = r["linear"], r["relu"]
+    show("linear_collapse", max_diff=lin["max_diff"], linear=lin["loss"], lsq=r["lsq_loss"], relu=relu["loss"])
+    assert lin["max_diff"] < 1e-5  # W x + b from the multiplied-out weights is the network, to float32 rounding
+    assert r["lsq_loss"] * (1 - 1e-5) <= lin["loss"] <= 1.01 * r["lsq_loss"]  # stalls at the best line
+    assert abs(lin["W"] - r["lsq"][0]) < 0.01 and abs(lin["b"] - r["lsq"][1]) < 0.01
+    assert relu["loss"] < r["lsq_loss"] / 20
+    draw(ex, r, tmp_path)
+
+
+def test_first_layer_filters_become_smooth_and_layer_two_combines_them(tmp_path):
+    pytest.importorskip("sklearn")
+    ex = example("first_layer_features")
+    r = ex.run(epochs=10, seed=SEED)
+    show("first_layer_features", corr0=float(r["corr0"].mean()), corr=float(r["corr"].mean()),
+         pr=float(np.median(r["pr"])), test_accuracy=r["test_accuracy"])
+    assert abs(r["corr0"].mean()) < 0.1  # independent draws at initialisation
+    assert r["corr"].mean() > 0.2 and r["corr"].mean() > r["corr0"].mean() + 0.2
+    assert np.median(r["pr"]) > 8  # each second-layer unit is driven by many first-layer units
+    assert r["test_accuracy"] > 0.9
+    draw(ex, r, tmp_path)
+
+
+def test_ce_keeps_its_gradient_when_confidently_wrong_and_learns_faster(tmp_path):
+    pytest.importorskip("sklearn")
+    ex = example("ce_vs_mse")
+    r = ex.run(steps=120, lrs=(1.0, 10.0), shown_lr=10.0, seed=SEED)
+    g, m = r["grads"], r["margins"]
+    sig = 1 / (1 + np.exp(m))
+    np.testing.assert_allclose(g[("sigmoid", "cross-entropy")], sig - 1, atol=1e-12)
+    np.testing.assert_allclose(g[("sigmoid", "MSE")], 2 * (sig - 1) * sig * (1 - sig), atol=1e-12)
+    far = m >= 8
+    for out in ("sigmoid", "softmax"):
+        assert np.all(np.abs(g[(out, "cross-entropy")][far]) > 0.99)
+        assert np.all(np.abs(g[(out, "MSE")][far]) < 2e-3)
+    steps = {k: v["steps_to_target"] for k, v in r["runs"].items()}
+    show("ce_vs_mse", start_p=r["start_p_correct"], **{f"{k}_{lr:g}": s for (k, lr), s in steps.items()})
+    assert r["start_accuracy"] < 0.05
+    for lr in (1.0, 10.0):
+        ce, mse = steps[("cross-entropy", lr)], steps[("MSE", lr)]
+        assert ce is not None and ce <= 40
+        assert mse is None or mse >= 4 * ce
+    draw(ex, r, tmp_path)
+
+
+def test_sgd_noise_escapes_the_shallow_minimum_full_batch_does_not(tmp_path):
+    pytest.importorskip("sklearn")
+    ex = example("sgd_noise")
+    r = ex.run(steps=500, runs=100, batches=(1, 4, 64), gen_seeds=(0,), gen_n=200, seed=SEED)
+    e = r["escaped"]
+    small, full = r["gen"][r["gen_small"]][0], r["gen"][r["gen_n"]][0]
+    show("sgd_noise", b1=e[1], b4=e[4], full=e[64], left_deep=r["left_deep"], test_small=small[1], test_full=full[1])
+    assert r["barrier"] < 0.1 * r["deep_barrier"]
+    assert e[64] == 0.0  # full-batch gradient descent rests at the minimum
+    assert e[1] >= 0.8 and e[1] > e[4] + 0.2
+    assert r["left_deep"] <= 0.02
+    assert small[0] == 1.0 and full[0] == 1.0  # both fit the training images
+    assert abs(small[1] - full[1]) < 0.04  # and generalise alike here (what the example reports)
+    draw(ex, r, tmp_path)
+
+
+def test_overparameterised_networks_memorise_and_end_alike(tmp_path):
+    pytest.importorskip("sklearn")
+    ex = example("overparameterization")
+    r = ex.run(widths=(2, 64), steps=300, starts=4, n=300, seed=SEED)
+    (narrow, wide), (narrow_s, wide_s) = r["labels"]["true"], r["labels"]["shuffled"]
+    L2, L64 = r["final_losses"][2], r["final_losses"][64]
+    show("overparameterization", wide_shuffled_train=wide_s["train_accuracy"],
+         wide_shuffled_test=wide_s["test_accuracy"],
+         wide_test=wide["test_accuracy"], spread2=float(L2.max() - L2.min()), spread64=float(L64.max() - L64.min()))
+    assert wide_s["train_accuracy"] >= 0.99 and wide_s["test_accuracy"] <= 0.2  # memorised, at chance
+    assert wide["train_accuracy"] == 1.0 and wide["test_accuracy"] >= 0.85
+    assert narrow_s["train_accuracy"] < 0.5
+    assert L2.max() - L2.min() > 0.05 and L2.min() > 0.3
+    assert L64.max() < 0.01 and L64.max() - L64.min() < 1e-3
     draw(ex, r, tmp_path)
 
 
