@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import numba
 from numba import njit
 
 from gpunn.kernels import registry
@@ -48,16 +49,21 @@ IDENTITY, RELU, LEAKY_RELU, GELU, GELU_TANH, SIGMOID, TANH = (
 # CPU kernels: templates whose free names (act, dact) are bound per activation and dtype.
 # ---------------------------------------------------------------------------------------------
 
+# `slope` arrives as a Python float (Numba dispatches a float faster than a NumPy scalar) and is
+# made a scalar of the arrays' dtype (T) once per call.
+
 def activation_forward_loop(z, slope, y):
     """y = act(z) over flat C-contiguous arrays (y may be z: in place)."""
+    a = T(slope)  # noqa: F821 (bound per dtype)
     for i in range(z.size):
-        y[i] = act(z[i], slope)  # noqa: F821 (bound per activation)
+        y[i] = act(z[i], a)  # noqa: F821 (bound per activation)
 
 
 def activation_backward_loop(dy, s, slope, dz):
     """dz = dy * act'(.) from s (z or y, see the module docstring) over flat C-contiguous arrays."""
+    a = T(slope)  # noqa: F821 (bound per dtype)
     for i in range(dy.size):
-        dz[i] = dact(dy[i], s[i], slope)  # noqa: F821 (bound per activation)
+        dz[i] = dact(dy[i], s[i], a)  # noqa: F821 (bound per activation)
 
 
 _CPU_KERNELS: dict = {}
@@ -78,11 +84,13 @@ def cpu_scalar(code: int, dtype, which: str):
 def cpu_kernel(template, code: int, dtype, **bound):
     """`template` compiled with act/dact bound to activation `code`'s formulas in `dtype` (and any
     other free names given in `bound`); one per (template, code, dtype), cached on disk."""
-    dt = np.dtype(dtype)
-    key = (template.__name__, code, dt.name)
+    key = (template.__name__, code, dtype)  # a dtype object: hashing it is cheaper than its name
     k = _CPU_KERNELS.get(key)
     if k is None:
+        dt = np.dtype(dtype)
         names = template.__code__.co_names
+        if "T" in names:
+            bound["T"] = numba.from_dtype(dt)
         if "act" in names:
             bound["act"] = cpu_scalar(code, dt, "forward")
         if "dact" in names:
@@ -108,7 +116,7 @@ def activation_forward_cpu(z, code, negative_slope=0.01):
         return activation_forward_cpu(z.astype(np.float32), code, negative_slope).astype(z.dtype)
     zf = _flat_c(z)
     y = np.empty_like(zf)
-    cpu_kernel(activation_forward_loop, code, z.dtype)(zf, z.dtype.type(negative_slope), y)
+    cpu_kernel(activation_forward_loop, code, z.dtype)(zf, float(negative_slope), y)
     return y.reshape(z.shape)
 
 
@@ -135,7 +143,7 @@ def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
     dyf = _flat_c(dy)
     dz = np.empty_like(dyf)
     cpu_kernel(activation_backward_loop, code, dy.dtype)(dyf, _flat_c(s).astype(dy.dtype, copy=False),
-                                                         dy.dtype.type(negative_slope), dz)
+                                                         float(negative_slope), dz)
     return dz.reshape(dy.shape)
 
 

@@ -119,7 +119,7 @@ def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
             z += b
         return z, z
     epilogue = _epilogue(bias_act_epilogue, code, z.dtype)
-    slope = z.dtype.type(negative_slope)
+    slope = float(negative_slope)
     if needs_preactivation(code, negative_slope):
         y = np.empty_like(z)
         epilogue(z, bias, has_bias, slope, y)
@@ -146,7 +146,7 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
     else:
         dz = np.empty_like(dy)
         _epilogue(act_grad_colsum, code, dy.dtype)(
-            dy, np.ascontiguousarray(saved), dy.dtype.type(negative_slope), dz,
+            dy, np.ascontiguousarray(saved), float(negative_slope), dz,
             db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db)
     dx = np.matmul(dz, W) if need_dx else None
     dW = np.matmul(dz.T, x, out=dW_out) if need_dw else None
