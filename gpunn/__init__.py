@@ -8,17 +8,22 @@
 
 Importing gpunn imports neither CuPy nor any compiled kernel; submodules load on first use.
 """
+import builtins as _builtins
 import importlib
 
 from gpunn.backend import Device, DeviceError, device, gpu_status, manual_seed
 from gpunn.autograd import Parameter, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from gpunn.autograd.creation import *  # noqa: F401,F403  (zeros, ones, ..., the dtype names)
+from gpunn.autograd.creation import __all__ as _creation_names
+from gpunn.autograd.torch_functions import *  # noqa: F401,F403  (cat, stack, where, exp, ...)
+from gpunn.autograd.torch_functions import __all__ as _function_names
 from gpunn import functional
 from gpunn.gradcheck import GradcheckError, gradcheck
 
 __version__ = "0.1.0"
 
 _LAZY_MODULES = {"nn", "optim", "data", "datasets", "train", "checkpoint", "kernels", "backend", "cli",
-                 "profiler"}
+                 "profiler", "utils"}
 _LAZY_ATTRS = {"save": "gpunn.checkpoint", "load": "gpunn.checkpoint", "CheckpointError": "gpunn.checkpoint"}
 
 
@@ -30,6 +35,14 @@ def __getattr__(name):
     raise AttributeError(f"module 'gpunn' has no attribute {name!r}")
 
 
+def __dir__():
+    """The names tab completion offers: what is loaded and what loads on first use (nn, optim, save, ...)."""
+    return sorted(set(globals()) | _LAZY_MODULES | set(_LAZY_ATTRS))
+
+
 __all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Parameter", "Tensor",
            "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
-           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "__version__"]
+           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils",
+           "__version__",
+           # `from gpunn import *` must not shadow Python's own bool, int, float, abs, max, min, sum
+           *[n for n in (*_creation_names, *_function_names) if not hasattr(_builtins, n)]]

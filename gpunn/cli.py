@@ -66,6 +66,17 @@ _positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive num
 _nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
+def _data_source(text):
+    """A bundled data set's name, or the path of a .csv / .npz file (which must exist)."""
+    if text in DATASETS:
+        return text
+    if os.path.splitext(text)[1].lower() in (".csv", ".npz"):
+        if not os.path.isfile(text):
+            raise argparse.ArgumentTypeError(f"data file {text} does not exist")
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DATASETS)} or a .csv/.npz file, got {text!r}")
+
+
 def _layers(text):
     parts = [p.strip() for p in text.split(",")]
     try:
@@ -156,7 +167,11 @@ def _run_info(args) -> int:
 # ----------------------------------------------------------------------------- train
 
 def _add_train_arguments(p):
-    p.add_argument("--data", required=True, choices=DATASETS, help="bundled data set (digits needs scikit-learn)")
+    p.add_argument("--data", required=True, type=_data_source, metavar="NAME|PATH",
+                   help=f"a bundled data set ({', '.join(DATASETS)}; digits needs scikit-learn) or your own "
+                        "file: a .csv (one sample per line, the last column the class label, a header line "
+                        "allowed) or a .npz with arrays X (samples, features) and y (labels); 20%% of a file's "
+                        "samples are held out for the test figures")
     p.add_argument("--layers", type=_layers, default=None,
                    help="comma-separated widths from inputs to classes, e.g. 64,128,10 "
                         "(default per data set: digits 64,128,10; xor 2,8,2; spirals 2,64,64,2; ...)")
@@ -210,14 +225,21 @@ def _run_train(args) -> int:
     from gpunn import datasets, nn
     from gpunn.train import evaluate, fit
 
+    if args.save:  # before any training: a run must not fail at its end on a path typed wrong
+        _writable("--save", args.save)
     dev = gn.device(args.device)
     how = dev.reason or f"chosen with --device {args.device}"
     print(f"device: {dev} ({how})", flush=True)
 
-    split = datasets.load(args.data, seed=args.data_seed)
+    own_file = args.data not in DATASETS
+    if own_file:
+        split = datasets.from_file(args.data, seed=args.data_seed)
+    else:
+        split = datasets.load(args.data, seed=args.data_seed)
     n_features = split.X_train.shape[1]
     n_classes = int(max(split.y_train.max(), split.y_test.max())) + 1
-    layers = args.layers or DEFAULT_LAYERS[args.data]
+    layers = args.layers or (DEFAULT_LAYERS[args.data] if not own_file else [n_features, 64, n_classes])
+    _check_fits_in_memory(layers, args.batch_size, dev)
     if layers[0] != n_features or layers[-1] != n_classes:
         raise UsageError(
             f"--layers {','.join(map(str, layers))} does not fit --data {args.data}, which has {n_features} "
@@ -232,8 +254,9 @@ def _run_train(args) -> int:
     print(f"data: {args.data} ({len(split.X_train)} train, {len(split.X_test)} test samples); "
           f"model: {'-'.join(map(str, layers))} {args.activation}; optimizer: {args.optimizer} lr={lr:g}; "
           f"seed: {seed}", flush=True)
-    if args.data in ("xor", "and", "or"):
-        print(f"note: {args.data} has only 4 points, so its test set is its training set", flush=True)
+    if args.data in ("xor", "and", "or") or (own_file and len(split.X_train) < 5):
+        print(f"note: {args.data} has only {len(split.X_train)} points, so its test set is its training set",
+              flush=True)
 
     loss_fn = nn.CrossEntropyLoss()
     t0 = time.perf_counter()
@@ -277,6 +300,9 @@ def _add_profile_arguments(p):
     p.add_argument("--compare", action="store_true",
                    help="run the same steps once per kernel choice (CPU: fused, reference; GPU: fused, cublas "
                         "(+ fused epilogue), reference) and print them side by side with ratios")
+    p.add_argument("--remeasure-peaks", action="store_true",
+                   help="measure this machine's peak GFLOP/s and GB/s again before profiling instead of using the "
+                        "cached figures (a figure is also re-measured when a kernel exceeds 100%% of it)")
     p.add_argument("--sync", action="store_true",
                    help="GPU: every NVTX range and span waits for its kernels (slower, exact ranges)")
 
@@ -285,6 +311,50 @@ def _writable(flag, path):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def _gib(nbytes) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
+
+
+def _available_bytes(dev):
+    """Memory a run may use on `dev`: MemAvailable on the host, free memory on a GPU (None if unknown)."""
+    if dev.is_gpu:
+        try:
+            import cupy
+
+            with cupy.cuda.Device(dev.index):
+                return cupy.cuda.runtime.memGetInfo()[0]
+        except Exception:
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_in_memory(layers, batch, dev, itemsize=4):
+    """Refuse a model whose float32 training state cannot fit, in one line, before allocating any
+    of it (a 40 GB weight matrix would otherwise end in a MemoryError traceback or the OOM killer).
+    Counted: weights and biases x4 (values, gradients, Adam's two moments) plus two activations per
+    layer for the batch; a lower bound, so a model that passes may still be refused by the allocator."""
+    params = sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))
+    acts = batch * sum(layers) * 2
+    need = (4 * params + acts) * itemsize
+    have = _available_bytes(dev)
+    if have is not None and need > have:
+        raise UsageError(f"--layers {','.join(map(str, layers))} needs at least {_gib(need)} on {dev} "
+                         f"({params:,} parameters, with gradients and optimizer state, float32) but only "
+                         f"{_gib(have)} is available; choose smaller --layers or --batch")
 
 
 def _kernel_choices(dev):
@@ -331,6 +401,7 @@ def _profile_mlp(args, dev):
     import gpunn as gn
     from gpunn import nn, profiler
 
+    _check_fits_in_memory(args.layers, args.batch, dev)
     gn.manual_seed(args.seed)
     model = build_mlp(args.layers, args.activation).to(dev)
     opt = make_optimizer("adam", model.parameters())
@@ -404,6 +475,10 @@ def _run_profile(args) -> int:
     dev = gn.device(args.device)
     how = dev.reason or f"chosen with --device {args.device}"
     print(f"device: {dev} ({how})", flush=True)
+    if args.remeasure_peaks:
+        from gpunn.profiler import calibrate
+
+        print(f"peaks re-measured: {calibrate(str(dev)).describe()}", flush=True)
     print(f"model: {'-'.join(map(str, args.layers))} {args.activation}, Adam lr=0.001, cross-entropy; batch "
           f"{args.batch}; {args.warmup} warm-up + {args.steps} profiled steps; seed {args.seed}", flush=True)
     if args.compare:
@@ -492,6 +567,9 @@ def main(argv=None) -> int:
         return 2
     except (TrainingDiverged, CheckpointError, OSError) as err:
         print(f"gpunn: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except MemoryError as err:  # NumPy's and CuPy's out-of-memory errors say the size asked for
+        print(f"gpunn: error: out of memory: {_one_line(err)}; choose a smaller model or batch", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("gpunn: interrupted", file=sys.stderr)

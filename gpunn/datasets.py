@@ -13,6 +13,7 @@ gives the same arrays.
 """
 from __future__ import annotations
 
+import os
 from collections import namedtuple
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from gpunn.data import rng_from
 
 __all__ = ["xor", "and_gate", "or_gate", "spirals", "moons", "circles", "sine", "digits", "Split",
-           "CLASSIFICATION", "load"]
+           "CLASSIFICATION", "load", "read_csv", "read_npz", "from_file", "DataFileError"]
 
 Split = namedtuple("Split", ["X_train", "y_train", "X_test", "y_test"])
 
@@ -196,3 +197,119 @@ def load(name: str, seed=None, test_size: float = 0.2, n: int | None = None) -> 
     X, y = makers[name](n=1000 if n is None else n, seed=rng)
     n_test = int(round(test_size * len(X)))
     return Split(X[n_test:], y[n_test:], X[:n_test], y[:n_test])
+
+
+# ----------------------------------------------------------------------------- the user's own files
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as (features, labels); the message names the file, the line
+    (or array) and what was wrong. Nothing is returned from a file that fails."""
+
+
+def _label(text_or_value, where):
+    try:
+        v = float(text_or_value)
+    except ValueError:
+        raise DataFileError(f"{where}: label {text_or_value!r} is not a number") from None
+    if not np.isfinite(v) or v != int(v) or v < 0:
+        raise DataFileError(f"{where}: label {text_or_value!r} is not a class index (an integer >= 0)")
+    return int(v)
+
+
+def read_csv(path: str):
+    """(X float32 (n, features), y int64 (n,)) from a CSV file: one sample per line, the last column
+    the class label (an integer >= 0), the others finite numbers; an optional header line first."""
+    import csv
+
+    rows, labels = [], []
+    width = None
+    with open(path, newline="") as f:
+        for lineno, fields in enumerate(csv.reader(f), 1):
+            if not fields or all(not x.strip() for x in fields):
+                continue  # blank lines
+            where = f"{path}, line {lineno}"
+            if width is None and lineno == 1 and not _all_numbers(fields):
+                continue  # a header
+            if width is None:
+                width = len(fields)
+                if width < 2:
+                    raise DataFileError(f"{where}: {width} column; need at least one feature and the label (last column)")
+            elif len(fields) != width:
+                raise DataFileError(f"{where}: {len(fields)} columns, but the first data line has {width}")
+            row = []
+            for col, text in enumerate(fields[:-1], 1):
+                try:
+                    v = float(text)
+                except ValueError:
+                    raise DataFileError(f"{where}, column {col}: {text.strip()!r} is not a number") from None
+                if not np.isfinite(v):
+                    raise DataFileError(f"{where}, column {col}: {text.strip()!r} is not a finite number")
+                row.append(v)
+            rows.append(row)
+            labels.append(_label(fields[-1].strip(), f"{where}, column {width}"))
+    if not rows:
+        raise DataFileError(f"{path}: no data lines (expected lines of numbers, the last column the class label)")
+    return np.asarray(rows, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+
+
+def _all_numbers(fields) -> bool:
+    try:
+        for x in fields:
+            float(x)
+    except ValueError:
+        return False
+    return True
+
+
+def read_npz(path: str):
+    """(X float32 (n, features), y int64 (n,)) from a .npz holding arrays `X` (2-D, finite numbers)
+    and `y` (1-D class indices, integers >= 0) of the same length. Pickled objects are refused."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise DataFileError(f"{path}: not a readable .npz of numeric arrays ({err})") from None
+    except Exception as err:  # a truncated or foreign file: zipfile/pickle errors
+        raise DataFileError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
+    with z:
+        missing = [k for k in ("X", "y") if k not in z.files]
+        if missing:
+            raise DataFileError(f"{path}: missing array(s) {missing}; it holds {sorted(z.files)} "
+                                "(save with np.savez(path, X=features, y=labels))")
+        try:
+            X, y = z["X"], z["y"]
+        except ValueError as err:
+            raise DataFileError(f"{path}: {err} (pickled objects are refused)") from None
+    if X.dtype.kind not in "biuf" or X.ndim != 2:
+        raise DataFileError(f"{path}: X must be a 2-D numeric array (samples, features), got {X.dtype} of shape {X.shape}")
+    if y.dtype.kind not in "biuf" or y.ndim != 1:
+        raise DataFileError(f"{path}: y must be a 1-D array of class indices, got {y.dtype} of shape {y.shape}")
+    if len(X) != len(y):
+        raise DataFileError(f"{path}: X has {len(X)} rows but y has {len(y)} labels")
+    if len(X) == 0:
+        raise DataFileError(f"{path}: X and y hold no samples")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if bad.size:
+        raise DataFileError(f"{path}: X row {bad[0]} holds a non-finite value")
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)) | (y < 0)) if y.dtype.kind != "b" else []
+    if len(bad):
+        raise DataFileError(f"{path}: y[{bad[0]}] = {y[bad[0]]} is not a class index (an integer >= 0)")
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def from_file(path: str, test_size: float = 0.2, seed=0) -> Split:
+    """A `.csv` or `.npz` file (see read_csv, read_npz) as a train/test `Split`: `test_size` of the
+    samples, drawn with `seed`, are held out; with fewer than 5 samples the test set is the
+    training set. Raises DataFileError (a ValueError) for a malformed file, FileNotFoundError if absent."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".csv", ".npz"):
+        raise DataFileError(f"{path}: unknown file type {ext or '(none)'!r}; expected .csv or .npz")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    X, y = read_csv(path) if ext == ".csv" else read_npz(path)
+    if len(X) < 5:
+        return Split(X, y, X.copy(), y.copy())
+    perm = rng_from(seed).permutation(len(X))
+    n_test = max(1, int(round(test_size * len(X))))
+    test, train = perm[:n_test], perm[n_test:]
+    return Split(X[train], y[train], X[test], y[test])

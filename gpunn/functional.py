@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd import functions as F
-from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, defer_check, xp_of
+from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, xp_of
 from gpunn.autograd.tensor import Tensor
 from gpunn.kernels import ACTIVATIONS, activation_code
 from gpunn.kernels import registry as _registry
@@ -174,7 +174,7 @@ def linear(x, weight, bias=None):
 
 # ----------------------------------------------------------------------------- losses
 
-def _labels(target, n: int, classes: int, ignore_index: int, op: str):
+def _labels(target, n: int, op: str):
     lab = target.data if isinstance(target, Tensor) else target
     if not (isinstance(lab, np.ndarray) or type(lab).__module__.startswith("cupy")):
         lab = np.asarray(lab)
@@ -183,25 +183,6 @@ def _labels(target, n: int, classes: int, ignore_index: int, op: str):
                         "(for probabilities use a different loss)")
     if lab.shape != (n,):
         raise ValueError(f"{op}: target must have shape ({n},) to match input of {n} rows, got {lab.shape}")
-    if n:
-        xp = xp_of(lab)
-        bad = (lab < 0) | (lab >= classes)
-        if ignore_index is not None:
-            bad &= lab != ignore_index
-
-        def error(deferred=False):
-            i = int(xp.argmax(bad))
-            when = (" (labels on the GPU are checked at the next host synchronisation, so this may be raised "
-                    "a few steps after the call that failed)") if deferred else ""
-            return ValueError(f"{op}: target[{i}] = {int(lab[i])} is out of range for {classes} classes "
-                              f"(valid: 0..{classes - 1}{'' if ignore_index is None else f' or ignore_index={ignore_index}'})"
-                              f"{when}")
-
-        if xp is np:
-            if bad.any():
-                raise error()
-        else:  # no synchronisation per step: checked with the next value the host reads
-            defer_check(bad.any(), lambda: error(deferred=True))
     return lab
 
 
@@ -222,10 +203,9 @@ def cross_entropy(input, target, reduction: str = "mean", ignore_index: int = -1
         raise ValueError(f"{op}: input must be logits of shape (batch, classes), got {x.shape}")
     if x.shape[1] == 0:
         raise ValueError(f"{op}: input of shape {x.shape} has no classes; logits need at least one column")
-    lab = _labels(target, x.shape[0], x.shape[1], ignore_index, op)
+    lab = _labels(target, x.shape[0], op)
     check_same_device(op, x.data, lab)
-    if ignore_index is None:  # every label was checked to lie in [0, C): a negative sentinel matches none
-        ignore_index = -100
+    # label values are checked by the kernel itself (F.CrossEntropy): no extra pass, no GPU sync
     return F.CrossEntropy.apply(x, Tensor(lab), reduction=reduction, ignore_index=ignore_index)
 
 

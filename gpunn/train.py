@@ -40,6 +40,7 @@ from gpunn.backend import device as resolve_device
 from gpunn.backend import device_of, get_array_module
 from gpunn.backend import random as _random
 from gpunn.data import _is_cupy, as_array, batches, num_batches, permutation
+from gpunn.utils.data import DataLoader, loader_arrays
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "TrainingDiverged"]
 
@@ -323,10 +324,20 @@ def _fmt_logs(logs):
 
 # ----------------------------------------------------------------------------- fit
 
-def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, scheduler=None,
+def _loader_pair(loader):
+    arrays, batch_size, shuffle, drop_last, gen = loader_arrays(loader)
+    if len(arrays) != 2:
+        raise TypeError(f"fit: the DataLoader's TensorDataset holds {len(arrays)} tensors; fit needs two (inputs, targets)")
+    return tuple(arrays), batch_size, shuffle, drop_last, gen
+
+
+def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int = 32, scheduler=None,
         validation=None, callbacks=(), progress: bool = True, device=None, seed=None,
         shuffle: bool = True, start_epoch: int = 0, scheduler_step: str = "epoch") -> History:
     """Train `model` on (X, y) with mini-batches; return a `History` (see the module docstring).
+
+    X may instead be a `gn.utils.data.DataLoader` over a TensorDataset (X, y) (y then omitted): its
+    batch_size, shuffle and drop_last are used, and its generator (if any) draws the seed.
 
     model: a gpunn Module; loss_fn(output, target) -> scalar Tensor; optimizer: a gpunn optimizer
     over the model's parameters. X: float array whose dtype equals the parameters' dtype (never cast
@@ -338,6 +349,13 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
     evaluated after every epoch. `callbacks`: `Callback` instances. `progress`: a tqdm bar per epoch
     (shown only on a terminal). Raises TrainingDiverged on a non-finite loss or input.
     """
+    drop_last = False
+    if isinstance(X, DataLoader):
+        if y is not None:
+            raise TypeError("fit: pass a DataLoader alone (its dataset holds the targets), not a DataLoader and y")
+        (X, y), batch_size, shuffle, drop_last, gen = _loader_pair(X)
+        if seed is None and gen is not None:
+            seed = int(gen.integers(2**63 - 1))
     epochs = _check_int("epochs", epochs)
     start_epoch = _check_int("start_epoch", start_epoch)
     if start_epoch > epochs:
@@ -381,7 +399,10 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
     correct_fn = _accuracy_counter(loss_fn, y)
     on_gpu = dev.is_gpu
     xp = dev.xp
-    n_steps = num_batches(n, batch_size)
+    n_steps = num_batches(n, batch_size, drop_last)
+    if n_steps == 0:
+        raise ValueError(f"fit: drop_last with batch_size {batch_size} leaves no batch of the {n} samples")
+    n_used = n_steps * batch_size if drop_last else n
     batch_cbs = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
     if on_gpu:  # each step's weight in the epoch mean (the batch size, or 1 for reduction="sum")
         step_weights = np.array([_weight(loss_fn, min(batch_size, n - i * batch_size)) for i in range(n_steps)],
@@ -407,7 +428,8 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
         show = not bar.disable
         next_show = 0.0
         try:
-            for step, (xb, yb) in enumerate(batches(X, y, batch_size, shuffle=shuffle, seed=[seed, epoch])):
+            for step, (xb, yb) in enumerate(batches(X, y, batch_size, shuffle=shuffle, seed=[seed, epoch],
+                                                          drop_last=drop_last)):
                 if step == bad_step:
                     raise _diverged_input(where, epoch, step, n_steps, _lr(optimizer), bad_what, bad_rows, history)
                 if lrs is not None:
@@ -448,7 +470,7 @@ def fit(model, loss_fn, optimizer, X, y, epochs: int = 1, batch_size: int = 32, 
                 _check_gpu_losses(host, where, epoch, n_steps, optimizer, lrs, history)
                 loss_sum = float((host.astype(np.float64) * step_weights).sum())
                 correct = int(correct)
-            logs = {"loss": loss_sum / n}
+            logs = {"loss": loss_sum / n_used}
             if correct_fn is not None and counted:
                 logs["accuracy"] = correct / counted
             if validation is not None:

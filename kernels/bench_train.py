@@ -4,6 +4,10 @@ Both libraries run in this one process, in alternating rounds, so machine noise 
 the figure that matters is the median ratio (gpunn samples/s over PyTorch samples/s).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python kernels/bench_train.py [--quick] [--json out.json]
+        [--activation gelu] [--shape 784-512]
+
+With JAX installed (not a gpunn dependency; `pip install jax`), a jit-compiled JAX step of the same
+network (same weights and data, Adam) runs in the same alternating rounds.
 
 (The two OPENBLAS_* variables, set on some shared machines as a guard for old OpenBLAS builds,
 make a current NumPy's GEMM about 2x slower than on a user's machine; unset them for the
@@ -59,23 +63,34 @@ def make_data(widths, batch, loss, steps, seed=0):
     return X, y
 
 
-def build_torch(widths):
+# --activation: the hidden layers' activation, as (PyTorch module, gpunn module, JAX function) makers
+ACTIVATIONS = {
+    "relu": (lambda nn: nn.ReLU(), lambda: gn.nn.ReLU(), lambda jax: jax.nn.relu),
+    "gelu": (lambda nn: nn.GELU(), lambda: gn.nn.GELU(), lambda jax: lambda x: jax.nn.gelu(x, approximate=False)),
+    "gelu_tanh": (lambda nn: nn.GELU(approximate="tanh"), lambda: gn.nn.GELU(approximate="tanh"),
+                  lambda jax: lambda x: jax.nn.gelu(x, approximate=True)),
+    "tanh": (lambda nn: nn.Tanh(), lambda: gn.nn.Tanh(), lambda jax: jax.numpy.tanh),
+    "sigmoid": (lambda nn: nn.Sigmoid(), lambda: gn.nn.Sigmoid(), lambda jax: jax.nn.sigmoid),
+}
+
+
+def build_torch(widths, activation="relu"):
     import torch
 
     layers = []
     for i in range(len(widths) - 1):
         layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
         if i < len(widths) - 2:
-            layers.append(torch.nn.ReLU())
+            layers.append(ACTIVATIONS[activation][0](torch.nn))
     return torch.nn.Sequential(*layers)
 
 
-def build_gpunn(widths, torch_model):
+def build_gpunn(widths, torch_model, activation="relu"):
     layers = []
     for i in range(len(widths) - 1):
         layers.append(gn.nn.Linear(widths[i], widths[i + 1]))
         if i < len(widths) - 2:
-            layers.append(gn.nn.ReLU())
+            layers.append(ACTIVATIONS[activation][1]())
     model = gn.nn.Sequential(*layers)
     model.load_state_dict({k: v.detach().numpy() for k, v in torch_model.state_dict().items()})
     return model
@@ -105,16 +120,76 @@ def run_gpunn(model, opt, loss_fn, X, y, batch):
     return n / (time.perf_counter() - t0)
 
 
-def bench_vs_torch(rounds: int, scale: float):
+def make_jax_runner(widths, torch_model, activation, loss):
+    """A jit-compiled training step of the same MLP in JAX (Adam as in PyTorch, same initial
+    weights), or None when JAX is not installed. Benchmark-only: JAX is no gpunn dependency."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    act = ACTIVATIONS[activation][2](jax)
+    params = [(jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy()))
+              for m in torch_model if hasattr(m, "weight")]
+
+    def forward(params, x):
+        for i, (W, b) in enumerate(params):
+            x = x @ W.T + b
+            if i < len(params) - 1:
+                x = act(x)
+        return x
+
+    def loss_fn(params, x, y):
+        out = forward(params, x)
+        if loss == "ce":
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out), y[:, None], axis=1))
+        return jnp.mean((out - y) ** 2)
+
+    lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-8
+
+    @jax.jit
+    def step(params, m, v, t, x, y):
+        lval, g = jax.value_and_grad(loss_fn)(params, x, y)
+        t = t + 1
+        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        params = jax.tree_util.tree_map(lambda p, m, v: p - (lr / c1) * m / (jnp.sqrt(v) / jnp.sqrt(c2) + eps),
+                                        params, m, v)
+        return params, m, v, t, lval
+
+    state = [params, jax.tree_util.tree_map(jnp.zeros_like, params),
+             jax.tree_util.tree_map(jnp.zeros_like, params), jnp.float32(0)]
+
+    def run(X, y, batch):
+        n = X.shape[0]
+        t0 = time.perf_counter()
+        for s in range(0, n, batch):
+            *state[:], lval = step(*state, X[s:s + batch], y[s:s + batch])
+        float(lval)
+        return n / (time.perf_counter() - t0)
+
+    return run
+
+
+def bench_vs_torch(rounds: int, scale: float, activation: str = "relu", only: str | None = None):
     import torch
 
     results = []
     for name, widths, batch, loss, steps in SHAPES:
+        if only and only not in name:
+            continue
         steps = max(3, int(steps * scale))
         X, y = make_data(widths, batch, loss, steps)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        tm = build_torch(widths)
-        gm = build_gpunn(widths, tm)
+        tm = build_torch(widths, activation)
+        gm = build_gpunn(widths, tm, activation)
+        jrun = make_jax_runner(widths, tm, activation, loss)
+        if jrun is not None:
+            import jax
+
+            Xj, yj = jax.device_put(X), jax.device_put(y.astype(np.int32) if loss == "ce" else y)
+            jrun(Xj[: batch * 3], yj[: batch * 3], batch)  # compile
         topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
         gopt = gn.optim.Adam(gm.parameters(), lr=1e-3)
         tl = torch.nn.CrossEntropyLoss() if loss == "ce" else torch.nn.MSELoss()
@@ -122,27 +197,33 @@ def bench_vs_torch(rounds: int, scale: float):
         # warm-up: Numba compiles (or loads its cache), both allocators settle
         run_gpunn(gm, gopt, gl, X[: batch * 3], y[: batch * 3], batch)
         run_torch(tm, topt, tl, Xt[: batch * 3], yt[: batch * 3], batch)
-        g_rates, t_rates = [], []
+        g_rates, t_rates, j_rates = [], [], []
+        runners = [lambda: g_rates.append(run_gpunn(gm, gopt, gl, X, y, batch)),
+                   lambda: t_rates.append(run_torch(tm, topt, tl, Xt, yt, batch))]
+        if jrun is not None:
+            runners.append(lambda: j_rates.append(jrun(Xj, yj, batch)))
         for r in range(rounds):
-            # alternate who goes first so drift in machine load favours neither
-            if r % 2 == 0:
-                g_rates.append(run_gpunn(gm, gopt, gl, X, y, batch))
-                t_rates.append(run_torch(tm, topt, tl, Xt, yt, batch))
-            else:
-                t_rates.append(run_torch(tm, topt, tl, Xt, yt, batch))
-                g_rates.append(run_gpunn(gm, gopt, gl, X, y, batch))
+            # alternate who goes first so drift in machine load favours none
+            for run in (runners if r % 2 == 0 else runners[::-1]):
+                run()
         ratios = [g / t for g, t in zip(g_rates, t_rates)]
         row = {
-            "shape": name, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+            "shape": name, "activation": activation, "batch": batch, "rounds": rounds, "steps_per_round": steps,
             "gpunn_samples_per_s": statistics.median(g_rates),
             "torch_samples_per_s": statistics.median(t_rates),
             "ratio_median": statistics.median(ratios),
             "ratio_min": min(ratios), "ratio_max": max(ratios),
+            # best round over best round: on a shared machine the least disturbed round of each
+            "ratio_best": max(g_rates) / max(t_rates),
         }
+        line = (f"{name:30s} {activation:9s} batch {batch:5d}  gpunn {row['gpunn_samples_per_s']:10.0f}/s  "
+                f"torch {row['torch_samples_per_s']:10.0f}/s  ratio {row['ratio_median']:.2f}x "
+                f"(min {row['ratio_min']:.2f}, max {row['ratio_max']:.2f}; best/best {row['ratio_best']:.2f}x)")
+        if j_rates:
+            row.update(jax_samples_per_s=statistics.median(j_rates), ratio_jax_best=max(g_rates) / max(j_rates))
+            line += f"  jax {row['jax_samples_per_s']:10.0f}/s  gpunn/jax best/best {row['ratio_jax_best']:.2f}x"
         results.append(row)
-        print(f"{name:30s} batch {batch:5d}  gpunn {row['gpunn_samples_per_s']:10.0f}/s  "
-              f"torch {row['torch_samples_per_s']:10.0f}/s  ratio {row['ratio_median']:.2f}x "
-              f"(min {row['ratio_min']:.2f}, max {row['ratio_max']:.2f})", flush=True)
+        print(line, flush=True)
     return results
 
 
@@ -202,6 +283,12 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=60, help="epochs for the scikit-learn comparison")
     ap.add_argument("--quick", action="store_true", help="3 rounds, a tenth of the steps, 5 epochs (a smoke run)")
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS),
+                    help="the hidden layers' activation (default relu)")
+    ap.add_argument("--shape", help="run only the shapes whose name contains this, e.g. 784-512")
+    ap.add_argument("--threads", type=int, help="threads for every library (OpenBLAS via threadpoolctl, "
+                    "torch.set_num_threads, XLA's flags); on a machine busy with other work, 1 keeps "
+                    "spin-waiting thread pools from measuring the load instead of the libraries")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -209,6 +296,14 @@ def main(argv=None):
 
     import torch
 
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+        torch.set_num_threads(args.threads)
+        if args.threads == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                       "intra_op_parallelism_threads=1").strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     env = {
@@ -223,7 +318,14 @@ def main(argv=None):
     }
     for k, v in env.items():
         print(f"{k}: {v}")
-    out = {"environment": env, "train_vs_torch": bench_vs_torch(args.rounds, args.scale)}
+    try:
+        import jax
+
+        env["jax"] = f"{jax.__version__} (jit, {jax.devices()[0].platform})"
+    except ImportError:
+        env["jax"] = "not installed (pip install jax to compare)"
+    print(f"jax: {env['jax']}")
+    out = {"environment": env, "train_vs_torch": bench_vs_torch(args.rounds, args.scale, args.activation, args.shape)}
     if not args.skip_sklearn:
         out["digits_vs_sklearn"] = bench_vs_sklearn(max(1, args.rounds // 2), args.epochs)
     if args.json:

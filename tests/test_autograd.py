@@ -184,13 +184,13 @@ def test_matmul_1d_1d_has_no_batch_and_is_scalar():
 REDUCTION_AXES = [None, 0, 1, -1, (0, 2), (1, -1)]
 
 
-@parameterize(*product(op=["sum", "mean", "max"], axis=REDUCTION_AXES, keepdims=[False, True]))
+@parameterize(*product(op=["sum", "mean", "amax", "amin"], axis=REDUCTION_AXES, keepdims=[False, True]))
 class TestReduction(FunctionTestCase):
     def __init_subclass__(cls, **kw):
         if "op" in cls.__dict__:
-            # max over an empty axis has no value (an error, tested below); mean over it is NaN
+            # amax over an empty axis has no value (an error, tested below); mean over it is NaN
             reduces_batch = cls.axis is None or 0 in np.atleast_1d(cls.axis)
-            cls.batch_sizes = (1,) if cls.op == "max" and reduces_batch else (1, 0)
+            cls.batch_sizes = (1,) if cls.op in ("amax", "amin") and reduces_batch else (1, 0)
         super().__init_subclass__(**kw)
 
     def inputs(self):
@@ -199,14 +199,15 @@ class TestReduction(FunctionTestCase):
         return (self.rng.permutation(n).reshape(self.batch, 3, 4) / 7.0 + self.rng.uniform(0, 0.01),)
 
     def forward(self, x):
+        if self.op in ("amax", "amin"):
+            return getattr(x, self.op)(self.axis, self.keepdims)
         return getattr(x, self.op)(axis=self.axis, keepdims=self.keepdims)
 
     def reference(self, x):
-        return getattr(np, {"sum": "sum", "mean": "mean", "max": "amax"}[self.op])(
-            x, axis=self.axis, keepdims=self.keepdims)
+        return getattr(np, self.op)(x, axis=self.axis, keepdims=self.keepdims)
 
 
-@parameterize(*product(op=["sum", "mean", "max", "amax"], dim=[1, (0, 1)], keepdim=[False, True]))
+@parameterize(*product(op=["sum", "mean", "amax"], dim=[1, (0, 1)], keepdim=[False, True]))
 class TestReductionTorchNames(FunctionTestCase):
     batch_sizes = (1,)
 
@@ -217,35 +218,105 @@ class TestReductionTorchNames(FunctionTestCase):
         return getattr(x, self.op)(dim=self.dim, keepdim=self.keepdim)
 
     def reference(self, x):
-        f = np.amax if self.op in ("max", "amax") else getattr(np, self.op)
-        return f(x, axis=self.dim, keepdims=self.keepdim)
+        return getattr(np, self.op)(x, axis=self.dim, keepdims=self.keepdim)
+
+
+@parameterize(*product(op=["max", "min"], dim=[0, 1, -1], keepdim=[False, True]))
+class TestMaxMinDim(FunctionTestCase):
+    """x.max(dim) / x.min(dim): the values of the (values, indices) pair, with gradients to the chosen index."""
+
+    batch_sizes = (1,)
+
+    def inputs(self):
+        return (self.rng.permutation(self.batch * 5 * 2).reshape(self.batch, 5, 2) / 3.0,)
+
+    def forward(self, x):
+        out = getattr(x, self.op)(self.dim, keepdim=self.keepdim)
+        return out.values
+
+    def reference(self, x):
+        return getattr(np, "a" + self.op)(x, axis=self.dim, keepdims=self.keepdim)
+
+
+@parameterize(*product(op=["max", "min"]))
+class TestMaxMinAll(FunctionTestCase):
+    batch_sizes = (1,)
+
+    def inputs(self):
+        return (self.rng.permutation(self.batch * 4).reshape(self.batch, 4) / 3.0,)
+
+    def forward(self, x):
+        return getattr(x, self.op)()
+
+    def reference(self, x):
+        return getattr(np, "a" + self.op)(x)
 
 
 def test_max_shares_the_gradient_among_ties():
     x = gn.tensor(np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]]), requires_grad=True, dtype=np.float64)
-    x.max(axis=1).sum().backward()
+    x.amax(1).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
     x.grad = None
     x.max().backward()
     np.testing.assert_allclose(x.grad.numpy(), [[0, 0.5, 0.5], [0, 0, 0]])
 
 
-def test_max_returns_values_only_and_argmax_gives_indices():
+def test_max_dim_returns_values_and_indices_as_pytorch():
+    """Regression: `_, pred = out.max(1)` unpacked the values (with a batch of 2 that silently gave
+    two values instead of the predicted classes)."""
     x = gn.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]])
-    v = x.max(dim=1)
-    assert isinstance(v, gn.Tensor)
-    np.testing.assert_array_equal(v.numpy(), [5.0, 7.0])
+    _, pred = x.max(1)
+    assert pred.dtype == np.int64
+    np.testing.assert_array_equal(pred.numpy(), [1, 0])
+    for out in (x.max(dim=1), x.max(axis=1), x.max(1, True)):
+        assert type(out).__name__ == "max" and out._fields == ("values", "indices")
+    np.testing.assert_array_equal(x.max(dim=1).values.numpy(), [5.0, 7.0])
+    kept = x.max(1, keepdim=True)
+    assert kept.values.shape == (2, 1) and kept.indices.shape == (2, 1)
+    low = x.min(dim=0)
+    np.testing.assert_array_equal(low.values.numpy(), [1.0, 0.0, 2.0])
+    np.testing.assert_array_equal(low.indices.numpy(), [0, 1, 0])
+    assert x.max().shape == () and x.max().item() == 7.0 and x.min().item() == 0.0
+    np.testing.assert_array_equal(x.max(gn.tensor([[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]])).numpy(),
+                                  [[2.0, 5.0, 2.0], [7.0, 2.0, 3.0]])
+
+
+def test_argmax_argmin_dim_keepdim_and_flattened():
+    x = gn.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]])
     np.testing.assert_array_equal(x.argmax(dim=1).numpy(), [1, 0])
-    np.testing.assert_array_equal(x.argmax(dim=1, keepdim=True).numpy(), [[1], [0]])
+    np.testing.assert_array_equal(x.argmax(1, keepdim=True).numpy(), [[1], [0]])
+    np.testing.assert_array_equal(x.argmin(dim=0).numpy(), [0, 1, 0])
+    assert x.argmax().item() == 3 and x.argmin().item() == 4 and x.argmax().dtype == np.int64
+    assert x.argmax(keepdim=True).shape == (1, 1)
+
+
+def test_max_dim_gradient_goes_to_the_chosen_index_only():
+    x = gn.tensor(np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]]), requires_grad=True, dtype=np.float64)
+    x.max(dim=1).values.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[0, 1, 0], [1, 0, 0]])
+
+
+def test_max_min_bad_dims():
+    x = gn.tensor(np.zeros((2, 3)))
+    with pytest.raises(IndexError, match=r"range of \[-2, 1\], but got 2"):
+        x.max(2)
+    with pytest.raises(IndexError, match="size 0"):
+        gn.tensor(np.zeros((0, 3))).min(0)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        x.max((0, 1))
+    with pytest.raises(TypeError, match="keepdim=True needs a dim"):
+        x.max(keepdim=True)
+    with pytest.raises(TypeError, match="both dim"):
+        x.argmax(0, axis=0)
 
 
 def test_reduction_errors():
     x = gn.tensor(np.zeros((0, 3)), requires_grad=True)
     with pytest.raises(ValueError, match="size 0"):
-        x.max(axis=0)
+        x.amax(0)
     with pytest.raises(ValueError, match="size 0"):
         x.max()
-    assert x.max(axis=1).shape == (0,)  # nothing is reduced over an empty axis
+    assert x.amax(1).shape == (0,)  # nothing is reduced over an empty axis
     with pytest.raises(ValueError, match="out of range"):
         gn.tensor([[1.0]]).sum(axis=2)
     with pytest.raises(ValueError, match="twice"):
@@ -259,9 +330,11 @@ def test_reduction_errors():
 def test_reductions_of_a_0d_tensor_accept_axis_0_and_minus_1():
     t = gn.tensor(2.5, requires_grad=True)
     for axis in (0, -1, None):
-        for op in ("sum", "mean", "max"):
-            out = getattr(t, op)(axis=axis)
+        for op in ("sum", "mean", "amax"):
+            out = getattr(t, op)(axis) if op == "amax" else getattr(t, op)(axis=axis)
             assert out.shape == () and out.item() == 2.5
+        if axis is not None:
+            assert t.max(axis).values.item() == 2.5 and t.max(axis).indices.item() == 0
     t.sum(dim=0).backward()
     assert t.grad.item() == 1.0
 
@@ -310,16 +383,40 @@ class TestFlattenView(FunctionTestCase):
         return 3.0 * x.reshape(x.shape[0], 6)
 
 
-@parameterize(*product(axes=[None, (1, 0, 2), (2, 0, 1), (-1, 0, 1), (0, -1, -2)]))
-class TestTranspose(FunctionTestCase):
+@parameterize(*product(axes=[(1, 0, 2), (2, 0, 1), (-1, 0, 1), (0, -1, -2)]))
+class TestPermute(FunctionTestCase):
     def inputs(self):
         return (self.rng.standard_normal((self.batch, 2, 3)),)
 
     def forward(self, x):
-        return x.transpose() if self.axes is None else x.transpose(*self.axes)
+        return x.permute(*self.axes)
 
     def reference(self, x):
         return x.transpose(self.axes)
+
+
+@parameterize(*product(shape=[("B", 3), ("B", 2, 3)], dims=[(0, 1), (1, 0), (-1, 0), (1, -1), (0, 0)]))
+class TestTransposeSwapsTwoDims(FunctionTestCase):
+    """transpose(d0, d1) swaps any two dimensions (regression: on 2-D, transpose(0, 1) returned x unchanged)."""
+
+    def inputs(self):
+        return (self.rng.standard_normal(_shape(self.shape, self.batch)),)
+
+    def forward(self, x):
+        return x.transpose(*self.dims)
+
+    def reference(self, x):
+        return np.swapaxes(x, *self.dims)
+
+
+def test_transpose_of_a_2d_tensor_is_its_transpose():
+    x = gn.tensor(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(x.transpose(0, 1).numpy(), np.arange(6.0).reshape(2, 3).T)
+    np.testing.assert_array_equal(gn.transpose(x, 1, 0).numpy(), x.t().numpy())
+    with pytest.raises(IndexError, match="but got 2"):
+        x.transpose(0, 2)
+    with pytest.raises(TypeError):
+        x.transpose(0)
 
 
 class TestTransposeT(FunctionTestCase):
@@ -333,11 +430,11 @@ class TestTransposeT(FunctionTestCase):
         return (x * x).T
 
 
-def test_transpose_rejects_non_permutations():
+def test_permute_rejects_non_permutations():
     x = gn.tensor(np.zeros((2, 3, 4)))
     for axes in [(0, 1), (0, 0, 1), (0, 1, 3), (0, 1, -4)]:
         with pytest.raises(ValueError, match="permutation"):
-            x.transpose(*axes)
+            x.permute(*axes)
 
 
 GETITEM_CASES = {  # name: (index, batch sizes it is valid for)

@@ -77,7 +77,7 @@ def test_train_is_reproducible_with_a_seed(capsys):
 
 BAD = [
     (["train"], "--data"),
-    (["train", "--data", "mnist"], "invalid choice"),
+    (["train", "--data", "mnist"], "expected one of digits"),
     (["train", "--data", "xor", "--epochs", "0"], "--epochs"),
     (["train", "--data", "xor", "--lr", "abc"], "--lr"),
     (["train", "--data", "xor", "--batch-size", "-4"], "--batch-size"),

@@ -138,3 +138,12 @@ def test_kernel_choices_on_the_cpu_and_with_the_gpu_dense_dispatcher():
     assert os.environ.get("GPUNN_DENSE_IMPL") == before
     with choices[-1][1]():
         assert ops._choice == "reference"
+
+
+def test_remeasure_peaks_flag_measures_before_profiling(capsys, monkeypatch):
+    monkeypatch.setattr(peaks_mod, "_measure", lambda xp, sync, **s: ({"float32": 7e4, "float64": 3e4}, 5e3,
+                                                                     "measured (test)"))
+    assert main(SMALL + ["--remeasure-peaks"]) == 0
+    out = capsys.readouterr().out
+    assert "peaks re-measured: " in out and "70,000 GFLOP/s float32" in out
+    assert "peaks: " in out and "measured (test); cached in" in out

@@ -255,7 +255,7 @@ def test_tile_configurations_are_valid():
 
 def sce_reference(logits, labels, g, ignore_index=-100):
     x = logits.astype(np.float64)
-    losses_, probs = softmax_ce.softmax_cross_entropy_forward_ref(x, labels.astype(np.int64), ignore_index)
+    losses_, probs, _ = softmax_ce.softmax_cross_entropy_forward_ref(x, labels.astype(np.int64), ignore_index)
     d = softmax_ce.softmax_cross_entropy_backward_ref(np.broadcast_to(g, (x.shape[0],)).astype(np.float64),
                                                       probs, labels.astype(np.int64), ignore_index)
     return losses_, probs, d
@@ -271,13 +271,14 @@ def test_softmax_ce_matches_reference(target, shape, label_dtype, dtype):
     labels = rng.integers(0, c, n).astype(label_dtype)
     g = rng.standard_normal(n).astype(dtype)
     L, Y = target.asarray(logits), target.asarray(labels)
-    losses_, probs = softmax_ce_cuda.softmax_cross_entropy_forward(L, Y)
+    losses_, probs, stats = softmax_ce_cuda.softmax_cross_entropy_forward(L, Y)
     d = softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(g), probs, Y)
     l_ref, p_ref, d_ref = sce_reference(logits, labels, g)
     for got, want in zip((losses_, probs, d), (l_ref, p_ref, d_ref)):
         got = target.get(got)
         assert got.dtype == dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, **tol(dtype, c))
+    np.testing.assert_array_equal(target.get(stats), [n, 0, 0])
 
 
 @pytest.mark.parametrize("ignore_index", [-100, 2])
@@ -285,9 +286,9 @@ def test_softmax_ce_ignore_index_and_scalar_upstream(target, ignore_index):
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((6, 4)) * 2
     labels = np.array([ignore_index, 1, 2, ignore_index, 0, 3])
-    g = np.broadcast_to(np.float64(0.25), (6,))  # what a "mean" loss sends: a stride-0 view
+    g = np.broadcast_to(np.float64(0.25), (6,))  # one value for every row: a stride-0 view
     L, Y = target.asarray(logits), target.asarray(labels)
-    losses_, probs = softmax_ce_cuda.softmax_cross_entropy_forward(L, Y, ignore_index)
+    losses_, probs, stats = softmax_ce_cuda.softmax_cross_entropy_forward(L, Y, ignore_index)
     gd = target.xp.broadcast_to(target.xp.asarray(np.float64(0.25)), (6,))
     d = target.get(softmax_ce_cuda.softmax_cross_entropy_backward(gd, probs, Y, ignore_index))
     l_ref, p_ref, d_ref = sce_reference(logits, labels, g, ignore_index)
@@ -296,17 +297,74 @@ def test_softmax_ce_ignore_index_and_scalar_upstream(target, ignore_index):
     ignored = labels == ignore_index
     np.testing.assert_array_equal(target.get(losses_)[ignored], 0)
     np.testing.assert_array_equal(d[ignored], 0)
+    np.testing.assert_array_equal(target.get(stats), [(~ignored).sum(), 0, 1])
+
+
+def _cpu_and_cuda(target, logits, labels, g, ignore_index, reduction):
+    """(loss, probs, stats, dlogits) from CpuOps and from the CUDA kernels."""
+    from gpunn.kernels import CpuOps
+
+    out = []
+    for fwd, bwd, conv, get in (
+            (CpuOps.softmax_cross_entropy_forward, CpuOps.softmax_cross_entropy_backward, np.asarray, np.asarray),
+            (softmax_ce_cuda.softmax_cross_entropy_forward, softmax_ce_cuda.softmax_cross_entropy_backward,
+             target.asarray, target.get)):
+        Y = conv(labels)
+        loss, probs, stats = fwd(conv(logits), Y, ignore_index, reduction)
+        d = bwd(conv(g), probs, Y, ignore_index, reduction, stats)
+        out.append(tuple(get(a) for a in (loss, probs, stats, d)))
+    return out
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_softmax_ce_kernel_equals_the_cpu_path(target, reduction, dtype):
+    """Loss (reduced in the kernel's last block), probs, stats and gradient equal CpuOps'. Seven
+    rows are four blocks in the simulator, so the last-block reduction sees other blocks' rows."""
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal((7, 5)) * 2).astype(dtype)
+    labels = np.array([3, -100, 0, 4, -100, 1, 2])
+    g = (rng.standard_normal(7) if reduction == "none" else np.asarray(0.7)).astype(dtype)
+    for _ in range(2):  # twice: the ticket is back at 0 after every launch
+        cpu, gpu = _cpu_and_cuda(target, logits, labels, g, -100, reduction)
+        for c, k in zip(cpu, gpu):
+            assert c.shape == k.shape and c.dtype == k.dtype
+            np.testing.assert_allclose(k, c, **tol(dtype, 7))
+        np.testing.assert_array_equal(gpu[2], [5, 0, 2])
+
+
+def test_softmax_ce_every_row_ignored(target):
+    logits = np.random.default_rng(12).standard_normal((5, 3)).astype(np.float32)
+    labels = np.full(5, -100)
+    cpu, gpu = _cpu_and_cuda(target, logits, labels, np.asarray(1.0, np.float32), -100, "mean")
+    assert np.isnan(gpu[0]) and np.isnan(cpu[0])
+    np.testing.assert_array_equal(gpu[2], [0, 0, 1])
+    np.testing.assert_array_equal(gpu[3], 0)
+    np.testing.assert_allclose(gpu[1], cpu[1], **tol(np.float32, 3))
 
 
 @DTYPES
 def test_softmax_ce_extreme_logits_and_bad_labels(target, dtype):
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4], [-1e4, 1e4, 5.0]], dtype)
     labels = np.array([1, 0, 0, 7])  # 7 is out of range: NaN loss, never an out-of-bounds read
-    losses_, probs = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(logits), target.asarray(labels))
+    losses_, probs, stats = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(logits),
+                                                                          target.asarray(labels))
     got = target.get(losses_)
     np.testing.assert_allclose(got[:3], [2e4, np.log(3.0), np.log(2.0)], rtol=1e-6)
     assert np.isnan(got[3])
     assert np.isfinite(target.get(probs)).all()
+    np.testing.assert_array_equal(target.get(stats), [4, 4, 0])
+
+
+def test_softmax_ce_reports_the_first_bad_label_of_any_block(target):
+    """stats[1] is 1 + the FIRST bad row although later blocks have bad rows too (a min over rows,
+    whatever the order the blocks finish in); the mean is NaN."""
+    logits = np.zeros((9, 3))
+    labels = np.array([0, 1, 2, -100, 3, 0, -7, 1, 99])
+    cpu, gpu = _cpu_and_cuda(target, logits, labels, np.asarray(1.0), -100, "mean")
+    np.testing.assert_array_equal(gpu[2], [8, 5, 4])
+    np.testing.assert_array_equal(gpu[2], cpu[2])
+    assert np.isnan(gpu[0])
 
 
 def test_softmax_ce_refuses_bad_calls(target):
@@ -317,12 +375,20 @@ def test_softmax_ce_refuses_bad_calls(target):
         softmax_ce_cuda.softmax_cross_entropy_forward(L, target.asarray(np.zeros(3)))
     with pytest.raises(ValueError, match="2-D"):
         softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(np.zeros(3)), target.asarray(np.zeros(3, int)))
-    with pytest.raises(ValueError, match="row_grads must have shape"):
+    with pytest.raises(ValueError, match=r"grad must have shape \(3,\)"):
         softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(np.zeros(2)), L,
                                                        target.asarray(np.zeros(3, np.int64)))
-    empty_l, empty_p = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(np.zeros((0, 4))),
-                                                                     target.asarray(np.zeros(0, np.int64)))
+    with pytest.raises(ValueError, match="grad must hold one value"):
+        softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(np.zeros(2)), L,
+                                                       target.asarray(np.zeros(3, np.int64)), -100, "sum")
+    with pytest.raises(ValueError, match="stats must be the forward's"):
+        softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(np.zeros(())), L,
+                                                       target.asarray(np.zeros(3, np.int64)), -100, "mean",
+                                                       target.asarray(np.zeros(3)))
+    empty_l, empty_p, empty_s = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(np.zeros((0, 4))),
+                                                                              target.asarray(np.zeros(0, np.int64)))
     assert empty_l.shape == (0,) and empty_p.shape == (0, 4)
+    np.testing.assert_array_equal(target.get(empty_s), [0, 0, 0])
 
 
 def test_softmax_block_shapes():

@@ -1,6 +1,7 @@
 """The fused softmax cross-entropy kernels on every backend against a float64 NumPy reference:
 ignore_index, logits at +-1e4, invariance to shifting a row, label dtypes, 0/1 rows, 1 class,
-non-contiguous inputs, inputs never modified."""
+non-contiguous inputs, inputs never modified; the reductions, the count and the label check
+that the forward kernel does itself (its stats)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,7 @@ def run(backend, logits, labels, row_grads, ignore_index=-100):
     ops = backend.ops()
     L, Y, G = (backend.asarray(a) for a in (logits, labels, row_grads))
     with strict_numerics():
-        losses, probs = ops.softmax_cross_entropy_forward(L, Y, ignore_index)
+        losses, probs, _ = ops.softmax_cross_entropy_forward(L, Y, ignore_index)
         d = ops.softmax_cross_entropy_backward(G, probs, Y, ignore_index)
     return backend.to_numpy(losses), backend.to_numpy(probs), backend.to_numpy(d)
 
@@ -130,7 +131,7 @@ def test_softmax_ce_does_not_modify_inputs(backend):
     copies = [a.copy() for a in (logits, labels, g)]
     ops = backend.ops()
     L, Y, G = (backend.asarray(a) for a in (logits, labels, g))
-    losses, probs = ops.softmax_cross_entropy_forward(L, Y, -100)
+    losses, probs, _ = ops.softmax_cross_entropy_forward(L, Y, -100)
     p_copy = backend.to_numpy(probs).copy()
     ops.softmax_cross_entropy_backward(G, probs, Y, -100)
     for a, c in zip((L, Y, G), copies):
@@ -143,8 +144,9 @@ def test_cpu_fused_agrees_with_reference_ops(dtype):
     logits, labels, g = data(np.random.default_rng(6), 33, 7, dtype)
     labels[::5] = -100
     t = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
-    r_l, r_p = Ops().softmax_cross_entropy_forward(logits, labels, -100)
-    c_l, c_p = CpuOps().softmax_cross_entropy_forward(logits, labels, -100)
+    r_l, r_p, r_s = Ops().softmax_cross_entropy_forward(logits, labels, -100)
+    c_l, c_p, c_s = CpuOps().softmax_cross_entropy_forward(logits, labels, -100)
+    np.testing.assert_array_equal(c_s, r_s)
     np.testing.assert_allclose(c_l, r_l, **t)
     np.testing.assert_allclose(c_p, r_p, **t)
     np.testing.assert_allclose(CpuOps().softmax_cross_entropy_backward(g, c_p, labels, -100),
@@ -154,6 +156,72 @@ def test_cpu_fused_agrees_with_reference_ops(dtype):
 def test_float32_loss_is_accurate_for_confident_predictions():
     """The CPU kernel accumulates in float64: a tiny loss keeps its relative accuracy."""
     logits = np.array([[20.0, 0.0, 0.0]], np.float32)
-    losses, _ = CpuOps().softmax_cross_entropy_forward(logits, np.array([0]), -100)
+    losses, _, _ = CpuOps().softmax_cross_entropy_forward(logits, np.array([0]), -100)
     want = np.log1p(2 * np.exp(-20.0))
     np.testing.assert_allclose(losses, [want], rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_reductions_count_and_mean_gradient(backend, reduction, dtype):
+    """The kernel's sum/mean (over non-ignored rows) and count; the mean's backward divides by it."""
+    logits, labels, _ = data(np.random.default_rng(7), 9, 4, dtype)
+    labels[[1, 5, 6]] = -100
+    ops = backend.ops()
+    L, Y = backend.asarray(logits), backend.asarray(labels)
+    g = backend.asarray(np.asarray(1.5, dtype))
+    with strict_numerics():
+        loss, probs, stats = ops.softmax_cross_entropy_forward(L, Y, -100, reduction)
+        d = ops.softmax_cross_entropy_backward(g, probs, Y, -100, reduction, stats)
+    l_ref, _, d_ref = reference(logits, labels)
+    count = 6
+    np.testing.assert_array_equal(backend.to_numpy(stats), [count, 0, 2])
+    want = l_ref.sum() / (count if reduction == "mean" else 1)
+    loss = backend.to_numpy(loss)
+    assert loss.shape == () and loss.dtype == dtype
+    np.testing.assert_allclose(loss, want, **TOL[dtype])
+    np.testing.assert_allclose(backend.to_numpy(d), d_ref * 1.5 / (count if reduction == "mean" else 1), **TOL[dtype])
+
+
+def test_every_row_ignored_gives_nan_mean_and_zero_gradient(backend):
+    """As PyTorch: the mean over no targets is NaN, its gradient 0; the sum is 0."""
+    logits, labels, _ = data(np.random.default_rng(8), 3, 4, np.float32)
+    labels[:] = -100
+    ops = backend.ops()
+    L, Y = backend.asarray(logits), backend.asarray(labels)
+    with strict_numerics():
+        mean, probs, stats = ops.softmax_cross_entropy_forward(L, Y, -100, "mean")
+        d = ops.softmax_cross_entropy_backward(backend.asarray(np.ones((), np.float32)),
+                                               probs, Y, -100, "mean", stats)
+        total, _, _ = ops.softmax_cross_entropy_forward(L, Y, -100, "sum")
+    assert np.isnan(backend.to_numpy(mean))
+    assert backend.to_numpy(total) == 0
+    np.testing.assert_array_equal(backend.to_numpy(stats), [0, 0, 1])
+    np.testing.assert_array_equal(backend.to_numpy(d), 0)
+
+
+@pytest.mark.parametrize("bad", [4, -1, -100])
+def test_bad_labels_are_reported_in_stats(backend, bad):
+    """A label outside [0, C) that is not ignore_index: NaN loss and gradient on its row (never an
+    out-of-bounds read) and stats[1] = 1 + the first such row; -100 is bad when ignore_index is 7."""
+    logits, labels, g = data(np.random.default_rng(9), 6, 4, np.float64)
+    labels[[2, 4]] = bad
+    ops = backend.ops()
+    L, Y = backend.asarray(logits), backend.asarray(labels)
+    losses, probs, stats = ops.softmax_cross_entropy_forward(L, Y, 7)
+    d = backend.to_numpy(ops.softmax_cross_entropy_backward(backend.asarray(g), probs, Y, 7))
+    losses = backend.to_numpy(losses)
+    np.testing.assert_array_equal(backend.to_numpy(stats), [6, 3, 0])
+    assert np.isnan(losses[[2, 4]]).all() and np.isfinite(np.delete(losses, [2, 4])).all()
+    assert np.isnan(d[[2, 4]]).all() and np.isfinite(np.delete(d, [2, 4], axis=0)).all()
+    mean, _, _ = ops.softmax_cross_entropy_forward(L, Y, 7, "mean")
+    assert np.isnan(backend.to_numpy(mean))
+
+
+def test_bad_reduction_and_mean_without_stats_are_refused(backend):
+    ops = backend.ops()
+    L, Y = backend.asarray(np.zeros((2, 3))), backend.asarray(np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ops.softmax_cross_entropy_forward(L, Y, -100, "avg")
+    with pytest.raises(ValueError, match="needs the forward's stats"):
+        ops.softmax_cross_entropy_backward(backend.asarray(np.ones(())), L, Y, -100, "mean")

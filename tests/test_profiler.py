@@ -230,9 +230,10 @@ def test_costs_of_a_profiled_step_equal_hand_counts():
         ("dense_forward", "0"): (288, 4 * (40 + 15 + 3 + 24)),
         # GEMM 2*8*3*4 + bias 8*4 (identity); read x 24, W 12, b 4, write y 32
         ("dense_forward", "2"): (224, 4 * (24 + 12 + 4 + 32)),
-        # 5 per logit (8*4) + 4 per row; read logits, write probs (32 each), losses 8, int64 labels 8*8 bytes
-        ("softmax_cross_entropy_forward", "loss"): (5 * 32 + 4 * 8, 4 * (32 + 32 + 8) + 64),
-        # one multiply per logit + one subtract per row; the mean's upstream gradient is one broadcast scalar
+        # 5 per logit (8*4) + 4 per row + 1 per row for the mean; read logits, write probs (32 each),
+        # losses 8, int64 labels 8*8 bytes
+        ("softmax_cross_entropy_forward", "loss"): (5 * 32 + 5 * 8, 4 * (32 + 32 + 8) + 64),
+        # one multiply per logit + one subtract per row; the mean's upstream gradient is one value
         ("softmax_cross_entropy_backward", "loss"): (32 + 8, 4 * (32 + 32 + 1) + 64),
         # identity: no act'; dx 2*8*4*3, dW 2*8*4*3, db 8*4; read dy 32, W 12, x 24; write dx 24, dW 12, db 4
         ("dense_backward", "2"): (192 + 192 + 32, 4 * (32 + 12 + 24 + 24 + 12 + 4)),
@@ -627,3 +628,60 @@ def test_a_failing_node_records_no_kernel_and_leaves_no_span_open():
         y = gn.tensor(np.ones((2, 3), np.float32)).reshape(3, 2)
     assert [ev.name for ev in prof.events] == ["Reshape.forward"] and y.shape == (3, 2)
     assert [s.name for s in prof.spans] == ["Reshape", "Reshape"]
+
+
+def test_a_cached_peak_that_is_exceeded_is_measured_again(monkeypatch):
+    """A peak cached from a busy machine is too low: above 100% of it, the profile measures again, once."""
+    name = peaks_mod._device_name("cpu")
+    import os
+
+    os.makedirs(os.path.dirname(peaks_mod.cache_path()), exist_ok=True)
+    entry = {"name": name, "gflops": {"float32": 1e-9, "float64": 1e-9}, "gbps": 1e-9, "source": "busy"}
+    with open(peaks_mod.cache_path(), "w") as f:
+        json.dump({peaks_mod._key("cpu", name): entry}, f)
+    calls = []
+
+    def fake_measure(xp, sync, **sizes):
+        calls.append(1)
+        return {"float32": 1e6, "float64": 5e5}, 1e6, "measured (test)"
+
+    monkeypatch.setattr(peaks_mod, "_measure", fake_measure)
+    _, _, step = training()
+    with profile() as prof:
+        step()
+    rows = prof.key_averages()
+    assert len(calls) == 1 and prof.peaks().gbps == 1e6 and not prof.peaks().cached
+    assert all(r.pct_peak is None or r.pct_peak < 100 for r in rows)
+    prof.key_averages()
+    assert len(calls) == 1  # once per profile
+    assert json.load(open(peaks_mod.cache_path()))[peaks_mod._key("cpu", name)]["gbps"] == 1e6
+    with profile(peaks={"gflops": 1e-9, "gbps": 1e-9}) as given:
+        step()
+    assert all(r.pct_peak is None or r.pct_peak > 100 for r in given.key_averages()) and len(calls) == 1
+
+
+def test_cpu_epilogues_show_as_parts_of_their_dense_kernels():
+    """The bias+activation pass after the GEMM (and its backward with db) is timed as a part of
+    its dense kernel: rows indented under it in the kernel table, inside the kernel's time, with
+    the pass's own cost; never an extra kernel or launch."""
+    gn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 3))
+    x = gn.tensor(np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32))
+    with profile(peaks=False) as prof:
+        model(x).sum().backward()
+    assert dense.part_hook is None  # cleared when the profile stops
+    names = [ev.name for ev in prof.parts]
+    assert names == ["dense_forward / bias+gelu", "dense_forward / bias", "dense_backward / db",
+                     "dense_backward / gelu'+db"]
+    kernels = [ev for ev in prof.events if ev.name.startswith("dense_")]
+    assert len(kernels) == 4 and prof.kernel_ns == sum(ev.duration_ns for ev in prof.events)
+    for part, kernel in zip(prof.parts, kernels):
+        assert kernel.start_ns <= part.start_ns <= part.end_ns <= kernel.end_ns
+        assert part.layer == kernel.layer and part.phase == kernel.phase
+    gelu = prof.parts[0]
+    n = 8 * 16
+    assert (gelu.flops, gelu.bytes) == ((activations.ACT_FLOPS[activations.GELU] + 1) * n, (3 * n + 16) * 4)
+    lines = prof.table().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("dense_forward "))
+    assert lines[i + 1].startswith("  dense_forward / bias ") and lines[i + 2].startswith("  dense_forward / bias+gelu")
+    assert "/" not in "".join(r.key for r in prof.key_averages("layer"))

@@ -13,7 +13,7 @@ import contextlib
 
 import numpy as np
 
-from gpunn.autograd.checks import flush_checks
+from gpunn.autograd.checks import check_same_device as _check_same_device, flush_checks
 from gpunn.backend import Device, device as resolve_device, device_of
 from gpunn.kernels import ops as _kops
 
@@ -60,6 +60,11 @@ class Function:
     needs_grad: tuple = ()
     phase = "forward"
     layer = None
+    # What backward reads, for the in-place check (Tensor._version): a class that reads none of its
+    # inputs, or not its output, says so; by default every input and the output count as saved.
+    saves_inputs = True
+    saves_output = True
+    _saved_versions: tuple = ()
 
     @classmethod
     def apply(cls, *inputs: "Tensor", **params) -> "Tensor":
@@ -76,6 +81,8 @@ class Function:
             if True in needs:
                 fn.inputs = inputs
                 fn.needs_grad = needs
+                if cls.saves_inputs:
+                    fn._saved_versions = tuple(t._version for t in inputs)
                 res = Tensor(out, requires_grad=True)
                 res._node = fn
                 return res
@@ -114,7 +121,7 @@ _NUMERIC_KINDS = "biuf"
 class Tensor:
     """An n-dimensional array with an optional gradient. `data` is a NumPy or CuPy array."""
 
-    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_buffer", "__weakref__")
+    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_buffer", "_version", "__weakref__")
     __array_priority__ = 1000  # so ndarray OP Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False):
@@ -123,6 +130,7 @@ class Tensor:
         self.grad = None
         self._node = None
         self._grad_buffer = None
+        self._version = 0  # bumped by every in-place write; checked at backward (check_saved_versions)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -151,7 +159,8 @@ class Tensor:
 
     @property
     def T(self) -> "Tensor":
-        return self.transpose()
+        """All dimensions reversed."""
+        return self.permute(*range(self.ndim - 1, -1, -1))
 
     def numel(self) -> int:
         return int(self.data.size)
@@ -270,8 +279,7 @@ class Tensor:
         if gradient is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar output, got shape {self.shape}")
-            xp = np if type(self.data) is np.ndarray else self.device.xp
-            g = xp.ones_like(self.data)
+            g = _unit_seed(self.data)
         else:
             g = _check_gradient(self, gradient)
 
@@ -300,10 +308,6 @@ class Tensor:
         else:  # a profiler is active: the walk is its "backward" phase
             with rec.phase("backward"):
                 _run_backward(order, grads, rec)
-
-    def zero_(self) -> "Tensor":
-        self.data[...] = 0
-        return self
 
     # ------------------------------------------------------------------ operators
     def __add__(self, other):
@@ -396,36 +400,76 @@ class Tensor:
             axis, keepdims = _axis_args("mean", axis, keepdims, dim, keepdim)
         return _F.Mean.apply(self, axis=axis, keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """The largest values over `axis`/`dim` (torch.amax semantics).
+    def max(self, dim=None, keepdim=None, *, axis=None, keepdims=None):
+        """torch.max: `x.max()` the largest value (ties share the gradient); `x.max(dim)` a
+        (values, indices) named tuple (`_, pred = out.max(1)`); `x.max(other)` the elementwise maximum."""
+        if isinstance(dim, Tensor):
+            return _F.maximum(self, dim)
+        dim, keepdim = _dim_args("max", dim, keepdim, axis, keepdims)
+        return _F.max_min("max", self, dim, keepdim)
 
-        Unlike PyTorch's `Tensor.max(dim)`, which returns a (values, indices) pair, this returns the
-        values only; use `argmax(dim)` for the indices. Tied maxima share the gradient equally.
-        """
-        if dim is not None or keepdim is not None:
-            axis, keepdims = _axis_args("max", axis, keepdims, dim, keepdim)
-        return _F.Max.apply(self, axis=axis, keepdims=keepdims)
+    def min(self, dim=None, keepdim=None, *, axis=None, keepdims=None):
+        """torch.min: as max, for the smallest values."""
+        if isinstance(dim, Tensor):
+            return _F.minimum(self, dim)
+        dim, keepdim = _dim_args("min", dim, keepdim, axis, keepdims)
+        return _F.max_min("min", self, dim, keepdim)
 
     def amax(self, dim=None, keepdim=False):
         """torch.amax: the largest values over `dim` (values only; the gradient is shared among ties)."""
         return _F.Max.apply(self, axis=dim, keepdims=keepdim)
 
-    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        if dim is not None or keepdim is not None:
-            axis, keepdims = _axis_args("argmax", axis, keepdims, dim, keepdim)
-        return Tensor(self.data.argmax(axis=axis, keepdims=keepdims))
+    def amin(self, dim=None, keepdim=False):
+        """torch.amin: the smallest values over `dim` (values only; the gradient is shared among ties)."""
+        return -_F.Max.apply(-self, axis=dim, keepdims=keepdim)
+
+    def argmax(self, dim=None, keepdim=None, *, axis=None, keepdims=None):
+        """int64 indices of the largest values over dim (into the flattened tensor when dim is None)."""
+        dim, keepdim = _dim_args("argmax", dim, keepdim, axis, keepdims)
+        return _F.arg_max_min("argmax", self, dim, keepdim)
+
+    def argmin(self, dim=None, keepdim=None, *, axis=None, keepdims=None):
+        """int64 indices of the smallest values over dim (into the flattened tensor when dim is None)."""
+        dim, keepdim = _dim_args("argmin", dim, keepdim, axis, keepdims)
+        return _F.arg_max_min("argmin", self, dim, keepdim)
+
+    def std(self, dim=None, keepdim=False, *, correction=None, unbiased=None):
+        return _F.std(self, dim, keepdim, correction=correction, unbiased=unbiased)
+
+    def var(self, dim=None, keepdim=False, *, correction=None, unbiased=None):
+        return _F.var(self, dim, keepdim, correction=correction, unbiased=unbiased)
 
     def exp(self):
-        return _F.Exp.apply(self)
+        return _F.unary("exp", self)
 
     def log(self):
-        return _F.Log.apply(self)
+        return _F.unary("log", self)
 
     def sqrt(self):
-        return _F.Sqrt.apply(self)
+        return _F.unary("sqrt", self)
+
+    def sin(self):
+        return _F.unary("sin", self)
+
+    def cos(self):
+        return _F.unary("cos", self)
 
     def abs(self):
-        return _F.Abs.apply(self)
+        return _F.unary("abs", self)
+
+    def sign(self):
+        return _F.unary("sign", self)
+
+    def clamp(self, min=None, max=None):
+        return _F.clamp(self, min, max)
+
+    clip = clamp
+
+    def maximum(self, other):
+        return _F.maximum(self, other)
+
+    def minimum(self, other):
+        return _F.minimum(self, other)
 
     def pow(self, exponent):
         return _F.pow(self, exponent)
@@ -450,13 +494,121 @@ class Tensor:
             n *= d
         return self.reshape(*shape[:s], n, *shape[e + 1:])
 
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return _F.Transpose.apply(self, axes=axes or None)
+    def squeeze(self, dim=None):
+        return _F.squeeze(self, dim)
 
-    def permute(self, *axes):
-        return self.transpose(*axes)
+    def unsqueeze(self, dim: int):
+        return _F.unsqueeze(self, dim)
+
+    def transpose(self, dim0: int, dim1: int):
+        """Swap dimensions dim0 and dim1 (torch.transpose); `permute` reorders all of them."""
+        return _F.transpose(self, dim0, dim1)
+
+    def t(self):
+        """The transpose of a tensor with at most 2 dimensions."""
+        if self.ndim > 2:
+            raise ValueError(f"t() expects a tensor with <= 2 dimensions, got shape {tuple(self.shape)}; "
+                             "use transpose(dim0, dim1) or permute")
+        return self.transpose(0, -1) if self.ndim == 2 else self.reshape(self.shape)
+
+    def permute(self, *dims):
+        return _F.permute(self, *dims)
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    # ------------------------------------------------------------------ in-place operators
+    # They write into this tensor's own array (parameters and their optimizer views stay the same
+    # arrays) and bump its version, so a backward that saved the old values refuses to run.
+    def __iadd__(self, other):
+        return self._inplace("add_", "add", other)
+
+    def __isub__(self, other):
+        return self._inplace("sub_", "subtract", other)
+
+    def __imul__(self, other):
+        return self._inplace("mul_", "multiply", other)
+
+    def __itruediv__(self, other):
+        return self._inplace("div_", "true_divide", other)
+
+    def add_(self, other, *, alpha=1):
+        return self._inplace("add_", "add", other, alpha)
+
+    def sub_(self, other, *, alpha=1):
+        return self._inplace("sub_", "subtract", other, alpha)
+
+    def mul_(self, other):
+        return self._inplace("mul_", "multiply", other)
+
+    def div_(self, other):
+        return self._inplace("div_", "true_divide", other)
+
+    def zero_(self) -> "Tensor":
+        return self.fill_(0)
+
+    def fill_(self, value) -> "Tensor":
+        self._check_writable("fill_", value)
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"fill_: the value must be a number or a 1-element tensor, got shape {value.shape}")
+            value = value.item()
+        self.data[...] = value
+        self._version += 1
+        return self
+
+    def copy_(self, src) -> "Tensor":
+        """Copy src's values into this tensor (broadcast to its shape, cast to its dtype, moved to its device)."""
+        self._check_writable("copy_", src)
+        a = src.data if isinstance(src, Tensor) else src
+        if isinstance(a, (list, tuple, int, float, bool, np.generic)):
+            a = np.asarray(a)
+        if not hasattr(a, "shape"):
+            raise TypeError(f"copy_: src must be a Tensor or an array, got {type(src).__name__}")
+        if (type(a) is np.ndarray) != (type(self.data) is np.ndarray):  # across devices, as PyTorch allows
+            a = a.get() if type(self.data) is np.ndarray else self.device.xp.asarray(a)
+        _check_inplace_shape("copy_", self.shape, a.shape)
+        self.data[...] = a
+        self._version += 1
+        return self
+
+    def _check_writable(self, op, other) -> None:
+        """PyTorch's rule for in-place writes while grad mode is on: never on a leaf that requires grad.
+        gpunn also refuses in-place ops inside a recorded graph (its tape has no rebasing): say so."""
+        if not _grad_enabled.get():
+            return
+        if self.requires_grad and self._node is None:
+            raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an in-place operation; "
+                               "update parameters inside `with gn.no_grad():` (as in PyTorch)")
+        if self.requires_grad or (isinstance(other, Tensor) and other.requires_grad):
+            raise RuntimeError(f"{op}: gpunn does not record in-place operations in the autograd graph (the "
+                               "tensor or the operand requires grad); write it out of place, e.g. x = x + y, "
+                               "or run it inside `with gn.no_grad():`")
+
+    def _inplace(self, op, ufunc, other, alpha=1):
+        self._check_writable(op, other)
+        xp = np if type(self.data) is np.ndarray else self.device.xp
+        kind = self.dtype.kind
+        if isinstance(other, Tensor) or isinstance(other, np.ndarray) or type(other).__module__.startswith("cupy"):
+            o = other.data if isinstance(other, Tensor) else other
+            _check_same_device(op, self.data, o)
+            if o.dtype != self.dtype:
+                raise TypeError(f"{op}: dtypes differ (self={self.dtype}, other={o.dtype}); gpunn never mixes "
+                                "them silently: convert the operand with .type(...) first")
+            _check_inplace_shape(op, self.shape, o.shape)
+        elif isinstance(other, (bool, np.bool_)) or not isinstance(other, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{op}: the operand must be a Tensor or a number, got {type(other).__name__}")
+        else:
+            if kind != "f" and isinstance(other, (float, np.floating)):
+                raise TypeError(f"{op}: result type float can't be cast to the {self.dtype} of this tensor")
+            o = xp.asarray(other, dtype=self.dtype)
+        if kind != "f" and ufunc == "true_divide":
+            raise TypeError(f"{op}: true division of a {self.dtype} tensor gives floats; it can't be done in place")
+        if alpha != 1:
+            o = o * self.dtype.type(alpha)
+        getattr(xp, ufunc)(self.data, o, out=self.data)
+        self._version += 1
+        return self
 
     def relu(self):
         return _F.activation(self, "relu")
@@ -472,6 +624,35 @@ class Tensor:
 
     def log_softmax(self, axis=-1, *, dim=None):
         return _F.LogSoftmax.apply(self, axis=axis if dim is None else dim)
+
+
+def _check_inplace_shape(op, shape, other_shape) -> None:
+    try:
+        ok = np.broadcast_shapes(other_shape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{op}: an operand of shape {tuple(other_shape)} does not broadcast to this tensor's "
+                         f"shape {tuple(shape)} (an in-place result keeps the tensor's shape)")
+
+
+_seeds: dict = {}
+
+
+def _unit_seed(a):
+    """The 1 that `backward()` starts from on a one-element output: one cached array per (array
+    type, device, dtype, shape), so a GPU training step spends no fill launch on it. Safe to share
+    because a backward never writes into the gradient it is given (the tape already hands one
+    gradient to several inputs, e.g. in Add); the NumPy seed is read-only, so a write would fail."""
+    key = (type(a), device_of(a), a.dtype, a.shape)
+    g = _seeds.get(key)
+    if g is None:
+        xp = np if type(a) is np.ndarray else device_of(a).xp
+        g = xp.ones_like(a)
+        if xp is np:
+            g.flags.writeable = False
+        _seeds[key] = g
+    return g
 
 
 def _fits(buf, a) -> bool:
@@ -501,6 +682,7 @@ def _walk_backward(order, grads, rec) -> None:
             else:
                 rec.accumulate_grad(t, g)
             continue
+        check_saved_versions(node, t)
         in_grads = node.backward(g) if rec is None else rec.node_backward(node, g)
         for inp, ig, need in zip(node.inputs, in_grads, node.needs_grad):
             if ig is None or not need:
@@ -510,6 +692,37 @@ def _walk_backward(order, grads, rec) -> None:
             k = id(inp)
             prev = grads.get(k)
             grads[k] = ig if prev is None else prev + ig
+
+
+def check_saved_versions(node: Function, out: Tensor) -> None:
+    """Refuse to run a node's backward on values changed in place since its forward (PyTorch's
+    version-counter check): the gradient would be computed from the new values, silently wrong."""
+    for i, (inp, v) in enumerate(zip(node.inputs, node._saved_versions)):
+        if inp._version != v:
+            raise _modified_error(inp, f"input {i}", node, inp._version, v)
+    if out._version and node.saves_output:
+        raise _modified_error(out, "output 0", node, out._version, 0)
+
+
+def _modified_error(t, which, node, now, expected):
+    return RuntimeError(
+        f"one of the variables needed for gradient computation has been modified by an inplace operation: "
+        f"[{t.dtype} tensor of shape {tuple(t.shape)}], which is {which} of {node.name}, is at version {now}; "
+        f"expected version {expected} instead. Change the in-place operation (x += y, x.add_(y), ...) to an "
+        f"out-of-place one (x = x + y), or run backward before changing the tensor.")
+
+
+def _dim_args(op, dim, keepdim, axis, keepdims):
+    """PyTorch's (dim, keepdim) with NumPy's (axis, keepdims) accepted as aliases (PyTorch accepts axis too)."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{op}() got both dim={dim!r} and axis={axis!r}; pass one of them")
+        dim = axis
+    if keepdims is not None:
+        if keepdim is not None and bool(keepdim) != bool(keepdims):
+            raise TypeError(f"{op}() got both keepdim={keepdim!r} and keepdims={keepdims!r}; pass one of them")
+        keepdim = keepdims
+    return dim, bool(keepdim)
 
 
 def _axis_args(op, axis, keepdims, dim, keepdim):

@@ -108,23 +108,42 @@ def _colsum(a, out):
         out[j] = acc[j]
 
 
+# The profiler's hook for the parts of a fused CPU kernel (None unless a gpunn.profiler profile is
+# active, which sets it): part_hook(kernel, part, fn, args, (flops, bytes)) runs fn(*args) and
+# records it as a part of `kernel`, so that the epilogue after the GEMM shows as its own row.
+part_hook = None
+
+
+def _part(kernel, part, fn, args, flops, nbytes):
+    if part_hook is None:
+        return fn(*args)
+    return part_hook(kernel, part, fn, args, (flops, nbytes))
+
+
+def _add_bias(z, b):
+    z += b
+
+
 def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
     """CPU fast path: one GEMM, then one fused bias+activation pass. Returns (y, saved)."""
     check_code(code)
     z = np.matmul(x, W.T)
     has_bias = b is not None
     bias = b if has_bias else z[0] if z.shape[0] else np.zeros(z.shape[1], z.dtype)
+    nm, size = z.size, z.dtype.itemsize
     if code == IDENTITY:
         if has_bias:
-            z += b
+            _part("dense_forward", "bias", _add_bias, (z, b), nm, (2 * nm + b.size) * size)
         return z, z
     epilogue = _epilogue(bias_act_epilogue, code, z.dtype)
     slope = float(negative_slope)
+    label = ("bias+" if has_bias else "") + registry.activation(code).name
+    flops = (registry.activation(code).flops + has_bias) * nm
     if needs_preactivation(code, negative_slope):
         y = np.empty_like(z)
-        epilogue(z, bias, has_bias, slope, y)
+        _part("dense_forward", label, epilogue, (z, bias, has_bias, slope, y), flops, (3 * nm + z.shape[1]) * size)
         return y, z
-    epilogue(z, bias, has_bias, slope, z)
+    _part("dense_forward", label, epilogue, (z, bias, has_bias, slope, z), flops, (2 * nm + z.shape[1]) * size)
     return z, z
 
 
@@ -139,15 +158,18 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
     dW_out = check_grad_out("dense_backward", dW_out, W.shape, dy) if need_dw else None
     db_out = check_grad_out("dense_backward", db_out, (m,), dy) if need_db else None
     db = (db_out if db_out is not None else np.empty(m, dtype=dy.dtype)) if need_db else None
+    nm, size = dy.size, dy.dtype.itemsize
     if code == IDENTITY:
         dz = dy
         if need_db:
-            _colsum(dz, db)
+            _part("dense_backward", "db", _colsum, (dz, db), nm, (nm + m) * size)
     else:
         dz = np.empty_like(dy)
-        _epilogue(act_grad_colsum, code, dy.dtype)(
-            dy, np.ascontiguousarray(saved), float(negative_slope), dz,
-            db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db)
+        _part("dense_backward", registry.activation(code).name + "'" + ("+db" if need_db else ""),
+              _epilogue(act_grad_colsum, code, dy.dtype),
+              (dy, np.ascontiguousarray(saved), float(negative_slope), dz,
+               db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db),
+              (registry.activation(code).backward_flops + need_db) * nm, (3 * nm + (m if need_db else 0)) * size)
     dx = np.matmul(dz, W) if need_dx else None
     dW = np.matmul(dz.T, x, out=dW_out) if need_dw else None
     return dx, dW, db

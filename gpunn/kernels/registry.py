@@ -34,7 +34,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TRANSCENDENTALS = ("exp", "log", "log1p", "tanh", "erf", "sqrt")
-CPU_MATH = math  # the CPU kernels' transcendental functions (scalar libm through Numba)
+
+
+class _CpuMath:
+    """The CPU kernels' transcendental functions: gpunn.kernels.fastmath's vectorisable exp, tanh
+    and erf (computed in the argument's dtype), math's for the rest (log, log1p, sqrt: LLVM
+    vectorises sqrt itself)."""
+
+    def __getattr__(self, name):
+        from gpunn.kernels import fastmath
+
+        return getattr(fastmath, name) if name in ("exp", "tanh", "erf") else getattr(math, name)
+
+
+CPU_MATH = _CpuMath()
 
 # ------------------------------------------------------------------------------------ constants
 ZERO = 0.0

@@ -4,16 +4,23 @@ forward  `softmax_ce_forward_kernel`: one row per group of TX threads, TY rows p
          (TX, TY) = (32, 8) for C <= 64, (128, 2) for C <= 1024, (256, 1) above). Each row: max
          (strided loads + shared-memory tree reduction, in a fixed order), then e = exp(x - max)
          in the data's dtype, stored into probs and summed in float64, then probs *= 1/sum and
-         loss = max + log(sum) - x[label] (float64, rounded once); 0 for ignore_index. Grid:
-         ceil(N / TY) blocks. One launch; logits are read twice, probs written twice.
-backward `softmax_ce_backward_kernel`: dlogits = w_i * (p_ij - [j == y_i]), 0 on ignored rows; a
-         grid-stride loop over N*C. The row weights may be a broadcast scalar (the usual "mean"/"sum"
-         upstream, a stride-0 view): then only its first element is read and no copy is made.
+         loss = max + log(sum) - x[label] (float64, rounded once); 0 for ignore_index, NaN for a
+         label outside [0, C). Grid: ceil(N / TY) blocks. Then the LAST block to finish (a
+         ticket taken with atomic.inc after a threadfence; the ticket wraps back to 0 by itself,
+         so it is never reset) reads every row's label and loss and reduces them in a fixed order:
+         the float64 sum of the row losses -> out[0] (divided by the count for "mean", NaN when 0
+         rows count), and stats = [count of non-ignored rows, 1 + first bad row, 1 + first ignored
+         row]. Deterministic whichever block is last. So the loss, its reduction, the count the
+         "mean" backward needs and the label check cost ONE launch and no host synchronisation;
+         the caller raises on stats[1] when the host next reads a value (deferred check).
+backward `softmax_ce_backward_kernel`: dlogits = w_i * (p_ij - [j == y_i]), 0 on ignored rows, NaN
+         on rows with a bad label; a grid-stride loop over N*C. w_i is grad[i] ("rows"), or one
+         value grad[0] ("scalar": a "sum", or a stride-0 view) or grad[0] / stats[0] ("mean",
+         read from the forward's stats on the device), so no CuPy launch forms the row weights.
 Limits: logits 2-D float32/float64 (copied to C order if needed), labels 1-D int32/int64 of
-length N (other integer types are converted). A label outside [0, C) that is not ignore_index
-gives a NaN loss (the kernel never reads out of bounds; checking label values on the host would
-need a device synchronisation, which the caller's validation does before this is reached).
-Compiled once per (dtype, label dtype, block shape) with an explicit signature.
+length N (other integer types are converted). The ticket is one uint32 per (device, stream):
+kernels on one stream run in order, so two forwards never hold it at once.
+Compiled once per (dtype, label dtype, block shape) / (dtype, label dtype, mode), explicit signature.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import numpy as np
 
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, supported
+from gpunn.kernels.softmax_ce import check_reduction
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
@@ -50,13 +58,14 @@ def _build_forward(dt, lt, tx_, ty_):
     import numba
     from numba.core import types
 
-    f64 = numba.float64
+    f64, i64, i32 = numba.float64, numba.int64, numba.int32
     cast = nc.nbtype(dt)
     TX, TY = tx_, ty_
+    NT = TX * TY
     NEG_INF = -math.inf
     NAN = math.nan
 
-    def softmax_ce_forward_kernel(logits, labels, ignore_index, losses, probs):
+    def softmax_ce_forward_kernel(logits, labels, ignore_index, mean, losses, probs, out, stats, ticket):
         sm = cuda.shared.array((TY, TX), f64)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
@@ -117,36 +126,109 @@ def _build_forward(dt, lt, tx_, ty_):
                 else:
                     losses[row] = NAN
 
+        # ---- the last block to finish reduces the whole batch (see the module docstring)
+        last = cuda.shared.array(1, i32)
+        cuda.threadfence()  # this block's losses are visible to every block before its ticket
+        cuda.syncthreads()
+        t = ty * TX + tx
+        if t == 0:
+            nb = cuda.gridDim.x
+            last[0] = cuda.atomic.inc(ticket, 0, numba.uint32(nb - 1)) == nb - 1
+        cuda.syncthreads()
+        if last[0] == 0:
+            return
+        s_sum = cuda.shared.array(NT, f64)
+        s_cnt = cuda.shared.array(NT, i64)
+        s_bad = cuda.shared.array(NT, i64)
+        s_ign = cuda.shared.array(NT, i64)
+        s = f64(0.0)
+        cnt = i64(0)
+        bad = i64(N)
+        ign = i64(N)
+        i = t
+        while i < N:  # rows in increasing order per thread: the first hit is the thread's first
+            lab = labels[i]
+            if lab == ignore_index:
+                if ign == N:
+                    ign = i
+            else:
+                cnt += 1
+                s += f64(losses[i])
+                if (lab < 0 or lab >= C) and bad == N:
+                    bad = i
+            i += NT
+        s_sum[t] = s
+        s_cnt[t] = cnt
+        s_bad[t] = bad
+        s_ign[t] = ign
+        cuda.syncthreads()
+        h = NT // 2
+        while h > 0:
+            if t < h:
+                s_sum[t] += s_sum[t + h]
+                s_cnt[t] += s_cnt[t + h]
+                if s_bad[t + h] < s_bad[t]:
+                    s_bad[t] = s_bad[t + h]
+                if s_ign[t + h] < s_ign[t]:
+                    s_ign[t] = s_ign[t + h]
+            cuda.syncthreads()
+            h //= 2
+        if t == 0:
+            cnt = s_cnt[0]
+            stats[0] = cnt
+            stats[1] = s_bad[0] + 1 if s_bad[0] < N else 0
+            stats[2] = s_ign[0] + 1 if s_ign[0] < N else 0
+            s = s_sum[0]
+            if mean:
+                out[0] = s / f64(cnt) if cnt > 0 else NAN
+            else:
+                out[0] = s
+
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a2, nc.arr(lt, 1), types.int64, a1, a2), softmax_ce_forward_kernel)
+    return nc.jit(nc.void(a2, nc.arr(lt, 1), types.int64, types.int32, a1, a2, a1, nc.arr(np.int64, 1),
+                          nc.arr(np.uint32, 1)), softmax_ce_forward_kernel)
 
 
-def _build_backward(dt, lt, scalar_weight):
+BACKWARD_MODES = ("rows", "scalar", "mean")
+
+
+def _build_backward(dt, lt, mode):
     _cuda()
     from numba.core import types
 
     zero, one = dt.type(0), dt.type(1)
-    SCALAR = scalar_weight
+    nan = dt.type(math.nan)
+    cast = nc.nbtype(dt)
+    ROWS, MEAN = mode == "rows", mode == "mean"
 
-    def softmax_ce_backward_kernel(row_grads, probs, labels, ignore_index, d):
+    def softmax_ce_backward_kernel(grad, probs, labels, ignore_index, stats, d):
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         C = probs.shape[1]
         n = probs.shape[0] * C
+        w0 = zero
+        if not ROWS:
+            w0 = grad[0]
+            if MEAN:
+                cnt = stats[0]
+                # count 0: every row is ignored and w0 is never used (no 0/0 in the simulator)
+                w0 = w0 / cast(cnt) if cnt > 0 else zero
         while i < n:
             r = i // C
             j = i - r * C
             lab = labels[r]
             if lab == ignore_index:
                 d[r, j] = zero
+            elif lab < 0 or lab >= C:
+                d[r, j] = nan
             else:
-                w = row_grads[0] if SCALAR else row_grads[r]
+                w = grad[r] if ROWS else w0
                 p = probs[r, j]
                 d[r, j] = w * (p - one) if j == lab else w * p
             i += stride
 
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a1, a2, nc.arr(lt, 1), types.int64, a2), softmax_ce_backward_kernel)
+    return nc.jit(nc.void(a1, a2, nc.arr(lt, 1), types.int64, nc.arr(np.int64, 1), a2), softmax_ce_backward_kernel)
 
 
 def forward_kernel(dtype, label_dtype, tx, ty):
@@ -154,10 +236,13 @@ def forward_kernel(dtype, label_dtype, tx, ty):
     return nc.kernel(("softmax_ce_forward", dt.name, lt.name, tx, ty), lambda: _build_forward(dt, lt, tx, ty))
 
 
-def backward_kernel(dtype, label_dtype, scalar_weight):
+def backward_kernel(dtype, label_dtype, mode):
+    """mode: "rows" (one upstream gradient per row), "scalar" (one for all), "mean" (one, divided
+    by the forward's count)."""
+    if mode not in BACKWARD_MODES:
+        raise ValueError(f"softmax_ce backward mode must be one of {BACKWARD_MODES}, got {mode!r}")
     dt, lt = np.dtype(dtype), np.dtype(label_dtype)
-    return nc.kernel(("softmax_ce_backward", dt.name, lt.name, scalar_weight),
-                     lambda: _build_backward(dt, lt, scalar_weight))
+    return nc.kernel(("softmax_ce_backward", dt.name, lt.name, mode), lambda: _build_backward(dt, lt, mode))
 
 
 # Class counts that select each of block_shape's GPU block shapes.
@@ -172,8 +257,8 @@ def variants(dtypes=SUPPORTED_DTYPES):
             for c in _BLOCK_SHAPE_CLASSES:
                 tx, ty = block_shape(c)
                 yield forward_kernel, (dt, lt, tx, ty), tx * ty
-            for scalar in (True, False):
-                yield backward_kernel, (dt, lt, scalar), nc.ELEMENTWISE_THREADS
+            for mode in BACKWARD_MODES:
+                yield backward_kernel, (dt, lt, mode), nc.ELEMENTWISE_THREADS
 
 
 def _labels(op, labels, n, xp, like):
@@ -195,9 +280,33 @@ def _check_float(op, a, what):
         raise ValueError(f"{op}: {what} must be 2-D (N, C), got shape {tuple(a.shape)}")
 
 
-def softmax_cross_entropy_forward(logits, labels, ignore_index: int = -100):
-    """(losses (N,), probs (N, C)) in one launch."""
+_tickets: dict = {}
+
+
+def _ticket(like):
+    """The forward's last-block ticket for `like`'s device and CuPy's current stream: one uint32,
+    zeroed once (the kernel leaves it at 0 after every launch)."""
+    xp = nc.xp_of(like)
+    if nc.is_cupy(like):
+        dev = nc._device_id(like)
+        key = (dev, xp.cuda.get_current_stream().ptr)
+    else:
+        dev, key = None, None
+    t = _tickets.get(key)
+    if t is None:
+        if dev is None:
+            t = np.zeros(1, dtype=np.uint32)
+        else:
+            with xp.cuda.Device(dev):
+                t = xp.zeros(1, dtype=np.uint32)
+        _tickets[key] = t
+    return t
+
+
+def softmax_cross_entropy_forward(logits, labels, ignore_index: int = -100, reduction: str = "none"):
+    """(loss, probs, stats) in one launch (softmax_ce.py's contract)."""
     op = "softmax_cross_entropy_forward"
+    check_reduction(op, reduction)
     _check_float(op, logits, "logits")
     xp = nc.xp_of(logits)
     n, c = logits.shape
@@ -205,35 +314,56 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index: int = -100):
     x = xp.ascontiguousarray(logits)
     losses = xp.empty(n, dtype=x.dtype)
     probs = xp.empty((n, c), dtype=x.dtype)
+    out = xp.empty(1, dtype=x.dtype)
+    stats = xp.empty(3, dtype=np.int64)
     if n:
         if c == 0:
             raise ValueError(f"{op}: logits of shape {x.shape} have no classes")
         tx, ty = block_shape(c, simulator=not nc.is_cupy(x))
         nc.launch(forward_kernel(x.dtype, lab.dtype, tx, ty), math.ceil(n / ty), (tx, ty), x,
-                  x, lab, int(ignore_index), losses, probs)
-    return losses, probs
+                  x, lab, int(ignore_index), int(reduction == "mean"), losses, probs, out, stats, _ticket(x))
+    else:  # no rows, no launch: host values (an empty batch is no training step)
+        stats = xp.zeros(3, dtype=np.int64)
+        out = xp.asarray(np.array([0.0 if reduction == "sum" else math.nan], dtype=x.dtype))
+    if reduction == "none":
+        return losses, probs, stats
+    return out.reshape(()), probs, stats
 
 
-def softmax_cross_entropy_backward(row_grads, probs, labels, ignore_index: int = -100):
-    """dlogits = row_grads[:, None] * (probs - onehot(labels)), 0 on ignored rows; one launch."""
+def softmax_cross_entropy_backward(grad, probs, labels, ignore_index: int = -100, reduction: str = "none",
+                                   stats=None):
+    """dlogits = w[:, None] * (probs - onehot(labels)), 0 on ignored rows; one launch."""
     op = "softmax_cross_entropy_backward"
+    check_reduction(op, reduction, stats, backward=True)
     _check_float(op, probs, "probs")
     xp = nc.xp_of(probs)
     n, c = probs.shape
     lab = _labels(op, labels, n, xp, probs)
     p = xp.ascontiguousarray(probs)
-    rg = row_grads
-    if type(rg) is not type(p):
-        raise ValueError(f"{op}: row_grads must be a {type(p).__name__}, got {type(rg).__name__}")
-    if rg.ndim > 1 or (rg.ndim == 1 and rg.shape[0] != n):
-        raise ValueError(f"{op}: row_grads must have shape ({n},), got {tuple(rg.shape)}")
-    scalar = rg.ndim == 0 or (rg.size >= 1 and rg.strides[0] == 0)
-    if scalar:
-        rg = xp.ascontiguousarray(rg.reshape(-1)[:1] if rg.ndim else rg.reshape(1), dtype=p.dtype)
+    g = grad
+    if type(g) is not type(p):
+        raise ValueError(f"{op}: grad must be a {type(p).__name__}, got {type(g).__name__}")
+    if g.dtype != p.dtype:
+        raise ValueError(f"{op}: grad has dtype {g.dtype} but probs have {p.dtype}")
+    if reduction == "none":
+        if g.ndim != 1 or g.shape[0] != n:
+            raise ValueError(f"{op}: grad must have shape ({n},) for reduction='none', got {tuple(g.shape)}")
+        scalar = g.size >= 1 and g.strides[0] == 0  # a broadcast value: read once, not copied
+        mode = "scalar" if scalar else "rows"
     else:
-        rg = xp.ascontiguousarray(rg, dtype=p.dtype)
+        if g.size != 1:
+            raise ValueError(f"{op}: grad must hold one value for reduction={reduction!r}, got shape {tuple(g.shape)}")
+        scalar, mode = True, reduction if reduction == "mean" else "scalar"
+    g = g.reshape(-1)[:1] if scalar else xp.ascontiguousarray(g)
+    if mode == "mean":
+        st = stats
+        if type(st) is not type(p) or st.dtype != np.int64 or st.shape != (3,):
+            raise ValueError(f"{op}: stats must be the forward's (3,) int64 array, got "
+                             f"{type(st).__name__} {getattr(st, 'dtype', '')} {tuple(getattr(st, 'shape', ()))}")
+    else:
+        st = nc.dummy(p, np.int64)
     d = xp.empty_like(p)
     if d.size:
         grid, block = nc.elementwise_geometry(d.size, p)
-        nc.launch(backward_kernel(p.dtype, lab.dtype, scalar), grid, block, p, rg, p, lab, int(ignore_index), d)
+        nc.launch(backward_kernel(p.dtype, lab.dtype, mode), grid, block, p, g, p, lab, int(ignore_index), st, d)
     return d

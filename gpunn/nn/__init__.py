@@ -14,7 +14,7 @@ from gpunn import functional
 from gpunn.autograd.tensor import Parameter
 from gpunn.nn import init, utils
 from gpunn.nn.activation import GELU, Flatten, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from gpunn.nn.container import Sequential
+from gpunn.nn.container import ModuleDict, ModuleList, Sequential
 from gpunn.nn.linear import Dense, Linear
 from gpunn.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from gpunn.nn.module import IncompatibleKeys, Module, StateDictError
@@ -32,5 +32,5 @@ def __getattr__(name):  # the module classes of activations registered after imp
 _sys.modules.setdefault(__name__ + ".functional", functional)
 
 __all__ = ["Module", "Parameter", "Linear", "Dense", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
-           "LogSoftmax", "Identity", "Flatten", "Sequential", "Perceptron", "MSELoss", "L1Loss",
+           "LogSoftmax", "Identity", "Flatten", "Sequential", "ModuleList", "ModuleDict", "Perceptron", "MSELoss", "L1Loss",
            "CrossEntropyLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional"]

@@ -5,7 +5,9 @@ CPU, an unlisted GPU) is measured once by `calibrate`: the best of a few large G
 float dtype) and of a large array copy (GB/s, bytes read plus bytes written, as STREAM's copy
 counts them). Measurements are cached in `peaks.json` under `$GPUNN_CACHE_DIR` (default
 `$XDG_CACHE_HOME/gpunn`, else `~/.cache/gpunn`), keyed by the device and the BLAS-related
-environment, so the calibration runs once per machine. A profile can be given peaks instead
+environment, so the calibration runs once per machine. A figure measured while the machine was busy
+is too low: a profile that achieves more than 100% of a cached peak measures it again (once), and
+`gpunn profile --remeasure-peaks` measures it again before profiling. A profile can be given peaks instead
 (`profile(peaks={"gflops": ..., "gbps": ...})`).
 """
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Peaks:
     gflops: dict = field(default_factory=dict)
     gbps: float | None = None
     source: str = ""
+    cached: bool = False  # read from the cache of an earlier measurement (see Profile: re-measured if exceeded)
 
     def flops_for(self, dtype) -> float | None:
         """Peak GFLOP/s for a dtype name ("float32"); float32's when the dtype is not listed."""
@@ -210,5 +213,5 @@ def device_peaks(device: str = "cpu", *, recalibrate: bool = False) -> Peaks:
         hit = _load_cache().get(_key(device, name))
         if isinstance(hit, dict) and isinstance(hit.get("gflops"), dict):
             return Peaks(device, hit.get("name", name), dict(hit["gflops"]), hit.get("gbps"),
-                         f"{hit.get('source', 'measured')}; cached in {cache_path()}")
+                         f"{hit.get('source', 'measured')}; cached in {cache_path()}", cached=True)
     return calibrate(device)

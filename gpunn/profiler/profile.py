@@ -13,6 +13,9 @@ What is counted, and how (see also recorder.py):
   gpunn kernel ("MatMul.forward"); each is also one *launch* in `launches_per_step()` (a fused
   primitive is one call however many passes it makes: on the CPU a dense layer is one NumPy GEMM
   plus one Numba epilogue);
+- a *part* is one such pass inside a fused CPU kernel (the dense layer's bias+activation epilogue,
+  "dense_forward / bias+gelu", and its backward, "dense_backward / gelu'+db"): kept in `parts`,
+  shown in the kernel table indented under its kernel, never counted twice in totals or launches;
 - a *step* ends with every `Optimizer.step()`;
 - FLOPs and bytes come from the cost model beside each kernel (`COSTS` in gpunn/kernels/*.py);
   achieved GFLOP/s = FLOPs / time, GB/s = bytes / time, and "% peak" is the share of the roofline
@@ -24,6 +27,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
+from gpunn.kernels import dense as _kdense
 from gpunn.kernels import ops as _kops
 from gpunn.profiler.peaks import Peaks, device_peaks
 from gpunn.profiler.recorder import KernelEvent, Recorder, Span
@@ -102,7 +106,9 @@ class profile:
         self._nvtx, self._sync = nvtx, sync
         self._rec = None
         self._peaks = {}
+        self._remeasured = set()
         self.events: list[KernelEvent] = []
+        self.parts: list[KernelEvent] = []
         self.spans: list[Span] = []
         self.step_ends: list[int] = []
         self.wall_ns = 0
@@ -123,6 +129,7 @@ class profile:
         _wait_for_gpu()  # work queued before the profile must not land in it
         self._rec = Recorder(nvtx=self._nvtx, sync=self._sync)
         _kops._recorder = self._rec
+        _kdense.part_hook = self._rec.part
 
     def stop(self) -> None:
         rec = self._rec
@@ -130,8 +137,13 @@ class profile:
             return
         if _kops._recorder is rec:
             _kops._recorder = None
+        if _kdense.part_hook == rec.part:
+            _kdense.part_hook = None
         rec.finish()
         t0 = rec.t0
+        for ev in rec.parts:
+            ev.start_ns -= t0
+            ev.end_ns -= t0
         for ev in rec.events:  # times relative to the profile's start
             ev.start_ns -= t0
             ev.end_ns -= t0
@@ -142,6 +154,7 @@ class profile:
             sp.start_ns -= t0
             sp.end_ns -= t0
         self.events = rec.events
+        self.parts = rec.parts
         self.spans = sorted(rec.spans, key=lambda s: (s.start_ns, -s.end_ns))
         self.step_ends = [e - t0 for e in rec.step_ends]
         self.wall_ns = rec.t1 - t0
@@ -200,6 +213,8 @@ class profile:
                 key = (ev.phase,)
             groups.setdefault(key, []).append(ev)
         rows = [self._row(key[0], evs) for key, evs in groups.items()]
+        if self._remeasure_exceeded_peaks(rows):
+            rows = [self._row(key[0], evs) for key, evs in groups.items()]
         keyf = {"total": lambda r: -r.total_ns, "mean": lambda r: -r.mean_ns, "calls": lambda r: -r.calls,
                 "gflops": lambda r: -(r.gflops or 0.0), "gbps": lambda r: -(r.gbps or 0.0),
                 "name": lambda r: r.key}[sort_by]
@@ -219,6 +234,17 @@ class profile:
         backends = sorted({ev.backend for ev in evs})
         return Row(key, len(evs), total, 100.0 * total / self.wall_ns if self.wall_ns else 0.0,
                    flops, nbytes, gflops, gbps, pct_peak, ",".join(backends))
+
+    def _remeasure_exceeded_peaks(self, rows) -> bool:
+        """More than 100% of a peak read from the cache means that figure was measured while the
+        machine was busy: measure it again now (once per device per profile) and cache the result."""
+        if not any(r.pct_peak is not None and r.pct_peak > 100.0 for r in rows):
+            return False
+        stale = [d for d, p in self._peaks.items() if p is not None and p.cached and d not in self._remeasured]
+        for d in stale:
+            self._remeasured.add(d)
+            self._peaks[d] = device_peaks(d, recalibrate=True)
+        return bool(stale)
 
     def _pct_peak(self, evs, gflops, gbps):
         devices = {ev.device for ev in evs}
@@ -241,7 +267,15 @@ class profile:
         GB/s, and % of the device's peak, one row per kernel name, layer or phase."""
         rows = self.key_averages(group_by, sort_by)
         shown = rows if row_limit is None else rows[:row_limit]
-        width = max([len(group_by)] + [len(r.key) for r in shown]) + 2
+        parts = {}  # kernel name -> the rows of its parts (kernel table only), shown under it
+        if group_by == "kernel":
+            groups = {}
+            for ev in self.parts:
+                groups.setdefault(ev.name, []).append(ev)
+            for name, evs in sorted(groups.items()):
+                parts.setdefault(name.split(" / ")[0], []).append(self._row("  " + name, evs))
+        width = max([len(group_by)] + [len(r.key) for r in shown]
+                    + [len(r.key) for rs in parts.values() for r in rs]) + 2
         head = (f"{group_by:<{width}}{'backend':<11}{'calls':>7}{'total ms':>11}{'mean us':>10}{'% time':>8}"
                 f"{'GFLOP/s':>10}{'GB/s':>9}{'% peak':>8}")
         rule = "-" * len(head)
@@ -254,9 +288,10 @@ class profile:
         lines = [f"gpunn profile: {steps} step{'s' if steps != 1 else ''}, {self.wall_ns / 1e6:.2f} ms profiled"
                  f"{per}, device {self.device}", head, rule]
         for r in shown:
-            lines.append(f"{r.key:<{width}}{r.backend:<11}{r.calls:>7}{r.total_ns / 1e6:>11.3f}"
-                         f"{r.mean_ns / 1e3:>10.1f}{r.pct_time:>8.1f}{num(r.gflops, '10.2f')}"
-                         f"{num(r.gbps, '9.2f')}{num(r.pct_peak, '8.1f')}")
+            for r in [r] + (parts.get(r.key, []) if r.backend == "cpu" else []):
+                lines.append(f"{r.key:<{width}}{r.backend:<11}{r.calls:>7}{r.total_ns / 1e6:>11.3f}"
+                             f"{r.mean_ns / 1e3:>10.1f}{r.pct_time:>8.1f}{num(r.gflops, '10.2f')}"
+                             f"{num(r.gbps, '9.2f')}{num(r.pct_peak, '8.1f')}")
         if len(shown) < len(rows):
             lines.append(f"... {len(rows) - len(shown)} more rows")
         lines.append(rule)

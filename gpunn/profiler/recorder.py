@@ -194,6 +194,7 @@ class Recorder:
         self.nvtx = True if nvtx is None else bool(nvtx)
         self.sync = bool(sync)
         self.events: list[KernelEvent] = []
+        self.parts: list[KernelEvent] = []  # passes inside a fused CPU kernel (its time includes theirs)
         self.spans: list[Span] = []
         self.step_ends: list[int] = []
         self._pending = []  # (event, clock, handle) of GPU kernels, read when the profile stops
@@ -281,6 +282,18 @@ class Recorder:
         self.events.append(ev)
         if handle is not None:
             self._pending.append((ev, clock, handle))
+        return out
+
+    def part(self, kernel, part, fn, args, cost):
+        """The hook a fused CPU kernel calls for one of its passes (gpunn.kernels.dense.part_hook):
+        fn(*args) timed and kept in `parts` as "<kernel> / <part>", not in `events` (the kernel's
+        own event already contains its time)."""
+        phase, layer = self._where()
+        t0 = _now()
+        out = fn(*args)
+        t1 = _now()
+        self.parts.append(KernelEvent(f"{kernel} / {part}", "cpu", "cpu", phase, layer, *_describe(args), t0, t1,
+                                      cost[0], cost[1], threading.get_ident()))
         return out
 
     # ------------------------------------------------------------------ graph nodes and phases

@@ -35,6 +35,8 @@ def _log_softmax(x, axis):
 
 
 class Softmax(Function):
+    saves_inputs = False
+
     def forward(self, x, axis=-1):
         self.axis = axis
         self.y = xp_of(x).exp(_log_softmax(x, axis))
@@ -46,6 +48,8 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    saves_inputs = False
+
     def forward(self, x, axis=-1):
         self.axis = axis
         self.y = _log_softmax(x, axis)

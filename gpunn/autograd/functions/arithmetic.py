@@ -2,7 +2,10 @@
 
 Add/Sub/Mul/Div: gradients are summed back over broadcast axes (`unbroadcast`).
 Pow (scalar exponent):  d(x^c) = c x^(c-1).   Exp: d e^x = e^x.   Log: d log x = 1/x.
-Sqrt: d sqrt x = 1/(2 sqrt x).   Abs: d|x| = sign(x) (0 at 0).
+Sqrt: d sqrt x = 1/(2 sqrt x).   Abs: d|x| = sign(x) (0 at 0).   Sign: 0.   Sin: cos x.   Cos: -sin x.
+Clamp(lo, hi): g where lo <= x <= hi, else 0 (PyTorch's rule: the bounds themselves pass the gradient).
+Where(c, a, b): g to a where c, to b elsewhere.
+Maximum/Minimum(a, b): g to the larger (smaller) operand; on ties g/2 to each (as PyTorch).
 MatMul (any ndim >= 1, batched over leading axes): dA = dC @ B^T, dB = A^T @ dC.
 """
 from __future__ import annotations
@@ -12,6 +15,9 @@ from gpunn.autograd.tensor import Function
 
 
 class Add(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
         return a + b
@@ -22,6 +28,9 @@ class Add(Function):
 
 
 class Sub(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, b):
         self.shapes = a.shape, b.shape
         return a - b
@@ -32,6 +41,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    saves_output = False
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a * b
@@ -43,6 +54,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    saves_output = False
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a / b
@@ -55,6 +68,9 @@ class Div(Function):
 
 
 class Neg(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a):
         return -a
 
@@ -63,6 +79,9 @@ class Neg(Function):
 
 
 class Clone(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a):
         return a.copy()
 
@@ -71,6 +90,9 @@ class Clone(Function):
 
 
 class Cast(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, dtype):
         self.src = a.dtype
         return a.astype(dtype)
@@ -80,6 +102,8 @@ class Cast(Function):
 
 
 class Pow(Function):
+    saves_output = False
+
     def forward(self, a, exponent):
         self.a, self.c = a, exponent
         return a ** a.dtype.type(exponent)
@@ -92,6 +116,8 @@ class Pow(Function):
 
 
 class Exp(Function):
+    saves_inputs = False
+
     def forward(self, a):
         self.out = _xp(a).exp(a)
         return self.out
@@ -101,6 +127,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    saves_output = False
+
     def forward(self, a):
         self.a = a
         return _xp(a).log(a)
@@ -110,6 +138,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    saves_inputs = False
+
     def forward(self, a):
         self.out = _xp(a).sqrt(a)
         return self.out
@@ -119,6 +149,8 @@ class Sqrt(Function):
 
 
 class Abs(Function):
+    saves_output = False
+
     def forward(self, a):
         self.a = a
         return _xp(a).abs(a)
@@ -127,7 +159,95 @@ class Abs(Function):
         return (g * _xp(g).sign(self.a),)
 
 
+class Sign(Function):
+    saves_inputs = False
+    saves_output = False
+
+    def forward(self, a):
+        self.shape = a.shape
+        return _xp(a).sign(a)
+
+    def backward(self, g):
+        return (_xp(g).zeros(self.shape, dtype=g.dtype),)
+
+
+class Sin(Function):
+    saves_output = False
+
+    def forward(self, a):
+        self.a = a
+        return _xp(a).sin(a)
+
+    def backward(self, g):
+        return (g * _xp(g).cos(self.a),)
+
+
+class Cos(Function):
+    saves_output = False
+
+    def forward(self, a):
+        self.a = a
+        return _xp(a).cos(a)
+
+    def backward(self, g):
+        return (-g * _xp(g).sin(self.a),)
+
+
+class Clamp(Function):
+    saves_output = False
+
+    def forward(self, a, lo=None, hi=None):
+        xp = _xp(a)
+        inside = xp.ones(a.shape, dtype=bool)
+        if lo is not None:
+            inside &= a >= lo
+        if hi is not None:
+            inside &= a <= hi
+        self.inside = inside
+        return xp.clip(a, lo, hi)
+
+    def backward(self, g):
+        return (g * self.inside,)
+
+
+class Where(Function):
+    """out = a where cond else b; cond is a boolean array (a parameter, not an input)."""
+
+    saves_inputs = False
+    saves_output = False
+
+    def forward(self, a, b, cond):
+        self.cond, self.shapes = cond, (a.shape, b.shape)
+        return _xp(a).where(cond, a, b)
+
+    def backward(self, g):
+        xp, (sa, sb) = _xp(g), self.shapes
+        zero = g.dtype.type(0)
+        return (unbroadcast(xp.where(self.cond, g, zero), sa) if self.needs_grad[0] else None,
+                unbroadcast(xp.where(self.cond, zero, g), sb) if self.needs_grad[1] else None)
+
+
+class Maximum(Function):
+    """Elementwise maximum (or minimum with `take_min`)."""
+
+    saves_output = False
+
+    def forward(self, a, b, take_min=False):
+        xp = _xp(a)
+        self.a, self.b, self.take_min = a, b, take_min
+        return xp.minimum(a, b) if take_min else xp.maximum(a, b)
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        a_wins = (a < b) if self.take_min else (a > b)
+        share = a_wins + (a == b) * g.dtype.type(0.5)  # 1 where a is chosen, 1/2 on ties, else 0
+        return (unbroadcast(g * share, a.shape) if self.needs_grad[0] else None,
+                unbroadcast(g * (1 - share), b.shape) if self.needs_grad[1] else None)
+
+
 class MatMul(Function):
+    saves_output = False
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a @ b

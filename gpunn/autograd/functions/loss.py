@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.autograd.checks import xp_of
+from gpunn.autograd.checks import defer_check, xp_of
 from gpunn.autograd.tensor import Function
 from gpunn.kernels import ops_for
 
@@ -19,24 +19,21 @@ class _LossNode(Function):
     layer = "loss"
 
 
-def _divide(a, n, dtype):
-    """a / n for the "mean" reduction; NaN when n == 0 (as PyTorch). n: a Python int, or a 0-d
-    integer array on the GPU (a count that stays there: reading it would synchronise)."""
-    if not isinstance(n, int):
-        return a / n.astype(dtype)  # 0 / 0 is NaN on the device, with no warning to silence
+def _divide(a, n: int, dtype):
+    """a / n for the "mean" reduction; NaN when n == 0 (as PyTorch)."""
     return a / dtype.type(n) if n else a * dtype.type(float("nan"))
 
 
-def _reduce(losses, reduction, count=None):
+def _reduce(losses, reduction):
     if reduction == "none":
         return losses
     total = losses.sum(dtype=losses.dtype)
     if reduction == "sum":
         return total
-    return _divide(total, losses.size if count is None else count, losses.dtype)
+    return _divide(total, losses.size, losses.dtype)
 
 
-def _upstream(g, reduction, shape, dtype, count=None):
+def _upstream(g, reduction, shape, dtype):
     """The gradient of each unreduced element, given the gradient g of the reduced loss."""
     if reduction == "none":
         return g
@@ -45,24 +42,55 @@ def _upstream(g, reduction, shape, dtype, count=None):
         n = 1
         for s in shape:
             n *= s
-        g = _divide(g, n if count is None else count, dtype)
+        g = _divide(g, n, dtype)
     return xp.broadcast_to(g, shape)
 
 
+def _label_error(op, labels, stats, classes, ignore_index, deferred):
+    """The ValueError for the first bad label that the forward kernel reported in `stats`
+    (softmax_ce.STATS). Reads the labels and stats on the host: only called to raise."""
+    st = [int(v) for v in (stats.get() if hasattr(stats, "get") else stats)]
+    rows = [st[1] - 1] if st[1] else []
+    if ignore_index is None and st[2]:  # no ignore_index: the stand-in value -100 is out of range too
+        rows.append(st[2] - 1)
+    i = min(rows)
+    value = int(labels[i:i + 1].get()[0] if hasattr(labels, "get") else labels[i])
+    when = (" (labels on the GPU are checked at the next host synchronisation, so this may be raised "
+            "a few steps after the call that failed)") if deferred else ""
+    valid = f"0..{classes - 1}" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+    return ValueError(f"{op}: target[{i}] = {value} is out of range for {classes} classes (valid: {valid}){when}")
+
+
 class CrossEntropy(_LossNode):
+    """Softmax cross-entropy with its reduction, count and label check in the kernel (softmax_ce.py).
+
+    The kernel reports bad labels in its stats. On the CPU the error is raised at once; on the GPU
+    reading stats would wait for the GPU, so the check is deferred (checks.defer_check) to the next
+    value the host reads: no launch and no synchronisation per step. ignore_index=None (no label is
+    ignored) runs the kernels with -100 and counts a -100 label as out of range."""
+
     def forward(self, logits, labels, reduction="mean", ignore_index=-100):
-        ops = ops_for(logits)
-        losses, self.probs = ops.softmax_cross_entropy_forward(logits, labels, ignore_index)
-        self.labels, self.reduction, self.ignore = labels, reduction, ignore_index
-        self.count = None
-        if reduction == "mean":  # non-ignored rows; on the GPU the count stays there (no sync)
-            count = (labels != ignore_index).sum()
-            self.count = int(count) if xp_of(labels) is np else count
-        return _reduce(losses, reduction, self.count)
+        ign = -100 if ignore_index is None else ignore_index
+        loss, self.probs, self.stats = ops_for(logits).softmax_cross_entropy_forward(logits, labels, ign, reduction)
+        self.labels, self.reduction, self.ignore = labels, reduction, ign
+        if logits.shape[0]:
+            flags = (1,) if ignore_index is not None else (1, 2)
+            classes = logits.shape[1]
+
+            def error(deferred):
+                return _label_error("cross_entropy", labels, self.stats, classes, ignore_index, deferred)
+
+            if xp_of(logits) is np:
+                if any(self.stats[k] for k in flags):
+                    raise error(False)
+            else:
+                for k in flags:
+                    defer_check(self.stats[k], lambda: error(True))
+        return loss
 
     def backward(self, g):
-        rows = _upstream(g, self.reduction, (self.probs.shape[0],), self.probs.dtype, self.count)
-        return ops_for(self.probs).softmax_cross_entropy_backward(rows, self.probs, self.labels, self.ignore), None
+        return ops_for(self.probs).softmax_cross_entropy_backward(
+            g, self.probs, self.labels, self.ignore, self.reduction, self.stats), None
 
 
 class BCEWithLogits(_LossNode):

@@ -50,6 +50,9 @@ def _reduced_shape(shape, axes, keepdims):
 
 
 class Sum(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, axis=None, keepdims=False):
         self.shape, self.axes, self.keepdims = a.shape, _normalise_axis(axis, a.ndim), keepdims
         return a.sum(axis=self.axes, keepdims=keepdims)
@@ -59,6 +62,9 @@ class Sum(Function):
 
 
 class Mean(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, axis=None, keepdims=False):
         self.shape, self.axes, self.keepdims = a.shape, _normalise_axis(axis, a.ndim), keepdims
         n = 1

@@ -14,6 +14,9 @@ from gpunn.autograd.tensor import Function
 
 
 class Reshape(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, shape):
         self.shape = a.shape
         try:
@@ -26,6 +29,9 @@ class Reshape(Function):
 
 
 class Transpose(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, axes=None):
         if axes:
             try:
@@ -45,6 +51,24 @@ class Transpose(Function):
         return (g.transpose(np.argsort(self.axes)),)
 
 
+class Cat(Function):
+    """Concatenation along `axis`; the gradient is split back at the same offsets."""
+
+    saves_inputs = False
+    saves_output = False
+
+    def forward(self, *arrays, axis=0):
+        self.axis = axis
+        self.sizes = [a.shape[axis] for a in arrays]
+        return xp_of(arrays[0]).concatenate(arrays, axis=axis)
+
+    def backward(self, g):
+        xp = xp_of(g)
+        bounds = np.cumsum(self.sizes)[:-1].tolist()
+        parts = xp.split(g, bounds, axis=self.axis)
+        return tuple(p if need else None for p, need in zip(parts, self.needs_grad))
+
+
 def _scatter_add(xp, target, index, values):
     if xp is np:
         np.add.at(target, index, values)
@@ -55,6 +79,9 @@ def _scatter_add(xp, target, index, values):
 
 
 class GetItem(Function):
+    saves_inputs = False
+    saves_output = False
+
     def forward(self, a, index):
         self.shape, self.index = a.shape, index
         return a[index]
@@ -67,6 +94,9 @@ class GetItem(Function):
 
 
 class Gather(Function):
+    saves_inputs = False
+    saves_output = False
+
     """out[i][j] = a[i][index[i][j]] along `axis` (torch.gather)."""
 
     def forward(self, a, index, axis):

@@ -1,0 +1,303 @@
+"""Count every GPU launch of gpunn's GPU code path without a GPU.
+
+CuPy has no hook that sees its kernel launches (its hooks see memory allocations), and this machine
+has no CuPy, so the count is taken by a stand-in: `counting_gpu()` installs a module named "cupy"
+whose `ndarray` wraps a NumPy array. gpunn then takes its CuPy path for these arrays (CudaOps, the
+deferred checks, the optimizer's device branches) and
+  - every operation that CuPy would run on the device (element-wise, reduction, copy, cast,
+    matmul, fill, memset) is one launch, named after the operation;
+  - views, shape queries and allocations (empty, reshape, slicing, broadcast_to, astype and
+    ascontiguousarray that copy nothing) are free, as in CuPy;
+  - `nc.launch` (gpunn's one way to start a Numba kernel) counts one launch per call and runs the
+    kernel on the unwrapped NumPy arrays in Numba's simulator, so values stay exact;
+  - reads that make the host wait for the GPU (get, item, bool, float, int) are counted as syncs.
+What counts as a launch follows CuPy: `zeros`/`fill(0)` are a cudaMemsetAsync, an operation on the
+stream like a kernel, so they count too.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+
+import numpy as np
+
+from gpunn.backend import numba_cuda as nc
+
+
+class Counter:
+    def __init__(self):
+        self.launches: list[str] = []
+        self.syncs: list[str] = []
+
+    def reset(self):
+        self.launches.clear()
+        self.syncs.clear()
+
+
+_counter = Counter()
+
+
+def _unwrap(a):
+    return a._a if isinstance(a, ndarray) else a
+
+
+def _unwrap_all(args):
+    if isinstance(args, (list, tuple)):
+        return type(args)(_unwrap_all(a) for a in args)
+    if isinstance(args, dict):
+        return {k: _unwrap_all(v) for k, v in args.items()}
+    return _unwrap(args)
+
+
+def _wrap(r):
+    if isinstance(r, np.ndarray):
+        return ndarray(r)
+    if isinstance(r, np.generic):  # CuPy reductions give 0-d arrays, never host scalars
+        return ndarray(np.asarray(r))
+    if isinstance(r, tuple):
+        return tuple(_wrap(x) for x in r)
+    return r
+
+
+def _is_view(result, inputs) -> bool:
+    """Whether `result` only looks at memory an input already owned (no data moved)."""
+    return isinstance(result, np.ndarray) and any(np.shares_memory(result, i) for i in inputs)
+
+
+def _run(name, fn, args, kwargs, owner=None):
+    """Run a NumPy operation on unwrapped operands; one launch unless the result is a view (an
+    in-place operator or an `out=` argument writes, so it is always a launch)."""
+    uargs, ukw = _unwrap_all(args), _unwrap_all(kwargs)
+    r = fn(*uargs, **ukw)
+    flat = [a for a in [owner, *uargs, *ukw.values()] if isinstance(a, np.ndarray)]
+    if name.startswith("__i") or "out" in ukw or not _is_view(r, flat):
+        _counter.launches.append(name)
+    return _wrap(r)
+
+
+class _Device:
+    id = 0
+
+    def __init__(self, index=0):
+        self.id = index
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Flags:
+    def __init__(self, a):
+        self._a = a
+
+    @property
+    def c_contiguous(self):
+        return self._a.flags.c_contiguous
+
+    @property
+    def f_contiguous(self):
+        return self._a.flags.f_contiguous
+
+
+class ndarray:
+    """A CuPy-like array over a NumPy array (see the module docstring)."""
+
+    __module__ = "cupy"
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+
+    def __init__(self, a):
+        self._a = a
+
+    # free: metadata and views
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    flags = property(lambda self: _Flags(self._a))
+    device = property(lambda self: _Device())
+    T = property(lambda self: ndarray(self._a.T))
+
+    def __len__(self):
+        return len(self._a)
+
+    def __repr__(self):
+        return f"standin_cupy.ndarray({self._a!r})"
+
+    def __getattr__(self, name):  # any other method: a launch unless it returns a view
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return attr
+        return lambda *a, **k: _run(name, attr, a, k, self._a)
+
+    def reshape(self, *shape, **kw):
+        return _run("reshape(copy)", self._a.reshape, shape, kw, self._a)
+
+    def astype(self, dtype, copy=True, **kw):
+        if np.dtype(dtype) == self._a.dtype and not copy:
+            return self
+        return _run(f"astype({np.dtype(dtype)})", self._a.astype, (dtype,), kw, self._a)
+
+    def fill(self, value):
+        _counter.launches.append("memset" if value == 0 and self._a.flags.c_contiguous else "fill")
+        self._a.fill(value)
+
+    def __getitem__(self, index):
+        index = _unwrap_all(index)
+        r = self._a[index]
+        if isinstance(r, np.generic):  # CuPy: an integer index gives a 0-d view, not a scalar
+            r = self._a[(index if isinstance(index, tuple) else (index,)) + (Ellipsis,)]
+        if not _is_view(r, [self._a]):
+            _counter.launches.append("getitem(copy)")
+        return ndarray(r) if isinstance(r, np.ndarray) else r
+
+    def __setitem__(self, index, value):
+        _counter.launches.append("setitem")
+        self._a[_unwrap_all(index)] = _unwrap(value)
+
+    # host reads: synchronise
+    def get(self):
+        _counter.syncs.append("get")
+        return self._a.copy()
+
+    def item(self):
+        _counter.syncs.append("item")
+        return self._a.item()
+
+    def tolist(self):
+        _counter.syncs.append("tolist")
+        return self._a.tolist()
+
+    def __bool__(self):
+        _counter.syncs.append("bool")
+        return bool(self._a)
+
+    def __float__(self):
+        _counter.syncs.append("float")
+        return float(self._a)
+
+    def __int__(self):
+        _counter.syncs.append("int")
+        return int(self._a)
+
+    __index__ = __int__
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("implicit conversion of a stand-in CuPy array to NumPy (CuPy refuses it too); use .get()")
+
+
+def _binary(op):
+    f = getattr(np.ndarray, op)
+    return lambda self, other: _run(op, f, (self, other), {})
+
+
+for _op in ("add", "sub", "mul", "truediv", "floordiv", "pow", "mod", "matmul", "and", "or", "xor",
+            "eq", "ne", "lt", "le", "gt", "ge"):
+    for _form in ("__%s__", "__r%s__", "__i%s__"):
+        _name = _form % _op
+        if hasattr(np.ndarray, _name):
+            setattr(ndarray, _name, _binary(_name))
+for _name in ("__neg__", "__abs__", "__invert__", "__pos__"):
+    setattr(ndarray, _name, (lambda f, n: lambda self: _run(n, f, (self,), {}))(getattr(np.ndarray, _name), _name))
+
+
+def _ensure(a, dtype=None):
+    """`asarray`: a host array is a host-to-device copy (counted as a launch), a device one is free."""
+    if isinstance(a, ndarray):
+        if dtype is None or np.dtype(dtype) == a.dtype:
+            return a
+        return a.astype(dtype)
+    _counter.launches.append("host_to_device")
+    return ndarray(np.array(a, dtype=dtype))
+
+
+def _zeros(*a, **k):
+    _counter.launches.append("memset")
+    return ndarray(np.zeros(*_unwrap_all(a), **_unwrap_all(k)))
+
+
+def _zeros_like(x, *a, **k):
+    _counter.launches.append("memset")
+    return ndarray(np.zeros_like(_unwrap(x), *a, **k))
+
+
+def _free(fn):
+    return lambda *a, **k: _wrap(fn(*_unwrap_all(a), **_unwrap_all(k)))
+
+
+def _ascontiguousarray(a, dtype=None):
+    if isinstance(a, ndarray) and a._a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+        return a
+    return _run("ascontiguousarray(copy)", np.ascontiguousarray, (_ensure(a),), {"dtype": dtype})
+
+
+def _stream():
+    return types.SimpleNamespace(ptr=0, synchronize=lambda: _counter.syncs.append("synchronize"))
+
+
+def _module():
+    m = types.ModuleType("cupy")
+    m.__doc__ = "stand-in CuPy that counts launches (tests/launch_count.py)"
+    m.ndarray = ndarray
+    m.asarray = _ensure
+    m.array = lambda a, dtype=None, **k: _ensure(a, dtype).copy() if isinstance(a, ndarray) else _ensure(a, dtype)
+    m.empty = _free(np.empty)
+    m.empty_like = _free(np.empty_like)
+    m.broadcast_to = _free(np.broadcast_to)
+    m.zeros = _zeros
+    m.zeros_like = _zeros_like
+    m.ascontiguousarray = _ascontiguousarray
+    m.cuda = types.SimpleNamespace(Device=_Device, get_current_stream=_stream)
+    for name in ("float16", "float32", "float64", "int32", "int64", "uint32", "uint64", "bool_", "intp",
+                 "dtype", "newaxis", "inf", "nan", "pi", "e"):
+        setattr(m, name, getattr(np, name))
+
+    def __getattr__(name):  # any other function: a launch unless it returns a view
+        fn = getattr(np, name)
+        if not callable(fn):
+            return fn
+        return lambda *a, **k: _run(name, fn, a, k)
+
+    m.__getattr__ = __getattr__
+    return m
+
+
+@contextlib.contextmanager
+def counting_gpu(monkeypatch):
+    """(stand-in cupy module, Counter): gpunn's GPU path on stand-in CuPy arrays, every launch counted."""
+    from gpunn.autograd import checks
+    import importlib
+
+    tensor_mod = importlib.import_module("gpunn.autograd.tensor")  # gpunn.autograd.tensor is also a function
+    from gpunn.kernels import ops as ops_mod, softmax_ce_cuda
+    from gpunn.kernels.cuda_ops import CudaOps
+
+    fake = _module()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(ops_mod, "_gpu_ops", CudaOps())
+    monkeypatch.setattr(ops_mod, "_choice", "fused")
+    # caches of device arrays: the stand-in's must not outlive it
+    monkeypatch.setattr(nc, "_dummies", {})
+    monkeypatch.setattr(softmax_ce_cuda, "_tickets", {})
+    monkeypatch.setattr(tensor_mod, "_seeds", {})
+    real_launch = nc.launch
+
+    def launch(kernel, grid, block, like, *args):
+        _counter.launches.append(getattr(kernel, "__name__", None) or getattr(getattr(kernel, "py_func", None),
+                                                                            "__name__", repr(kernel)))
+        real_launch(kernel, grid, block, _unwrap(like), *[_unwrap(a) for a in args])
+
+    monkeypatch.setattr(nc, "launch", launch)
+    _counter.reset()
+    try:
+        yield fake, _counter
+        checks.flush_checks()  # deferred checks on stand-in arrays are evaluated while it exists
+    finally:
+        checks._pending.clear()
+        _counter.reset()

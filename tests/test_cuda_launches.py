@@ -1,0 +1,98 @@
+"""Launches per GPU training step, Numba and CuPy alike, counted on gpunn's GPU code path.
+
+Without a GPU the step runs on stand-in CuPy arrays (tests/launch_count.py): every CuPy operation
+is counted as CuPy would launch it, and every Numba kernel is counted at gpunn's launch helper and
+run in Numba's simulator, so the step's values are checked against the CPU too. On a machine with
+CuPy the same code path runs on real arrays (tests/test_cuda_gpu.py); the count is taken here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from cuda_util import requires_simulator
+from launch_count import counting_gpu
+
+pytestmark = requires_simulator
+
+LAYERS = 3
+
+
+def _model_and_data(seed=0):
+    gn.manual_seed(seed)
+    model = gn.nn.Sequential(gn.nn.Dense(4, 6, activation="relu"), gn.nn.Dense(6, 5, activation="relu"),
+                             gn.nn.Linear(5, 3))
+    rng = np.random.default_rng(seed)
+    return model, rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+
+
+def _step(model, opt, X, y):
+    opt.zero_grad()
+    loss = gn.nn.CrossEntropyLoss()(model(gn.Tensor(X)), gn.Tensor(y))
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def test_the_counter_counts_cupy_operations_and_not_views(monkeypatch):
+    with counting_gpu(monkeypatch) as (cp, counter):
+        a = cp.asarray(np.arange(6.0).reshape(2, 3))
+        counter.reset()
+        v = a.T.reshape(-1)[:2]  # a copy: the transpose is not contiguous
+        w = a[1]
+        s = (a + 1).sum()
+        cp.broadcast_to(w, (4, 3))
+        a.fill(0)
+        assert counter.launches == ["reshape(copy)", "__add__", "sum", "memset"]
+        assert float(s) == 21.0 and counter.syncs == ["float"]
+        assert v.shape == (2,) and w.shape == (3,)
+
+
+def test_a_training_step_with_adam_makes_at_most_3L_plus_2_launches(monkeypatch):
+    """3 dense forwards, 5 dense backward kernels (dx and dW+db, no dx for the first layer), ONE
+    softmax-CE forward (loss, mean, count and label check), ONE backward, ONE Adam update: no CuPy
+    launch and no host synchronisation. The step's values equal the CPU's."""
+    model, X, y = _model_and_data()
+    cpu_model, _, _ = _model_and_data()
+    cpu_opt = gn.optim.Adam(cpu_model.parameters(), lr=0.01)
+    with counting_gpu(monkeypatch) as (cp, counter):
+        for p in model.parameters():
+            p.data = cp.asarray(p.data)
+        opt = gn.optim.Adam(model.parameters(), lr=0.01)
+        Xd, yd = cp.asarray(X), cp.asarray(y)
+        _step(model, opt, Xd, yd)  # the first step also allocates Adam's state and compiles
+        _step(cpu_model, cpu_opt, X, y)
+        counter.reset()
+        loss = _step(model, opt, Xd, yd)
+        launches, syncs = list(counter.launches), list(counter.syncs)
+        cpu_loss = _step(cpu_model, cpu_opt, X, y)
+        assert syncs == []
+        assert len(launches) <= 3 * LAYERS + 2, launches
+        assert launches == ["dense_forward_kernel"] * 3 + ["softmax_ce_forward_kernel", "softmax_ce_backward_kernel"] \
+            + ["dense_dx_kernel", "dense_dw_kernel"] * 2 + ["dense_dw_kernel", "adam_kernel"]
+        np.testing.assert_allclose(loss.item(), cpu_loss.item(), rtol=1e-5)
+        for p, q in zip(model.parameters(), cpu_model.parameters()):
+            np.testing.assert_allclose(p.data._a, q.data, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_label_costs_no_launch_and_is_reported_when_the_loss_is_read(monkeypatch):
+    model, X, y = _model_and_data(1)
+    with counting_gpu(monkeypatch) as (cp, counter):
+        for p in model.parameters():
+            p.data = cp.asarray(p.data)
+        logits = model(gn.Tensor(cp.asarray(X)))
+        gn.functional.cross_entropy(logits, gn.Tensor(cp.asarray(y))).item()  # zeroes the kernel's ticket once
+        y[5] = 3  # 3 classes: out of range
+        yd = cp.asarray(y)
+        counter.reset()
+        loss = gn.functional.cross_entropy(logits, gn.Tensor(yd))
+        assert counter.launches == ["softmax_ce_forward_kernel"] and counter.syncs == []
+        with pytest.raises(ValueError, match=r"^cross_entropy: target\[5\] = 3 is out of range for 3 classes "
+                                             r"\(valid: 0..2 or ignore_index=-100\) \(labels on the GPU are checked "
+                                             r"at the next host synchronisation"):
+            loss.item()
+        y[5] = -100  # ignored: no error, the mean is over the other 7 rows
+        good = gn.functional.cross_entropy(logits, gn.Tensor(cp.asarray(y)))
+        rows = gn.functional.cross_entropy(logits, gn.Tensor(cp.asarray(y)), reduction="none")
+        np.testing.assert_allclose(good.item(), rows.numpy().sum() / 7, rtol=1e-6)
