@@ -334,7 +334,7 @@ def update_loop_source(member, target: str) -> str:
     """The loop that applies member.update to every element: a CPU `for` loop or a CUDA
     grid-stride loop, with the update's own parameters (a kernel takes no *args)."""
     args = ", ".join(member.params)
-    name = f"{member.name}_{target}_loop"
+    name = f"{member.name}_{target}_loop" if target == "cpu" else f"{member.name}_kernel"
     if target == "cpu":
         body = "    for i in range(p.shape[0]):\n        update(i, {a})\n"
     else:
@@ -348,7 +348,7 @@ def update_loop(member, target: str, update, env: dict):
     and `env` (e.g. `cuda`) as its globals."""
     ns = {"__name__": __name__, "update": update, **env}
     exec(compile(update_loop_source(member, target), __file__, "exec"), ns)  # noqa: S102 (our own source)
-    return ns[f"{member.name}_{target}_loop"]
+    return ns[f"{member.name}_{target}_loop" if target == "cpu" else f"{member.name}_kernel"]
 
 
 # ------------------------------------------------------------------------------------ retargeting
