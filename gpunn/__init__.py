@@ -23,7 +23,7 @@ from gpunn.gradcheck import GradcheckError, gradcheck
 __version__ = "0.1.0"
 
 _LAZY_MODULES = {"nn", "optim", "data", "datasets", "train", "checkpoint", "kernels", "backend", "cli",
-                 "profiler", "utils"}
+                 "profiler", "utils", "distributed"}
 _LAZY_ATTRS = {"save": "gpunn.checkpoint", "load": "gpunn.checkpoint", "CheckpointError": "gpunn.checkpoint"}
 
 
@@ -43,6 +43,7 @@ def __dir__():
 __all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Parameter", "Tensor",
            "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
            "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils",
+           "distributed",
            "__version__",
            # `from gpunn import *` must not shadow Python's own bool, int, float, abs, max, min, sum
            *[n for n in (*_creation_names, *_function_names) if not hasattr(_builtins, n)]]

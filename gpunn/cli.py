@@ -8,6 +8,10 @@ Subcommands register themselves in `COMMANDS` (name -> (help, add_arguments, run
 (such as `gpunn profile`) adds an entry there. Errors never show a traceback: a bad flag or value
 prints one line, `gpunn: error: ...`, and exits with status 2; a run that fails (training
 diverged, a checkpoint cannot be written) prints one line and exits with status 1.
+
+Under an MPI launcher (`mpiexec -n 4 gpunn train ...`, `srun`) `gpunn train` joins the process
+group by itself: one data-parallel run, printed once by rank 0; a failing rank names itself and
+ends the whole job with its exit status.
 """
 from __future__ import annotations
 
@@ -218,18 +222,37 @@ def make_optimizer(name, params, lr=None, momentum=0.9, weight_decay=None):
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def _join_launched_job():
+    """Under a launcher that started several processes, join them (gpunn.distributed); returns
+    (rank, world size) and (0, 1) for a lone process."""
+    from gpunn import distributed as dist
+
+    info = dist.launch_info()
+    if not dist.is_initialized() and info.launcher is not None and info.world_size != 1:
+        dist.init_process_group()
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
 def _run_train(args) -> int:
     import numpy as np
 
     import gpunn as gn
     from gpunn import datasets, nn
+    from gpunn import distributed as dist
     from gpunn.train import evaluate, fit
 
+    rank, world = _join_launched_job()
+    print = _print if rank == 0 else _quiet  # noqa: A001 - rank 0 speaks for the job
     if args.save:  # before any training: a run must not fail at its end on a path typed wrong
         _writable("--save", args.save)
     dev = gn.device(args.device)
+    if world > 1 and dev.is_gpu and dist.get_backend() == "nccl":
+        dev = gn.device(f"gpu:{dist._need('train').device_index}")  # the GPU of this local rank
     how = dev.reason or f"chosen with --device {args.device}"
-    print(f"device: {dev} ({how})", flush=True)
+    print(f"device: {dev} ({how})" + (f"; {world} processes ({dist.get_backend()})" if world > 1 else ""),
+          flush=True)
 
     own_file = args.data not in DATASETS
     if own_file:
@@ -247,8 +270,13 @@ def _run_train(args) -> int:
             f"{n_classes} (e.g. --layers {n_features},{max(32, 2 * n_classes)},{n_classes})")
 
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+    if world > 1:
+        seed = int(dist.host_broadcast([seed], "gpunn train: broadcast of the seed")[0])
     gn.manual_seed(seed)
     model = build_mlp(layers, args.activation).to(dev)
+    replica = model
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model)
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     lr = opt.param_groups[0]["lr"]
     print(f"data: {args.data} ({len(split.X_train)} train, {len(split.X_test)} test samples); "
@@ -264,6 +292,11 @@ def _run_train(args) -> int:
         fit(model, loss_fn, opt, split.X_train, split.y_train, epochs=args.epochs, batch_size=args.batch_size,
             progress=not args.no_progress, seed=seed)
     elapsed = time.perf_counter() - t0
+    if rank != 0:  # rank 0 evaluates, prints and saves; the replicas are identical
+        dist.barrier()
+        dist.destroy_process_group()
+        return 0
+    model = replica
     train = evaluate(model, loss_fn, split.X_train, split.y_train)
     test = evaluate(model, loss_fn, split.X_test, split.y_test)
     print(f"trained {args.epochs} epochs in {elapsed:.2f} s", flush=True)
@@ -276,7 +309,18 @@ def _run_train(args) -> int:
                 "train_accuracy": train["accuracy"], "test_accuracy": test["accuracy"]}
         gn.save(model, args.save, optimizer=opt, metadata=meta)
         print(f"saved checkpoint: {args.save}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
+
+
+def _print(*args, **kwargs):
+    print(*args, **kwargs)
+
+
+def _quiet(*args, **kwargs):
+    pass
 
 
 # ----------------------------------------------------------------------------- profile
@@ -555,7 +599,7 @@ def main(argv=None) -> int:
     from gpunn.train import TrainingDiverged
 
     try:
-        return args._run(args)
+        return _ended_in_job(args._run(args))
     except BrokenPipeError:  # the reader went away (gpunn info | head): stop quietly, as Unix tools do
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -563,17 +607,38 @@ def main(argv=None) -> int:
             pass
         return 141
     except (UsageError, ValueError, TypeError, DeviceError, ImportError) as err:
-        print(f"gpunn: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        print(f"gpunn: error: {_rank_prefix()}{_one_line(err)}", file=sys.stderr)
+        return _ended_in_job(2)
     except (TrainingDiverged, CheckpointError, OSError) as err:
-        print(f"gpunn: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+        print(f"gpunn: error: {_rank_prefix()}{_one_line(err)}", file=sys.stderr)
+        return _ended_in_job(1)
     except MemoryError as err:  # NumPy's and CuPy's out-of-memory errors say the size asked for
-        print(f"gpunn: error: out of memory: {_one_line(err)}; choose a smaller model or batch", file=sys.stderr)
-        return 1
+        print(f"gpunn: error: {_rank_prefix()}out of memory: {_one_line(err)}; choose a smaller model or batch",
+              file=sys.stderr)
+        return _ended_in_job(1)
     except KeyboardInterrupt:
         print("gpunn: interrupted", file=sys.stderr)
         return 130
+
+
+def _in_job():
+    dist = sys.modules.get("gpunn.distributed")
+    return dist is not None and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank_prefix() -> str:
+    if not _in_job():
+        return ""
+    dist = sys.modules["gpunn.distributed"]
+    return f"rank {dist.get_rank()} of {dist.get_world_size()}: "
+
+
+def _ended_in_job(status: int) -> int:
+    """A failing rank of a job ends the whole job (the others would wait in a collective)."""
+    if status != 0 and _in_job():
+        sys.stderr.flush()
+        sys.modules["gpunn.distributed"]._need("gpunn").abort(status)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,10 @@ in advance). On the CPU the loss is checked every step before `backward()` (`flo
 costs nothing there), so the weights keep their last finite values. On a GPU the step losses stay
 on the device and are read back only when the progress bar refreshes and at the end of each
 epoch, so a normal step never waits for the GPU; the first non-finite step is still named exactly.
+
+Under an initialized process group of several ranks (gpunn.distributed) the model must be a
+DistributedDataParallel; `batch_size` is then the global batch, split over the ranks, and the
+metrics, divergence and early stopping are the whole job's (gpunn/train_parallel.py).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from gpunn.backend import device as resolve_device
 from gpunn.backend import device_of, get_array_module
 from gpunn.backend import random as _random
 from gpunn.data import _is_cupy, as_array, batches, num_batches, permutation
+from gpunn.train_parallel import ranks_for
 from gpunn.utils.data import DataLoader, loader_arrays
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "TrainingDiverged"]
@@ -394,6 +399,10 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     seed = int(seed)
+    ranks = ranks_for(model)  # None unless an initialized process group has several ranks
+    if ranks is not None:
+        seed = ranks.shared_seed(seed)
+        progress = progress and ranks.rank == 0
 
     bad_x, bad_y = _bad_rows(X), _bad_rows(y)
     correct_fn = _accuracy_counter(loss_fn, y)
@@ -435,18 +444,25 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
                 if lrs is not None:
                     lrs.append(_lr(optimizer))
                 optimizer.zero_grad()
-                out = model(Tensor(xb))
-                loss = loss_fn(out, Tensor(yb))
-                if on_gpu:
-                    step_losses[step] = loss.data  # no sync: read back at refreshes and at the epoch end
+                if ranks is not None:
+                    out, yb, loss, lv = _rank_step(ranks, loss_fn, xb, yb, step_losses, step)
+                    if not on_gpu:
+                        if not math.isfinite(lv):
+                            raise _diverged_loss(where, epoch, step, n_steps, _lr(optimizer), lv, history)
+                        loss_sum += lv
                 else:
-                    lv = float(loss.data)
-                    if not math.isfinite(lv):
-                        raise _diverged_loss(where, epoch, step, n_steps, _lr(optimizer), lv, history)
-                    loss_sum += lv * _weight(loss_fn, len(xb))
-                loss.backward()
+                    out = model(Tensor(xb))
+                    loss = loss_fn(out, Tensor(yb))
+                    if on_gpu:
+                        step_losses[step] = loss.data  # no sync: read back at refreshes and at the epoch end
+                    else:
+                        lv = float(loss.data)
+                        if not math.isfinite(lv):
+                            raise _diverged_loss(where, epoch, step, n_steps, _lr(optimizer), lv, history)
+                        loss_sum += lv * _weight(loss_fn, len(xb))
+                    loss.backward()
                 optimizer.step()
-                if correct_fn is not None:
+                if correct_fn is not None and out is not None:
                     c = correct_fn(out.data, yb)
                     if c is not None:
                         correct = correct + (c if on_gpu else int(c))
@@ -457,7 +473,11 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
                     cb.on_batch_end(step, {"loss": loss, "lr": _lr(optimizer) if lrs is None else lrs[-1]})
                 bar.update(1)
                 if show and time.monotonic() >= next_show:
-                    if on_gpu:
+                    if on_gpu and ranks is not None:  # rank 0 alone must not decide divergence
+                        # rank 0's weighted share, scaled to the job (display only)
+                        seen = float(step_losses[: step + 1].get().sum()) * ranks.size
+                        running = seen / min(n, (step + 1) * batch_size)
+                    elif on_gpu:
                         seen = step_losses[: step + 1].get()
                         _check_gpu_losses(seen, where, epoch, n_steps, optimizer, lrs, history)
                         running = float(seen.mean())
@@ -467,14 +487,21 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
                     next_show = time.monotonic() + 0.5
             if on_gpu:
                 host = step_losses.get()
+                if ranks is not None:  # already weighted: sum the ranks' shares of every step
+                    host = ranks.sum(host, "the step losses")
                 _check_gpu_losses(host, where, epoch, n_steps, optimizer, lrs, history)
-                loss_sum = float((host.astype(np.float64) * step_weights).sum())
+                loss_sum = float((host.astype(np.float64) * (1.0 if ranks is not None else step_weights)).sum())
                 correct = int(correct)
+            if ranks is not None and correct_fn is not None:
+                correct, counted = (int(v) for v in ranks.sum([correct, counted], "the correct predictions"))
             logs = {"loss": loss_sum / n_used}
             if correct_fn is not None and counted:
                 logs["accuracy"] = correct / counted
             if validation is not None:
-                vl = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 256), correct_fn)
+                if ranks is None:
+                    vl = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 256), correct_fn)
+                else:
+                    vl = ranks.evaluate(_evaluate, model, loss_fn, Xv, yv, max(batch_size, 256), correct_fn)
                 logs.update({"val_" + k: v for k, v in vl.items()})
             logs["lr"] = lr_epoch if lrs is None else lrs[-1]
             bar.set_postfix(_fmt_logs(logs), refresh=False)
@@ -488,11 +515,28 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
                 scheduler.step()
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
-        if any(cb.stop_training for cb in callbacks):
+        stop = any(cb.stop_training for cb in callbacks)
+        if ranks is not None:
+            stop = ranks.agree(stop)  # rank 0 decides for all, so no rank is left in a collective
+        if stop:
             break
     for cb in callbacks:
         cb.on_train_end()
     return history
+
+
+def _rank_step(ranks, loss_fn, xb, yb, step_losses, step):
+    """One step's forward and backward of this rank's share of the global batch (xb, yb) (see
+    gpunn.train_parallel). Returns (output, target share, loss, lv): on the CPU lv is the step's
+    loss summed over ranks (weighted as the epoch sum weighs it); on a GPU it is None and this
+    rank's weighted loss goes into step_losses, summed over ranks at the epoch end."""
+    on_gpu = step_losses is not None
+    weight = lambda rows: _weight(loss_fn, rows)  # noqa: E731
+    out, yb, loss, pending = ranks.train_step(loss_fn, xb, yb, weight, sync_loss=not on_gpu)
+    if on_gpu:
+        step_losses[step] = loss.data * weight(len(yb)) if len(yb) else 0
+        return out, yb, loss, None
+    return out, yb, loss, ranks.step_loss(pending)
 
 
 def _first_bad_step(bad_x, bad_y, n, batch_size, shuffle, seed, epoch):

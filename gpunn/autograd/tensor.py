@@ -21,6 +21,8 @@ _grad_enabled = contextvars.ContextVar("gpunn_grad_enabled", default=True)
 # Leaves whose optimizer gradient buffer a node has already written during the current backward pass
 # (Function.grad_buffer); None outside a backward pass.
 _claimed_buffers = contextvars.ContextVar("gpunn_claimed_grad_buffers", default=None)
+# Callbacks queued (queue_callback) during the current backward pass; None outside one.
+_end_callbacks = contextvars.ContextVar("gpunn_backward_end_callbacks", default=None)
 
 
 def is_grad_enabled() -> bool:
@@ -121,7 +123,8 @@ _NUMERIC_KINDS = "biuf"
 class Tensor:
     """An n-dimensional array with an optional gradient. `data` is a NumPy or CuPy array."""
 
-    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_buffer", "_version", "__weakref__")
+    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_buffer", "_version", "_post_hooks",
+                 "__weakref__")
     __array_priority__ = 1000  # so ndarray OP Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False):
@@ -131,6 +134,7 @@ class Tensor:
         self._node = None
         self._grad_buffer = None
         self._version = 0  # bumped by every in-place write; checked at backward (check_saved_versions)
+        self._post_hooks = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -270,6 +274,18 @@ class Tensor:
                 self.grad = Tensor(g.copy())
         else:
             self.grad.data += g
+
+    def register_post_accumulate_grad_hook(self, hook) -> "_HookHandle":
+        """Call `hook(self)` on this leaf each time a backward pass has finished accumulating its
+        .grad (PyTorch's name). Returns a handle whose `remove()` unregisters the hook."""
+        if self._node is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        if self._post_hooks is None:
+            self._post_hooks = []
+        self._post_hooks.append(hook)
+        return _HookHandle(self._post_hooks, hook)
 
     def backward(self, gradient=None) -> None:
         """Reverse-mode pass from this tensor; fills `.grad` of every leaf that requires grad."""
@@ -664,10 +680,37 @@ def _run_backward(order, grads, rec) -> None:
     """The reverse walk of `Tensor.backward`: each node's backward in reverse topological order,
     gradients summed per input, leaves accumulating theirs. `rec` is the active profiler or None."""
     token = _claimed_buffers.set(set())
+    queued = []
+    token_cb = _end_callbacks.set(queued)
     try:
         _walk_backward(order, grads, rec)
     finally:
         _claimed_buffers.reset(token)
+        _end_callbacks.reset(token_cb)
+    for fn in queued:
+        fn()
+
+
+def queue_callback(fn) -> None:
+    """Run `fn()` once the current backward pass has walked the whole graph (after every leaf's
+    post-accumulate hooks). Only valid inside a backward pass, i.e. from a hook."""
+    queued = _end_callbacks.get()
+    if queued is None:
+        raise RuntimeError("queue_callback() is only valid during a backward pass (call it from a hook)")
+    queued.append(fn)
+
+
+class _HookHandle:
+    """What `register_post_accumulate_grad_hook` returns: `remove()` unregisters the hook."""
+
+    __slots__ = ("_hooks", "_hook")
+
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self) -> None:
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
 
 
 def _walk_backward(order, grads, rec) -> None:
@@ -681,6 +724,9 @@ def _walk_backward(order, grads, rec) -> None:
                 t._accumulate_grad(g)
             else:
                 rec.accumulate_grad(t, g)
+            if t._post_hooks:  # a leaf appears once in the walk: its .grad is final here
+                for hook in tuple(t._post_hooks):
+                    hook(t)
             continue
         check_saved_versions(node, t)
         in_grads = node.backward(g) if rec is None else rec.node_backward(node, g)

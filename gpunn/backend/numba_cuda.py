@@ -507,9 +507,9 @@ def _lock_simulator_shared_arrays() -> None:
     original = cls.array
     lock = threading.Lock()
 
-    def array(self, shape, dtype):
-        if shape == 0:  # dynamic shared memory: one buffer, no lookup
-            return original(self, shape, dtype)
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory (one buffer, no lookup);
+            return original(self, shape, dtype, alignment)  # an alignment: the simulator refuses it
         if isinstance(dtype, types.Type):
             dtype = numpy_support.as_dtype(dtype)
         caller = sys._getframe(1)

@@ -12,7 +12,7 @@ import sys as _sys
 
 from gpunn import functional
 from gpunn.autograd.tensor import Parameter
-from gpunn.nn import init, utils
+from gpunn.nn import init, parallel, utils
 from gpunn.nn.activation import GELU, Flatten, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from gpunn.nn.container import ModuleDict, ModuleList, Sequential
 from gpunn.nn.linear import Dense, Linear
@@ -33,4 +33,5 @@ _sys.modules.setdefault(__name__ + ".functional", functional)
 
 __all__ = ["Module", "Parameter", "Linear", "Dense", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
            "LogSoftmax", "Identity", "Flatten", "Sequential", "ModuleList", "ModuleDict", "Perceptron", "MSELoss", "L1Loss",
-           "CrossEntropyLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional"]
+           "CrossEntropyLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional",
+           "parallel"]
