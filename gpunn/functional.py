@@ -13,6 +13,7 @@ from gpunn.autograd.checks import check_float, check_same_device, check_same_dty
 from gpunn.autograd.tensor import Tensor
 from gpunn.backend import FLOAT_DTYPES, get_array_module, is_array
 from gpunn.kernels import ACTIVATIONS, activation_code
+from gpunn.kernels import registry as _registry
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -34,9 +35,9 @@ def _check_reduction(op, reduction):
 
 # ----------------------------------------------------------------------------- activations
 
-def relu(x):
-    """max(x, 0)."""
-    return F.activation(x, "relu")
+def activation(x, name: str, negative_slope: float = 0.01):
+    """Any registered activation by name (gpunn/kernels/registry.py), elementwise."""
+    return F.activation(x, name, negative_slope)
 
 
 def leaky_relu(x, negative_slope: float = 0.01):
@@ -51,13 +52,29 @@ def gelu(x, approximate: str = "none"):
     return F.activation(x, "gelu" if approximate == "none" else "gelu_tanh")
 
 
-def sigmoid(x):
-    """1 / (1 + exp(-x)), stable for any x."""
-    return F.activation(x, "sigmoid")
+def _elementwise(member):
+    """functional.<name>(x) for a parameterless registry activation (relu, sigmoid, tanh, ...)."""
+    name = member.name
+
+    def fn(x):
+        return F.activation(x, name)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = member.doc
+    return fn
 
 
-def tanh(x):
-    return F.activation(x, "tanh")
+for _m in _registry.ACTIVATIONS.values():
+    if _m.module and _registry.is_builtin(_m):  # later registrations: through __getattr__
+        globals()[_m.name] = _elementwise(_m)
+
+
+def __getattr__(name):
+    """The functions of activations registered after import (registry.register_activation)."""
+    m = _registry.ACTIVATIONS.get(name)
+    if m is not None and m.module:
+        return _elementwise(m)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_dim(op, x, dim):
@@ -242,6 +259,7 @@ def l1_loss(input, target, reduction: str = "mean"):
     return F.L1.apply(*_pair("l1_loss", input, target), reduction=reduction)
 
 
-__all__ = ["relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "gather", "dense",
+__all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + [
+           "activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
            "linear", "cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss",
            "l1_loss", "ACTIVATIONS", "REDUCTIONS"]

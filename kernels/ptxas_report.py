@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", action="append", choices=sorted(dense_cuda.TILES), help="only these GEMM tiles")
     ap.add_argument("--quick", action="store_true", help=f"float32 and the default tile ({dense_cuda.DEFAULT_TILE}) only; element-load GEMMs "
                     "for the identity only")
-    ap.add_argument("--activation", action="append", type=int, choices=sorted(dense_cuda.CODES),
+    ap.add_argument("--activation", action="append", type=int, choices=sorted(dense_cuda.registry.BY_CODE),
                     help="only the dense kernels of these activation codes (gpunn.kernels.activations)")
     ap.add_argument("--no-spills", action="store_true", help="exit 1 if any kernel spills registers")
     ap.add_argument("--json", help="write the rows, failures and versions here")

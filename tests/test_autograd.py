@@ -13,33 +13,14 @@ import pytest
 
 import gpunn as gn
 from gpunn import functional as F
+from gpunn.kernels import ACTIVATIONS
 from harness import FunctionTestCase, parameterize, product
+from references import np_activation
 
 # --------------------------------------------------------------------------------------- references
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
 def np_sigmoid(x):
     return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
-
-
-def np_activation(name, z, slope=0.01):
-    if name in (None, "identity"):
-        return z
-    if name == "relu":
-        return np.maximum(z, 0)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, slope * z)
-    if name == "gelu":
-        return 0.5 * z * (1 + _erf(z / math.sqrt(2)))
-    if name == "gelu_tanh":
-        return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
-    if name == "sigmoid":
-        return np_sigmoid(z)
-    if name == "tanh":
-        return np.tanh(z)
-    raise ValueError(name)
 
 
 def np_log_softmax(x, axis=-1):
@@ -56,7 +37,7 @@ def np_reduce(losses, reduction):
     return losses.mean() if losses.size else np.float64("nan")
 
 
-ACTIVATION_NAMES = ["identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh"]
+ACTIVATION_NAMES = list(ACTIVATIONS)  # every registered activation
 
 
 def away_from_zero(rng, shape, lo=0.3):
@@ -536,11 +517,10 @@ class TestActivation(FunctionTestCase):
         return (np.where(np.abs(x) < 1e-3, 0.5, x),)  # no kinks inside the finite-difference step
 
     def forward(self, x):
-        fn = {"identity": lambda t: F.linear(t.reshape(-1, 1), gn.Tensor(np.ones((1, 1), t.dtype))).reshape(t.shape),
-              "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu,
-              "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-              "sigmoid": F.sigmoid, "tanh": F.tanh}[self.name]
-        return fn(x)
+        if self.name == "identity":  # no activation node for identity: through dense
+            return F.linear(x.reshape(-1, 1), gn.Tensor(np.ones((1, 1), x.dtype))).reshape(x.shape)
+        fn = getattr(F, self.name, None)  # F.relu, F.gelu, ...: the named function where one exists
+        return fn(x) if fn is not None else F.activation(x, self.name)
 
     def reference(self, x):
         return np_activation(self.name, x)

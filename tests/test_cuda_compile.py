@@ -22,6 +22,7 @@ import pytest
 
 from gpunn.backend import cuda_offline
 from gpunn.kernels import activations_cuda, dense_cuda, losses_cuda, optimizers_cuda, softmax_ce_cuda
+from gpunn.kernels import ACTIVATIONS
 from gpunn.kernels.activations import GELU, GELU_TANH, IDENTITY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,7 +144,7 @@ def test_variants_are_distinct_and_cover_every_activation():
         assert all(t in (256, 1024) or 0 < t <= 1024 for _, _, t in mod.variants())
     codes = {args[1] for g, args, _ in dense_cuda.variants(tiles=[dense_cuda.DEFAULT_TILE])
              if g is dense_cuda.forward_kernel}
-    assert codes == set(activations_cuda.CODES)
+    assert codes == set(ACTIVATIONS.values())
 
 
 # ------------------------------------------------------------------------------------------ NVVM + ptxas

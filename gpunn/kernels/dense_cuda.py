@@ -51,16 +51,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations import (
-    CODES,
-    GELU,
-    GELU_TANH,
-    IDENTITY,
-    LEAKY_RELU,
-    check_code,
-    needs_preactivation,
-)
-from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, act_device, dz_device
+from gpunn.kernels import registry
+from gpunn.kernels.activations import IDENTITY, check_code, needs_preactivation
+from gpunn.kernels.activations_cuda import act_device, dz_device
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES
 from gpunn.kernels.activations_cuda import backward_kernel as activation_backward_kernel
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
@@ -752,7 +746,6 @@ def finalize_kernel(dtype):
 
 # The cublas path's column-sum block (CX, CY): 32 columns x 8 row lanes on a GPU (`_colsum`).
 COLSUM_BLOCK = (32, 8)
-_PREACTIVATION_CODES = (LEAKY_RELU, GELU, GELU_TANH)  # codes whose backward may need z
 
 
 def variants(dtypes=SUPPORTED_DTYPES, tiles=None, element_load_codes=None):
@@ -765,22 +758,24 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None, element_load_codes=None):
         for name in (tiles or TILES):
             cfg = TILES[name]
             widths = sorted({max_vector_width(cfg, np.dtype(dt).itemsize), 1}, reverse=True)
-            for code in sorted(CODES):
+            for m in registry.ACTIVATIONS.values():
+                code = m.code
                 for v in widths:  # 16-byte loads (aligned operands), element loads (any operands)
                     if v == 1 and element_load_codes is not None and code not in element_load_codes:
                         continue
                     for has_bias in (True, False):
                         yield forward_kernel, (dt, code, has_bias, False, cfg, v), cfg.threads
-                        if code in _PREACTIVATION_CODES:
+                        if m.derivative_from != "output":  # backward may need z
                             yield forward_kernel, (dt, code, has_bias, True, cfg, v), cfg.threads
                     yield dx_kernel, (dt, code, cfg, v), cfg.threads
                     for want_db in (True, False):
                         yield dw_kernel, (dt, code, want_db, cfg, v), cfg.threads
-        for code in sorted(CODES):  # the combinations forward_cublas / backward_cublas launch
+        for m in registry.ACTIVATIONS.values():  # the combinations forward_cublas / backward_cublas launch
+            code = m.code
             for has_bias in (True, False):
                 if has_bias or code != IDENTITY:
                     yield bias_act_kernel, (dt, code, has_bias, "inplace"), nc.ELEMENTWISE_THREADS
-                if code in _PREACTIVATION_CODES:
+                if m.derivative_from != "output":  # backward may need z
                     yield bias_act_kernel, (dt, code, has_bias, "both" if has_bias else "y"), nc.ELEMENTWISE_THREADS
             for write_dz in (True, False) if code != IDENTITY else (False,):
                 for final in (True, False):
@@ -793,7 +788,7 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None, element_load_codes=None):
 def check_operands(op, x, W, b=None, dy=None, saved=None):
     """Refuse a bad call before any launch: 2-D C-contiguous arrays of one array type and one
     supported float dtype, with shapes that agree."""
-    from gpunn.kernels.activations_cuda import supported
+    from gpunn.kernels.cuda_elementwise import supported
 
     t, dt = type(x), x.dtype
     if not supported(dt):
