@@ -34,6 +34,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from gpunn.backend import is_cupy_array
+
 __all__ = ["save", "load", "CheckpointError", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "gpunn.checkpoint"
@@ -49,10 +51,6 @@ class CheckpointError(RuntimeError):
 
 # ----------------------------------------------------------------------------- encoding
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
 def _tensor_type():
     from gpunn.autograd.tensor import Tensor
 
@@ -64,7 +62,7 @@ def _host(value, what: str) -> np.ndarray:
     Tensor = _tensor_type()
     if isinstance(value, Tensor):
         value = value.data
-    if _is_cupy(value):
+    if is_cupy_array(value):
         value = value.get()
     if isinstance(value, np.generic):
         value = np.asarray(value)
@@ -80,7 +78,7 @@ def _host(value, what: str) -> np.ndarray:
 def _encode(obj, path: str, tensors: dict):
     """obj as JSON-able data; arrays go into `tensors` under `path` and leave a reference."""
     Tensor = _tensor_type()
-    if isinstance(obj, (Tensor, np.ndarray, np.generic)) or _is_cupy(obj):
+    if isinstance(obj, (Tensor, np.ndarray, np.generic)) or is_cupy_array(obj):
         if path in tensors:
             raise ValueError(f"two entries of the state map to the tensor name {path!r}")
         kind = "Tensor" if isinstance(obj, Tensor) else "scalar" if isinstance(obj, np.generic) else "array"

@@ -21,11 +21,18 @@ import platform
 import sys
 import time
 
+from gpunn.kernels import registry
+
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 DATASETS = ("digits", "xor", "and", "or", "spirals", "moons", "circles")
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "gelu_tanh", "tanh", "sigmoid")
+
+
+def activation_choices() -> tuple:
+    """--activation's choices: every registered activation but identity (read when a parser is built)."""
+    return tuple(n for n in registry.ACTIVATIONS if n != "identity")
+
 DEFAULT_LAYERS = {"digits": [64, 128, 10], "xor": [2, 8, 2], "and": [2, 8, 2], "or": [2, 8, 2],
                   "spirals": [2, 64, 64, 2], "moons": [2, 32, 32, 2], "circles": [2, 32, 32, 2]}
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 0.05}
@@ -172,7 +179,7 @@ def _add_train_arguments(p):
     p.add_argument("--layers", type=_layers, default=None,
                    help="comma-separated widths from inputs to classes, e.g. 64,128,10 "
                         "(default per data set: digits 64,128,10; xor 2,8,2; spirals 2,64,64,2; ...)")
-    p.add_argument("--activation", default="relu", choices=ACTIVATIONS, help="hidden-layer activation")
+    p.add_argument("--activation", default="relu", choices=activation_choices(), help="hidden-layer activation")
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default 1e-3; 0.05 for sgd)")
@@ -330,7 +337,7 @@ def _add_profile_arguments(p):
     p.add_argument("--warmup", type=_nonneg_int, default=5,
                    help="training steps run before profiling: kernel compilation, caches (default 5)")
     p.add_argument("--device", default="auto", help="auto (GPU when usable), cpu, gpu or gpu:N")
-    p.add_argument("--activation", default="relu", choices=ACTIVATIONS, help="hidden-layer activation")
+    p.add_argument("--activation", default="relu", choices=activation_choices(), help="hidden-layer activation")
     p.add_argument("--group-by", default="kernel", choices=GROUP_BY, help="table rows (default kernel)")
     p.add_argument("--sort", default="total", choices=SORT_BY, help="table order (default total time)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed for the weights and the random data")

@@ -21,13 +21,10 @@ import numbers
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor
+from gpunn.backend import is_array, is_cupy_array
 from gpunn.backend import random as _random
 
 __all__ = ["batches", "num_batches", "permutation", "as_array", "rng_from"]
-
-
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
 
 
 def as_array(a, name: str = "X"):
@@ -36,7 +33,7 @@ def as_array(a, name: str = "X"):
         return None
     if isinstance(a, Tensor):
         a = a.data
-    if isinstance(a, np.ndarray) or _is_cupy(a):
+    if is_array(a):
         return a
     if isinstance(a, (list, tuple)):
         return np.asarray(a)
@@ -81,7 +78,7 @@ def _check_lengths(X, y):
         if len(X) != len(y):
             raise ValueError(f"X and y must have the same number of samples: len(X) = {len(X)}, "
                              f"len(y) = {len(y)}")
-        if _is_cupy(X) != _is_cupy(y):
+        if is_cupy_array(X) != is_cupy_array(y):
             raise TypeError("X and y must both be NumPy arrays or both be CuPy arrays, got "
                             f"{type(X).__module__}.{type(X).__name__} and {type(y).__module__}.{type(y).__name__}")
 
@@ -111,7 +108,7 @@ def _batches(X, y, batch_size, shuffle, seed, drop_last):
     n = len(X)
     if shuffle and n > 1:
         perm = permutation(n, seed)
-        if _is_cupy(X):
+        if is_cupy_array(X):
             import cupy
 
             perm = cupy.asarray(perm)

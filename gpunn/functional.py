@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd import functions as F
-from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, xp_of
+from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype
 from gpunn.autograd.tensor import Tensor
+from gpunn.backend import FLOAT_DTYPES, get_array_module, is_array
 from gpunn.kernels import ACTIVATIONS, activation_code
+from gpunn.kernels import registry as _registry
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -19,7 +21,7 @@ REDUCTIONS = ("mean", "sum", "none")
 def _tensor(x, op: str, name: str) -> Tensor:
     if isinstance(x, Tensor):
         return x
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+    if is_array(x):
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{op}: {name} must be numeric, got dtype {x.dtype}")
         return Tensor(x)
@@ -33,9 +35,9 @@ def _check_reduction(op, reduction):
 
 # ----------------------------------------------------------------------------- activations
 
-def relu(x):
-    """max(x, 0)."""
-    return F.activation(x, "relu")
+def activation(x, name: str, negative_slope: float = 0.01):
+    """Any registered activation by name (gpunn/kernels/registry.py), elementwise."""
+    return F.activation(x, name, negative_slope)
 
 
 def leaky_relu(x, negative_slope: float = 0.01):
@@ -50,13 +52,29 @@ def gelu(x, approximate: str = "none"):
     return F.activation(x, "gelu" if approximate == "none" else "gelu_tanh")
 
 
-def sigmoid(x):
-    """1 / (1 + exp(-x)), stable for any x."""
-    return F.activation(x, "sigmoid")
+def _elementwise(member):
+    """functional.<name>(x) for a parameterless registry activation (relu, sigmoid, tanh, ...)."""
+    name = member.name
+
+    def fn(x):
+        return F.activation(x, name)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = member.doc
+    return fn
 
 
-def tanh(x):
-    return F.activation(x, "tanh")
+for _m in _registry.ACTIVATIONS.values():
+    if _m.module and _registry.is_builtin(_m):  # later registrations: through __getattr__
+        globals()[_m.name] = _elementwise(_m)
+
+
+def __getattr__(name):
+    """The functions of activations registered after import (registry.register_activation)."""
+    m = _registry.ACTIVATIONS.get(name)
+    if m is not None and m.module:
+        return _elementwise(m)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_dim(op, x, dim):
@@ -95,7 +113,6 @@ def gather(x, dim: int, index):
 
 # ----------------------------------------------------------------------------- dense
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _dense_inputs_valid(x, W, b) -> bool:
@@ -106,7 +123,7 @@ def _dense_inputs_valid(x, W, b) -> bool:
         return False
     xd, Wd = x.data, W.data
     dt = Wd.dtype
-    if (type(xd) is not np.ndarray or type(Wd) is not np.ndarray or xd.dtype != dt or dt not in _FLOAT_DTYPES
+    if (type(xd) is not np.ndarray or type(Wd) is not np.ndarray or xd.dtype != dt or dt not in FLOAT_DTYPES
             or xd.ndim != 2 or Wd.ndim != 2 or xd.shape[1] != Wd.shape[1]):
         return False
     if b is None:
@@ -159,7 +176,7 @@ def linear(x, weight, bias=None):
 
 def _labels(target, n: int, op: str):
     lab = target.data if isinstance(target, Tensor) else target
-    if not (isinstance(lab, np.ndarray) or type(lab).__module__.startswith("cupy")):
+    if not is_array(lab):
         lab = np.asarray(lab)
     if lab.dtype.kind not in "iu":
         raise TypeError(f"{op}: target must hold integer class labels, got dtype {lab.dtype} "
@@ -211,7 +228,10 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean", pos
     x, y = _pair(op, input, target)
     pw = None
     if pos_weight is not None:
-        pw = pos_weight.data if isinstance(pos_weight, Tensor) else xp_of(x.data).asarray(pos_weight, x.dtype)
+        if isinstance(pos_weight, Tensor):
+            pw = pos_weight.data
+        else:
+            pw = get_array_module(x.data).asarray(pos_weight, x.dtype)
         check_same_device(op, x.data, pw)
         check_same_dtype(op, x.data, pw, names=("input", "pos_weight"))
         try:
@@ -239,6 +259,7 @@ def l1_loss(input, target, reduction: str = "mean"):
     return F.L1.apply(*_pair("l1_loss", input, target), reduction=reduction)
 
 
-__all__ = ["relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "gather", "dense",
+__all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + [
+           "activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
            "linear", "cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss",
            "l1_loss", "ACTIVATIONS", "REDUCTIONS"]

@@ -41,9 +41,9 @@ import numpy as np
 from gpunn.autograd.checks import flush_checks
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import device as resolve_device
-from gpunn.backend import device_of, get_array_module
+from gpunn.backend import device_of, get_array_module, is_cupy_array
 from gpunn.backend import random as _random
-from gpunn.data import _is_cupy, as_array, batches, num_batches, permutation
+from gpunn.data import _check_batch_size, as_array, batches, num_batches, permutation
 from gpunn.train_parallel import ranks_for
 from gpunn.utils.data import DataLoader, loader_arrays
 
@@ -211,11 +211,11 @@ def _to_device(a, dev):
     if dev.is_gpu:
         import cupy
 
-        if _is_cupy(a) and a.device.id == dev.index:
+        if is_cupy_array(a) and a.device.id == dev.index:
             return a
         with cupy.cuda.Device(dev.index):
             return cupy.array(a)  # copies onto this device (asarray would keep another GPU's array)
-    return a.get() if _is_cupy(a) else a
+    return a.get() if is_cupy_array(a) else a
 
 
 def _is_bce(loss_fn) -> bool:
@@ -356,14 +356,60 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
     `compile=True` runs each step through `gn.compile` (traced per batch shape, then replayed with no
     autograd graph; bit-identical to eager). The loss is then checked after its step's update, not
     before it, so on a TrainingDiverged the parameters already hold the diverged step.
+
+    The phases, in order: `_data_source` (arrays or a DataLoader), `_check_fit_options` (arguments); `_FitRun(...)` (data checked and moved
+    to the model's device, per-run constants); per epoch `_FitRun.train_epoch` (its batches from
+    `epoch_batches`, one `train_step` each, then `epoch_logs` and `validate`), `step_scheduler`
+    and the epoch-end callbacks.
     """
-    drop_last = False
-    if isinstance(X, DataLoader):
-        if y is not None:
-            raise TypeError("fit: pass a DataLoader alone (its dataset holds the targets), not a DataLoader and y")
-        (X, y), batch_size, shuffle, drop_last, gen = _loader_pair(X)
-        if seed is None and gen is not None:
-            seed = int(gen.integers(2**63 - 1))
+    X, y, batch_size, shuffle, drop_last, seed = _data_source(X, y, batch_size, shuffle, seed)
+    epochs, start_epoch, batch_size, callbacks = _check_fit_options(epochs, start_epoch, batch_size,
+                                                                     callbacks, scheduler_step)
+    run = _FitRun(model, loss_fn, optimizer, X, y, validation, device, batch_size, shuffle, drop_last, seed,
+                  scheduler, scheduler_step, epochs, progress)
+    if compile:
+        if run.ranks is not None:
+            raise ValueError("fit(compile=True) is not supported on several ranks yet (DistributedDataParallel "
+                             "averages gradients outside the step gn.compile would replay); pass compile=False")
+        run.step_fn = _compiled_step(model, loss_fn, optimizer)
+    history = History(seed=run.seed)
+    for cb in callbacks:
+        cb.set_context(model, optimizer, history)
+        cb.on_train_begin()
+    batch_cbs = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch)
+        logs = run.train_epoch(epoch, history, batch_cbs)
+        history.append(epoch, logs)
+        run.step_scheduler(logs)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        stop = any(cb.stop_training for cb in callbacks)
+        if run.ranks is not None:
+            stop = run.ranks.agree(stop)  # rank 0 decides for all, so no rank is left in a collective
+        if stop:
+            break
+    for cb in callbacks:
+        cb.on_train_end()
+    return history
+
+
+def _data_source(X, y, batch_size, shuffle, seed):
+    """(X, y, batch_size, shuffle, drop_last, seed): fit's own arguments, or a DataLoader's."""
+    if not isinstance(X, DataLoader):
+        return X, y, batch_size, shuffle, False, seed
+    if y is not None:
+        raise TypeError("fit: pass a DataLoader alone (its dataset holds the targets), not a DataLoader and y")
+    (X, y), batch_size, shuffle, drop_last, gen = _loader_pair(X)
+    if seed is None and gen is not None:
+        seed = int(gen.integers(2**63 - 1))
+    return X, y, batch_size, shuffle, drop_last, seed
+
+
+def _check_fit_options(epochs, start_epoch, batch_size, callbacks, scheduler_step):
+    """fit's first phase: the options that need no data. Returns (epochs, start_epoch, batch_size, callbacks)."""
     epochs = _check_int("epochs", epochs)
     start_epoch = _check_int("start_epoch", start_epoch)
     if start_epoch > epochs:
@@ -372,170 +418,206 @@ def fit(model, loss_fn, optimizer, X, y=None, epochs: int = 1, batch_size: int =
                          f"epochs={start_epoch + 5}")
     if scheduler_step not in ("epoch", "batch"):
         raise ValueError(f"scheduler_step must be 'epoch' or 'batch', got {scheduler_step!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"batch_size must be an int >= 1, got {batch_size!r} ({type(batch_size).__name__})")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
+    batch_size = _check_batch_size(batch_size)
     if isinstance(callbacks, Callback):
         callbacks = (callbacks,)
     callbacks = list(callbacks)
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be gpunn.train.Callback instances, got {type(cb).__name__}")
+    return epochs, start_epoch, batch_size, callbacks
 
-    dev, dtype = _model_device_dtype(model)
-    if device is not None:
-        want = resolve_device(device)
-        if want != dev:
-            raise ValueError(f"fit(device={str(want)!r}) but the model's parameters are on {dev}; move the model "
-                             f"with model.to({str(want)!r}) before creating its optimizer")
-    X, y = _prepare(X, y, dev, dtype, loss_fn, "fit")
-    if validation is not None:
-        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
-            raise TypeError("validation must be a pair (X_val, y_val)")
-        Xv, yv = _prepare(validation[0], validation[1], dev, dtype, loss_fn, "validation")
-    n = len(X)
-    if n == 0:
-        raise ValueError("fit: X holds no samples")
+
+def _check_seed(seed) -> int:
+    """The run's shuffling seed: `seed`, or one drawn from gpunn's generator when it is None."""
     if seed is None:
-        seed = int(_random.generator().integers(2**63 - 1))
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        return int(_random.generator().integers(2**63 - 1))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
-    seed = int(seed)
-    ranks = ranks_for(model)  # None unless an initialized process group has several ranks
-    if ranks is not None:
-        seed = ranks.shared_seed(seed)
-        progress = progress and ranks.rank == 0
+    return int(seed)
 
-    bad_x, bad_y = _bad_rows(X), _bad_rows(y)
-    correct_fn = _accuracy_counter(loss_fn, y)
-    on_gpu = dev.is_gpu
-    xp = dev.xp
-    n_steps = num_batches(n, batch_size, drop_last)
-    if n_steps == 0:
-        raise ValueError(f"fit: drop_last with batch_size {batch_size} leaves no batch of the {n} samples")
-    n_used = n_steps * batch_size if drop_last else n
-    batch_cbs = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
-    if on_gpu:  # each step's weight in the epoch mean (the batch size, or 1 for reduction="sum")
-        step_weights = np.array([_weight(loss_fn, min(batch_size, n - i * batch_size)) for i in range(n_steps)],
-                                dtype=np.float64)
-    if compile and ranks is not None:
-        raise ValueError("fit(compile=True) is not supported on several ranks yet (DistributedDataParallel "
-                         "averages gradients outside the step gn.compile would replay); pass compile=False")
-    step_fn = _compiled_step(model, loss_fn, optimizer) if compile else None
-    history = History(seed=seed)
-    for cb in callbacks:
-        cb.set_context(model, optimizer, history)
-        cb.on_train_begin()
 
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch)
-        where = f"epoch {epoch + 1}/{epochs}"
-        bad_step, bad_what, bad_rows = _first_bad_step(bad_x, bad_y, n, batch_size, shuffle, seed, epoch)
-        lr_epoch = _lr(optimizer)
-        lrs = [] if scheduler_step == "batch" else None
-        loss_sum = 0.0
-        correct = 0
-        counted = 0
-        step_losses = xp.empty(n_steps, dtype=dtype) if on_gpu else None
-        bar = _progress_bar(n_steps, where, progress)
-        show = not bar.disable
+class _Epoch:
+    """One epoch's place (index, "epoch e/E" for messages, the History so far) and running sums:
+    the loss (on a GPU, one device slot per step, read back rarely), correct predictions, and the
+    learning rate of each step (scheduler_step="batch" only)."""
+
+    def __init__(self, run, index, history):
+        self.index, self.history = index, history
+        self.where = f"epoch {index + 1}/{run.epochs}"
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.counted = 0
+        self.lrs = [] if run.scheduler_step == "batch" else None
+        self.step_losses = run.xp.empty(run.n_steps, dtype=run.dtype) if run.on_gpu else None
+
+
+class _FitRun:
+    """What stays fixed during one `fit` call (data on the model's device, the batch plan) and
+    the phases of an epoch."""
+
+    def __init__(self, model, loss_fn, optimizer, X, y, validation, device, batch_size, shuffle, drop_last, seed,
+                 scheduler, scheduler_step, epochs, progress):
+        dev, dtype = _model_device_dtype(model)
+        if device is not None:
+            want = resolve_device(device)
+            if want != dev:
+                raise ValueError(f"fit(device={str(want)!r}) but the model's parameters are on {dev}; move the "
+                                 f"model with model.to({str(want)!r}) before creating its optimizer")
+        self.X, self.y = _prepare(X, y, dev, dtype, loss_fn, "fit")
+        self.validation = None
+        if validation is not None:
+            if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+                raise TypeError("validation must be a pair (X_val, y_val)")
+            self.validation = _prepare(validation[0], validation[1], dev, dtype, loss_fn, "validation")
+        n = self.n = len(self.X)
+        if n == 0:
+            raise ValueError("fit: X holds no samples")
+        self.seed = _check_seed(seed)
+        self.ranks = ranks_for(model)  # None unless an initialized process group has several ranks
+        if self.ranks is not None:
+            self.seed = self.ranks.shared_seed(self.seed)
+            progress = progress and self.ranks.rank == 0
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.step_fn = None  # fit(compile=True): the whole step as one gn.compile'd call
+        self.scheduler, self.scheduler_step = scheduler, scheduler_step
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.epochs, self.progress = epochs, progress
+        self.dtype, self.on_gpu, self.xp = dtype, dev.is_gpu, dev.xp
+        self.bad_x, self.bad_y = _bad_rows(self.X), _bad_rows(self.y)
+        self.correct_fn = _accuracy_counter(loss_fn, self.y)
+        self.n_steps = num_batches(n, batch_size, drop_last)
+        if self.n_steps == 0:
+            raise ValueError(f"fit: drop_last with batch_size {batch_size} leaves no batch of the {n} samples")
+        self.n_used = self.n_steps * batch_size if drop_last else n  # the samples an epoch sees
+        if self.on_gpu:  # each step's weight in the epoch mean (the batch size, or 1 for reduction="sum")
+            self.step_weights = np.array([_weight(loss_fn, min(batch_size, n - i * batch_size))
+                                          for i in range(self.n_steps)], dtype=np.float64)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch, history, batch_cbs) -> dict:
+        """One pass over the batches, then the epoch's logs (with validation)."""
+        ep = _Epoch(self, epoch, history)
+        bad_step, bad_what, bad_rows = _first_bad_step(self.bad_x, self.bad_y, self.n, self.batch_size,
+                                                       self.shuffle, self.seed, epoch)
+        lr_epoch = _lr(self.optimizer)
+        bar = _progress_bar(self.n_steps, ep.where, self.progress)
         next_show = 0.0
         try:
-            for step, (xb, yb) in enumerate(batches(X, y, batch_size, shuffle=shuffle, seed=[seed, epoch],
-                                                          drop_last=drop_last)):
+            for step, (xb, yb) in enumerate(self.epoch_batches(epoch)):
                 if step == bad_step:
-                    raise _diverged_input(where, epoch, step, n_steps, _lr(optimizer), bad_what, bad_rows, history)
-                if lrs is not None:
-                    lrs.append(_lr(optimizer))
-                if step_fn is None:
-                    optimizer.zero_grad()
-                if ranks is not None:
-                    out, yb, loss, lv = _rank_step(ranks, loss_fn, xb, yb, step_losses, step)
-                    if not on_gpu:
-                        if not math.isfinite(lv):
-                            raise _diverged_loss(where, epoch, step, n_steps, _lr(optimizer), lv, history)
-                        loss_sum += lv
-                else:
-                    if step_fn is None:
-                        out = model(Tensor(xb))
-                        loss = loss_fn(out, Tensor(yb))
-                    else:  # zero_grad, forward, backward and step: one replay
-                        out, loss = step_fn(Tensor(xb), Tensor(yb))
-                    if on_gpu:
-                        step_losses[step] = loss.data  # no sync: read back at refreshes and at the epoch end
-                    else:
-                        lv = float(loss.data)
-                        if not math.isfinite(lv):
-                            raise _diverged_loss(where, epoch, step, n_steps, _lr(optimizer), lv, history)
-                        loss_sum += lv * _weight(loss_fn, len(xb))
-                    if step_fn is None:
-                        loss.backward()
-                if step_fn is None:
-                    optimizer.step()
-                if correct_fn is not None and out is not None:
-                    c = correct_fn(out.data, yb)
-                    if c is not None:
-                        correct = correct + (c if on_gpu else int(c))
-                        counted += yb.size
-                if scheduler is not None and scheduler_step == "batch":
-                    scheduler.step()
+                    raise _diverged_input(ep.where, epoch, step, self.n_steps, _lr(self.optimizer), bad_what,
+                                          bad_rows, history)
+                if ep.lrs is not None:
+                    ep.lrs.append(_lr(self.optimizer))
+                loss = self.train_step(xb, yb, ep, step)
+                if self.scheduler is not None and self.scheduler_step == "batch":
+                    self.scheduler.step()
                 for cb in batch_cbs:
-                    cb.on_batch_end(step, {"loss": loss, "lr": _lr(optimizer) if lrs is None else lrs[-1]})
+                    cb.on_batch_end(step, {"loss": loss, "lr": _lr(self.optimizer) if ep.lrs is None
+                                           else ep.lrs[-1]})
                 bar.update(1)
-                if show and time.monotonic() >= next_show:
-                    if on_gpu and ranks is not None:  # rank 0 alone must not decide divergence
-                        # rank 0's weighted share, scaled to the job (display only)
-                        seen = float(step_losses[: step + 1].get().sum()) * ranks.size
-                        running = seen / min(n, (step + 1) * batch_size)
-                    elif on_gpu:
-                        seen = step_losses[: step + 1].get()
-                        _check_gpu_losses(seen, where, epoch, n_steps, optimizer, lrs, history)
-                        running = float(seen.mean())
-                    else:
-                        running = loss_sum / max(1, min(n, (step + 1) * batch_size))
-                    bar.set_postfix(loss=f"{running:.4f}", lr=_fmt_lr(_lr(optimizer), ".3g"), refresh=False)
+                if not bar.disable and time.monotonic() >= next_show:
+                    running = self.running_loss(ep, step)
+                    bar.set_postfix(loss=f"{running:.4f}", lr=_fmt_lr(_lr(self.optimizer), ".3g"), refresh=False)
                     next_show = time.monotonic() + 0.5
-            if on_gpu:
-                host = step_losses.get()
-                if ranks is not None:  # already weighted: sum the ranks' shares of every step
-                    host = ranks.sum(host, "the step losses")
-                _check_gpu_losses(host, where, epoch, n_steps, optimizer, lrs, history)
-                loss_sum = float((host.astype(np.float64) * (1.0 if ranks is not None else step_weights)).sum())
-                correct = int(correct)
-            if ranks is not None and correct_fn is not None:
-                correct, counted = (int(v) for v in ranks.sum([correct, counted], "the correct predictions"))
-            logs = {"loss": loss_sum / n_used}
-            if correct_fn is not None and counted:
-                logs["accuracy"] = correct / counted
-            if validation is not None:
-                if ranks is None:
-                    vl = _evaluate(model, loss_fn, Xv, yv, max(batch_size, 256), correct_fn)
-                else:
-                    vl = ranks.evaluate(_evaluate, model, loss_fn, Xv, yv, max(batch_size, 256), correct_fn)
-                logs.update({"val_" + k: v for k, v in vl.items()})
-            logs["lr"] = lr_epoch if lrs is None else lrs[-1]
+            logs = self.epoch_logs(ep)
+            if self.validation is not None:
+                logs.update({"val_" + k: v for k, v in self.validate().items()})
+            logs["lr"] = lr_epoch if ep.lrs is None else ep.lrs[-1]
             bar.set_postfix(_fmt_logs(logs), refresh=False)
         finally:
             bar.close()
-        history.append(epoch, logs)
-        if scheduler is not None and scheduler_step == "epoch":
-            if _is_plateau(scheduler):
-                scheduler.step(logs.get("val_loss", logs["loss"]))
+        return logs
+
+    def epoch_batches(self, epoch):
+        """This epoch's (xb, yb) batches, in the order fixed by (seed, epoch)."""
+        return batches(self.X, self.y, self.batch_size, shuffle=self.shuffle, seed=[self.seed, epoch],
+                       drop_last=self.drop_last)
+
+    def train_step(self, xb, yb, ep, step):
+        """zero_grad, forward, loss (summed in `ep`; checked on the CPU), backward, optimizer step,
+        correct predictions counted. Returns the loss Tensor."""
+        optimizer, step_fn = self.optimizer, self.step_fn
+        if step_fn is None:
+            optimizer.zero_grad()
+        if self.ranks is not None:
+            out, yb, loss, lv = _rank_step(self.ranks, self.loss_fn, xb, yb, ep.step_losses, step)
+            if not self.on_gpu:
+                if not math.isfinite(lv):
+                    raise _diverged_loss(ep.where, ep.index, step, self.n_steps, _lr(optimizer), lv, ep.history)
+                ep.loss_sum += lv
+        else:
+            if step_fn is None:
+                out = self.model(Tensor(xb))
+                loss = self.loss_fn(out, Tensor(yb))
+            else:  # zero_grad, forward, backward and step: one replay
+                out, loss = step_fn(Tensor(xb), Tensor(yb))
+            if self.on_gpu:
+                ep.step_losses[step] = loss.data  # no sync: read back at refreshes and at the epoch end
             else:
-                scheduler.step()
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
-        stop = any(cb.stop_training for cb in callbacks)
-        if ranks is not None:
-            stop = ranks.agree(stop)  # rank 0 decides for all, so no rank is left in a collective
-        if stop:
-            break
-    for cb in callbacks:
-        cb.on_train_end()
-    return history
+                lv = float(loss.data)
+                if not math.isfinite(lv):
+                    raise _diverged_loss(ep.where, ep.index, step, self.n_steps, _lr(optimizer), lv, ep.history)
+                ep.loss_sum += lv * _weight(self.loss_fn, len(xb))
+            if step_fn is None:
+                loss.backward()
+        if step_fn is None:
+            optimizer.step()
+        if self.correct_fn is not None and out is not None:
+            c = self.correct_fn(out.data, yb)
+            if c is not None:
+                ep.correct = ep.correct + (c if self.on_gpu else int(c))
+                ep.counted += yb.size
+        return loss
+
+    def running_loss(self, ep, step) -> float:
+        """The mean loss so far this epoch, for the progress bar (a GPU read-back, checked)."""
+        if self.on_gpu and self.ranks is not None:  # rank 0 alone must not decide divergence
+            # rank 0's weighted share, scaled to the job (display only)
+            seen = float(ep.step_losses[: step + 1].get().sum()) * self.ranks.size
+            return seen / min(self.n, (step + 1) * self.batch_size)
+        if self.on_gpu:
+            seen = ep.step_losses[: step + 1].get()
+            _check_gpu_losses(seen, ep.where, ep.index, self.n_steps, self.optimizer, ep.lrs, ep.history)
+            return float(seen.mean())
+        return ep.loss_sum / max(1, min(self.n, (step + 1) * self.batch_size))
+
+    def epoch_logs(self, ep) -> dict:
+        """The epoch's mean loss per sample and accuracy (on a GPU, the one read-back of the epoch)."""
+        loss_sum, correct = ep.loss_sum, ep.correct
+        if self.on_gpu:
+            host = ep.step_losses.get()
+            if self.ranks is not None:  # already weighted: sum the ranks' shares of every step
+                host = self.ranks.sum(host, "the step losses")
+            _check_gpu_losses(host, ep.where, ep.index, self.n_steps, self.optimizer, ep.lrs, ep.history)
+            weights = 1.0 if self.ranks is not None else self.step_weights
+            loss_sum = float((host.astype(np.float64) * weights).sum())
+            correct = int(correct)
+        counted = ep.counted
+        if self.ranks is not None and self.correct_fn is not None:
+            correct, counted = (int(v) for v in self.ranks.sum([correct, counted], "the correct predictions"))
+        logs = {"loss": loss_sum / self.n_used}
+        if self.correct_fn is not None and counted:
+            logs["accuracy"] = correct / counted
+        return logs
+
+    def validate(self) -> dict:
+        """Loss (and accuracy) on the validation data, in eval mode under no_grad."""
+        Xv, yv = self.validation
+        if self.ranks is None:
+            return _evaluate(self.model, self.loss_fn, Xv, yv, max(self.batch_size, 256), self.correct_fn)
+        return self.ranks.evaluate(_evaluate, self.model, self.loss_fn, Xv, yv, max(self.batch_size, 256),
+                                   self.correct_fn)
+
+    def step_scheduler(self, logs) -> None:
+        """The epoch-end scheduler step (ReduceLROnPlateau gets val_loss, else loss)."""
+        if self.scheduler is None or self.scheduler_step != "epoch":
+            return
+        if _is_plateau(self.scheduler):
+            self.scheduler.step(logs.get("val_loss", logs["loss"]))
+        else:
+            self.scheduler.step()
 
 
 def _compiled_step(model, loss_fn, optimizer):

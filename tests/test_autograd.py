@@ -13,33 +13,14 @@ import pytest
 
 import gpunn as gn
 from gpunn import functional as F
+from gpunn.kernels import ACTIVATIONS
 from harness import FunctionTestCase, parameterize, product
+from references import np_activation
 
 # --------------------------------------------------------------------------------------- references
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
 def np_sigmoid(x):
     return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
-
-
-def np_activation(name, z, slope=0.01):
-    if name in (None, "identity"):
-        return z
-    if name == "relu":
-        return np.maximum(z, 0)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, slope * z)
-    if name == "gelu":
-        return 0.5 * z * (1 + _erf(z / math.sqrt(2)))
-    if name == "gelu_tanh":
-        return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
-    if name == "sigmoid":
-        return np_sigmoid(z)
-    if name == "tanh":
-        return np.tanh(z)
-    raise ValueError(name)
 
 
 def np_log_softmax(x, axis=-1):
@@ -56,7 +37,7 @@ def np_reduce(losses, reduction):
     return losses.mean() if losses.size else np.float64("nan")
 
 
-ACTIVATION_NAMES = ["identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh"]
+ACTIVATION_NAMES = list(ACTIVATIONS)  # every registered activation
 
 
 def away_from_zero(rng, shape, lo=0.3):
@@ -536,11 +517,10 @@ class TestActivation(FunctionTestCase):
         return (np.where(np.abs(x) < 1e-3, 0.5, x),)  # no kinks inside the finite-difference step
 
     def forward(self, x):
-        fn = {"identity": lambda t: F.linear(t.reshape(-1, 1), gn.Tensor(np.ones((1, 1), t.dtype))).reshape(t.shape),
-              "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu,
-              "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-              "sigmoid": F.sigmoid, "tanh": F.tanh}[self.name]
-        return fn(x)
+        if self.name == "identity":  # no activation node for identity: through dense
+            return F.linear(x.reshape(-1, 1), gn.Tensor(np.ones((1, 1), x.dtype))).reshape(x.shape)
+        fn = getattr(F, self.name, None)  # F.relu, F.gelu, ...: the named function where one exists
+        return fn(x) if fn is not None else F.activation(x, self.name)
 
     def reference(self, x):
         return np_activation(self.name, x)
@@ -832,17 +812,6 @@ def test_deep_chain_does_not_recurse():
     assert x.grad.item() == 1.0
 
 
-def test_grad_buffer_receives_the_first_gradient_in_place():
-    p = gn.Parameter(np.ones(3, np.float32))
-    buf = np.full(3, 99.0, np.float32)
-    p._grad_buffer = buf
-    (p * 2.0).sum().backward()
-    assert p.grad.data is buf
-    np.testing.assert_array_equal(buf, [2.0, 2.0, 2.0])
-    (p * 1.0).sum().backward()
-    np.testing.assert_array_equal(buf, [3.0, 3.0, 3.0])
-
-
 def test_no_grad_records_nothing_and_restores():
     x = gn.tensor([1.0, 2.0], requires_grad=True)
     assert gn.is_grad_enabled()
@@ -1120,4 +1089,108 @@ def test_dense_gradients_written_into_the_optimizer_buffer_equal_copied_ones(sha
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)  # bit for bit: the same arithmetic, minus one copy
     for p in with_buffer.parameters():
-        assert p.grad.data is p._grad_buffer  # the optimizer's flat buffer holds them, no copy kept aside
+        assert p.grad.data is gn.autograd.grad_sink_of(p)  # the optimizer's flat buffer holds them: no copy
+
+
+# ------------------------------------------------------------------ gradient sinks (gpunn/autograd/grad_sink.py)
+
+def test_grad_sink_receives_the_first_gradient_and_later_ones_accumulate_there():
+    p = gn.Parameter(np.ones(3, np.float32))
+    sink = np.full(3, 99.0, np.float32)
+    gn.autograd.register_grad_sink(p, sink)
+    (p * 2.0).sum().backward()
+    assert p.grad.data is sink
+    np.testing.assert_array_equal(sink, [2.0, 2.0, 2.0])
+    (p * 1.0).sum().backward()  # no zero_grad: added to the first
+    assert p.grad.data is sink
+    np.testing.assert_array_equal(sink, [3.0, 3.0, 3.0])
+
+
+def _spy_dense_backward(monkeypatch):
+    """Records the dW_out/db_out each dense backward kernel call is handed, and what it returns."""
+    ops_cls = type(gn.kernels.ops_for(np.zeros(1, np.float32)))
+    real = ops_cls.dense_backward
+    calls = []
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        calls.append((kw.get("dW_out"), kw.get("db_out"), out[1], out[2]))
+        return out
+
+    monkeypatch.setattr(ops_cls, "dense_backward", staticmethod(spy))
+    return calls
+
+
+def _dense_twins():
+    gn.manual_seed(5)
+    a = gn.nn.Dense(4, 3, activation="tanh")
+    gn.manual_seed(5)
+    return a, gn.nn.Dense(4, 3, activation="tanh")
+
+
+def test_dense_backward_writes_dw_and_db_into_the_sinks_with_no_copy(monkeypatch):
+    x = gn.tensor(np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32))
+    layer, plain = _dense_twins()
+    sinks = [np.full(p.shape, np.nan, np.float32) for p in layer.parameters()]
+    for p, s in zip(layer.parameters(), sinks):
+        gn.autograd.register_grad_sink(p, s)
+    calls = _spy_dense_backward(monkeypatch)
+    layer(x).sum().backward()
+    (dW_out, db_out, dW, db), = calls
+    assert dW_out is sinks[0] and db_out is sinks[1]  # the kernel was handed the sinks ...
+    assert dW is sinks[0] and db is sinks[1]  # ... wrote there, and the leaves keep those arrays
+    assert [p.grad.data for p in layer.parameters()] == sinks
+    plain(x).sum().backward()
+    for p, q in zip(layer.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(p.grad.numpy(), q.grad.numpy())
+    # a second backward without zero_grad: the kernel gets no sink (it holds .grad) and the sum lands there
+    calls.clear()
+    layer(x).sum().backward()
+    (dW_out, db_out, dW, db), = calls
+    plain(x).sum().backward()
+    assert dW_out is None and db_out is None and dW is not sinks[0]
+    assert [p.grad.data for p in layer.parameters()] == sinks
+    for p, q in zip(layer.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(p.grad.numpy(), q.grad.numpy())
+
+
+def test_without_a_sink_each_leaf_gets_its_own_gradient_array(monkeypatch):
+    p = gn.Parameter(np.ones(3, np.float32))
+    q = gn.Parameter(np.ones(3, np.float32))
+    assert gn.autograd.grad_sink_of(p) is None
+    (p + q).sum().backward()  # Add's backward hands the same array to both inputs
+    assert not np.shares_memory(p.grad.data, q.grad.data)
+    np.testing.assert_array_equal(p.grad.numpy(), [1.0, 1.0, 1.0])
+    layer, _ = _dense_twins()
+    calls = _spy_dense_backward(monkeypatch)
+    layer(gn.tensor(np.ones((2, 4), np.float32))).sum().backward()
+    assert calls[0][:2] == (None, None)
+
+
+def test_a_sink_that_no_longer_fits_is_ignored_and_none_removes_it():
+    p = gn.Parameter(np.ones(3, np.float32))
+    sink = np.zeros(3, np.float32)
+    gn.autograd.register_grad_sink(p, sink)
+    p.data = np.ones(3, np.float64)  # rebound to another dtype: the float32 sink cannot hold its gradient
+    (p * 2.0).sum().backward()
+    assert p.grad.data is not sink and p.grad.dtype == np.float64
+    np.testing.assert_array_equal(sink, [0.0, 0.0, 0.0])
+    p.data = np.ones(3, np.float32)
+    p.grad = None
+    gn.autograd.register_grad_sink(p, None)
+    (p * 2.0).sum().backward()
+    assert gn.autograd.grad_sink_of(p) is None and not np.shares_memory(p.grad.data, sink)
+    with pytest.raises(TypeError, match="gradient sink must be a NumPy or CuPy array or None, got list"):
+        gn.autograd.register_grad_sink(p, [0.0, 0.0, 0.0])
+
+
+def test_flatten_checks_its_dims_as_torch_does():
+    x = gn.tensor(np.zeros((2, 3, 4), np.float32))
+    assert x.flatten().shape == (24,) and x.flatten(-2).shape == (2, 12) and x.flatten(0, 1).shape == (6, 4)
+    assert gn.tensor(np.float32(1)).flatten().shape == (1,)
+    with pytest.raises(IndexError, match=r"flatten: dims \(3, -1\) out of range for shape \(2, 3, 4\)"):
+        x.flatten(3)  # a wrap-around would have flattened dim 0
+    with pytest.raises(IndexError, match="out of range"):
+        x.flatten(0, -4)
+    with pytest.raises(ValueError, match="start_dim 2 comes after end_dim 1"):
+        x.flatten(2, 1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.backend import Device, DeviceError, device_of, get_array_module, gpu_status
+from gpunn.backend import Device, DeviceError, device_of, get_array_module, gpu_status, is_array, is_cupy_array
 from gpunn.backend.device import VALID_DEVICE_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +130,22 @@ def test_device_of_and_array_module():
     assert gn.tensor([1.0]).device == "cpu"
 
 
+def test_array_kinds_are_told_by_type_without_importing_cupy(monkeypatch):
+    fake = types.ModuleType("cupy")
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    ndarray = type("ndarray", (), {"__module__": "cupy._core.core", "device": types.SimpleNamespace(id=1)})
+    gpu = ndarray()
+    assert is_cupy_array(gpu) and is_array(gpu)
+    assert get_array_module(gpu) is fake and device_of(gpu) == Device("gpu", 1)
+    for host in (np.zeros(2), np.zeros(2)[::2], np.float32(1)):
+        assert not is_cupy_array(host) and get_array_module(host) is np
+    assert is_array(np.zeros(2)) and not is_array(np.float32(1))
+    for other in ([1.0], 1.0, gn.tensor([1.0])):
+        assert not is_array(other) and not is_cupy_array(other)
+        with pytest.raises(TypeError, match="expected a NumPy or CuPy array, got "):
+            get_array_module(other)
+
+
 def test_tensor_on_an_unusable_gpu_is_refused(no_cupy):
     with pytest.raises(DeviceError, match="CuPy is not installed"):
         gn.tensor([1.0], device="gpu")
@@ -164,7 +180,8 @@ def test_import_loads_no_cupy_and_compiles_no_kernel():
     code = (
         "import sys, gpunn, gpunn.kernels.dense as d, gpunn.kernels.activations as a, gpunn.kernels.softmax_ce as s\n"
         "assert 'cupy' not in sys.modules, 'cupy imported'\n"
-        "for f in (d._bias_act_epilogue, d._act_grad_colsum, a.activation_forward_cpu_kernel, s._softmax_ce_fwd):\n"
+        "assert not a._CPU_KERNELS, 'activation kernels built at import'\n"
+        "for f in (d._colsum, s._softmax_ce_fwd):\n"
         "    assert not f.signatures, f'{f} compiled at import'\n"
         "gpunn.tensor([1.0])\n"
         "assert 'cupy' not in sys.modules\n"

@@ -89,6 +89,7 @@ def make_dense(rng, n, k, m, dtype, bias=True):
 
 
 def run_dense(target, impl, x, W, b, dy, code, slope, need=(True, True, True), tile=None):
+    """(y, saved, [dx, dW, db]) on the host, and whether forward's `saved` was y itself."""
     X, WW, B, DY = (target.asarray(a) for a in (x, W, b, dy))
     if impl == "fused":
         y, saved = dense_cuda.forward_fused(X, WW, B, code, slope, tile)
@@ -96,11 +97,11 @@ def run_dense(target, impl, x, W, b, dy, code, slope, need=(True, True, True), t
     else:
         y, saved = dense_cuda.forward_cublas(X, WW, B, code, slope)
         grads = dense_cuda.backward_cublas(DY, X, WW, saved, code, slope, *need)
-    return target.get(y), target.get(saved), [target.get(g) for g in grads]
+    return target.get(y), target.get(saved), [target.get(g) for g in grads], saved is y
 
 
 def check_dense(got, want, dtype, n, k, m, what=""):
-    y, saved, grads = got
+    y, saved, grads, _ = got
     y_ref, s_ref, g_ref = want
     assert y.dtype == dtype and y.shape == (n, m)
     np.testing.assert_allclose(y, y_ref, err_msg=f"{what} y", **tol(dtype, k))
@@ -123,8 +124,8 @@ def test_dense_matches_reference(target, act, impl, dtype):
     x, W, b, dy = make_dense(np.random.default_rng(1), n, k, m, dtype, bias=name != "tanh")
     got = run_dense(target, impl, x, W, b, dy, code, slope)
     check_dense(got, dense_reference(x, W, b, dy, code, slope), dtype, n, k, m, f"{impl} {name}")
-    if not needs_preactivation(code, slope):
-        assert got[1] is not None
+    # backward needs z only for these; for the rest forward keeps no second (N, M) array
+    assert got[3] is not needs_preactivation(code, slope)
 
 
 @pytest.mark.parametrize("impl", ["fused", "cublas"])
@@ -158,6 +159,37 @@ def test_dense_fused_non_square_tiles(target, tile):
     code = ACTIVATIONS["gelu"]
     got = run_dense(target, "fused", x, W, b, dy, code, 0.01, tile=tile)
     check_dense(got, dense_reference(x, W, b, dy, code, 0.01), np.float64, n, k, m, tile.name)
+
+
+def _misaligned(target, a):
+    """A C-contiguous copy of `a` that starts one element past a 16-byte boundary."""
+    buf = target.xp.empty(a.size + 1, dtype=a.dtype)
+    out = buf[1:].reshape(a.shape)
+    out[...] = target.asarray(a)
+    return out
+
+
+@DTYPES
+def test_dense_fused_vector_and_element_loads(target, dtype):
+    """Operands 16-byte aligned with rows of a multiple of the load width take the vector loads,
+    others element loads (`vector_width`); both match the reference, with ragged row tiles and, in
+    dx/dW, a ragged dz (m = 10 is no multiple of 4 or 8). Tile 8x8x8/2x2: width 4 (float32), 2."""
+    tile = dense_cuda.TileConfig(8, 8, 8, 2, 2)
+    width = dense_cuda.max_vector_width(tile, np.dtype(dtype).itemsize)
+    assert width == 16 // np.dtype(dtype).itemsize
+    code = ACTIVATIONS["gelu"]
+    for n, k, m in ((13, 12, 8), (9, 16, 10)):
+        x, W, b, dy = make_dense(np.random.default_rng(5), n, k, m, dtype)
+        X, WW, B, DY = (target.asarray(a) for a in (x, W, b, dy))
+        assert dense_cuda.vector_width(tile, X, WW) == width
+        Xm = _misaligned(target, x)
+        assert dense_cuda.vector_width(tile, Xm, WW) == 1
+        want = dense_reference(x, W, b, dy, code, 0.01)
+        for xin in (X, Xm):
+            y, saved = dense_cuda.forward_fused(xin, WW, B, code, 0.01, tile)
+            grads = dense_cuda.backward_fused(DY, xin, WW, saved, code, 0.01, tile=tile)
+            got = target.get(y), target.get(saved), [target.get(g) for g in grads], saved is y
+            check_dense(got, want, dtype, n, k, m, f"{n}x{k}x{m} width {dense_cuda.vector_width(tile, xin, WW)}")
 
 
 @pytest.mark.parametrize("tile", list(dense_cuda.TILES))

@@ -3,12 +3,14 @@ aliases), and that every bad input is refused with a Python exception that names
 and what came, raised before any kernel runs."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 import gpunn as gn
 from gpunn import functional as F
-from gpunn.kernels import CpuOps, Ops
+from gpunn.kernels import ACTIVATIONS, CpuOps, Ops
 
 # ------------------------------------------------------------------------------------- helpers
 
@@ -103,11 +105,20 @@ def test_linear_is_dense_without_activation():
     np.testing.assert_allclose(F.linear(x, W, b).numpy(), x.numpy() @ W.numpy().T + b.numpy(), rtol=1e-13)
 
 
-def test_softmax_rows_sum_to_one_and_log_softmax_is_its_log():
+def test_softmax_and_log_softmax_match_float64_definitions():
+    """Each against its definition written here with Python's math on every row (exp(x_j) / sum
+    exp(x_k); x_j - log sum exp(x_k) with math.fsum), not against each other."""
     x = t64(4, 6) * 10.0
+    rows = x.numpy().tolist()
+    p_ref = np.array([[math.exp(v) / math.fsum(math.exp(u) for u in r) for v in r] for r in rows])
+    lp_ref = np.array([[v - math.log(math.fsum(math.exp(u) for u in r)) for v in r] for r in rows])
     p = F.softmax(x, dim=1).numpy()
+    np.testing.assert_allclose(p, p_ref, rtol=1e-13, atol=1e-300)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-14)
-    np.testing.assert_allclose(np.log(p), F.log_softmax(x, dim=1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(F.log_softmax(x, dim=1).numpy(), lp_ref, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(F.softmax(x, dim=0).numpy().T,
+                               [[math.exp(v) / math.fsum(math.exp(u) for u in c) for v in c]
+                                for c in x.numpy().T.tolist()], rtol=1e-13, atol=1e-300)
     big = gn.tensor(np.array([[1e4, -1e4, 0.0]]))
     assert np.isfinite(F.log_softmax(big).numpy()).all()
 
@@ -183,7 +194,7 @@ def test_unknown_activation_lists_the_valid_ones(no_kernels):
         F.dense(t32(2, 3), t32(4, 3), activation="swish")
     msg = str(info.value)
     assert "'swish'" in msg
-    for name in ("identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh"):
+    for name in ACTIVATIONS:
         assert name in msg
     with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
         F.gelu(t32(2), approximate="erf")

@@ -5,6 +5,7 @@ random cotangent, and compares outputs and every input gradient to float32 toler
 gpunn backend."""
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch.nn.functional as TF  # noqa: E402
 
 import gpunn as gn  # noqa: E402
 from gpunn import functional as F  # noqa: E402
+from gpunn.kernels import ACTIVATIONS  # noqa: E402
+from references import TORCH_ACTIVATIONS  # noqa: E402
 
 RTOL, ATOL = 1.3e-6, 1e-5  # torch.testing.assert_close defaults for float32
 
@@ -131,9 +134,8 @@ CASES["bce_extreme"] = (lambda x, y: F.binary_cross_entropy_with_logits(x, y, re
                         lambda x, y: TF.binary_cross_entropy_with_logits(x, y, reduction="none"),
                         [lambda rng: np.array([-1e4, -100, -100, 100, 100, 1e4], np.float32),
                          lambda rng: np.array([0, 0, 1, 0, 1, 1], np.float32)])
-for _act in ("identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh"):
-    _t = {"identity": lambda z: z, "relu": TF.relu, "leaky_relu": TF.leaky_relu, "gelu": TF.gelu,
-          "gelu_tanh": lambda z: TF.gelu(z, approximate="tanh"), "sigmoid": torch.sigmoid, "tanh": torch.tanh}[_act]
+for _act in ACTIVATIONS:
+    _t = functools.partial(TORCH_ACTIVATIONS[_act], torch, slope=0.01)
     CASES[f"dense_{_act}"] = (lambda x, W, b, a=_act: F.dense(x, W, b, activation=a),
                               lambda x, W, b, t=_t: t(TF.linear(x, W, b)), [normal(5, 4), normal(3, 4), normal(3)])
     CASES[f"dense_{_act}_nobias_3d"] = (lambda x, W, a=_act: F.dense(x, W, activation=a),

@@ -10,7 +10,8 @@ import pytest
 
 from gpunn.kernels import ACTIVATIONS, CpuOps, Ops, activation_code, needs_preactivation
 from harness import strict_numerics
-from test_kernels_dense import ACTS, ACT_IDS, act_and_grad
+from references import ACTIVATION_REFS, TORCH_ACTIVATIONS, act_and_grad
+from test_kernels_dense import ACTS, ACT_IDS
 
 SHAPES = [(), (0,), (7,), (3, 4), (2, 0, 3), (2, 3, 5)]
 TOL = {np.float32: dict(rtol=2e-6, atol=1e-6), np.float64: dict(rtol=1e-13, atol=1e-14)}
@@ -157,6 +158,29 @@ def test_needs_preactivation_table():
     assert needs_preactivation(ACTIVATIONS["leaky_relu"], -0.1)
     for name in ("identity", "relu", "leaky_relu", "sigmoid", "tanh"):
         assert not needs_preactivation(ACTIVATIONS[name], 0.01)
+
+
+def test_every_registered_activation_has_a_test_reference():
+    """The registry's definitions are checked against references written in tests/references.py:
+    a new activation needs its entry there (float64 and PyTorch)."""
+    assert set(ACTIVATIONS) <= set(ACTIVATION_REFS), set(ACTIVATIONS) - set(ACTIVATION_REFS)
+    assert set(ACTIVATIONS) <= set(TORCH_ACTIVATIONS), set(ACTIVATIONS) - set(TORCH_ACTIVATIONS)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_matches_torch(name):
+    torch = pytest.importorskip("torch")
+    z = np.concatenate([np.linspace(-8, 8, 161), [-100.0, 100.0, 0.0]]).astype(np.float32)
+    dy = np.random.default_rng(4).standard_normal(z.shape).astype(np.float32)
+    Z = torch.tensor(z, requires_grad=True)
+    want = TORCH_ACTIVATIONS[name](torch, Z, 0.01)
+    want.backward(torch.tensor(dy))
+    ops = CpuOps()
+    code = ACTIVATIONS[name]
+    y = ops.activation_forward(z, code)
+    dz = ops.activation_backward(dy, z, y, code)
+    np.testing.assert_allclose(y, want.detach().numpy(), rtol=1.3e-6, atol=1e-5)
+    np.testing.assert_allclose(dz, Z.grad.numpy(), rtol=1.3e-6, atol=1e-5)
 
 
 def test_activation_codes_and_aliases():

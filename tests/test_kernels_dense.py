@@ -11,37 +11,12 @@ import pytest
 
 from gpunn.kernels import ACTIVATIONS, CpuOps, Ops, needs_preactivation
 from harness import strict_numerics
+from references import act_and_grad
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-SQ2PI = math.sqrt(2 / math.pi)
-
-# (activation name, negative_slope)
+# (activation name, negative_slope): every registered activation, and leaky_relu's other slopes
 ACTS = [(name, 0.01) for name in ACTIVATIONS] + [("leaky_relu", 0.2), ("leaky_relu", -0.5), ("leaky_relu", 0.0)]
 ACT_IDS = [f"{n}" if s == 0.01 else f"{n}{s}" for n, s in ACTS]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-12)}
-
-
-def act_and_grad(name, z, slope):
-    """(act(z), act'(z)) in float64."""
-    if name == "identity":
-        return z, np.ones_like(z)
-    if name == "relu":
-        return np.maximum(z, 0), (z > 0).astype(float)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, slope * z), np.where(z > 0, 1.0, slope)
-    if name == "gelu":
-        cdf = 0.5 * (1 + _erf(z / math.sqrt(2)))
-        return z * cdf, cdf + z * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    if name == "gelu_tanh":
-        t = np.tanh(SQ2PI * (z + 0.044715 * z**3))
-        return 0.5 * z * (1 + t), 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * SQ2PI * (1 + 3 * 0.044715 * z * z)
-    if name == "sigmoid":
-        s = 1 / (1 + np.exp(-z))
-        return s, s * (1 - s)
-    if name == "tanh":
-        t = np.tanh(z)
-        return t, 1 - t * t
-    raise ValueError(name)
 
 
 def reference(x, W, b, dy, name, slope):

@@ -12,13 +12,18 @@ TOL = {np.float32: dict(rtol=2e-6, atol=2e-6), np.float64: dict(rtol=1e-14, atol
 DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 
 
-def aten_bce(x, y, pw=None):
-    """aten/src/ATen/native/Loss.cpp binary_cross_entropy_with_logits (its max_val form), float64."""
+def softplus64(t):
+    """log(1 + exp(t)) in float64, exact for any t (max(t, 0) + log1p(exp(-|t|)))."""
+    return np.maximum(t, 0) + np.log1p(np.exp(-np.abs(t)))
+
+
+def bce64(x, y, pw=None):
+    """-(w y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), written from the definition with
+    -log sigmoid(x) = softplus(-x) and -log(1 - sigmoid(x)) = softplus(x); float64. (Not ATen's
+    max_val form that the kernels use: a different derivation of the same function.)"""
     x, y = x.astype(np.float64), y.astype(np.float64)
-    mv = np.maximum(-x, 0)
-    log_term = np.log(np.exp(-mv) + np.exp(-x - mv)) + mv
-    w = 1.0 if pw is None else 1 + (pw - 1) * y
-    return (1 - y) * x + w * log_term
+    w = 1.0 if pw is None else pw.astype(np.float64)
+    return w * y * softplus64(-x) + (1 - y) * softplus64(x)
 
 
 def sigmoid64(x):
@@ -48,7 +53,7 @@ def test_bce_with_logits_matches_aten(backend, shape, pos_weight, dtype):
     pw = {None: None, "vector": np.array([0.5, 1.0, 3.0], dtype), "scalar": np.array(2.5, dtype)}[pos_weight]
     loss, dx = run(backend, "bce_with_logits", x, y, pw=pw, g=g)
     assert loss.shape == dx.shape == shape and loss.dtype == dx.dtype == dtype
-    np.testing.assert_allclose(loss, aten_bce(x, y, pw), **TOL[dtype])
+    np.testing.assert_allclose(loss, bce64(x, y, pw), **TOL[dtype])
     s = sigmoid64(x)
     w = 1.0 if pw is None else 1 + (pw.astype(np.float64) - 1) * y
     pwv = 1.0 if pw is None else pw.astype(np.float64)
@@ -57,16 +62,34 @@ def test_bce_with_logits_matches_aten(backend, shape, pos_weight, dtype):
 
 @DTYPES
 def test_bce_at_plus_minus_100_and_beyond(backend, dtype):
-    """Large logits: equal to the formula (no log(0), no overflow), gradient sigmoid(x) - y exactly."""
+    """Large logits: equal to the float64 definition (no log(0), no overflow), gradient sigmoid(x) - y."""
     x = np.array([-1e4, -1000.0, -100.0, -100.0, 100.0, 100.0, 1000.0, 1e4], dtype)
     y = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.3, 1.0], dtype)
     loss, dx = run(backend, "bce_with_logits", x, y)
-    want = aten_bce(x, y)
+    want = bce64(x, y)
     assert np.isfinite(loss).all() and np.isfinite(dx).all()
-    np.testing.assert_allclose(loss, want, rtol=1e-7 if dtype == np.float32 else 1e-15)
+    # atol: the exact loss there is exp(-100) = 3.7e-44, below 1's rounding in log(1 + exp(-100))
+    np.testing.assert_allclose(loss, want, rtol=1e-7 if dtype == np.float32 else 1e-15, atol=1e-40)
     # the values themselves: 0 where the target agrees (exp(-100) is below 1's rounding), |x| where not
     np.testing.assert_allclose(loss, [0, 1000, 0, 100, 100, 0, 700, 0], rtol=1e-6, atol=0)
     np.testing.assert_allclose(dx, sigmoid64(x) - y, rtol=1e-7, atol=np.finfo(dtype).tiny)  # subnormals are coarse
+
+
+@DTYPES
+def test_bce_with_logits_matches_torch(backend, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.standard_normal(40) * 6, [-100.0, 100.0, 0.0]]).astype(dtype).reshape(-1, 1)
+    y = rng.uniform(0, 1, x.shape).astype(dtype)
+    pw = np.array([2.5], dtype)
+    X = torch.tensor(x, requires_grad=True)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(X, torch.tensor(y), pos_weight=torch.tensor(pw),
+                                                                reduction="none")
+    want.sum().backward()
+    loss, dx = run(backend, "bce_with_logits", x, y, pw=pw)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(loss, want.detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, X.grad.numpy(), **tol)
 
 
 @DTYPES

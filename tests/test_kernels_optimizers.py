@@ -1,4 +1,5 @@
-"""gpunn.kernels.optimizers: every `*_cpu` (Numba) equals its `*_ref` (array expressions) for every
+"""gpunn.kernels.optimizers: every `*_cpu` (Numba, made from the registry's update) equals the array-
+expression reference in tests/references.py for every
 option combination, in float32 and float64; neither writes what it must not (the gradient, unused
 buffers, memory beside the arrays); both refuse bad arguments with a Python error; and the reference
 follows the closed formulas of numerics.md computed independently here."""
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from gpunn.kernels import ops_for, use_kernels
 from gpunn.kernels import optimizers as K
+import references as R
 
 DTYPES = [np.float32, np.float64]
 # cpu computes in float64 and rounds once; ref rounds after every float32 operation
@@ -91,7 +93,7 @@ def _guards_intact(big, what, sentinel=-777.0):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("o", SGD_OPTS, ids=[str(i) for i in range(len(SGD_OPTS))])
 def test_sgd_cpu_equals_ref(dtype, o):
-    ref = run_sgd(K.sgd_update_ref, 37, dtype, 1, o)
+    ref = run_sgd(R.sgd_ref, 37, dtype, 1, o)
     cpu = run_sgd(K.sgd_update_cpu, 37, dtype, 1, o)
     for name, a, b in zip(("param", "grad", "momentum_buffer"), ref[:3], cpu[:3]):
         _close(b, a, dtype, f"sgd {o}: {name}")
@@ -106,7 +108,7 @@ def test_sgd_cpu_equals_ref(dtype, o):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("o", ADAM_OPTS, ids=[str(i) for i in range(len(ADAM_OPTS))])
 def test_adam_cpu_equals_ref(dtype, o):
-    ref = run_adam(K.adam_update_ref, 41, dtype, 2, o)
+    ref = run_adam(R.adam_ref, 41, dtype, 2, o)
     cpu = run_adam(K.adam_update_cpu, 41, dtype, 2, o)
     for name, a, b in zip(("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ref[:5], cpu[:5]):
         _close(b, a, dtype, f"adam {o}: {name}")
@@ -120,7 +122,7 @@ def test_adam_cpu_equals_ref(dtype, o):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("o", RMS_OPTS, ids=[str(i) for i in range(len(RMS_OPTS))])
 def test_rmsprop_cpu_equals_ref(dtype, o):
-    ref = run_rms(K.rmsprop_update_ref, 29, dtype, 3, o)
+    ref = run_rms(R.rmsprop_ref, 29, dtype, 3, o)
     cpu = run_rms(K.rmsprop_update_cpu, 29, dtype, 3, o)
     for name, a, b in zip(("param", "grad", "momentum_buffer", "square_avg", "grad_avg"), ref[:5], cpu[:5]):
         _close(b, a, dtype, f"rmsprop {o}: {name}")
@@ -140,7 +142,7 @@ def test_rmsprop_cpu_equals_ref(dtype, o):
 def test_adam_cpu_equals_ref_drawn(n, dtype, seed, lr, b1, b2, step, wd, amsgrad, decoupled):
     """Any size (empty and size 1 included) and hyperparameters in range: the two agree."""
     outs = []
-    for fn in (K.adam_update_ref, K.adam_update_cpu):
+    for fn in (R.adam_ref, K.adam_update_cpu):
         p, g, m, v, vmax = arrays(n, dtype, seed)
         fn(p, g, m, v, vmax, lr, b1, b2, 1e-8, wd, decoupled, amsgrad, False, step)
         outs.append((p, m, v, vmax))
@@ -150,7 +152,7 @@ def test_adam_cpu_equals_ref_drawn(n, dtype, seed, lr, b1, b2, step, wd, amsgrad
 
 # ----------------------------------------------------------------------------- closed formulas
 
-@pytest.mark.parametrize("fn", [K.sgd_update_ref, K.sgd_update_cpu], ids=["ref", "cpu"])
+@pytest.mark.parametrize("fn", [R.sgd_ref, K.sgd_update_cpu], ids=["ref", "cpu"])
 def test_sgd_follows_the_formula(fn):
     p, g, buf, _, _ = arrays(10, np.float64, 4)
     p0, b0 = p.copy(), buf.copy()
@@ -166,7 +168,7 @@ def test_sgd_follows_the_formula(fn):
     np.testing.assert_allclose(p, p0 - lr * (-g + mu * -g), rtol=1e-14)
 
 
-@pytest.mark.parametrize("fn", [K.adam_update_ref, K.adam_update_cpu], ids=["ref", "cpu"])
+@pytest.mark.parametrize("fn", [R.adam_ref, K.adam_update_cpu], ids=["ref", "cpu"])
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_adam_follows_the_formula(fn, decoupled):
     p, g, m, v, vmax = arrays(10, np.float64, 5)
@@ -183,7 +185,7 @@ def test_adam_follows_the_formula(fn, decoupled):
         np.testing.assert_allclose(a, e, rtol=1e-13)
 
 
-@pytest.mark.parametrize("fn", [K.rmsprop_update_ref, K.rmsprop_update_cpu], ids=["ref", "cpu"])
+@pytest.mark.parametrize("fn", [R.rmsprop_ref, K.rmsprop_update_cpu], ids=["ref", "cpu"])
 def test_rmsprop_follows_the_formula(fn):
     p, g, buf, sq, gavg = arrays(10, np.float64, 6)
     gavg *= 0.1
@@ -198,7 +200,7 @@ def test_rmsprop_follows_the_formula(fn):
 
 
 def test_amsgrad_max_propagates_nan_in_both():
-    for fn in (K.adam_update_ref, K.adam_update_cpu):
+    for fn in (R.adam_ref, K.adam_update_cpu):
         p, g, m, v, vmax = arrays(4, np.float32, 7)
         g[1] = np.nan
         fn(p, g, m, v, vmax, 0.01, 0.9, 0.999, 1e-8, 0.0, False, True, False, 1)
@@ -208,7 +210,7 @@ def test_amsgrad_max_propagates_nan_in_both():
 def test_division_by_zero_gives_ieee_results_not_errors():
     """eps = 0 and a zero gradient: 0/0 is nan in both (no ZeroDivisionError from Numba)."""
     outs = []
-    for fn in (K.rmsprop_update_ref, K.rmsprop_update_cpu):
+    for fn in (R.rmsprop_ref, K.rmsprop_update_cpu):
         p = np.ones(3, np.float32)
         g = np.array([0.0, 1.0, -1.0], np.float32)
         sq = np.zeros(3, np.float32)

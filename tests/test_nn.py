@@ -6,8 +6,10 @@ import pytest
 
 import gpunn as gn
 from gpunn import nn
+from gpunn.kernels import registry
 
 F32_TOL = dict(rtol=1.3e-6, atol=1e-5)  # PyTorch's assert_close defaults for float32
+ACTIVATION_NAMES = [n for n in registry.ACTIVATIONS if n != "identity"]
 ACTIVATIONS = [nn.ReLU, lambda: nn.LeakyReLU(0.1), lambda: nn.LeakyReLU(-0.2), nn.GELU,
                lambda: nn.GELU("tanh"), nn.Sigmoid, nn.Tanh]
 
@@ -481,7 +483,7 @@ def test_gradcheck_linear_dense_and_fused_sequential():
     x = gn.tensor(rng.standard_normal((3, 4)), requires_grad=True)
     lin = nn.Linear(4, 3, dtype=np.float64)
     assert gn.gradcheck(lambda x, W, b: lin(x), (x, lin.weight, lin.bias))
-    for act in ("relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh", None):
+    for act in [*ACTIVATION_NAMES, None]:
         d = nn.Dense(4, 3, act, dtype=np.float64)
         assert gn.gradcheck(lambda x, W, b: d(x), (x, d.weight, d.bias)), act
     for act in ACTIVATIONS:
@@ -578,3 +580,12 @@ def test_nn_namespace():
     assert nn.Parameter is gn.Parameter and nn.init.kaiming_uniform_ is nn.init.he_uniform_
     for name in nn.__all__:
         assert hasattr(nn, name), name
+
+
+def test_dense_nodes_carry_the_layer_name_path_or_class():
+    x = gn.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    root = nn.Dense(3, 2, activation="tanh")
+    assert root._layer_name == "Dense" and root(x).grad_fn.layer == "Dense"
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 2)))
+    assert model(x).grad_fn.layer == "2.0"
+    assert [m._layer_name for m in model.modules()] == ["Sequential", "0", "1", "2", "2.0"]

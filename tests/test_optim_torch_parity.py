@@ -5,6 +5,7 @@ smooth objective through their own autograd, so gradients change every step and 
 parameters each library has reached. Parameters and optimizer state are compared after every
 step with PyTorch's own float32 tolerances (rtol 1.3e-6, atol 1e-5) or float64 ones (1e-7).
 The tests run on every backend present (reference and fused kernels; the GPU ones where CuPy runs).
+Those that compare with torch skip when it is absent; the rest run without it.
 """
 from __future__ import annotations
 
@@ -15,14 +16,12 @@ import pytest
 
 import gpunn as gn
 from gpunn import functional as F
-
-torch = pytest.importorskip("torch")
+from torch_util import requires_torch, torch
 
 TOL = {np.float32: dict(rtol=1.3e-6, atol=1e-5), np.float64: dict(rtol=1e-7, atol=1e-7)}
 # State buffers such as RMSprop's momentum (a sum of g / sqrt(v)) amplify the last-bit differences
 # between the two autograd engines' gradients; parameters (scaled by lr) stay within TOL.
 STATE_TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-7, atol=1e-7)}
-TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 SHAPES = [(5, 3), (5,), (2, 3, 4), ()]
 STATE_KEYS = {"SGD": ("momentum_buffer",), "Adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
               "AdamW": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
@@ -141,6 +140,7 @@ def test_grid_covers_every_option():
     assert len(CASES) == 20 + 16 + 16 + 16
 
 
+@requires_torch
 @pytest.mark.parametrize("name,kw", CASES, ids=[f"{n}-{i}" for n, i in zip([c[0] for c in CASES], _ids([c[1] for c in CASES]))])
 def test_ten_steps_equal_torch(backend, name, kw):
     pair = Pair(backend)
@@ -151,6 +151,7 @@ def test_ten_steps_equal_torch(backend, name, kw):
         assert gopt.state_dict()["param_groups"][0]["lr"] == kw["lr"]
 
 
+@requires_torch
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.05)),
                                      ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, maximize=True)),
                                      ("Adam", dict(lr=0.05, betas=(0.9, 0.6), amsgrad=True, weight_decay=0.1)),
@@ -165,6 +166,7 @@ def test_float64_equal_torch(backend, name, kw):
     assert pair.gp[0].dtype == np.float64
 
 
+@requires_torch
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop"])
 def test_defaults_equal_torch(backend, name):
     pair = Pair(backend)
@@ -211,6 +213,7 @@ def test_first_sgd_momentum_buffer_is_g(backend, wd):
 
 # ----------------------------------------------------------------------------- groups, skipping, state
 
+@requires_torch
 def test_param_groups_with_different_options_equal_torch(backend):
     pair = Pair(backend)
     with backend.activate():
@@ -225,6 +228,7 @@ def test_param_groups_with_different_options_equal_torch(backend):
     assert [g["lr"] for g in gopt2.param_groups] == [0.2, 0.02]
 
 
+@requires_torch
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.05)),
                                      ("AdamW", dict(lr=0.05, amsgrad=True)),
                                      ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True))])
@@ -242,6 +246,7 @@ def test_param_without_grad_is_skipped_like_torch(backend, name, kw):
         assert float(gopt.state[pair.gp[1]]["step"]) == 5 and float(gopt.state[pair.gp[0]]["step"]) == 10
 
 
+@requires_torch
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
                                      ("Adam", dict(lr=0.05, betas=(0.9, 0.6), amsgrad=True)),
                                      ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True))])
@@ -272,6 +277,7 @@ def test_state_dict_round_trip_continues_bit_identically(backend, name, kw):
         assert np.array_equal(backend.to_numpy(a.data), backend.to_numpy(b.data))
 
 
+@requires_torch
 def test_torch_state_dict_loads_into_gpunn(backend):
     """A torch Adam state_dict, its tensors turned into NumPy arrays, continues in gpunn as in torch."""
     pair = Pair(backend)
@@ -293,6 +299,7 @@ def test_torch_state_dict_loads_into_gpunn(backend):
         run_both(pair, gopt, topt, steps=6)
 
 
+@requires_torch
 def test_mlp_with_fused_dense_equals_torch(backend):
     """A 4-parameter MLP (dense + tanh, dense, MSE): gradients come from the fused dense backward
     straight into the flat gradient buffer; Adam matches torch over 10 steps."""

@@ -6,20 +6,14 @@ import numbers
 
 import numpy as np
 
-from gpunn.backend import get_array_module as xp_of
-
-
-def _dev(a) -> str:
-    if type(a) is np.ndarray:
-        return "cpu"
-    return f"gpu:{getattr(getattr(a, 'device', None), 'id', 0)}"
+from gpunn.backend import FLOAT_DTYPES, device_of, get_array_module
 
 
 def check_same_device(op: str, *arrays) -> None:
     t0 = type(arrays[0])
     if all(type(a) is t0 for a in arrays) and t0 is np.ndarray:
         return
-    devs = [_dev(a) for a in arrays]
+    devs = [str(device_of(a)) for a in arrays]
     if len(set(devs)) > 1:
         raise RuntimeError(f"{op}: expected all tensors on one device, got {', '.join(devs)}; "
                            "move them with .to(device) first")
@@ -35,12 +29,9 @@ def check_same_dtype(op: str, *arrays, names=None) -> None:
                             "convert one side with .float() or .double()")
 
 
-_KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def check_float(op: str, a, name: str = "input") -> None:
     """The kernels run in float32 and float64 only (float16 would reach Numba and fail there)."""
-    if a.dtype not in _KERNEL_FLOATS:
+    if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be a float tensor (float32 or float64), got dtype {a.dtype}")
 
 
@@ -48,7 +39,7 @@ def scalar_like(x, like):
     """A Python/NumPy number as a 0-d array of `like`'s dtype (ints and bools keep exactness)."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"expected a tensor or a number, got {type(x).__name__}")
-    return xp_of(like).asarray(x, dtype=like.dtype)
+    return get_array_module(like).asarray(x, dtype=like.dtype)
 
 
 def unbroadcast(g, shape):
@@ -89,7 +80,7 @@ def flush_checks() -> None:
     items = _pending[:]
     _pending.clear()
     try:
-        xp = xp_of(items[0][0])
+        xp = get_array_module(items[0][0])
         flags = xp.stack([f.reshape(()) for f, _ in items])
         flags = flags.get() if hasattr(flags, "get") else np.asarray(flags)
     except Exception:  # arrays on different devices: one at a time

@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor
-from gpunn.backend import device as resolve_device, generator as default_generator
+from gpunn.backend import device as resolve_device, generator as default_generator, is_array
 
 float16 = half = np.dtype(np.float16)
 float32 = float = np.dtype(np.float32)
@@ -223,7 +223,7 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
 
     if isinstance(data, Tensor):
         arr = data.data
-    elif isinstance(data, np.ndarray) or type(data).__module__.startswith("cupy"):
+    elif is_array(data):
         arr = data
     else:
         return tensor(data, dtype=dtype, device=device)

@@ -4,7 +4,8 @@ A `Tensor` wraps one NumPy or CuPy array. An op is a `Function` subclass with `f
 one array out) and `backward` (the output's gradient in, one gradient per input out). Calling
 `Function.apply(*tensors)` runs forward and, when grad mode is on and an input requires grad,
 records the node on the output. `loss.backward()` walks the recorded graph once in reverse
-topological order and accumulates into `.grad` of every leaf that requires it.
+topological order and accumulates into `.grad` of every leaf that requires it (into the leaf's
+gradient sink where its owner registered one: gpunn/autograd/grad_sink.py).
 """
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ import contextlib
 
 import numpy as np
 
+from gpunn.autograd import grad_sink as _sink
 from gpunn.autograd.checks import check_same_device as _check_same_device, flush_checks
-from gpunn.backend import Device, device as resolve_device, device_of
+from gpunn.backend import Device, device as resolve_device, device_of, is_array, is_cupy_array
 from gpunn.kernels import ops as _kops
 
 _grad_enabled = contextvars.ContextVar("gpunn_grad_enabled", default=True)
-# Leaves whose optimizer gradient buffer a node has already written during the current backward pass
-# (Function.grad_buffer); None outside a backward pass.
-_claimed_buffers = contextvars.ContextVar("gpunn_claimed_grad_buffers", default=None)
 # Callbacks queued (queue_callback) during the current backward pass; None outside one.
 _end_callbacks = contextvars.ContextVar("gpunn_backward_end_callbacks", default=None)
 
@@ -90,21 +89,10 @@ class Function:
                 return res
         return Tensor(out)
 
-    def grad_buffer(self, i: int):
-        """Where the gradient of input i may be written directly (or None): the optimizer's flat
-        gradient view of a leaf (`Tensor._grad_buffer`) that has no .grad yet, once per backward
-        pass (a second node reaching the same leaf gets None, so two contributions are never written
-        into one buffer). A backward that writes there returns that very array; the leaf then takes
-        it as its .grad without a copy."""
-        claimed = _claimed_buffers.get()
-        if claimed is None:
-            return None
-        t = self.inputs[i]
-        buf = t._grad_buffer
-        if t._node is not None or t.grad is not None or id(t) in claimed or not _fits(buf, t.data):
-            return None
-        claimed.add(id(t))
-        return buf
+    def grad_sink(self, i: int):
+        """The array that input i's gradient may be written into directly, or None (see
+        gpunn/autograd/grad_sink.py). A backward that writes there returns that very array."""
+        return _sink.claim(self.inputs[i])
 
     def forward(self, *arrays, **params):  # pragma: no cover - interface
         raise NotImplementedError
@@ -123,7 +111,7 @@ _NUMERIC_KINDS = "biuf"
 class Tensor:
     """An n-dimensional array with an optional gradient. `data` is a NumPy or CuPy array."""
 
-    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_buffer", "_version", "_post_hooks",
+    __slots__ = ("data", "requires_grad", "grad", "_node", "_grad_sink", "_version", "_post_hooks",
                  "__weakref__")
     __array_priority__ = 1000  # so ndarray OP Tensor defers to Tensor's reflected operators
 
@@ -132,7 +120,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad = None
         self._node = None
-        self._grad_buffer = None
+        self._grad_sink = None  # see gpunn/autograd/grad_sink.py
         self._version = 0  # bumped by every in-place write; checked at backward (check_saved_versions)
         self._post_hooks = None
 
@@ -254,24 +242,13 @@ class Tensor:
         return self
 
     # ------------------------------------------------------------------ autodiff
-    def _grad_written_in_place(self, g) -> bool:
-        """Whether g is this leaf's first gradient, written straight into its optimizer buffer by the
-        backward that produced it (Function.grad_buffer): it becomes .grad with no copy."""
-        return self.grad is None and g is self._grad_buffer
-
     def _accumulate_grad(self, g) -> None:
-        """Add g into .grad. A leaf with a grad buffer (set by an optimizer) receives it in place."""
+        """Add g into .grad; the first gradient goes to the leaf's sink, else to a private copy."""
         if isinstance(g, np.generic):  # NumPy reductions of 0-d arrays give scalars
             g = np.asarray(g)
         if self.grad is None:
-            buf = self._grad_buffer
-            if self._grad_written_in_place(g):
-                self.grad = Tensor(buf)
-            elif _fits(buf, g):
-                buf[...] = g
-                self.grad = Tensor(buf)
-            else:
-                self.grad = Tensor(g.copy())
+            kept = _sink.receive(self, g)
+            self.grad = Tensor(g.copy() if kept is None else kept)
         else:
             self.grad.data += g
 
@@ -498,11 +475,16 @@ class Tensor:
     view = reshape
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
-        """Merge dims start_dim..end_dim into one (works for empty tensors, unlike reshape(..., -1))."""
+        """Merge dims start_dim..end_dim into one (works for empty tensors, unlike reshape(..., -1));
+        a 0-d tensor becomes shape (1,). IndexError for a dim out of range, as in PyTorch."""
         shape = self.shape
-        if not shape:
+        nd = len(shape)
+        if nd == 0:
             return self.reshape(1)
-        s, e = start_dim % len(shape), end_dim % len(shape)
+        s = start_dim + nd if start_dim < 0 else start_dim
+        e = end_dim + nd if end_dim < 0 else end_dim
+        if not (0 <= s < nd and 0 <= e < nd):
+            raise IndexError(f"flatten: dims ({start_dim}, {end_dim}) out of range for shape {shape}")
         if s > e:
             raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {shape}")
         n = 1
@@ -605,7 +587,7 @@ class Tensor:
         self._check_writable(op, other)
         xp = np if type(self.data) is np.ndarray else self.device.xp
         kind = self.dtype.kind
-        if isinstance(other, Tensor) or isinstance(other, np.ndarray) or type(other).__module__.startswith("cupy"):
+        if isinstance(other, Tensor) or is_array(other):
             o = other.data if isinstance(other, Tensor) else other
             _check_same_device(op, self.data, o)
             if o.dtype != self.dtype:
@@ -671,21 +653,16 @@ def _unit_seed(a):
     return g
 
 
-def _fits(buf, a) -> bool:
-    """Whether the gradient buffer `buf` (or None) can hold a gradient like `a`: same shape, dtype, array type."""
-    return buf is not None and buf.shape == a.shape and buf.dtype == a.dtype and type(buf) is type(a)
-
-
 def _run_backward(order, grads, rec) -> None:
     """The reverse walk of `Tensor.backward`: each node's backward in reverse topological order,
     gradients summed per input, leaves accumulating theirs. `rec` is the active profiler or None."""
-    token = _claimed_buffers.set(set())
+    token = _sink.begin_pass()
     queued = []
     token_cb = _end_callbacks.set(queued)
     try:
         _walk_backward(order, grads, rec)
     finally:
-        _claimed_buffers.reset(token)
+        _sink.end_pass(token)
         _end_callbacks.reset(token_cb)
     for fn in queued:
         fn()
@@ -788,7 +765,7 @@ def _check_gradient(t: Tensor, gradient):
     """The array that `t.backward(gradient)` starts from: same shape, dtype and device as `t`."""
     if isinstance(gradient, Tensor):
         g = gradient.data
-    elif isinstance(gradient, np.ndarray) or type(gradient).__module__.startswith("cupy"):
+    elif is_array(gradient):
         g = gradient
     elif isinstance(gradient, np.generic):
         g = np.asarray(gradient)
@@ -831,7 +808,7 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
     if isinstance(data, Tensor):
         data = data.data
     dev = resolve_device(device) if device is not None else None
-    if type(data).__module__.startswith("cupy"):
+    if is_cupy_array(data):
         arr = data.copy() if dtype is None else data.astype(dtype)
         if dev is not None and not dev.is_gpu:
             arr = arr.get()

@@ -5,14 +5,18 @@ uses, whether a GPU is usable and, if not, why. Importing it never imports CuPy:
 that happens the first time a GPU is asked for.
 """
 from gpunn.backend.device import (
+    FLOAT_DTYPES,
     Device,
     DeviceError,
     cpu,
     device,
+    device_of,
     get_array_module,
     gpu_status,
-    device_of,
+    is_array,
+    is_cupy_array,
 )
 from gpunn.backend.random import generator, manual_seed
 
-__all__ = ["Device", "DeviceError", "cpu", "device", "get_array_module", "gpu_status", "device_of", "generator", "manual_seed"]
+__all__ = ["FLOAT_DTYPES", "Device", "DeviceError", "cpu", "device", "device_of", "generator", "get_array_module",
+           "gpu_status", "is_array", "is_cupy_array", "manual_seed"]

@@ -12,6 +12,10 @@ Needs numba-cuda with CUDA 13's NVVM, NVRTC and nvJitLink (pip: `numba-cuda[cu13
 What this proves: the kernels type-check, lower and assemble for the real target, with the
 resources ptxas reports. What it does not: that they run correctly or fast on the hardware.
 
+SASS (`sass_main_loop()`): the cubin is kept and disassembled on demand with NVIDIA's nvdisasm
+(pip: `nvidia-cuda-nvdisasm`, also in the `cuda-compile` extra), to measure what the compiler made
+of a GEMM's main loop: `fma_share` = FMA instructions (FFMA, DFMA) over all instructions in it.
+
 Occupancy (`occupancy()`): resident blocks per SM = the minimum over the limits on threads, blocks,
 registers (allocated per warp in units of 256) and shared memory, from NVIDIA's CUDA occupancy
 rules for the listed compute capabilities. Shared memory is counted as ptxas reports it for sm_80+:
@@ -64,6 +68,11 @@ class OfflineKernel:
     local_ops: int = 0  # ld.local + st.local instructions in the PTX: arrays the compiler could not keep in registers
     seconds: float = 0.0
     log: str = field(default="", repr=False)
+    cubin: bytes = field(default=b"", repr=False)
+
+    def sass(self) -> str:
+        """The kernel's SASS, as nvdisasm prints it."""
+        return disassemble(self.cubin)
 
     def __getitem__(self, launch_config):
         raise RuntimeError(f"kernel {self.name} was compiled offline for sm_{self.cc[0]}{self.cc[1]} "
@@ -108,6 +117,131 @@ def parse_ptxas(log: str, kernel: OfflineKernel) -> OfflineKernel:
     return kernel
 
 
+# ------------------------------------------------------------------------------------------ SASS
+
+def nvdisasm_path() -> str:
+    """Where NVIDIA's nvdisasm is (the nvidia-cuda-nvdisasm wheel, or a CUDA toolkit), or an error saying
+    what to install."""
+    from cuda import pathfinder
+
+    path = pathfinder.find_nvidia_binary_utility("nvdisasm")
+    if not path:
+        raise RuntimeError("nvdisasm not found: pip install nvidia-cuda-nvdisasm (gpunn's cuda-compile extra)")
+    return path
+
+
+def disassemble(cubin: bytes) -> str:
+    """nvdisasm -c of a cubin: the code sections' SASS as text."""
+    import subprocess
+    import tempfile
+
+    if not cubin:
+        raise ValueError("no cubin to disassemble")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        r = subprocess.run([nvdisasm_path(), "-c", f.name], capture_output=True, text=True, timeout=120)
+    if r.returncode:
+        raise RuntimeError(f"nvdisasm failed ({r.returncode}): {r.stderr.strip()[:500]}")
+    return r.stdout
+
+
+# `/*1c80*/  @!P0 BRA `(.L_x_2) ;` -> address, opcode with modifiers, operands
+_SASS_INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+_SASS_LABEL = re.compile(r"^(\.L\w+):")
+_SASS_TARGET = re.compile(r"`\((\.L\w+)\)")
+FMA_OPCODES = ("FFMA", "DFMA")
+_SASS_REG = re.compile(r"R\d+")
+_NO_REGISTER_WRITE = ("ST", "STS", "STG", "STL", "RED", "ATOM", "ATOMS", "BRA", "BAR", "EXIT")
+
+
+@dataclass
+class SassLoop:
+    """A loop of the SASS: the instructions (opcode, operands) from a backward branch's target label
+    to the branch."""
+
+    start: int  # address of its first instruction
+    end: int    # address of the branch
+    instrs: list
+
+    @property
+    def size(self) -> int:
+        return len(self.instrs)
+
+    @property
+    def fmas(self) -> int:
+        return sum(op.split(".")[0] in FMA_OPCODES for op, _ in self.instrs)
+
+    @property
+    def shared_fmas(self) -> int:
+        """FMAs whose two multiplicands were loaded from shared memory (LDS; a 64/128-bit load fills
+        2/4 registers) by the last instruction writing them, in program order around the loop (the
+        body is walked twice, as loads for the next step may sit before the back branch): the FMAs
+        of a GEMM's tile product. A polynomial (an activation's derivative, formed on load)
+        multiplies computed values, and a register-renaming compiler keeps these visible, unlike
+        accumulator registers."""
+        writer, n = {}, 0
+        for walk in (0, 1):
+            for op, operands in self.instrs:
+                base = op.split(".")[0]
+                regs = [r.strip().split(".")[0].strip("-|") for r in operands.split(",")]
+                if walk and base in FMA_OPCODES and len(regs) == 4 \
+                        and writer.get(regs[1]) == writer.get(regs[2]) == "LDS":
+                    n += 1
+                if regs and _SASS_REG.fullmatch(regs[0]) and base not in _NO_REGISTER_WRITE:
+                    width = 4 if ".128" in op else 2 if ".64" in op else 1
+                    first = int(regs[0][1:])
+                    for w in range(width):
+                        writer[f"R{first + w}"] = base
+        return n
+
+    @property
+    def fma_share(self) -> float:
+        return self.fmas / self.size
+
+
+def sass_loops(sass: str) -> list:
+    """Every loop of a SASS listing (one kernel): a branch (BRA, conditional or not) to a label at or
+    before it closes the loop whose body runs from that label to the branch, both included."""
+    labels, instrs = {}, []
+    pending = []
+    for line in sass.splitlines():
+        m = _SASS_LABEL.match(line.strip())
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = _SASS_INSTR.match(line)
+        if not m:
+            continue
+        addr = int(m.group(1), 16)
+        for lab in pending:
+            labels[lab] = addr
+        pending = []
+        instrs.append((addr, m.group(2), m.group(3)))
+    loops = []
+    for addr, op, operands in instrs:
+        t = _SASS_TARGET.search(operands)
+        if op.startswith("BRA") and t and t.group(1) in labels and labels[t.group(1)] <= addr:
+            lo = labels[t.group(1)]
+            loops.append(SassLoop(lo, addr, [(o, ops) for a, o, ops in instrs if lo <= a <= addr]))
+    return loops
+
+
+def sass_main_loop(sass: str):
+    """The GEMM main loop of a kernel's SASS (None if no loop has one): the loop with the most FMAs
+    that multiply two values loaded from shared memory (`SassLoop.shared_fmas`); of loops that tie
+    (a loop and those nested around it that add none), the smallest, i.e. the innermost. Counting
+    these, not all FMAs, keeps a loop that forms dz = dy * act'(s) on load with a polynomial (FMAs
+    too) from being taken for the main loop. Measured this way, a k-loop that is not unrolled is
+    the per-kk loop (its few FMAs and the shared loads and counters around them), and a fully
+    unrolled one is the loop over the K slices, with its global loads, shared-memory stores,
+    barrier and (in dx/dW) the dz formed on load."""
+    loops = [lp for lp in sass_loops(sass) if lp.shared_fmas]
+    if not loops:
+        return None
+    return max(loops, key=lambda lp: (lp.shared_fmas, -lp.size))
+
+
 class OfflineTarget:
     """Replaces `numba_cuda.jit` while `offline_build` is active."""
 
@@ -125,10 +259,10 @@ class OfflineTarget:
         ptx, _ = cuda.compile_ptx(fn, sig, cc=self.cc, launch_bounds=launch_bounds)
         linker = Linker(ObjectCode.from_ptx(ptx.encode()),
                         options=LinkerOptions(arch=f"sm_{self.cc[0]}{self.cc[1]}", verbose=True))
-        linker.link("cubin")
+        cubin = linker.link("cubin")
         log = (linker.get_info_log() or "").replace("\x00", "")
         k = OfflineKernel(fn.__name__, self.cc, ptx_lines=ptx.count("\n"),
-                          local_ops=ptx.count("ld.local") + ptx.count("st.local"), log=log)
+                          local_ops=ptx.count("ld.local") + ptx.count("st.local"), log=log, cubin=bytes(cubin.code))
         parse_ptxas(log, k)
         k.seconds = time.perf_counter() - t0
         self.built.append(k)

@@ -8,6 +8,8 @@ CUDA device or driver answered (CuPy's own error is quoted).
 from __future__ import annotations
 
 import functools
+import sys
+
 import numpy as np
 
 _GPU_NAMES = ("gpu", "cuda")
@@ -151,19 +153,35 @@ def device_of(array) -> Device:
     """The device an array lives on (NumPy -> cpu, CuPy -> gpu:N)."""
     if isinstance(array, np.ndarray) or np.isscalar(array):
         return cpu
-    dev = getattr(array, "device", None)
-    if type(array).__module__.startswith("cupy"):
-        return Device("gpu", getattr(dev, "id", 0))
+    if is_cupy_array(array):
+        return Device("gpu", getattr(getattr(array, "device", None), "id", 0))
     raise TypeError(f"Expected a NumPy or CuPy array, got {type(array).__name__}")
 
 
-def get_array_module(array):
-    """numpy for NumPy arrays and scalars (NumPy reductions return scalars), cupy otherwise.
+# ----------------------------------------------------------------------------- array kinds
+# The one place that answers "is this a CuPy array?" and "which xp?". They sit on hot paths, so
+# they are type tests, not Device lookups, and they never import CuPy: an object whose type comes
+# from a module named cupy* is a CuPy array, and then CuPy is already in sys.modules.
 
-    The one place that answers "which xp?" for an array; it sits on hot paths, so it is a type
-    test, not a Device lookup, and it imports CuPy only when handed something that is not NumPy's."""
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+"""The float dtypes gpunn computes in: its CPU and CUDA kernels take these two and no other."""
+
+
+def is_cupy_array(a) -> bool:
+    """Whether `a` is a CuPy array."""
+    return type(a).__module__.startswith("cupy")
+
+
+def is_array(a) -> bool:
+    """Whether `a` is a NumPy or CuPy array (not a Tensor, list or scalar)."""
+    return isinstance(a, np.ndarray) or is_cupy_array(a)
+
+
+def get_array_module(array):
+    """numpy for NumPy arrays and scalars (NumPy reductions return scalars), cupy for CuPy arrays;
+    TypeError for anything else."""
     if type(array) is np.ndarray or isinstance(array, (np.ndarray, np.generic)):
         return np
-    import cupy
-
-    return cupy
+    if is_cupy_array(array):
+        return sys.modules["cupy"]
+    raise TypeError(f"expected a NumPy or CuPy array, got {type(array).__name__}")

@@ -67,6 +67,9 @@ import warnings
 
 import numpy as np
 
+# nc.xp_of and nc.is_cupy, as the kernel modules spell them: gpunn.backend.device's one definition of each
+from gpunn.backend.device import get_array_module as xp_of, is_cupy_array as is_cupy
+
 SYNC_ENV = "NUMBA_CUDA_ARRAY_INTERFACE_SYNC"
 SIM_ENV = "NUMBA_ENABLE_CUDASIM"
 
@@ -155,19 +158,6 @@ def is_simulator() -> bool:
         return bool(getattr(config, "ENABLE_CUDASIM", 0))
     except ImportError:  # pragma: no cover
         return os.environ.get(SIM_ENV, "0") not in ("", "0")
-
-
-def is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
-def xp_of(a):
-    """numpy for NumPy arrays (the simulator), cupy for CuPy arrays."""
-    if isinstance(a, (np.ndarray, np.generic)):
-        return np
-    if is_cupy(a):
-        return sys.modules["cupy"]
-    raise TypeError(f"expected a NumPy or CuPy array, got {type(a).__name__}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -507,9 +497,9 @@ def _lock_simulator_shared_arrays() -> None:
     original = cls.array
     lock = threading.Lock()
 
-    def array(self, shape, dtype):
-        if shape == 0:  # dynamic shared memory: one buffer, no lookup
-            return original(self, shape, dtype)
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory (one buffer, no lookup);
+            return original(self, shape, dtype, alignment)  # an alignment: the simulator refuses it
         if isinstance(dtype, types.Type):
             dtype = numpy_support.as_dtype(dtype)
         caller = sys._getframe(1)

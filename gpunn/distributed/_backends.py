@@ -18,11 +18,11 @@ import time
 
 import numpy as np
 
+from gpunn.backend import is_cupy_array
+
 __all__ = ["MPIBackend", "NCCLBackend"]
 
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
 
 
 def fail(rank: int, size: int, message: str, abort) -> None:
@@ -86,7 +86,7 @@ class MPIBackend:
     def _buffer(self, array, what):
         if not array.flags.c_contiguous:
             raise ValueError(f"{what}: the tensor must be contiguous (shape {array.shape}, strides {array.strides})")
-        if _is_cupy(array):  # MPI wheels are not CUDA-aware: stage through the host
+        if is_cupy_array(array):  # MPI wheels are not CUDA-aware: stage through the host
             host = array.get()
             return host, (lambda: array.set(host))
         return array, None
@@ -226,7 +226,7 @@ class NCCLBackend:
 
     def start_all_reduce(self, array, what="all_reduce", average=False):
         """Sum (or, with `average`, average) `array` over ranks in place, on the current stream."""
-        if not _is_cupy(array):
+        if not is_cupy_array(array):
             return self.mpi.start_all_reduce(array, what, average)
         if not array.flags.c_contiguous:
             raise ValueError(f"{what}: the tensor must be contiguous (shape {array.shape})")
@@ -242,7 +242,7 @@ class NCCLBackend:
         return self._enqueue(lambda s: self.comm.allReduce(ptr, ptr, array.size, dt, op, s), what, after)
 
     def start_broadcast(self, array, src: int, what="broadcast"):
-        if not _is_cupy(array):
+        if not is_cupy_array(array):
             return self.mpi.start_broadcast(array, src, what)
         if array.size == 0:
             return _Done()

@@ -1,268 +1,188 @@
-"""Activation functions and their derivatives: the reference (any xp) and Numba CPU scalar cores.
+"""Activation functions and their derivatives on the CPU, made from the registry's one definition
+of each (gpunn/kernels/registry.py: the formulas, which of z or y the derivative needs, FLOPs).
 
-Names (and the code each compiles to):
-  identity (0)   y = z
-  relu (1)       y = max(z, 0);                  y' = 1 if z > 0 else 0 (0 at z == 0, as PyTorch)
-  leaky_relu (2) y = z if z > 0 else s*z;        y' = 1 if z > 0 else s  (s = negative_slope)
-  gelu (3)       y = z * Phi(z) = 0.5 z (1 + erf(z / sqrt 2)); y' = Phi(z) + z phi(z)
-  gelu_tanh (4)  y = 0.5 z (1 + tanh(k (z + 0.044715 z^3))), k = sqrt(2/pi)
-  sigmoid (5)    y = 1 / (1 + exp(-z)), evaluated on the stable branch for each sign; y' = y (1 - y)
-  tanh (6)       y = tanh(z);                    y' = 1 - y^2
+Contract (CPU and GPU alike): y = act(z); dz = dy * act'(.) from s, where s is z for the
+activations whose derivative needs the input (gelu, gelu_tanh, leaky_relu with a negative slope)
+and y otherwise (`needs_preactivation`). Precision: elementwise in the array's own dtype (float32
+math for float32, float64 for float64), the policy of the whole activation family on every backend.
 
-Derivatives of relu, leaky_relu (slope >= 0), sigmoid and tanh need only the output y,
-so a fused dense layer keeps y alone; gelu and gelu_tanh (and leaky_relu with a negative
-slope) need the pre-activation z.
+Kernels: one Numba loop per (activation, dtype) and direction, the activation's scalar function
+inlined into it (no branch on the activation at run time, so relu and leaky_relu vectorise), built
+on first use and cached on disk under a name that carries a hash of the definition.
+`activation_forward_ref` / `activation_backward_ref` (the `Ops` reference) run the same kernels:
+the independent check of a definition is the float64 reference in the tests, not a second copy here.
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
 import numpy as np
+import numba
 from numba import njit
 
-from gpunn.backend import get_array_module as array_module
-from gpunn.kernels.fastmath import erf, exp, like, sigmoid, tanh
-
-IDENTITY, RELU, LEAKY_RELU, GELU, GELU_TANH, SIGMOID, TANH = range(7)
-ACTIVATIONS = {
-    "identity": IDENTITY,
-    "relu": RELU,
-    "leaky_relu": LEAKY_RELU,
-    "gelu": GELU,
-    "gelu_tanh": GELU_TANH,
-    "sigmoid": SIGMOID,
-    "tanh": TANH,
-}
-CODES = frozenset(ACTIVATIONS.values())
-_ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_GELU_C = 0.044715
+from gpunn.kernels import registry
+from gpunn.kernels.registry import activation_code, check_code, needs_preactivation  # noqa: F401 (re-exported)
 
 
-def activation_code(name) -> int:
-    """The integer code of an activation name; ValueError listing the valid names otherwise."""
-    key = _ALIASES.get(name, name)
-    if isinstance(key, str):
-        key = key.lower()
-    try:
-        return ACTIVATIONS[key]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)} (or None for identity)"
-        ) from None
+class _Codes(Mapping):
+    """name -> integer code of every registered activation (a live view of the registry)."""
+
+    def __getitem__(self, name):
+        return registry.ACTIVATIONS[name].code
+
+    def __iter__(self):
+        return iter(registry.ACTIVATIONS)
+
+    def __len__(self):
+        return len(registry.ACTIVATIONS)
+
+    def __repr__(self):
+        return repr(dict(self))
 
 
-def check_code(code) -> None:
-    """The fused kernels treat an unknown code as identity: refuse it before they run."""
-    if code not in CODES:
-        raise ValueError(f"unknown activation code {code!r}; valid codes: {sorted(CODES)} "
-                         f"({', '.join(ACTIVATIONS)})")
-
-
-def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
-    """True when the derivative must be computed from z rather than from y = act(z)."""
-    return code in (GELU, GELU_TANH) or (code == LEAKY_RELU and negative_slope < 0)
+ACTIVATIONS = _Codes()
+IDENTITY, RELU, LEAKY_RELU, GELU, GELU_TANH, SIGMOID, TANH = (
+    ACTIVATIONS[n] for n in ("identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "sigmoid", "tanh"))
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference implementation: plain array expressions, valid for NumPy and CuPy alike.
+# CPU kernels: templates whose free names (act, dact) are bound per activation and dtype.
 # ---------------------------------------------------------------------------------------------
 
-def _erf(xp, x):
-    if xp is np:
-        # NumPy has no erf ufunc; math.erf per element is slow but exact: this is the reference.
-        return np.vectorize(math.erf, otypes=[x.dtype])(x) if x.size else x.copy()
-    from cupyx.scipy.special import erf  # only reached on the GPU backend
+# `slope` arrives as a Python float (Numba dispatches a float faster than a NumPy scalar) and is
+# made a scalar of the arrays' dtype (T) once per call.
 
-    return erf(x)
-
-
-def _sigmoid_ref(xp, z):
-    # exp(-|z|) never overflows; pick 1/(1+e) for z >= 0 and e/(1+e) for z < 0.
-    e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
-
-
-def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
-    """y = act(z) elementwise; returns a new array of z's dtype."""
-    xp = array_module(z)
-    dt = z.dtype
-    if code == IDENTITY:
-        return z.copy()
-    if code == RELU:
-        return xp.maximum(z, dt.type(0))
-    if code == LEAKY_RELU:
-        return xp.where(z > 0, z, z * dt.type(negative_slope))
-    if code == GELU:
-        return (0.5 * z * (1.0 + _erf(xp, z * _INV_SQRT_2))).astype(dt, copy=False)
-    if code == GELU_TANH:
-        return (0.5 * z * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3)))).astype(dt, copy=False)
-    if code == SIGMOID:
-        return _sigmoid_ref(xp, z)
-    if code == TANH:
-        return xp.tanh(z)
-    raise ValueError(f"unknown activation code {code}")
-
-
-def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
-    """dz = dy * act'(z), using y where the derivative needs only the output (z may be None then)."""
-    xp = array_module(dy)
-    dt = dy.dtype
-    if code == IDENTITY:
-        return dy.copy()
-    if code == RELU:
-        return xp.where(y > 0, dy, dt.type(0))
-    if code == LEAKY_RELU:
-        s = z if needs_preactivation(code, negative_slope) else y
-        return xp.where(s > 0, dy, dy * dt.type(negative_slope))
-    if code == GELU:
-        cdf = 0.5 * (1.0 + _erf(xp, z * _INV_SQRT_2))
-        pdf = xp.exp(-0.5 * z * z) * _INV_SQRT_2PI
-        return (dy * (cdf + z * pdf)).astype(dt, copy=False)
-    if code == GELU_TANH:
-        t = xp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))
-        d = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * z * z)
-        return (dy * d).astype(dt, copy=False)
-    if code == SIGMOID:
-        return dy * y * (1 - y)
-    if code == TANH:
-        return dy * (1 - y * y)
-    raise ValueError(f"unknown activation code {code}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Numba scalar cores, inlined into the CPU kernels (dense epilogue, elementwise activation).
-# Computed in the array's dtype with gpunn.kernels.fastmath (float32: <= 1.6 ulp per function,
-# vectorisable; float64: <= 1.5 ulp, erf from libm): `like(c, z)` is the constant c in z's type.
-# ---------------------------------------------------------------------------------------------
-
-@njit(inline="always", cache=True)
-def act_scalar(z, code, slope):
-    if code == RELU:
-        return z if z > 0 else like(0.0, z)
-    if code == LEAKY_RELU:
-        return z if z > 0 else like(slope, z) * z
-    if code == GELU:
-        return like(0.5, z) * z * (like(1.0, z) + erf(z * like(_INV_SQRT_2, z)))
-    if code == GELU_TANH:
-        return like(0.5, z) * z * (like(1.0, z) + tanh(like(_SQRT_2_OVER_PI, z) * (z + like(_GELU_C, z) * z * z * z)))
-    if code == SIGMOID:
-        return sigmoid(z)
-    if code == TANH:
-        return tanh(z)
-    return z
-
-
-@njit(inline="always", cache=True)
-def dact_scalar(s, code, slope):
-    """act'(z) from s, where s is z for gelu/gelu_tanh/negative-slope leaky_relu and y otherwise."""
-    one, half = like(1.0, s), like(0.5, s)
-    if code == RELU:
-        return one if s > 0 else like(0.0, s)
-    if code == LEAKY_RELU:
-        return one if s > 0 else like(slope, s)
-    if code == GELU:
-        return half * (one + erf(s * like(_INV_SQRT_2, s))) + s * exp(-half * s * s) * like(_INV_SQRT_2PI, s)
-    if code == GELU_TANH:
-        k, c = like(_SQRT_2_OVER_PI, s), like(_GELU_C, s)
-        t = tanh(k * (s + c * s * s * s))
-        return half * (one + t) + half * s * (one - t * t) * k * (one + like(3.0, s) * c * s * s)
-    if code == SIGMOID:
-        return s * (one - s)
-    if code == TANH:
-        return one - s * s
-    return one
-
-
-# The kernels branch on the activation OUTSIDE their loops, each loop calling the scalar core with a
-# constant code that inlining folds away: a branch inside the loop keeps LLVM from vectorising (7x
-# slower for relu on a 256x512 epilogue; the transcendental ones vectorise only through fastmath).
-
-@njit(cache=True)
-def activation_forward_cpu_kernel(z, code, slope, y):
+def activation_forward_loop(z, slope, y):
     """y = act(z) over flat C-contiguous arrays (y may be z: in place)."""
+    a = T(slope)  # noqa: F821 (bound per dtype)
     if y.size and y.ctypes.data == z.ctypes.data:
-        # In place, pass one array: given two, LLVM checks at run time whether they overlap, finds
+        # In place, index one array: given two, LLVM checks at run time whether they overlap, finds
         # that they do, and runs its scalar loop (measured 10-20x slower for tanh over 256x512).
-        _forward_loops(z, code, slope, z)
+        for i in range(z.size):
+            z[i] = act(z[i], a)  # noqa: F821 (bound per activation)
     else:
-        _forward_loops(z, code, slope, y)
+        for i in range(z.size):
+            y[i] = act(z[i], a)  # noqa: F821 (bound per activation)
 
 
-@njit(inline="always", cache=True)
-def _forward_loops(z, code, slope, y):
-    n = z.size
-    if code == RELU:
-        for i in range(n):
-            v = z[i]
-            y[i] = v if v > 0 else 0
-    elif code == LEAKY_RELU:
-        for i in range(n):
-            v = z[i]
-            y[i] = v if v > 0 else v * slope
-    elif code == GELU:
-        for i in range(n):
-            y[i] = act_scalar(z[i], GELU, slope)
-    elif code == GELU_TANH:
-        for i in range(n):
-            y[i] = act_scalar(z[i], GELU_TANH, slope)
-    elif code == SIGMOID:
-        for i in range(n):
-            y[i] = act_scalar(z[i], SIGMOID, slope)
-    elif code == TANH:
-        for i in range(n):
-            y[i] = act_scalar(z[i], TANH, slope)
-    else:
-        for i in range(n):
-            y[i] = z[i]
+def activation_backward_loop(dy, s, slope, dz):
+    """dz = dy * act'(.) from s (z or y, see the module docstring) over flat C-contiguous arrays."""
+    a = T(slope)  # noqa: F821 (bound per dtype)
+    for i in range(dy.size):
+        dz[i] = dact(dy[i], s[i], a)  # noqa: F821 (bound per activation)
 
 
-@njit(cache=True)
-def activation_backward_cpu_kernel(dy, s, code, slope, dz):
-    """dz = dy * act'(.) from s (z or y, see dact_scalar) over flat C-contiguous arrays."""
-    n = dy.size
-    if code == RELU:
-        for i in range(n):
-            dz[i] = dy[i] if s[i] > 0 else 0
-    elif code == LEAKY_RELU:
-        for i in range(n):
-            dz[i] = dy[i] if s[i] > 0 else dy[i] * slope
-    elif code == SIGMOID:
-        for i in range(n):
-            dz[i] = dy[i] * dact_scalar(s[i], SIGMOID, slope)
-    elif code == TANH:
-        for i in range(n):
-            dz[i] = dy[i] * dact_scalar(s[i], TANH, slope)
-    elif code == GELU:
-        for i in range(n):
-            dz[i] = dy[i] * dact_scalar(s[i], GELU, slope)
-    elif code == GELU_TANH:
-        for i in range(n):
-            dz[i] = dy[i] * dact_scalar(s[i], GELU_TANH, slope)
-    else:
-        for i in range(n):
-            dz[i] = dy[i]
+_CPU_KERNELS: dict = {}
+
+
+def cpu_scalar(code: int, dtype, which: str):
+    """The registry's forward or backward formula of activation `code` as a Numba function over
+    `dtype` scalars (inlined into its callers)."""
+    key = ("scalar", code, np.dtype(dtype).name, which)
+    f = _CPU_KERNELS.get(key)
+    if f is None:
+        m = registry.activation(code)
+        f = _CPU_KERNELS[key] = njit(inline="always", error_model="numpy")(
+            registry.retarget(getattr(m, which), registry.CPU_MATH, dtype))
+    return f
+
+
+def cpu_kernel(template, code: int, dtype, **bound):
+    """`template` compiled with act/dact bound to activation `code`'s formulas in `dtype` (and any
+    other free names given in `bound`); one per (template, code, dtype), cached on disk."""
+    key = (template.__name__, code, dtype)  # a dtype object: hashing it is cheaper than its name
+    k = _CPU_KERNELS.get(key)
+    if k is None:
+        dt = np.dtype(dtype)
+        names = template.__code__.co_names
+        if "T" in names:
+            bound["T"] = numba.from_dtype(dt)
+        if "act" in names:
+            bound["act"] = cpu_scalar(code, dt, "forward")
+        if "dact" in names:
+            bound["dact"] = cpu_scalar(code, dt, "backward")
+        tag = f"{registry.activation(code).name}_{dt.name}"
+        k = _CPU_KERNELS[key] = njit(cache=True, error_model="numpy")(registry.specialise(template, bound, tag))
+    return k
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _flat_c(a):
+    return np.ascontiguousarray(a).reshape(-1)
 
 
 def activation_forward_cpu(z, code, negative_slope=0.01):
     """CPU fast path: y = act(z) in one Numba pass (any shape; a new array)."""
     check_code(code)
-    zc = np.ascontiguousarray(z)
-    y = np.empty_like(zc)
-    activation_forward_cpu_kernel(zc.reshape(-1), code, float(negative_slope), y.reshape(-1))
-    return y if y.ndim == z.ndim else y.reshape(z.shape)  # ascontiguousarray makes 0-d arrays 1-d
+    if code == IDENTITY:
+        return z.copy()
+    if z.dtype not in _KERNEL_DTYPES:  # float16 and friends: in float32, rounded once (torch's opmath)
+        return activation_forward_cpu(z.astype(np.float32), code, negative_slope).astype(z.dtype)
+    zf = _flat_c(z)
+    y = np.empty_like(zf)
+    cpu_kernel(activation_forward_loop, code, z.dtype)(zf, float(negative_slope), y)
+    return y.reshape(z.shape)
+
+
+def saved_operand(z, y, code, negative_slope):
+    """The array the derivative is computed from (z or y, see the module docstring); ValueError
+    when the caller passed None for it."""
+    pre = needs_preactivation(code, negative_slope)
+    s = z if pre else y
+    if s is None:
+        which = "z (the pre-activation)" if pre else "y (the output)"
+        raise ValueError(f"activation_backward: {registry.activation(code).name} needs {which}, got None")
+    return s
 
 
 def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
     """CPU fast path: dz = dy * act'(.) in one Numba pass, from z or y as the activation needs."""
     check_code(code)
-    s = np.ascontiguousarray(z if needs_preactivation(code, negative_slope) else y)
-    dyc = np.ascontiguousarray(dy)
-    dz = np.empty_like(dyc)
-    activation_backward_cpu_kernel(dyc.reshape(-1), s.reshape(-1), code, float(negative_slope), dz.reshape(-1))
-    return dz if dz.ndim == dy.ndim else dz.reshape(dy.shape)  # ascontiguousarray makes 0-d arrays 1-d
+    if code == IDENTITY:
+        return dy.copy()
+    s = saved_operand(z, y, code, negative_slope)
+    if dy.dtype not in _KERNEL_DTYPES:
+        return activation_backward_cpu(dy.astype(np.float32), s.astype(np.float32), s.astype(np.float32), code,
+                                       negative_slope).astype(dy.dtype)
+    dyf = _flat_c(dy)
+    dz = np.empty_like(dyf)
+    cpu_kernel(activation_backward_loop, code, dy.dtype)(dyf, _flat_c(s).astype(dy.dtype, copy=False),
+                                                         float(negative_slope), dz)
+    return dz.reshape(dy.shape)
+
+
+def _on_host(fn):
+    """The reference on any array module: NumPy arrays run the kernels above; other arrays (CuPy,
+    reached only when the GPU kernels cannot run) go through the host and back."""
+
+    def run(*arrays_then_args, n_arrays):
+        arrays = arrays_then_args[:n_arrays]
+        first = next(a for a in arrays if a is not None)
+        if isinstance(first, np.ndarray):
+            return fn(*arrays_then_args)
+        from gpunn.backend import get_array_module
+
+        xp = get_array_module(first)
+        host = [None if a is None else xp.asnumpy(a) for a in arrays]
+        return xp.asarray(fn(*host, *arrays_then_args[n_arrays:]))
+
+    return run
+
+
+_forward_any = _on_host(activation_forward_cpu)
+_backward_any = _on_host(activation_backward_cpu)
+
+
+def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
+    """y = act(z) elementwise; a new array of z's shape and dtype (NumPy or CuPy)."""
+    return _forward_any(z, code, negative_slope, n_arrays=1)
+
+
+def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
+    """dz = dy * act'(z), using y where the derivative needs only the output (z may be None then)."""
+    return _backward_any(dy, z, y, code, negative_slope, n_arrays=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,11 +191,26 @@ def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
 # FLOP, and so is a transcendental (exp, log, erf, tanh, sqrt); bytes are compulsory traffic:
 # every operand read once and every result written once (what an ideal fused kernel moves; an
 # implementation that makes more passes shows up as a lower achieved GB/s, not as more bytes).
+# FLOPs per element of each activation: the registry's `flops` and `backward_flops` (by code below).
 # ---------------------------------------------------------------------------------------------
 
-# FLOPs per element of y = act(z) and of dz = dy * act'(.) (counted from the formulas above).
-ACT_FLOPS = {IDENTITY: 0, RELU: 1, LEAKY_RELU: 2, GELU: 5, GELU_TANH: 9, SIGMOID: 5, TANH: 1}
-DACT_FLOPS = {IDENTITY: 0, RELU: 1, LEAKY_RELU: 2, GELU: 11, GELU_TANH: 19, SIGMOID: 3, TANH: 3}
+class _Flops(Mapping):
+    """code -> FLOPs per element (a live view of the registry's `flops` or `backward_flops`)."""
+
+    def __init__(self, field):
+        self._field = field
+
+    def __getitem__(self, code):
+        return getattr(registry.activation(code), self._field)
+
+    def __iter__(self):
+        return iter(registry.BY_CODE)
+
+    def __len__(self):
+        return len(registry.BY_CODE)
+
+
+ACT_FLOPS, DACT_FLOPS = _Flops("flops"), _Flops("backward_flops")
 
 
 def operand_bytes(a) -> int:
@@ -292,13 +227,13 @@ def operand_bytes(a) -> int:
 
 def activation_forward_cost(z, code: int, negative_slope: float = 0.01):
     """(flops, bytes) of y = act(z): read z, write y."""
-    return ACT_FLOPS[code] * z.size, 2 * z.size * z.dtype.itemsize
+    return registry.activation(code).flops * z.size, 2 * z.size * z.dtype.itemsize
 
 
 def activation_backward_cost(dy, z, y, code: int, negative_slope: float = 0.01):
     """(flops, bytes) of dz = dy * act'(.): read dy and the saved z or y (neither for identity), write dz."""
     saved = 0 if code == IDENTITY else 1
-    return DACT_FLOPS[code] * dy.size, (2 + saved) * dy.size * dy.dtype.itemsize
+    return registry.activation(code).backward_flops * dy.size, (2 + saved) * dy.size * dy.dtype.itemsize
 
 
 COSTS = {"activation_forward": activation_forward_cost, "activation_backward": activation_backward_cost}

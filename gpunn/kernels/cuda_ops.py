@@ -24,7 +24,7 @@ from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import activations_cuda, dense, dense_dispatch, losses, losses_cuda, optimizers
 from gpunn.kernels import optimizers_cuda, softmax_ce, softmax_ce_cuda
 from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
-from gpunn.kernels.activations_cuda import supported
+from gpunn.kernels.cuda_elementwise import supported
 from gpunn.kernels.ops import Ops
 
 

@@ -23,16 +23,15 @@ import numpy as np
 from numba import njit
 
 from gpunn.backend import get_array_module as array_module
+from gpunn.kernels import registry
 from gpunn.kernels.activations import (
-    ACT_FLOPS,
-    ACTIVATIONS,
-    DACT_FLOPS,
     IDENTITY,
-    activation_backward_cpu_kernel,
+    activation_backward_loop,
     activation_backward_ref,
-    activation_forward_cpu_kernel,
+    activation_forward_loop,
     activation_forward_ref,
     check_code,
+    cpu_kernel,
     needs_preactivation,
 )
 
@@ -73,23 +72,29 @@ def dense_backward_ref(dy, x, W, saved, code: int, negative_slope: float = 0.01,
     return dx, dW, db
 
 
-@njit(cache=True)
-def _bias_act_epilogue(z, b, has_bias, code, slope, y):
+# Epilogue templates: `act_loop` / `dact_loop` are bound per activation and dtype (activations.cpu_kernel).
+
+def bias_act_epilogue(z, b, has_bias, slope, y):
     """z += b (in place); y = act(z). y may be z itself. Two cache-resident passes."""
     n, m = z.shape
     if has_bias:
         for i in range(n):
             for j in range(m):
                 z[i, j] += b[j]
-    activation_forward_cpu_kernel(z.reshape(-1), code, slope, y.reshape(-1))
+    act_loop(z.reshape(-1), slope, y.reshape(-1))  # noqa: F821 (bound per activation)
 
 
-@njit(cache=True)
-def _act_grad_colsum(dy, s, code, slope, dz, db, want_db):
+def act_grad_colsum(dy, s, slope, dz, db, want_db):
     """dz = dy * act'(s); db = column sums of dz (float64 accumulation, row order)."""
-    activation_backward_cpu_kernel(dy.reshape(-1), s.reshape(-1), code, slope, dz.reshape(-1))
+    dact_loop(dy.reshape(-1), s.reshape(-1), slope, dz.reshape(-1))  # noqa: F821 (bound per activation)
     if want_db:
         _colsum(dz, db)
+
+
+def _epilogue(template, code, dtype):
+    if template is bias_act_epilogue:
+        return cpu_kernel(template, code, dtype, act_loop=cpu_kernel(activation_forward_loop, code, dtype))
+    return cpu_kernel(template, code, dtype, dact_loop=cpu_kernel(activation_backward_loop, code, dtype))
 
 
 @njit(cache=True)
@@ -107,7 +112,6 @@ def _colsum(a, out):
 # active, which sets it): part_hook(kernel, part, fn, args, (flops, bytes)) runs fn(*args) and
 # records it as a part of `kernel`, so that the epilogue after the GEMM shows as its own row.
 part_hook = None
-_ACT_NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 
 def _part(kernel, part, fn, args, flops, nbytes):
@@ -131,15 +135,15 @@ def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
         if has_bias:
             _part("dense_forward", "bias", _add_bias, (z, b), nm, (2 * nm + b.size) * size)
         return z, z
-    label = ("bias+" if has_bias else "") + _ACT_NAMES[code]
-    flops = (ACT_FLOPS[code] + has_bias) * nm
+    epilogue = _epilogue(bias_act_epilogue, code, z.dtype)
+    slope = float(negative_slope)
+    label = ("bias+" if has_bias else "") + registry.activation(code).name
+    flops = (registry.activation(code).flops + has_bias) * nm
     if needs_preactivation(code, negative_slope):
         y = np.empty_like(z)
-        _part("dense_forward", label, _bias_act_epilogue, (z, bias, has_bias, code, float(negative_slope), y),
-              flops, (3 * nm + z.shape[1]) * size)
+        _part("dense_forward", label, epilogue, (z, bias, has_bias, slope, y), flops, (3 * nm + z.shape[1]) * size)
         return y, z
-    _part("dense_forward", label, _bias_act_epilogue, (z, bias, has_bias, code, float(negative_slope), z),
-          flops, (2 * nm + z.shape[1]) * size)
+    _part("dense_forward", label, epilogue, (z, bias, has_bias, slope, z), flops, (2 * nm + z.shape[1]) * size)
     return z, z
 
 
@@ -161,10 +165,11 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
             _part("dense_backward", "db", _colsum, (dz, db), nm, (nm + m) * size)
     else:
         dz = np.empty_like(dy)
-        _part("dense_backward", _ACT_NAMES[code] + "'" + ("+db" if need_db else ""), _act_grad_colsum,
-              (dy, np.ascontiguousarray(saved), code, float(negative_slope), dz,
+        _part("dense_backward", registry.activation(code).name + "'" + ("+db" if need_db else ""),
+              _epilogue(act_grad_colsum, code, dy.dtype),
+              (dy, np.ascontiguousarray(saved), float(negative_slope), dz,
                db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db),
-              (DACT_FLOPS[code] + need_db) * nm, (3 * nm + (m if need_db else 0)) * size)
+              (registry.activation(code).backward_flops + need_db) * nm, (3 * nm + (m if need_db else 0)) * size)
     dx = np.matmul(dz, W) if need_dx else None
     dW = np.matmul(dz.T, x, out=dW_out) if need_dw else None
     return dx, dW, db
@@ -173,11 +178,12 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
 # ----------------------------------------------------------------------------- cost model
 # (flops, bytes) of one call from the shapes alone, for the profiler (conventions: activations.py).
 
+
 def dense_forward_cost(x, W, b, code: int, negative_slope: float = 0.01):
     """GEMM 2NKM + bias NM + activation; read x, W, b, write y (and z when it is saved too)."""
     n, k = x.shape
     m = W.shape[0]
-    flops = 2 * n * k * m + (n * m if b is not None else 0) + ACT_FLOPS[code] * n * m
+    flops = 2 * n * k * m + (n * m if b is not None else 0) + registry.activation(code).flops * n * m
     outputs = 2 if needs_preactivation(code, negative_slope) else 1
     return flops, (n * k + m * k + (m if b is not None else 0) + outputs * n * m) * x.dtype.itemsize
 
@@ -189,8 +195,8 @@ def dense_backward_cost(dy, x, W, saved, code: int, negative_slope: float = 0.01
     read dy, the saved z or y (not for identity), W (for dx), x (for dW); write dx, dW, db."""
     n, m = dy.shape
     k = x.shape[1]
-    flops = DACT_FLOPS[code] * n * m + (2 * n * m * k if need_dx else 0) + (2 * n * m * k if need_dw else 0) \
-        + (n * m if need_db else 0)
+    flops = registry.activation(code).backward_flops * n * m + (2 * n * m * k if need_dx else 0) \
+        + (2 * n * m * k if need_dw else 0) + (n * m if need_db else 0)
     elems = n * m * (1 if code == IDENTITY else 2)
     if need_dx:
         elems += m * k + n * k

@@ -9,11 +9,14 @@ Two implementations, chosen per shape by gpunn/kernels/dense_dispatch.py:
 
 "fused" -- our own tiled GEMMs, one launch per product:
   forward   `dense_forward_kernel`: C = x @ W.T with register blocking. A block of BM*BN/(TM*TN)
-            threads computes a BM x BN tile of the output; each thread a TM x TN sub-tile (rows
-            ty + i*TY, columns tx + j*TX: strided, so stores and shared-memory reads are
-            coalesced / conflict-free). K is walked in BK-wide slices staged in shared memory
-            (x slice stored transposed, padded by one column). The epilogue adds b, applies the
-            activation and writes y (and z when backward needs it) once. Grid (ceil(M/BN), ceil(N/BM)).
+            threads computes a BM x BN tile of the output; each thread a TM x TN sub-tile made of
+            groups of 4 contiguous rows / columns (`tile_index`), read from shared memory with
+            16-byte loads. K is walked in BK-wide slices staged in two shared buffers (x slice
+            stored transposed, rows padded by 16 bytes); the next slice is loaded into registers
+            (16-byte global loads when the operands allow: `vector_width`) while the current one
+            is multiplied, the multiply is unrolled (see "What makes the loop tight" below). The
+            epilogue adds b, applies the activation and writes y (and z when backward needs it)
+            once. Grid (ceil(M/BN), ceil(N/BM)).
   backward  `dense_dx_kernel`: dx = dz @ W, reduction over M; dz = dy * act'(saved) is formed
             while the dy/saved slice is loaded into shared memory (never stored).
             `dense_dw_kernel`: dW = dz.T @ x, reduction over N, dz formed on load the same way;
@@ -32,11 +35,13 @@ Two implementations, chosen per shape by gpunn/kernels/dense_dispatch.py:
 Limits (checked before launch, ValueError otherwise): 2-D C-contiguous operands of one float
 dtype (the dispatcher copies non-contiguous ones); fused grids need ceil(rows/BM) <= 65535
 (N <= 4,194,240 at BM=64; the dispatcher then uses cublas). Every kernel is compiled once per
-(dtype, activation code, flags, tile configuration) with an explicit signature.
-Shared memory per block: (BK*(BM+1) + BK*(BN+1)) * itemsize (8.3 KB float32 for 64x64x16).
-Registers (ptxas, sm_90, float32; kernels/ptxas_report.py): 96-116 per thread for 64x64x16/4x4,
-i.e. 2 blocks of 256 threads per SM; the "@3" variant adds launch bounds for 3 blocks (72-80
-registers, no spills). `variants()` lists every kernel this module can build.
+(dtype, activation code, flags, tile configuration, load width) with an explicit signature; the
+load width is 16 bytes when every operand is 16-byte aligned with rows of a multiple of 16 bytes,
+else one element (any shape: ragged edges are bounds-checked either way).
+Shared memory per block: 2 * BK * (BM + BN + 2 * 16 / itemsize) * itemsize (17 KB float32 for
+64x64x16). Registers and fma_share (ptxas / nvdisasm, sm_90; kernels/ptxas_report.py and
+kernels/results/sm_90-ptxas-2026-11-29.txt): see the README. `variants()` lists every kernel this
+module can build.
 """
 from __future__ import annotations
 
@@ -46,16 +51,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations import (
-    CODES,
-    GELU,
-    GELU_TANH,
-    IDENTITY,
-    LEAKY_RELU,
-    check_code,
-    needs_preactivation,
-)
-from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, act_device, dz_device
+from gpunn.kernels import registry
+from gpunn.kernels.activations import IDENTITY, check_code, needs_preactivation
+from gpunn.kernels.activations_cuda import act_device, dz_device
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES
 from gpunn.kernels.activations_cuda import backward_kernel as activation_backward_kernel
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
@@ -63,6 +62,14 @@ cuda = None  # numba.cuda once a kernel is built: kernels reach it as this globa
 
 def _cuda():
     return nc.bind_numba_cuda(globals())
+
+
+VEC_BYTES = 16  # the widest load a thread issues (LDG.128 / LDS.128)
+
+
+def shared_pad(itemsize: int) -> int:
+    """Elements each shared row is padded by: 16 bytes keep rows 16-byte aligned for LDS.128."""
+    return VEC_BYTES // itemsize
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,9 @@ class TileConfig:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
     def shared_bytes(self, itemsize: int) -> int:
-        return (self.bk * (self.bm + 1) + self.bk * (self.bn + 1)) * itemsize
+        """Two buffers (double buffering) of the A and B slices, rows padded by 16 bytes."""
+        pad = shared_pad(itemsize)
+        return 2 * self.bk * (self.bm + self.bn + 2 * pad) * itemsize
 
     def check(self) -> "TileConfig":
         t = self.threads
@@ -111,11 +120,12 @@ TILES = {t.name: t for t in (
     TileConfig(64, 64, 16, 4, 4),       # 256 threads, 16 accumulators per thread
     TileConfig(128, 128, 8, 8, 8),      # 256 threads, 64 accumulators: large GEMMs
     TileConfig(32, 32, 8, 2, 2),        # 256 threads: more blocks for small outputs
-    # 64x64 with launch bounds. ptxas for sm_90 (kernels/results/sm_90-ptxas-*.txt) gives the
-    # unbounded float32 GEMMs 96-116 registers: 2 blocks of 256 threads per SM; bounded to 3 blocks
-    # they take 72-80 registers and spill nothing. Whether that is faster is for the autotune on a
-    # GPU to say. (A bound of 4 spills 20-76 bytes per thread; 128x128 bounded to 2 blocks spills
-    # 4-36 bytes in dx/dW, so it is not offered.)
+    # 64x64 with launch bounds (float32 only: `_launch_bounds`). ptxas for sm_90
+    # (kernels/results/sm_90-ptxas-2026-11-29.txt) gives the unbounded float32 GEMMs 63-79
+    # registers with 16-byte loads (3-4 blocks of 256 threads per SM) and 65-119 with element
+    # loads (2-3); bounded to 3 blocks all take 79-80 and spill nothing. Whether a bound is faster
+    # is for the autotune on a GPU to say. (In 2026-11-26's loop a bound of 4 spilled 20-76 bytes
+    # per thread and 128x128 bounded to 2 blocks 4-36 bytes in dx/dW: not offered.)
     TileConfig(64, 64, 16, 4, 4, min_blocks=3),
 )}
 DEFAULT_TILE = "64x64x16/4x4"
@@ -150,124 +160,322 @@ def fused_fits(rows: int, cfg: TileConfig) -> bool:
 # (BK x BM, transposed) and a B slice (BK x BN) in shared memory, then let each thread accumulate
 # its TM x TN sub-tile. They differ only in how a slice is fetched (which array, which index is
 # contiguous in global memory, whether dz = dy * act'(s) is formed on the way) and in the epilogue.
-# The fetches are device functions built per (tile, dtype, activation) and inlined by NVVM; ptxas
-# reports no stack use for the kernels that call them (kernels/ptxas_report.py).
+# The fetches are device functions built per (tile, dtype, activation, vector width) and inlined by
+# NVVM; ptxas reports no stack use for the kernels that call them (kernels/ptxas_report.py).
+#
+# What makes the loop tight (kernels/ptxas_report.py measures fma_share in the SASS):
+# - every loop over BK, TM, TN has constant bounds, so NVVM unrolls the whole slice: the only loop
+#   left is the one over K slices;
+# - a thread's sub-tile is made of groups of G = gcd(4, TM) rows (gcd(4, TN) columns) that are
+#   contiguous in shared memory (rows ty*G .. ty*G+G-1, the next group BM/(TM/G) rows on), so NVVM
+#   reads each group with one 16-byte shared load (LDS.128; float64: two) from the 16-byte aligned,
+#   16-byte padded shared arrays;
+# - global memory is read V = 16 / itemsize elements at a time (LDG.128) along the contiguous
+#   index, when every operand is 16-byte aligned with rows of a multiple of V elements (checked at
+#   dispatch: `vector_width`); otherwise (V = 1) element by element, with the same bounds checks;
+# - the next slice is fetched into registers while the current one is multiplied, and stored into
+#   the other of two shared buffers: one barrier per slice (register double buffering).
+
+def _launch_bounds(cfg, dt):
+    """The tile's launch bounds in float32. In float64 the 3-blocks bound leaves 80 registers for
+    32 float64 accumulators, the double-buffered slice and the addresses: ptxas spilled 76-304 bytes
+    per thread (kernels/results/sm_90-ptxas-2026-11-29.txt), so float64 kernels are built unbounded."""
+    return cfg.launch_bounds if np.dtype(dt) == np.float32 else None
+
 
 def _tile_geometry(cfg):
     TX, TY = cfg.bn // cfg.tn, cfg.bm // cfg.tm
     return TX, TY, TX * TY
 
 
-def _slice_loader(cfg, dt, width, reduction_fastest, code=None):
-    """A device function load(S, A, B, slope, i0, k0, ni, nk, tid) that fills S[kk, i] (kk < BK,
-    i < width) with a slice of a 2-D operand, zero outside it; each of the block's threads moves
-    width*BK/threads elements, consecutive threads touching consecutive global addresses:
-      reduction_fastest  S[kk, i] = op[i0 + i, k0 + kk]   (op's rows are tile rows)
-      otherwise          S[kk, i] = op[k0 + kk, i0 + i]   (op's rows are the reduction)
-    where op is A (B unused), or with `code` dz = dy * act'(s) formed from (A, B) = (dy, s) on the
-    way (never stored)."""
+def _group(t):
+    """Rows (columns) a thread owns contiguously: 4 (a 16-byte float32 shared load) when TM allows."""
+    return math.gcd(4, t)
+
+
+def tile_index(cfg):
+    """(row(ty, i), col(tx, j)): the output row / column, within the block tile, of a thread's
+    accumulator acc[i, j] (the sub-tile layout the main loop reads; the epilogues write with it)."""
+    TX, TY, _ = _tile_geometry(cfg)
+    GM, GN = _group(cfg.tm), _group(cfg.tn)
+
+    def build():
+        def row(ty, i):
+            return (i // GM) * (TY * GM) + ty * GM + i % GM
+
+        def col(tx, j):
+            return (j // GN) * (TX * GN) + tx * GN + j % GN
+
+        return nc.device_jit(row), nc.device_jit(col)
+
+    return nc.kernel(("dense_tile_index", cfg), build)
+
+
+def max_vector_width(cfg, itemsize: int) -> int:
+    """The widest global load (elements) the tile allows: 16 bytes, if it divides BK, BM and BN."""
+    v = VEC_BYTES // itemsize
+    while v > 1 and (cfg.bk % v or cfg.bm % v or cfg.bn % v):
+        v //= 2
+    return v
+
+
+def _address(a) -> int:
+    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    return iface["data"][0]
+
+
+def vector_width(cfg, *arrays) -> int:
+    """The global load width for a launch: max_vector_width when every operand starts 16-byte
+    aligned and its rows (the contiguous index) hold a multiple of that many elements, so that every
+    V-element group a thread loads is aligned and lies wholly inside or wholly outside the array;
+    else 1 (element by element)."""
+    v = max_vector_width(cfg, arrays[0].dtype.itemsize)
+    if v > 1 and all(_address(a) % VEC_BYTES == 0 and a.shape[-1] % v == 0 for a in arrays):
+        return v
+    return 1
+
+
+def _vector_load(dt, v):
+    """The device function load(R, o, A, r, c): R[o + q] = A[r, c + q] for q < v, A 2-D C-contiguous;
+    on a GPU one v * itemsize-byte load that NVVM may assume aligned (the caller guarantees it:
+    `vector_width`), in the simulator element by element."""
+    dt = np.dtype(dt)
+    V = v
+
+    def build():
+        if nc.is_simulator():
+            def load(R, o, A, r, c):
+                for q in range(V):
+                    R[o + q] = A[r, c + q]
+
+            return nc.device_jit(load)
+        from llvmlite import ir
+        from numba.core import types
+        from numba.cuda import cgutils
+        from numba.cuda.extending import intrinsic
+
+        @intrinsic
+        def load(typingctx, R, o, A, r, c):
+            def codegen(context, builder, sig, args):
+                rty, oty, aty = sig.args[:3]
+                idx = [context.cast(builder, a, t, types.intp) for a, t in zip(args[3:], sig.args[3:])]
+                ary = context.make_array(aty)(context, builder, args[2])
+                ptr = cgutils.get_item_pointer(context, builder, aty, ary, idx)
+                vty = ir.VectorType(context.get_value_type(aty.dtype), V)
+                vec = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=V * dt.itemsize)
+                regs = context.make_array(rty)(context, builder, args[0])
+                o0 = context.cast(builder, args[1], oty, types.intp)
+                for q in range(V):
+                    oq = builder.add(o0, ir.Constant(o0.type, q))
+                    dst = cgutils.get_item_pointer(context, builder, rty, regs, [oq])
+                    builder.store(builder.extract_element(vec, ir.Constant(ir.IntType(32), q)), dst)
+                return context.get_dummy_value()
+
+            return types.void(R, o, A, r, c), codegen
+
+        return load
+
+    return nc.kernel(("dense_vector_load", dt.name, v), build)
+
+
+def _group_get(dt, n):
+    """The device function get(S, b, k, i) -> (S[b, k, i], ..., S[b, k, i + n - 1]) for a 3-D shared
+    array whose element (b, k, i) is 16-byte aligned (the caller's layout guarantees it: padded rows,
+    i a multiple of n): on a GPU, loads of 16 bytes each (LDS.128) that NVVM may assume aligned,
+    which its own vectoriser does not always prove; in the simulator element by element."""
+    dt = np.dtype(dt)
+    N = n
+    step = max(1, min(N, VEC_BYTES // dt.itemsize))  # elements per load
+
+    def build():
+        if nc.is_simulator():
+            return nc.device_jit(lambda S, b, k, i: tuple([S[b, k, i + q] for q in range(N)]))
+        from llvmlite import ir
+        from numba.core import types
+        from numba.cuda import cgutils
+        from numba.cuda.extending import intrinsic
+
+        @intrinsic
+        def get(typingctx, S, b, k, i):
+            ret = types.UniTuple(S.dtype, N)
+
+            def codegen(context, builder, sig, args):
+                sty = sig.args[0]
+                idx = [context.cast(builder, a, t, types.intp) for a, t in zip(args[1:], sig.args[1:])]
+                ary = context.make_array(sty)(context, builder, args[0])
+                ptr = cgutils.get_item_pointer(context, builder, sty, ary, idx)
+                vty = ir.VectorType(context.get_value_type(sty.dtype), step)
+                vals = []
+                for q0 in range(0, N, step):
+                    p = builder.gep(ptr, [ir.Constant(ir.IntType(64), q0)])
+                    vec = builder.load(builder.bitcast(p, vty.as_pointer()), align=step * dt.itemsize)
+                    vals += [builder.extract_element(vec, ir.Constant(ir.IntType(32), q)) for q in range(step)]
+                return context.make_tuple(builder, ret, vals)
+
+            return ret(S, b, k, i), codegen
+
+        return get
+
+    return nc.kernel(("dense_group_get", dt.name, n), build)
+
+
+def _slice_loader(cfg, dt, width, reduction_fastest, code, v):
+    """Two device functions over a BK x width slice of a 2-D operand, op = A, or with `code`
+    dz = dy * act'(s) of (A1, A2) = (dy, s):
+      fetch(R1, R2, A1, A2, i0, k0, ni, nk, tid)  global -> registers R1 (and R2: s), zero outside
+      put(S, buf, R1, R2, slope, tid)              registers -> S[buf, kk, i] (dz formed here)
+    with  reduction_fastest  S[kk, i] = op[i0 + i, k0 + kk]   (op's rows are tile rows)
+          otherwise          S[kk, i] = op[k0 + kk, i0 + i]   (op's rows are the reduction)
+    Each thread moves ceil(width*BK / (G*threads)) groups of G = max_vector_width elements adjacent
+    in op's rows, consecutive threads touching consecutive groups: with v = G one load per group
+    (which needs `vector_width`'s guarantee), with v = 1 one per element, each bounds-checked (any
+    shape, any alignment; the addresses of a group still share one base)."""
     dt = np.dtype(dt)
     BK = cfg.bk
     _, _, NT = _tile_geometry(cfg)
-    PER_THREAD = width * BK // NT
-    WIDTH = width
+    V = max_vector_width(cfg, dt.itemsize)
+    VEC = v > 1
+    if VEC and v != V:
+        raise ValueError(f"dense GEMM: load width {v} for tile {cfg.name} and {dt}: 1 or {V}")
+    NV = width * BK // V             # groups in a slice
+    PER = -(-NV // NT)               # groups per thread
+    EXACT = NV % NT == 0
+    GPR = BK // V if reduction_fastest else width // V   # groups per row of op
     RF = reduction_fastest
+    DZ = code is not None and code != IDENTITY  # the identity's dz is dy itself: one operand
     zero = dt.type(0)
 
     def build():
-        if code is None:
-            def fetch(A, B, slope, r, c):
-                return A[r, c]
-        else:
-            dzf = dz_device(code, dt)
+        vload = _vector_load(dt, V)
+        dzf = dz_device(code, dt) if DZ else None
 
-            def fetch(A, B, slope, r, c):
-                return dzf(A[r, c], B[r, c], slope)
-        get = nc.device_jit(fetch)
-
-        def load(S, A, B, slope, i0, k0, ni, nk, tid):
-            for q in range(PER_THREAD):
+        def fetch(R1, R2, A1, A2, i0, k0, ni, nk, tid):
+            for q in range(PER):
                 e = tid + q * NT
-                if RF:
-                    i = e // BK
-                    kk = e - i * BK
+                g = e // GPR
+                h = (e - g * GPR) * V
+                if RF:  # group: op[i0 + g, k0 + h : k0 + h + V]
+                    r, c, nr, ncol = i0 + g, k0 + h, ni, nk
+                else:   # group: op[k0 + g, i0 + h : i0 + h + V]
+                    r, c, nr, ncol = k0 + g, i0 + h, nk, ni
+                ok = r < nr
+                if not EXACT:
+                    ok = ok and e < NV
+                if VEC and ok and c < ncol:  # the whole group is inside: ncol % V == 0
+                    vload(R1, q * V, A1, r, c)
+                    if DZ:
+                        vload(R2, q * V, A2, r, c)
+                elif not VEC and ok:
+                    for p in range(V):
+                        if c + p < ncol:
+                            R1[q * V + p] = A1[r, c + p]
+                            if DZ:
+                                R2[q * V + p] = A2[r, c + p]
+                        else:
+                            R1[q * V + p] = zero
+                            if DZ:
+                                R2[q * V + p] = zero
                 else:
-                    kk = e // WIDTH
-                    i = e - kk * WIDTH
-                v = zero
-                if i0 + i < ni and k0 + kk < nk:
-                    if RF:
-                        v = get(A, B, slope, i0 + i, k0 + kk)
-                    else:
-                        v = get(A, B, slope, k0 + kk, i0 + i)
-                S[kk, i] = v
+                    for p in range(V):
+                        R1[q * V + p] = zero
+                        if DZ:
+                            R2[q * V + p] = zero
 
-        return nc.device_jit(load)
+        def put(S, buf, R1, R2, slope, tid):
+            for q in range(PER):
+                e = tid + q * NT
+                if EXACT or e < NV:
+                    g = e // GPR
+                    h = (e - g * GPR) * V
+                    for p in range(V):
+                        val = R1[q * V + p]
+                        if DZ:
+                            val = dzf(val, R2[q * V + p], slope)
+                        if RF:
+                            S[buf, h + p, g] = val
+                        else:
+                            S[buf, g, h + p] = val
 
-    return nc.kernel(("dense_slice", dt.name, cfg, width, reduction_fastest, code), build)
+        return nc.device_jit(fetch), nc.device_jit(put)
+
+    return nc.kernel(("dense_slice", dt.name, cfg, width, reduction_fastest, code, v), build)
 
 
 def _tile_mma(cfg, dt):
-    """The device function acc[i, j] += sum_kk As[kk, ty + i*TY] * Bs[kk, tx + j*TX] over one slice
-    (operands staged in registers first: TM + TN loads feed TM * TN FMAs)."""
+    """The device function acc[i, j] += sum_kk As[buf, kk, row(ty, i)] * Bs[buf, kk, col(tx, j)] over
+    one slice: per kk, TM + TN shared loads (in 16-byte groups) feed TM * TN FMAs. Its source is
+    generated straight-line (every kk, i, j written out, accumulators in scalars): NVVM neither
+    fully unrolls a 16-step loop of this size by itself (the SASS kept a per-kk loop) nor quickly
+    untangles nested loops over small local arrays; straight-line code compiles in a fraction of the
+    time and lets ptxas overlap the shared loads of step kk + 1 with the FMAs of step kk."""
     dt = np.dtype(dt)
     BK, TM, TN = cfg.bk, cfg.tm, cfg.tn
-    TX, TY, _ = _tile_geometry(cfg)
 
     def build():
-        nbt = nc.nbtype(dt)
-
-        def mma(As, Bs, acc, tx, ty):
-            ar = cuda.local.array(TM, nbt)
-            br = cuda.local.array(TN, nbt)
-            for kk in range(BK):
-                for i in range(TM):
-                    ar[i] = As[kk, ty + i * TY]
-                for j in range(TN):
-                    br[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += ar[i] * br[j]
-
-        return nc.device_jit(mma)
+        row, col = tile_index(cfg)
+        GM, GN = _group(TM), _group(TN)
+        lines = ["def mma(As, Bs, buf, acc, tx, ty):"]
+        lines += [f"    r{i} = row(ty, {i})" for i in range(0, TM, GM)]
+        lines += [f"    c{j} = col(tx, {j})" for j in range(0, TN, GN)]
+        lines += [f"    s{i}_{j} = acc[{i}, {j}]" for i in range(TM) for j in range(TN)]
+        for kk in range(BK):
+            lines += [f"    {', '.join(f'a{i + q}' for q in range(GM))}, = geta(As, buf, {kk}, r{i})"
+                      for i in range(0, TM, GM)]
+            lines += [f"    {', '.join(f'b{j + q}' for q in range(GN))}, = getb(Bs, buf, {kk}, c{j})"
+                      for j in range(0, TN, GN)]
+            lines += [f"    s{i}_{j} += a{i} * b{j}" for i in range(TM) for j in range(TN)]
+        lines += [f"    acc[{i}, {j}] = s{i}_{j}" for i in range(TM) for j in range(TN)]
+        ns = {"row": row, "col": col, "geta": _group_get(dt, GM), "getb": _group_get(dt, GN)}
+        exec("\n".join(lines) + "\n", ns)
+        return nc.device_jit(ns["mma"])
 
     return nc.kernel(("dense_tile_mma", dt.name, cfg), build)
 
 
 def _tile_store(cfg, dt):
-    """The device function out[r0 + ty + i*TY, c0 + tx + j*TX] = acc[i, j] inside (nr, nc)."""
+    """The device function out[r0 + row(ty, i), c0 + col(tx, j)] = acc[i, j] inside (nr, ncols)."""
     dt = np.dtype(dt)
     TM, TN = cfg.tm, cfg.tn
-    TX, TY, _ = _tile_geometry(cfg)
 
-    def store(out, acc, r0, c0, nr, ncols, tx, ty):
-        for i in range(TM):
-            r = r0 + ty + i * TY
-            if r < nr:
-                for j in range(TN):
-                    c = c0 + tx + j * TX
-                    if c < ncols:
-                        out[r, c] = acc[i, j]
+    def build():
+        row, col = tile_index(cfg)
 
-    return nc.kernel(("dense_tile_store", dt.name, cfg), lambda: nc.device_jit(store))
+        def store(out, acc, r0, c0, nr, ncols, tx, ty):
+            for i in range(TM):
+                r = r0 + row(ty, i)
+                if r < nr:
+                    for j in range(TN):
+                        c = c0 + col(tx, j)
+                        if c < ncols:
+                            out[r, c] = acc[i, j]
+
+        return nc.device_jit(store)
+
+    return nc.kernel(("dense_tile_store", dt.name, cfg), build)
 
 
-def _mainloop(cfg, dt, a_layout, b_layout, with_db):
+def _mainloop(cfg, dt, a_layout, b_layout, with_db, v):
     """The device function acc = A-slices . B-slices over the whole reduction (length nk), for the
     block's tile; returns the float64 sum of the A slice's column `tid` (the db of dense_dw_kernel)
     when with_db and do_db, else 0. A = (A1, A2) is read at tile offset a0 (na rows) and B at b0
     (nb rows), laid out as a_layout = (reduction_fastest, activation code or None) and
-    b_layout = reduction_fastest (see _slice_loader)."""
+    b_layout = reduction_fastest (see _slice_loader), v elements per global load."""
     _cuda()
     dt = np.dtype(dt)
     BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
-    BMP, BNP = BM + 1, BN + 1
+    PAD = shared_pad(dt.itemsize)
+    BMP, BNP = BM + PAD, BN + PAD
+    _, _, NT = _tile_geometry(cfg)
+    G = max_vector_width(cfg, dt.itemsize)  # the loaders move groups of G elements (_slice_loader)
+    RA = -(-(BM * BK) // (G * NT)) * G  # registers per thread holding the next A / B slice
+    RB = -(-(BN * BK) // (G * NT)) * G
+    ALIGN = None if nc.is_simulator() else VEC_BYTES  # the simulator refuses an alignment
     zero = dt.type(0)
     WITH_DB = with_db
     mma = _tile_mma(cfg, dt)
-    load_a = _slice_loader(cfg, dt, BM, *a_layout)
-    load_b = _slice_loader(cfg, dt, BN, b_layout)
-    key = ("dense_mainloop", dt.name, cfg, a_layout, b_layout, with_db)
+    fetch_a, put_a = _slice_loader(cfg, dt, BM, *a_layout, v)
+    fetch_b, put_b = _slice_loader(cfg, dt, BN, b_layout, None, v)
+    key = ("dense_mainloop", dt.name, cfg, a_layout, b_layout, with_db, v)
 
     def build():
         import numba
@@ -276,22 +484,35 @@ def _mainloop(cfg, dt, a_layout, b_layout, with_db):
         f64 = numba.float64
 
         def mainloop(acc, A1, A2, B, slope, a0, b0, na, nb, nk, tid, tx, ty, do_db):
-            As = cuda.shared.array((BK, BMP), nbt)  # padded by one column: no bank conflicts
-            Bs = cuda.shared.array((BK, BNP), nbt)
+            As = cuda.shared.array((2, BK, BMP), nbt, alignment=ALIGN)
+            Bs = cuda.shared.array((2, BK, BNP), nbt, alignment=ALIGN)
+            ra1 = cuda.local.array(RA, nbt)
+            ra2 = cuda.local.array(RA, nbt)
+            rb = cuda.local.array(RB, nbt)
             for i in range(TM):
                 for j in range(TN):
                     acc[i, j] = zero
             dbacc = f64(0.0)
-            for k0 in range(0, nk, BK):
-                load_a(As, A1, A2, slope, a0, k0, na, nk, tid)
-                load_b(Bs, B, B, slope, b0, k0, nb, nk, tid)
+            slices = (nk + BK - 1) // BK
+            # Slice s is in registers when step s begins: stored into shared buffer s % 2 (which
+            # the multiply of step s - 2 read before the barrier that ended step s - 1), then,
+            # after the barrier, the loads of slice s + 1 are issued and stay in flight while
+            # slice s is multiplied. One barrier per slice.
+            fetch_a(ra1, ra2, A1, A2, a0, 0, na, nk, tid)
+            fetch_b(rb, rb, B, B, b0, 0, nb, nk, tid)
+            for s in range(slices):
+                buf = s % 2
+                put_a(As, buf, ra1, ra2, slope, tid)
+                put_b(Bs, buf, rb, rb, slope, tid)
                 cuda.syncthreads()
+                if s + 1 < slices:
+                    fetch_a(ra1, ra2, A1, A2, a0, (s + 1) * BK, na, nk, tid)
+                    fetch_b(rb, rb, B, B, b0, (s + 1) * BK, nb, nk, tid)
                 if WITH_DB:
                     if do_db:  # the block's dz columns, summed in row order: deterministic
                         for kk in range(BK):
-                            dbacc += f64(As[kk, tid])
-                mma(As, Bs, acc, tx, ty)
-                cuda.syncthreads()
+                            dbacc += f64(As[buf, kk, tid])
+                mma(As, Bs, buf, acc, tx, ty)
             return dbacc
 
         return nc.device_jit(mainloop)
@@ -299,13 +520,14 @@ def _mainloop(cfg, dt, a_layout, b_layout, with_db):
     return nc.kernel(key, build)
 
 
-def _build_forward(dt, code, has_bias, store_z, cfg):
+def _build_forward(dt, code, has_bias, store_z, cfg, v):
     """y (N, M) = act(x (N, K) @ W.T + b); z = x @ W.T + b stored too when backward needs it."""
     _cuda()
     nbt = nc.nbtype(dt)
     act = act_device(code, dt)
     # As[k, r] = x[row0 + r, k0 + k], Bs[k, c] = W[col0 + c, k0 + k]
-    mainloop = _mainloop(cfg, dt, (True, None), True, False)
+    mainloop = _mainloop(cfg, dt, (True, None), True, False, v)
+    row, col = tile_index(cfg)
     BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
     TX, TY, _ = _tile_geometry(cfg)
     HAS_BIAS, STORE_Z = has_bias, store_z
@@ -318,10 +540,10 @@ def _build_forward(dt, code, has_bias, store_z, cfg):
         N, K, M = x.shape[0], x.shape[1], W.shape[0]
         mainloop(acc, x, x, W, slope, row0, col0, N, M, K, tid, tx, ty, False)
         for i in range(TM):
-            r = row0 + ty + i * TY
+            r = row0 + row(ty, i)
             if r < N:
                 for j in range(TN):
-                    c = col0 + tx + j * TX
+                    c = col0 + col(tx, j)
                     if c < M:
                         v = acc[i, j]
                         if HAS_BIAS:
@@ -331,15 +553,15 @@ def _build_forward(dt, code, has_bias, store_z, cfg):
                         y[r, c] = act(v, slope)
 
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a2, a2, a1, nbt, a2, a2), dense_forward_kernel, cfg.launch_bounds)
+    return nc.jit(nc.void(a2, a2, a1, nbt, a2, a2), dense_forward_kernel, _launch_bounds(cfg, dt))
 
 
-def _build_dx(dt, code, cfg):
+def _build_dx(dt, code, cfg, v):
     """dx (N, K) = dz (N, M) @ W (M, K); dz formed on load."""
     _cuda()
     nbt = nc.nbtype(dt)
     # As[m, r] = dz[row0 + r, m0 + m], Bs[m, c] = W[m0 + m, col0 + c]
-    mainloop = _mainloop(cfg, dt, (True, code), False, False)
+    mainloop = _mainloop(cfg, dt, (True, code), False, False, v)
     store = _tile_store(cfg, dt)
     BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
     TX, _, _ = _tile_geometry(cfg)
@@ -354,15 +576,15 @@ def _build_dx(dt, code, cfg):
         store(dx, acc, row0, col0, N, K, tx, ty)
 
     a2 = nc.arr(dt, 2)
-    return nc.jit(nc.void(a2, a2, a2, nbt, a2), dense_dx_kernel, cfg.launch_bounds)
+    return nc.jit(nc.void(a2, a2, a2, nbt, a2), dense_dx_kernel, _launch_bounds(cfg, dt))
 
 
-def _build_dw(dt, code, want_db, cfg):
+def _build_dw(dt, code, want_db, cfg, v):
     """dW (M, K) = dz.T (M, N) @ x (N, K); dz formed on load; db folded into the first K-tile column."""
     _cuda()
     nbt = nc.nbtype(dt)
     # As[n, r] = dz[n0 + n, row0 + r], Bs[n, c] = x[n0 + n, col0 + c]
-    mainloop = _mainloop(cfg, dt, (False, code), False, want_db)
+    mainloop = _mainloop(cfg, dt, (False, code), False, want_db, v)
     store = _tile_store(cfg, dt)
     BM, BN, TM, TN = cfg.bm, cfg.bn, cfg.tm, cfg.tn
     TX, _, _ = _tile_geometry(cfg)
@@ -381,7 +603,7 @@ def _build_dw(dt, code, want_db, cfg):
             db[row0 + tid] = dbacc
 
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a2, a2, a2, nbt, a2, a1), dense_dw_kernel, cfg.launch_bounds)
+    return nc.jit(nc.void(a2, a2, a2, nbt, a2, a1), dense_dw_kernel, _launch_bounds(cfg, dt))
 
 
 def _build_bias_act(dt, code, has_bias, mode):
@@ -479,20 +701,30 @@ def _build_finalize(dt):
     return nc.jit(nc.void(nc.arr(np.float64, 2), nc.arr(dt, 1)), colsum_finalize_kernel)
 
 
-def forward_kernel(dtype, code, has_bias, store_z, cfg):
+# The fused GEMM kernels take `v`, the elements per global load (`vector_width`; 1: unaligned
+# operands, element by element); None means the tile's widest (`max_vector_width`).
+
+def _width(cfg, dt, v):
+    return max_vector_width(cfg, dt.itemsize) if v is None else v
+
+
+def forward_kernel(dtype, code, has_bias, store_z, cfg, v=None):
     dt = np.dtype(dtype)
-    return nc.kernel(("dense_forward", dt.name, code, has_bias, store_z, cfg),
-                     lambda: _build_forward(dt, code, has_bias, store_z, cfg))
+    v = _width(cfg, dt, v)
+    return nc.kernel(("dense_forward", dt.name, code, has_bias, store_z, cfg, v),
+                     lambda: _build_forward(dt, code, has_bias, store_z, cfg, v))
 
 
-def dx_kernel(dtype, code, cfg):
+def dx_kernel(dtype, code, cfg, v=None):
     dt = np.dtype(dtype)
-    return nc.kernel(("dense_dx", dt.name, code, cfg), lambda: _build_dx(dt, code, cfg))
+    v = _width(cfg, dt, v)
+    return nc.kernel(("dense_dx", dt.name, code, cfg, v), lambda: _build_dx(dt, code, cfg, v))
 
 
-def dw_kernel(dtype, code, want_db, cfg):
+def dw_kernel(dtype, code, want_db, cfg, v=None):
     dt = np.dtype(dtype)
-    return nc.kernel(("dense_dw", dt.name, code, want_db, cfg), lambda: _build_dw(dt, code, want_db, cfg))
+    v = _width(cfg, dt, v)
+    return nc.kernel(("dense_dw", dt.name, code, want_db, cfg, v), lambda: _build_dw(dt, code, want_db, cfg, v))
 
 
 def bias_act_kernel(dtype, code, has_bias, mode):
@@ -514,29 +746,36 @@ def finalize_kernel(dtype):
 
 # The cublas path's column-sum block (CX, CY): 32 columns x 8 row lanes on a GPU (`_colsum`).
 COLSUM_BLOCK = (32, 8)
-_PREACTIVATION_CODES = (LEAKY_RELU, GELU, GELU_TANH)  # codes whose backward may need z
 
 
-def variants(dtypes=SUPPORTED_DTYPES, tiles=None):
+def variants(dtypes=SUPPORTED_DTYPES, tiles=None, element_load_codes=None):
     """Every kernel of this family, as (getter, arguments, threads per block): for offline
-    compilation (kernels/ptxas_report.py) and warm-up. `tiles`: names in TILES (default: all)."""
+    compilation (kernels/ptxas_report.py) and warm-up. `tiles`: names in TILES (default: all);
+    `element_load_codes`: the activation codes whose element-load GEMMs (v = 1) are listed
+    (default: all)."""
     cx, cy = COLSUM_BLOCK
     for dt in dtypes:
         for name in (tiles or TILES):
             cfg = TILES[name]
-            for code in sorted(CODES):
-                for has_bias in (True, False):
-                    yield forward_kernel, (dt, code, has_bias, False, cfg), cfg.threads
-                    if code in _PREACTIVATION_CODES:
-                        yield forward_kernel, (dt, code, has_bias, True, cfg), cfg.threads
-                yield dx_kernel, (dt, code, cfg), cfg.threads
-                for want_db in (True, False):
-                    yield dw_kernel, (dt, code, want_db, cfg), cfg.threads
-        for code in sorted(CODES):  # the combinations forward_cublas / backward_cublas launch
+            widths = sorted({max_vector_width(cfg, np.dtype(dt).itemsize), 1}, reverse=True)
+            for m in registry.ACTIVATIONS.values():
+                code = m.code
+                for v in widths:  # 16-byte loads (aligned operands), element loads (any operands)
+                    if v == 1 and element_load_codes is not None and code not in element_load_codes:
+                        continue
+                    for has_bias in (True, False):
+                        yield forward_kernel, (dt, code, has_bias, False, cfg, v), cfg.threads
+                        if m.derivative_from != "output":  # backward may need z
+                            yield forward_kernel, (dt, code, has_bias, True, cfg, v), cfg.threads
+                    yield dx_kernel, (dt, code, cfg, v), cfg.threads
+                    for want_db in (True, False):
+                        yield dw_kernel, (dt, code, want_db, cfg, v), cfg.threads
+        for m in registry.ACTIVATIONS.values():  # the combinations forward_cublas / backward_cublas launch
+            code = m.code
             for has_bias in (True, False):
                 if has_bias or code != IDENTITY:
                     yield bias_act_kernel, (dt, code, has_bias, "inplace"), nc.ELEMENTWISE_THREADS
-                if code in _PREACTIVATION_CODES:
+                if m.derivative_from != "output":  # backward may need z
                     yield bias_act_kernel, (dt, code, has_bias, "both" if has_bias else "y"), nc.ELEMENTWISE_THREADS
             for write_dz in (True, False) if code != IDENTITY else (False,):
                 for final in (True, False):
@@ -549,7 +788,7 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None):
 def check_operands(op, x, W, b=None, dy=None, saved=None):
     """Refuse a bad call before any launch: 2-D C-contiguous arrays of one array type and one
     supported float dtype, with shapes that agree."""
-    from gpunn.kernels.activations_cuda import supported
+    from gpunn.kernels.cuda_elementwise import supported
 
     t, dt = type(x), x.dtype
     if not supported(dt):
@@ -595,7 +834,7 @@ def forward_fused(x, W, b, code, negative_slope=0.01, tile=None):
     z = xp.empty((n, m), dtype=dt) if pre else y
     if n and m:
         grid = (math.ceil(m / cfg.bn), math.ceil(n / cfg.bm))
-        kern = forward_kernel(dt, code, b is not None, pre, cfg)
+        kern = forward_kernel(dt, code, b is not None, pre, cfg, vector_width(cfg, x, W))
         nc.launch(kern, grid, cfg.threads, x, x, W, nc.dummy(x) if b is None else b,
                   dt.type(negative_slope), y, z if pre else nc.dummy(x, ndim=2))
     return y, z
@@ -648,7 +887,8 @@ def backward_fused(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, nee
         if n and k:
             if m:
                 grid = (math.ceil(k / cfg.bn), math.ceil(n / cfg.bm))
-                nc.launch(dx_kernel(dt, code, cfg), grid, cfg.threads, dy, dy, s, W, slope, dx)
+                kern = dx_kernel(dt, code, cfg, vector_width(cfg, dy, s, W))
+                nc.launch(kern, grid, cfg.threads, dy, dy, s, W, slope, dx)
             else:
                 dx[...] = 0
     if need_db:
@@ -660,8 +900,8 @@ def backward_fused(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, nee
                 raise ValueError(f"dense_backward: {m} output features exceed the fused kernel's grid")
             if n:
                 grid = (max(1, math.ceil(k / cfg.bn)), math.ceil(m / cfg.bm))
-                nc.launch(dw_kernel(dt, code, need_db, cfg), grid, cfg.threads, dy, dy, s, x, slope, dW,
-                          db if need_db else nc.dummy(dy))
+                kern = dw_kernel(dt, code, need_db, cfg, vector_width(cfg, dy, s, x))
+                nc.launch(kern, grid, cfg.threads, dy, dy, s, x, slope, dW, db if need_db else nc.dummy(dy))
             else:
                 dW[...] = 0
                 if need_db:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.backend import get_array_module as _xp
-from gpunn.kernels.activations import _sigmoid_ref
+from gpunn.kernels.activations import SIGMOID, activation_forward_ref
 
 
 def bce_with_logits_forward(x, y, pos_weight=None):
@@ -30,7 +30,7 @@ def bce_with_logits_forward(x, y, pos_weight=None):
 
 def bce_with_logits_backward(g, x, y, pos_weight=None):
     """d loss / d x, times the upstream gradient g (broadcastable to x)."""
-    s = _sigmoid_ref(_xp(x), x)
+    s = activation_forward_ref(x, SIGMOID)
     if pos_weight is None:
         return g * (s - y)
     return g * ((1 + (pos_weight - 1) * y) * s - pos_weight * y)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, launch
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
@@ -180,8 +180,7 @@ def variants(dtypes=SUPPORTED_DTYPES):
 # ------------------------------------------------------------------------------------------ wrappers
 
 def _pair(op, x, y):
-    if not supported(x.dtype):
-        raise TypeError(f"{op}: the CUDA kernels take float32 or float64, got {x.dtype}")
+    check_dtype(op, x.dtype)
     if type(y) is not type(x) or y.dtype != x.dtype or tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"{op}: target must be a {type(x).__name__} of shape {tuple(x.shape)} and dtype "
                          f"{x.dtype}, got {type(y).__name__} {tuple(getattr(y, 'shape', ()))} "
@@ -229,19 +228,13 @@ def _pos_weight(op, pw, x, xp):
     return PW_FULL, xp.ascontiguousarray(xp.broadcast_to(pw, x.shape)).reshape(-1), 1
 
 
-def _run(kern, out, like, *args):
-    if out.size:
-        grid, block = nc.elementwise_geometry(out.size, like)
-        nc.launch(kern, grid, block, like, *args)
-
-
 def bce_with_logits_forward(x, y, pos_weight=None):
     """Per-element BCE-with-logits losses (x's shape and dtype); one launch."""
     op = "bce_with_logits_forward"
     xp, xf, yf = _pair(op, x, y)
     mode, pw, c = _pos_weight(op, pos_weight, x, xp)
     out = xp.empty_like(xf)
-    _run(_kernel("bce_forward", _build_bce_forward, x.dtype, mode), out, xf, xf, yf, pw, c, out)
+    launch(_kernel("bce_forward", _build_bce_forward, x.dtype, mode), out.size, xf, xf, yf, pw, c, out)
     return out.reshape(x.shape)
 
 
@@ -252,14 +245,14 @@ def bce_with_logits_backward(g, x, y, pos_weight=None):
     mode, pw, c = _pos_weight(op, pos_weight, x, xp)
     gf, gs = _upstream(op, g, x, xp)
     out = xp.empty_like(xf)
-    _run(_kernel("bce_backward", _build_bce_backward, x.dtype, mode, gs), out, xf, gf, xf, yf, pw, c, out)
+    launch(_kernel("bce_backward", _build_bce_backward, x.dtype, mode, gs), out.size, xf, gf, xf, yf, pw, c, out)
     return out.reshape(x.shape)
 
 
 def _pointwise_forward(kind, x, y):
     xp, xf, yf = _pair(f"{kind}_forward", x, y)
     out = xp.empty_like(xf)
-    _run(_kernel("pointwise_forward", _build_pointwise_forward, x.dtype, kind), out, xf, xf, yf, out)
+    launch(_kernel("pointwise_forward", _build_pointwise_forward, x.dtype, kind), out.size, xf, xf, yf, out)
     return out.reshape(x.shape)
 
 
@@ -268,7 +261,7 @@ def _pointwise_backward(kind, g, x, y):
     xp, xf, yf = _pair(op, x, y)
     gf, gs = _upstream(op, g, x, xp)
     out = xp.empty_like(xf)
-    _run(_kernel("pointwise_backward", _build_pointwise_backward, x.dtype, kind, gs), out, xf, gf, xf, yf, out)
+    launch(_kernel("pointwise_backward", _build_pointwise_backward, x.dtype, kind, gs), out.size, xf, gf, xf, yf, out)
     return out.reshape(x.shape)
 
 

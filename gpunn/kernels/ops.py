@@ -1,6 +1,8 @@
 """Kernel dispatch: one `Ops` interface, one implementation per backend (after Thinc's Ops).
 
-- `Ops` is the reference: plain array expressions that run on NumPy and on CuPy.
+- `Ops` is the reference: plain array expressions that run on NumPy and on CuPy (the unfused
+  path); activations and optimizer updates run the kernels made from the registry's one
+  definition (on the host for CuPy arrays, a path taken only when the GPU kernels cannot run).
 - `CpuOps` overrides the hot paths with NumPy GEMMs + fused Numba epilogues.
 - The GPU backend adds its own subclass; nothing above this module changes.
 

@@ -14,19 +14,24 @@ RMSprop:  g = +-grad + wd p;  s = alpha s + (1 - alpha) g^2
           centered: a = alpha a + (1 - alpha) g;  d = sqrt(s - a^2) + eps;  else d = sqrt(s) + eps
           momentum: buf = mu buf + g / d; p -= lr buf;  else p -= lr g / d
 
-`*_ref` are array expressions (NumPy or CuPy); `*_cpu` are single-pass Numba loops computing
-in float64 and rounding once per stored value. Both check their arguments first (`_check`):
+The per-element updates are written once, in gpunn/kernels/registry.py (the family's precision
+policy: float64 arithmetic, rounded once per stored value). `*_cpu` are single-pass Numba loops
+made from them, one per option combination; `*_ref` (the `Ops` reference) runs the same loops (the
+independent check is the tests' float64 reference and PyTorch). Both check their arguments first (`_check`):
 a Numba loop given arrays of different sizes would read and write out of bounds. The grad is
 never written; a state buffer the options do not use (momentum buffer without momentum,
 max_exp_avg_sq without amsgrad, grad_avg without centered) is neither needed nor touched.
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 from numba import njit
 
 from gpunn.backend import get_array_module as _xp
+from gpunn.kernels import registry
 
 
 def _check(op, p, grad, *state, names=()):
@@ -82,167 +87,101 @@ def _check_rmsprop(op, p, grad, sq, buf, gavg, momentum, centered):
 
 
 
-# ----------------------------------------------------------------------------- reference
+# ----------------------------------------------------------------------------- calls
+# Each `_*_call` checks a call and says which kernel variant and arguments it needs: (registry
+# name, option flags, arrays with None for an unused buffer, float64 scalars). The CPU and the
+# CUDA kernels (optimizers_cuda.py) are both made from the registry's one update per optimizer.
 
-def sgd_update_ref(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
-                   weight_decay=0.0, maximize=False, first_step=True):
+def _sgd_call(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+              first_step=True):
     _check_sgd("sgd_update", p, grad, buf, momentum)
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * p
-    if momentum != 0:
-        if first_step:
-            buf[...] = g
-        else:
-            buf *= momentum
-            buf += (1 - dampening) * g
-        g = g + momentum * buf if nesterov else buf
-    p -= lr * g
+    has_m = momentum != 0
+    flags = dict(MAXIMIZE=bool(maximize), WEIGHT_DECAY=weight_decay != 0, MOMENTUM=has_m,
+                 NESTEROV=bool(nesterov) and has_m, FIRST_STEP=bool(first_step) and has_m)
+    return "sgd", flags, (p, grad, buf if has_m else None), (lr, momentum, dampening, weight_decay)
 
 
-def adam_update_ref(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                    decoupled=False, amsgrad=False, maximize=False, step=1):
+def _adam_call(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False,
+               amsgrad=False, maximize=False, step=1):
     _check_adam("adam_update", p, grad, m, v, vmax, amsgrad)
-    xp = _xp(p)
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        if decoupled:
-            p *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * p
-    m += (1 - beta1) * (g - m)
-    v *= beta2
-    v += (1 - beta2) * g * g
-    bc1 = 1 - beta1**step
-    bc2_sqrt = math.sqrt(1 - beta2**step)
-    if amsgrad:
-        xp.maximum(vmax, v, out=vmax)
-        denom = xp.sqrt(vmax) / bc2_sqrt + eps
-    else:
-        denom = xp.sqrt(v) / bc2_sqrt + eps
-    p -= (lr / bc1) * m / denom
+    flags = dict(MAXIMIZE=bool(maximize), WD_MODE=0 if weight_decay == 0 else (2 if decoupled else 1),
+                 AMSGRAD=bool(amsgrad))
+    # step-dependent bias corrections from the host-side step count: no device synchronisation
+    scalars = (beta1, beta2, eps, weight_decay, 1.0 - lr * weight_decay, float(lr) / (1.0 - beta1**step),
+               math.sqrt(1.0 - beta2**step))
+    return "adam", flags, (p, grad, m, v, vmax if amsgrad else None), scalars
 
 
-def rmsprop_update_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                       momentum=0.0, centered=False, maximize=False):
+def _rmsprop_call(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                  centered=False, maximize=False):
     _check_rmsprop("rmsprop_update", p, grad, sq, buf, gavg, momentum, centered)
-    xp = _xp(p)
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = g + weight_decay * p
-    sq *= alpha
-    sq += (1 - alpha) * g * g
-    if centered:
-        gavg += (1 - alpha) * (g - gavg)
-        avg = xp.sqrt(sq - gavg * gavg) + eps
-    else:
-        avg = xp.sqrt(sq) + eps
-    if momentum > 0:
-        buf *= momentum
-        buf += g / avg
-        p -= lr * buf
-    else:
-        p -= lr * g / avg
+    flags = dict(MAXIMIZE=bool(maximize), WEIGHT_DECAY=weight_decay != 0, CENTERED=bool(centered),
+                 MOMENTUM=momentum > 0)
+    return ("rmsprop", flags, (p, grad, sq, buf if momentum > 0 else None, gavg if centered else None),
+            (lr, alpha, eps, weight_decay, momentum))
 
 
 # ----------------------------------------------------------------------------- CPU (Numba)
 
-@njit(cache=True, error_model="numpy")  # IEEE inf/nan on x/0 (as NumPy, torch), and it vectorizes
-def _sgd_kernel(p, grad, buf, lr, momentum, dampening, nesterov, weight_decay, maximize, first_step):
-    for i in range(p.size):
-        g = float(grad[i])
-        if maximize:
-            g = -g
-        if weight_decay != 0.0:
-            g += weight_decay * float(p[i])
-        if momentum != 0.0:
-            if first_step:
-                b = g
-            else:
-                b = momentum * float(buf[i]) + (1.0 - dampening) * g
-            buf[i] = b
-            b = float(buf[i])  # use the stored (rounded) buffer, as an array implementation does
-            g = g + momentum * b if nesterov else b
-        p[i] = float(p[i]) - lr * g
+_CPU_KERNELS: dict = {}
 
 
-@njit(cache=True, error_model="numpy")  # IEEE inf/nan on x/0 (as NumPy, torch), and it vectorizes
-def _adam_kernel(p, grad, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
-                 maximize, bc1, bc2_sqrt):
-    step_size = lr / bc1
-    for i in range(p.size):
-        g = float(grad[i])
-        if maximize:
-            g = -g
-        pi = float(p[i])
-        if weight_decay != 0.0:
-            if decoupled:
-                pi = pi * (1.0 - lr * weight_decay)
-            else:
-                g += weight_decay * pi
-        mi = float(m[i])
-        mi = mi + (1.0 - beta1) * (g - mi)
-        m[i] = mi
-        vi = beta2 * float(v[i]) + (1.0 - beta2) * g * g
-        v[i] = vi
-        if amsgrad:
-            vs = float(v[i])
-            # max(vmax, v) propagating NaN from either side, as torch.maximum does
-            if vs > float(vmax[i]) or vs != vs:
-                vmax[i] = v[i]
-            vi = float(vmax[i])
-        else:
-            vi = float(v[i])
-        denom = math.sqrt(vi) / bc2_sqrt + eps
-        p[i] = pi - step_size * float(m[i]) / denom
+def cpu_kernel(name: str, **flags):
+    """The CPU loop of registry optimizer `name` for one combination of its option flags (compiled
+    on first use per dtype, cached on disk)."""
+    key = (name, tuple(sorted(flags.items())))
+    k = _CPU_KERNELS.get(key)
+    if k is None:
+        member = registry.OPTIMIZERS[name]
+        bound = {**flags, "sqrt": math.sqrt, "f64": float}
+        update = njit(inline="always", error_model="numpy")(registry.rebind(member.update, bound))
+        loop = registry.update_loop(member, "cpu", update, {})
+        # error_model numpy: IEEE inf/nan on x/0 (as NumPy, torch), and the loop vectorises
+        k = _CPU_KERNELS[key] = njit(cache=True, error_model="numpy")(
+            registry.specialise(loop, {"update": update}, name))
+    return k
 
 
-@njit(cache=True, error_model="numpy")  # IEEE inf/nan on x/0 (as NumPy, torch), and it vectorizes
-def _rmsprop_kernel(p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum, centered, maximize):
-    for i in range(p.size):
-        g = float(grad[i])
-        if maximize:
-            g = -g
-        if weight_decay != 0.0:
-            g += weight_decay * float(p[i])
-        sq[i] = alpha * float(sq[i]) + (1.0 - alpha) * g * g
-        s = float(sq[i])
-        if centered:
-            a = float(gavg[i])
-            gavg[i] = a + (1.0 - alpha) * (g - a)
-            a = float(gavg[i])
-            avg = math.sqrt(s - a * a) + eps
-        else:
-            avg = math.sqrt(s) + eps
-        if momentum > 0.0:
-            buf[i] = momentum * float(buf[i]) + g / avg
-            p[i] = float(p[i]) - lr * float(buf[i])
-        else:
-            p[i] = float(p[i]) - lr * g / avg
+def _cpu(prepare):
+    """A CPU update function (the signature of `prepare`) made from a `_*_call`."""
+
+    @functools.wraps(prepare)
+    def run(*args, **kwargs):
+        name, flags, arrays, scalars = prepare(*args, **kwargs)
+        p = arrays[0]
+        # an unused buffer is never indexed (its flag is off); p stands in so the types agree
+        cpu_kernel(name, **flags)(*(p if a is None else a for a in arrays), *(float(x) for x in scalars))
+
+    run.__name__ = run.__qualname__ = f"{prepare.__name__[1:-5]}_update"
+    return run
 
 
-def sgd_update_cpu(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
-                   weight_decay=0.0, maximize=False, first_step=True):
-    _check_sgd("sgd_update", p, grad, buf, momentum)
-    # an unused buffer is never indexed (momentum == 0); p stands in so the kernel's types agree
-    _sgd_kernel(p, grad, p if buf is None else buf, float(lr), float(momentum), float(dampening),
-                bool(nesterov), float(weight_decay), bool(maximize), bool(first_step))
+sgd_update_cpu = _cpu(_sgd_call)
+adam_update_cpu = _cpu(_adam_call)
+rmsprop_update_cpu = _cpu(_rmsprop_call)
 
 
-def adam_update_cpu(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                    decoupled=False, amsgrad=False, maximize=False, step=1):
-    _check_adam("adam_update", p, grad, m, v, vmax, amsgrad)
-    _adam_kernel(p, grad, m, v, v if vmax is None else vmax, float(lr), float(beta1), float(beta2),
-                 float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize),
-                 1.0 - beta1**step, math.sqrt(1.0 - beta2**step))
+def _reference(cpu_update):
+    """The `Ops` reference: NumPy arrays run the CPU kernel; other arrays (CuPy, reached only when
+    the GPU kernels cannot run) are updated on the host and copied back."""
+
+    @functools.wraps(cpu_update)
+    def run(p, grad, *rest, **kwargs):
+        if isinstance(p, np.ndarray):
+            return cpu_update(p, grad, *rest, **kwargs)
+        xp = _xp(p)
+        dev = [a for a in (p, grad, *rest) if hasattr(a, "shape")]
+        host = {id(a): xp.asnumpy(a) for a in dev}
+        cpu_update(*(host.get(id(a), a) for a in (p, grad, *rest)), **kwargs)
+        for a in dev:
+            a[...] = xp.asarray(host[id(a)])
+
+    return run
 
 
-def rmsprop_update_cpu(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                       momentum=0.0, centered=False, maximize=False):
-    _check_rmsprop("rmsprop_update", p, grad, sq, buf, gavg, momentum, centered)
-    _rmsprop_kernel(p, grad, sq, sq if buf is None else buf, sq if gavg is None else gavg,
-                    float(lr), float(alpha), float(eps), float(weight_decay), float(momentum),
-                    bool(centered), bool(maximize))
+sgd_update_ref = _reference(sgd_update_cpu)
+adam_update_ref = _reference(adam_update_cpu)
+rmsprop_update_ref = _reference(rmsprop_update_cpu)
 
 
 # ----------------------------------------------------------------------------- cost model

@@ -4,9 +4,9 @@ flat buffers in ONE launch per step. Contract, signatures and semantics: gpunn/k
 buffers neither needed nor touched).
 
 Each kernel is a grid-stride loop over the flat buffer (256 threads per block, at most 32 blocks
-per SM). Per element it computes in float64 and rounds once per stored value, re-reading each
-stored state value before using it -- the same rounding points as the CPU kernels, so the GPU and
-CPU results agree to the last bit except where the GPU compiler fuses a multiply-add (FMA).
+per SM) around the registry's update for the optimizer (gpunn/kernels/registry.py), the same
+definition the CPU kernels are made from: float64 arithmetic, rounded once per stored value, so
+the GPU and CPU results agree to the last bit except where the GPU compiler fuses a multiply-add.
 Memory-bound: float64 arithmetic costs nothing measurable on datacenter GPUs.
 
 Options that change the code path (maximize, weight decay on/off or decoupled, momentum on/off,
@@ -20,13 +20,16 @@ before the launch (ValueError, as on the CPU).
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
-from gpunn.kernels.optimizers import _check_adam, _check_rmsprop, _check_sgd
+from gpunn.kernels import registry
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, launch
+from gpunn.kernels.optimizers import _adam_call, _rmsprop_call, _sgd_call
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
@@ -35,185 +38,62 @@ def _cuda():
     return nc.bind_numba_cuda(globals())
 
 
-def _f64():
+def _build(name, dt, flags):
+    """The CUDA kernel of registry optimizer `name` for one option combination: its update as a
+    device function (options bound as constants) inside a grid-stride loop; arrays of dt, scalars
+    float64."""
+    _cuda()
     import numba
 
-    return numba.float64
-
-
-def _build_sgd(dt, maximize, has_wd, has_momentum, nesterov, first_step):
-    _cuda()
-    f64 = _f64()
-    MAX, WD, MOM, NEST, FIRST = maximize, has_wd, has_momentum, nesterov, first_step
-
-    def sgd_kernel(p, grad, buf, lr, momentum, dampening, weight_decay):
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        n = p.shape[0]
-        while i < n:
-            g = f64(grad[i])
-            if MAX:
-                g = -g
-            if WD:
-                g += weight_decay * f64(p[i])
-            if MOM:
-                if FIRST:
-                    b = g
-                else:
-                    b = momentum * f64(buf[i]) + (1.0 - dampening) * g
-                buf[i] = b
-                b = f64(buf[i])
-                if NEST:
-                    g = g + momentum * b
-                else:
-                    g = b
-            p[i] = f64(p[i]) - lr * g
-            i += stride
-
+    member = registry.OPTIMIZERS[name]
+    # inlined at the Numba IR level, so the kernel is the loop the update would be written in
+    # (an NVVM call left 6-17 more registers in some float32 RMSprop variants)
+    update = nc.numba_cuda().jit(device=True, inline="always")(
+        registry.rebind(member.update, {**dict(flags), "sqrt": math.sqrt, "f64": numba.float64}))
+    kernel = registry.update_loop(member, "cuda", update, {"cuda": cuda})
     a1 = nc.arr(dt)
-    s = f64
-    return nc.jit(nc.void(a1, a1, a1, s, s, s, s), sgd_kernel)
+    sig = [a1] * len(member.arrays) + [numba.float64] * (len(member.params) - len(member.arrays))
+    return nc.jit(nc.void(*sig), kernel)
 
 
-def _build_adam(dt, maximize, wd_mode, amsgrad):
-    _cuda()
-    f64 = _f64()
-    MAX, WDM, AMS = maximize, wd_mode, amsgrad
-
-    def adam_kernel(p, grad, m, v, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt):
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        n = p.shape[0]
-        while i < n:
-            g = f64(grad[i])
-            if MAX:
-                g = -g
-            pi = f64(p[i])
-            if WDM == 2:
-                pi = pi * decay
-            elif WDM == 1:
-                g += weight_decay * pi
-            mi = f64(m[i])
-            mi = mi + (1.0 - beta1) * (g - mi)
-            m[i] = mi
-            vi = beta2 * f64(v[i]) + (1.0 - beta2) * g * g
-            v[i] = vi
-            if AMS:
-                vs = f64(v[i])
-                if vs > f64(vmax[i]) or vs != vs:
-                    vmax[i] = v[i]
-                vi = f64(vmax[i])
-            else:
-                vi = f64(v[i])
-            denom = math.sqrt(vi) / bc2_sqrt + eps
-            p[i] = pi - step_size * f64(m[i]) / denom
-            i += stride
-
-    a1 = nc.arr(dt)
-    s = f64
-    return nc.jit(nc.void(a1, a1, a1, a1, a1, s, s, s, s, s, s, s), adam_kernel)
-
-
-def _build_rmsprop(dt, maximize, has_wd, centered, has_momentum):
-    _cuda()
-    f64 = _f64()
-    MAX, WD, CEN, MOM = maximize, has_wd, centered, has_momentum
-
-    def rmsprop_kernel(p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        n = p.shape[0]
-        while i < n:
-            g = f64(grad[i])
-            if MAX:
-                g = -g
-            if WD:
-                g += weight_decay * f64(p[i])
-            sq[i] = alpha * f64(sq[i]) + (1.0 - alpha) * g * g
-            s = f64(sq[i])
-            if CEN:
-                a = f64(gavg[i])
-                gavg[i] = a + (1.0 - alpha) * (g - a)
-                a = f64(gavg[i])
-                avg = math.sqrt(s - a * a) + eps
-            else:
-                avg = math.sqrt(s) + eps
-            if MOM:
-                buf[i] = momentum * f64(buf[i]) + g / avg
-                p[i] = f64(p[i]) - lr * f64(buf[i])
-            else:
-                p[i] = f64(p[i]) - lr * g / avg
-            i += stride
-
-    a1 = nc.arr(dt)
-    s = f64
-    return nc.jit(nc.void(a1, a1, a1, a1, a1, s, s, s, s, s), rmsprop_kernel)
-
-
-def _get(name, build, dt, *flags):
-    dt = np.dtype(dt)
-    return nc.kernel((name, dt.name) + flags, lambda: build(dt, *flags))
+def kernel(name, dtype, **flags):
+    dt = np.dtype(dtype)
+    fl = tuple(sorted(flags.items()))
+    return nc.kernel((name, dt.name) + fl, lambda: _build(name, dt, fl))
 
 
 def variants(dtypes=SUPPORTED_DTYPES):
     """Every kernel of this family (each option combination the update functions can select), as
     (getter, arguments, threads per block): for offline compilation (kernels/ptxas_report.py)."""
-    t = nc.ELEMENTWISE_THREADS
-    tf = (True, False)
     for dt in dtypes:
-        for mx in tf:
-            for wd in tf:
-                yield _get, ("sgd", _build_sgd, dt, mx, wd, False, False, False), t
-                for nesterov in tf:
-                    for first in tf:
-                        yield _get, ("sgd", _build_sgd, dt, mx, wd, True, nesterov, first), t
-                for centered in tf:
-                    for mom in tf:
-                        yield _get, ("rmsprop", _build_rmsprop, dt, mx, wd, centered, mom), t
-            for wd_mode in (0, 1, 2):
-                for ams in tf:
-                    yield _get, ("adam", _build_adam, dt, mx, wd_mode, ams), t
+        for name, member in registry.OPTIMIZERS.items():
+            keys = list(member.flags)
+            for values in itertools.product(*member.flags.values()):
+                flags = dict(zip(keys, values))
+                if name == "sgd" and not flags["MOMENTUM"] and (flags["NESTEROV"] or flags["FIRST_STEP"]):
+                    continue  # nesterov and first-step only exist with momentum (_sgd_call)
+                yield _get, (name, dt, tuple(flags.items())), nc.ELEMENTWISE_THREADS
 
 
-def _dtype_ok(op, p):
-    if not supported(p.dtype):
-        raise TypeError(f"{op}: the CUDA kernels take float32 or float64 buffers, got {p.dtype}")
+def _get(name, dt, flags):
+    return kernel(name, dt, **dict(flags))
 
 
-def _launch(kern, p, *args):
-    if p.size:
-        grid, block = nc.elementwise_geometry(p.size, p)
-        nc.launch(kern, grid, block, p, *args)
+def _gpu(prepare):
+    """A CUDA update function (the signature of `prepare`) made from an optimizers._*_call."""
+
+    @functools.wraps(prepare)
+    def run(*args, **kwargs):
+        name, flags, arrays, scalars = prepare(*args, **kwargs)
+        p = arrays[0]
+        check_dtype(f"{name}_update", p.dtype)
+        launch(kernel(name, p.dtype, **flags), p.size, p, *(nc.dummy(p) if a is None else a for a in arrays),
+               *(float(x) for x in scalars))
+
+    run.__name__ = run.__qualname__ = f"{prepare.__name__[1:-5]}_update"
+    return run
 
 
-def sgd_update(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
-               weight_decay=0.0, maximize=False, first_step=True):
-    _check_sgd("sgd_update", p, grad, buf, momentum)
-    _dtype_ok("sgd_update", p)
-    has_m = momentum != 0
-    kern = _get("sgd", _build_sgd, p.dtype, bool(maximize), weight_decay != 0, has_m,
-                bool(nesterov) and has_m, bool(first_step) and has_m)
-    _launch(kern, p, p, grad, buf if has_m else nc.dummy(p), float(lr), float(momentum), float(dampening),
-            float(weight_decay))
-
-
-def adam_update(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                decoupled=False, amsgrad=False, maximize=False, step=1):
-    _check_adam("adam_update", p, grad, m, v, vmax, amsgrad)
-    _dtype_ok("adam_update", p)
-    wd_mode = 0 if weight_decay == 0 else (2 if decoupled else 1)
-    kern = _get("adam", _build_adam, p.dtype, bool(maximize), wd_mode, bool(amsgrad))
-    bc1 = 1.0 - beta1**step
-    _launch(kern, p, p, grad, m, v, vmax if amsgrad else nc.dummy(p), float(beta1), float(beta2), float(eps),
-            float(weight_decay), 1.0 - lr * weight_decay, float(lr) / bc1, math.sqrt(1.0 - beta2**step))
-
-
-def rmsprop_update(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                   momentum=0.0, centered=False, maximize=False):
-    _check_rmsprop("rmsprop_update", p, grad, sq, buf, gavg, momentum, centered)
-    _dtype_ok("rmsprop_update", p)
-    kern = _get("rmsprop", _build_rmsprop, p.dtype, bool(maximize), weight_decay != 0, bool(centered),
-                momentum > 0)
-    _launch(kern, p, p, grad, sq, buf if momentum > 0 else nc.dummy(p), gavg if centered else nc.dummy(p),
-            float(lr),
-            float(alpha), float(eps), float(weight_decay), float(momentum))
+sgd_update = _gpu(_sgd_call)
+adam_update = _gpu(_adam_call)
+rmsprop_update = _gpu(_rmsprop_call)

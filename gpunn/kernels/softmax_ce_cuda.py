@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.activations_cuda import SUPPORTED_DTYPES, supported
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, supported
 from gpunn.kernels.softmax_ce import check_reduction
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)

@@ -20,6 +20,14 @@ from gpunn.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from gpunn.nn.module import IncompatibleKeys, Module, StateDictError
 from gpunn.nn.perceptron import Perceptron
 
+
+
+def __getattr__(name):  # the module classes of activations registered after import
+    from gpunn.nn import activation
+
+    return getattr(activation, name)
+
+
 # `import gpunn.nn.functional as F` works as with torch.nn.functional.
 _sys.modules.setdefault(__name__ + ".functional", functional)
 

@@ -1,25 +1,33 @@
 """Activation and shape modules with torch.nn's names: ReLU, LeakyReLU, GELU, Sigmoid, Tanh,
 Softmax, LogSoftmax, Identity, Flatten.
 
-The elementwise ones expose `_fused` = (activation name, negative_slope): the name that
-`functional.dense` understands, so a Sequential can fold them into the preceding Linear.
+The elementwise ones (ElementwiseActivation) expose `_fused` = (activation name, negative_slope):
+the name that `functional.dense` understands, so a Sequential can fold them into the preceding
+Linear. The parameterless ones (ReLU, Sigmoid, Tanh, ...) are made from the activation registry
+(gpunn/kernels/registry.py: each member that names a `module`).
 """
 from __future__ import annotations
 
 from gpunn import functional
+from gpunn.kernels import registry
 from gpunn.nn.module import Module
 
 
-class ReLU(Module):
-    """max(x, 0); gradient 0 at x == 0."""
+class ElementwiseActivation(Module):
+    """Base of the activation modules that a Sequential folds into the preceding Linear: `_fused`
+    is (registry activation name, negative_slope), or None to leave the module unfused."""
 
-    _fused = ("relu", 0.01)
+    _activation = "identity"
+
+    @property
+    def _fused(self):
+        return (self._activation, 0.01)
 
     def forward(self, x):
-        return functional.relu(x)
+        return functional.activation(x, self._activation)
 
 
-class LeakyReLU(Module):
+class LeakyReLU(ElementwiseActivation):
     """x if x > 0 else negative_slope * x."""
 
     _fusion_attrs = ("negative_slope",)
@@ -39,7 +47,7 @@ class LeakyReLU(Module):
         return f"negative_slope={self.negative_slope}"
 
 
-class GELU(Module):
+class GELU(ElementwiseActivation):
     """x * Phi(x) (approximate="none", exact) or its tanh approximation (approximate="tanh")."""
 
     _fusion_attrs = ("approximate",)
@@ -62,20 +70,37 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
-class Sigmoid(Module):
-    """1 / (1 + exp(-x)), stable for any x."""
-
-    _fused = ("sigmoid", 0.01)
-
-    def forward(self, x):
-        return functional.sigmoid(x)
+_MADE: dict = {}
 
 
-class Tanh(Module):
-    _fused = ("tanh", 0.01)
+def activation_module(member):
+    """The parameterless module class (torch.nn's name: member.module) of a registry activation."""
+    cls = _MADE.get(member.name)
+    if cls is None:
+        cls = _MADE[member.name] = type(member.module, (ElementwiseActivation,), {
+            "__doc__": member.doc, "_activation": member.name, "__module__": __name__})
+    return cls
 
-    def forward(self, x):
-        return functional.tanh(x)
+
+# ReLU, Sigmoid, Tanh, ...: one class per built-in registry activation that names a module (those
+# registered elsewhere, later, are reached through __getattr__ and vanish when unregistered)
+for _m in registry.ACTIVATIONS.values():
+    if _m.module and registry.is_builtin(_m):
+        globals()[_m.module] = activation_module(_m)
+
+
+def fusable_types() -> tuple:
+    """The module types a Sequential folds into the preceding Linear (exact types: a subclass may
+    change forward)."""
+    return (LeakyReLU, GELU, *(activation_module(m) for m in registry.ACTIVATIONS.values() if m.module))
+
+
+def __getattr__(name):
+    """Classes of activations registered after import (gpunn.kernels.registry.register_activation)."""
+    for m in registry.ACTIVATIONS.values():
+        if m.module == name:
+            return activation_module(m)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Softmax(Module):
@@ -125,24 +150,9 @@ class Flatten(Module):
         self.end_dim = end_dim
 
     def forward(self, x):
-        shape = x.shape
-        nd = len(shape)
-        if nd == 0:
-            return x.reshape(1)
-        start = self.start_dim + nd if self.start_dim < 0 else self.start_dim
-        end = self.end_dim + nd if self.end_dim < 0 else self.end_dim
-        if not (0 <= start < nd and 0 <= end < nd):
-            raise IndexError(f"Flatten: dims ({self.start_dim}, {self.end_dim}) out of range for an input "
-                             f"of shape {tuple(shape)}")
-        if start > end:
-            raise ValueError(f"Flatten: start_dim ({self.start_dim}) cannot come after end_dim ({self.end_dim})")
-        n = 1
-        for s in shape[start:end + 1]:
-            n *= s
-        return x.reshape(*shape[:start], n, *shape[end + 1:])
+        return x.flatten(self.start_dim, self.end_dim)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
-_FUSABLE = (ReLU, LeakyReLU, GELU, Sigmoid, Tanh)

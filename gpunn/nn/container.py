@@ -17,7 +17,7 @@ from gpunn import functional
 from gpunn.kernels import activation_code
 from gpunn.kernels.activations import IDENTITY
 from gpunn.nn import module as _module
-from gpunn.nn.activation import _FUSABLE, Identity
+from gpunn.nn.activation import Identity, fusable_types
 from gpunn.nn.linear import Dense, Linear
 from gpunn.nn.module import Module
 
@@ -125,10 +125,11 @@ class Sequential(_ModuleSequence):
             if t in _DENSE_TYPES:
                 act, slope = (m.activation, m.negative_slope) if t is Dense else (None, 0.01)
                 nxt = mods[i + 1] if i + 1 < len(mods) else None
-                if activation_code(act) == IDENTITY and type(nxt) in _FUSABLE and nxt._fused is not None:
+                if activation_code(act) == IDENTITY and type(nxt) in fusable_types() \
+                        and nxt._fused is not None:
                     act, slope = nxt._fused
                     i += 1
-                plan.append((m, act, slope, m._path or t.__name__, None))
+                plan.append((m, act, slope, m._layer_name, None))
             elif t is not Identity:
                 plan.append((None, None, None, None, m))
             i += 1

@@ -19,6 +19,7 @@ import numpy as np
 
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import generator as default_generator
+from gpunn.backend import is_array
 
 _LINEAR_FNS = ("linear", "identity", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                "conv_transpose3d")
@@ -53,7 +54,7 @@ def calculate_gain(nonlinearity: str, param=None) -> float:
 def _data(tensor):
     if isinstance(tensor, Tensor):
         return tensor.data
-    if isinstance(tensor, np.ndarray) or type(tensor).__module__.startswith("cupy"):
+    if is_array(tensor):
         return tensor
     raise TypeError(f"init expects a gpunn Tensor or an array, got {type(tensor).__name__}")
 

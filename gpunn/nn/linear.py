@@ -62,7 +62,7 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound, generator=generator)
 
     def forward(self, x):
-        return functional.dense(x, self.weight, self.bias, None, name=self._path or type(self).__name__)
+        return functional.dense(x, self.weight, self.bias, None, name=self._layer_name)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -91,7 +91,7 @@ class Dense(Linear):
 
     def forward(self, x):
         return functional.dense(x, self.weight, self.bias, self.activation, self.negative_slope,
-                                name=self._path or type(self).__name__)
+                                name=self._layer_name)
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", activation={self.activation!r}"

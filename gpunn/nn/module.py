@@ -22,6 +22,7 @@ import numpy as np
 
 from gpunn.autograd.tensor import Parameter, Tensor, no_grad
 from gpunn.backend import device as resolve_device
+from gpunn.backend import is_array, is_cupy_array
 
 # Bumped whenever any module's structure changes (children or parameters registered, replaced or
 # removed; a fusion-relevant attribute such as LeakyReLU.negative_slope reassigned). Sequential
@@ -45,6 +46,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _check_name(what: str, name) -> None:
+    if not isinstance(name, str) or not name or "." in name:
+        raise KeyError(f"{what} name must be a non-empty string without '.', got {name!r}")
+
+
 def _addindent(text: str, spaces: int) -> str:
     lines = text.split("\n")
     if len(lines) == 1:
@@ -52,15 +58,11 @@ def _addindent(text: str, spaces: int) -> str:
     return lines[0] + "\n" + "\n".join(" " * spaces + line for line in lines[1:])
 
 
-def _is_gpu_array(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
 def _as_array(value):
     """A state_dict value as a NumPy or CuPy array, without importing torch."""
     if isinstance(value, Tensor):
         return value.data
-    if isinstance(value, np.ndarray) or _is_gpu_array(value):
+    if is_array(value):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor (or look-alike)
         return np.asarray(value.detach().cpu().numpy())
@@ -90,32 +92,16 @@ class Module:
             raise AttributeError(f"cannot assign {name!r} before Module.__init__() call "
                                  f"(call super().__init__() first in {type(self).__name__}.__init__)")
         if isinstance(value, Parameter):
-            if name not in d["_parameters"]:  # replacing keeps the registration order
-                self._forget(name)
-            d["_parameters"][name] = value
-            d[name] = value
-            _bump()
+            self._register("_parameters", name, value)
         elif isinstance(value, Module):
-            if name not in d["_modules"]:
-                self._forget(name)
-            d["_modules"][name] = value
-            d[name] = value
-            value._set_path(_join(self._path, name))
-            _bump()
-        elif name in d["_parameters"]:
+            self._register("_modules", name, value)
+        elif name in d["_parameters"] or name in d["_modules"]:
+            kind, what, expected = (("_parameters", "parameter", "gpunn.nn.Parameter") if name in d["_parameters"]
+                                    else ("_modules", "child module", "Module"))
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} of "
-                                f"{type(self).__name__} (gpunn.nn.Parameter or None expected)")
-            d["_parameters"][name] = None
-            d[name] = None
-            _bump()
-        elif name in d["_modules"]:
-            if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} of "
-                                f"{type(self).__name__} (Module or None expected)")
-            d["_modules"][name] = None
-            d[name] = None
-            _bump()
+                raise TypeError(f"cannot assign {type(value).__name__} as {what} {name!r} of "
+                                f"{type(self).__name__} ({expected} or None expected)")
+            self._register(kind, name, None)
         elif name in d["_buffers"]:
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} (Tensor or None expected)")
@@ -144,6 +130,19 @@ class Module:
         d["_non_persistent"].discard(name)
         return found
 
+    def _register(self, kind: str, name: str, value) -> None:
+        """`value` (or None) as parameter (kind "_parameters") or child module ("_modules") `name`;
+        replacing one keeps its place in the registration order, a name registered as something
+        else is forgotten there. Structure changed: Sequential's fusion plans are rebuilt."""
+        d = self.__dict__
+        if name not in d[kind]:
+            self._forget(name)
+        d[kind][name] = value
+        d[name] = value
+        if value is not None and kind == "_modules":
+            value._set_path(_join(self._path, name))
+        _bump()
+
     def _set_path(self, path: str) -> None:
         self.__dict__["_path"] = path
         for name, child in self._modules.items():
@@ -152,40 +151,28 @@ class Module:
 
     @property
     def _layer_name(self) -> str:
-        """What error messages call this module: its path in the model, or its class for a root."""
+        """The name its ops carry (the profiler's layer label, in error messages): its path in the
+        model, or its class name for a root."""
         return self._path or type(self).__name__
 
     def register_parameter(self, name: str, param) -> None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"parameter name must be a non-empty string without '.', got {name!r}")
+        _check_name("parameter", name)
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"cannot register {type(param).__name__} as parameter {name!r} "
                             "(gpunn.nn.Parameter or None expected)")
-        if name not in self._parameters:
-            self._forget(name)
-        self._parameters[name] = param
-        self.__dict__[name] = param
-        _bump()
+        self._register("_parameters", name, param)
 
     def add_module(self, name: str, module) -> None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"module name must be a non-empty string without '.', got {name!r}")
+        _check_name("module", name)
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a Module subclass")
-        if name not in self._modules:
-            self._forget(name)
-        self._modules[name] = module
-        self.__dict__[name] = module
-        if module is not None:
-            module._set_path(_join(self._path, name))
-        _bump()
+        self._register("_modules", name, module)
 
     register_module = add_module
 
     def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
         """A non-trainable tensor that is part of the state (saved by state_dict when persistent)."""
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"buffer name must be a non-empty string without '.', got {name!r}")
+        _check_name("buffer", name)
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"cannot register {type(tensor).__name__} as buffer {name!r} (Tensor or None expected)")
         self._forget(name)
@@ -325,7 +312,7 @@ class Module:
             xp = dev.xp
 
             def convert(a):
-                on_gpu = _is_gpu_array(a)
+                on_gpu = is_cupy_array(a)
                 if dev.is_gpu:
                     if on_gpu and a.device.id == dev.index:
                         return a
@@ -337,8 +324,7 @@ class Module:
             for t in list(self.parameters()) + list(self.buffers()):
                 new = convert(t.data)
                 if new is not t.data:
-                    t.data = new
-                    t._grad_buffer = None
+                    t.data = new  # a gradient sink on the old device or dtype no longer fits: ignored
                     if t.grad is not None:
                         t.grad = Tensor(convert(t.grad.data))
         return self
@@ -416,12 +402,12 @@ class Module:
         with no_grad():
             for target, value in ready:
                 data = target.data
-                if _is_gpu_array(data):
-                    if not _is_gpu_array(value) or value.device.id != data.device.id:
+                if is_cupy_array(data):
+                    if not is_cupy_array(value) or value.device.id != data.device.id:
                         cupy = __import__("cupy")
                         with cupy.cuda.Device(data.device.id):
                             value = cupy.asarray(value)
-                elif _is_gpu_array(value):
+                elif is_cupy_array(value):
                     value = value.get()
                 data[...] = value
         return IncompatibleKeys(missing, unexpected)

@@ -18,6 +18,7 @@ import numbers
 import numpy as np
 
 from gpunn import distributed as dist
+from gpunn.autograd.grad_sink import grad_sink_of
 from gpunn.autograd.tensor import Tensor, queue_callback
 from gpunn.backend import get_array_module
 from gpunn.nn.module import Module
@@ -31,7 +32,7 @@ def _address(a) -> int:
 
 def _grad_store(p):
     """The array backward stores p's gradient in (the optimizer's flat-buffer view), or None."""
-    return p._grad_buffer
+    return grad_sink_of(p)
 
 
 def _owner(a):

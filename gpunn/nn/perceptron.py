@@ -14,7 +14,7 @@ import numpy as np
 from gpunn import functional
 from gpunn.autograd.tensor import Parameter, Tensor, no_grad
 from gpunn.backend import generator as default_generator
-from gpunn.backend import get_array_module
+from gpunn.backend import get_array_module, is_cupy_array
 from gpunn.nn.linear import _check_features, _empty_parameter
 from gpunn.nn.module import Module
 
@@ -22,7 +22,7 @@ from gpunn.nn.module import Module
 def _host(a):
     if isinstance(a, Tensor):
         a = a.data
-    if type(a).__module__.startswith("cupy"):
+    if is_cupy_array(a):
         a = a.get()
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
         a = a.detach().cpu().numpy()
@@ -54,7 +54,7 @@ class Perceptron(Module):
         """0/1 predictions (n,) as a Tensor of the parameters' dtype; no graph is recorded."""
         with no_grad():
             x = x if isinstance(x, Tensor) else Tensor(_host(x).astype(self.weight.dtype, copy=False))
-            z = functional.dense(x, self.weight, self.bias, None, name=self._path or "Perceptron")
+            z = functional.dense(x, self.weight, self.bias, None, name=self._layer_name)
             return Tensor((z.data[..., 0] > 0).astype(self.weight.dtype))
 
     def decision_function(self, X) -> np.ndarray:

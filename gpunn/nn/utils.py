@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor, no_grad
+from gpunn.backend import is_array
 
 __all__ = ["parameters_to_vector", "vector_to_parameters"]
 
@@ -57,7 +58,7 @@ def vector_to_parameters(vec, parameters) -> None:
     the parameters together."""
     params = _param_list(parameters, "vector_to_parameters")
     data = vec.data if isinstance(vec, Tensor) else vec
-    if not (isinstance(data, np.ndarray) or type(data).__module__.startswith("cupy")):
+    if not is_array(data):
         raise TypeError(f"vector_to_parameters: vec must be a Tensor or an array, got {type(vec).__name__}")
     if data.ndim != 1:
         raise ValueError(f"vector_to_parameters: vec must be 1-D, got shape {tuple(data.shape)}")

@@ -27,6 +27,8 @@ class Adam(Optimizer):
     `decoupled_weight_decay=True` makes it AdamW (as in PyTorch 2.x).
     """
 
+    _state_buffers = {"exp_avg": None, "exp_avg_sq": None, "max_exp_avg_sq": "amsgrad"}
+
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, amsgrad: bool = False, *, maximize: bool = False,
                  decoupled_weight_decay: bool = False):
@@ -40,14 +42,6 @@ class Adam(Optimizer):
         check_range("eps", "epsilon value", o["eps"])
         _betas(o["betas"])
         check_range("weight_decay", "weight_decay value", o["weight_decay"])
-
-    def _state_names(self, group) -> tuple:
-        if group["amsgrad"]:
-            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-        return ("exp_avg", "exp_avg_sq")
-
-    def _all_state_names(self) -> tuple:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _update(self, group, ops, p, g, state, step) -> None:
         b1, b2 = group["betas"]

@@ -63,6 +63,11 @@ def _lrs(optimizer, key="lr"):
     return [group[key] for group in optimizer.param_groups]
 
 
+def _scaled(optimizer, factor) -> list:
+    """Each group's current rate times `factor` (the recursive forms of PyTorch's get_lr)."""
+    return [g["lr"] * factor for g in optimizer.param_groups]
+
+
 # ----------------------------------------------------------------------------- base
 
 class LRScheduler:
@@ -206,7 +211,7 @@ class StepLR(LRScheduler):
     def get_lr(self):
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
             return _lrs(self.optimizer)
-        return [g["lr"] * self.gamma for g in self.optimizer.param_groups]
+        return _scaled(self.optimizer, self.gamma)
 
     def _get_closed_form_lr(self):
         return [base * self.gamma ** (self.last_epoch // self.step_size) for base in self.base_lrs]
@@ -229,7 +234,7 @@ class MultiStepLR(LRScheduler):
     def get_lr(self):
         if self.last_epoch not in self.milestones:
             return _lrs(self.optimizer)
-        return [g["lr"] * self.gamma ** self.milestones[self.last_epoch] for g in self.optimizer.param_groups]
+        return _scaled(self.optimizer, self.gamma ** self.milestones[self.last_epoch])
 
     def _get_closed_form_lr(self):
         ms = sorted(self.milestones.elements())
@@ -246,10 +251,10 @@ class ConstantLR(LRScheduler):
 
     def get_lr(self):
         if self.last_epoch == 0:
-            return [g["lr"] * self.factor for g in self.optimizer.param_groups]
+            return _scaled(self.optimizer, self.factor)
         if self.last_epoch != self.total_iters:
             return _lrs(self.optimizer)
-        return [g["lr"] * (1.0 / self.factor) for g in self.optimizer.param_groups]
+        return _scaled(self.optimizer, 1.0 / self.factor)
 
     def _get_closed_form_lr(self):
         return [base * (self.factor + (self.last_epoch >= self.total_iters) * (1 - self.factor))
@@ -268,7 +273,7 @@ class LinearLR(LRScheduler):
 
     def get_lr(self):
         if self.last_epoch == 0:
-            return [g["lr"] * self.start_factor for g in self.optimizer.param_groups]
+            return _scaled(self.optimizer, self.start_factor)
         if self._is_initial or self.last_epoch > self.total_iters:
             return _lrs(self.optimizer)
         s, e, T = self.start_factor, self.end_factor, self.total_iters
@@ -290,7 +295,7 @@ class ExponentialLR(LRScheduler):
     def get_lr(self):
         if self._is_initial:
             return _lrs(self.optimizer)
-        return [g["lr"] * self.gamma for g in self.optimizer.param_groups]
+        return _scaled(self.optimizer, self.gamma)
 
     def _get_closed_form_lr(self):
         return [base * self.gamma ** self.last_epoch for base in self.base_lrs]
@@ -309,7 +314,7 @@ class PolynomialLR(LRScheduler):
             return _lrs(self.optimizer)
         T = self.total_iters
         factor = ((1.0 - self.last_epoch / T) / (1.0 - (self.last_epoch - 1) / T)) ** self.power
-        return [g["lr"] * factor for g in self.optimizer.param_groups]
+        return _scaled(self.optimizer, factor)
 
     def _get_closed_form_lr(self):
         T = self.total_iters

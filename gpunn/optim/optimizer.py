@@ -6,9 +6,9 @@ each param group keeps its parameters, gradients and optimizer state in flat con
 so one step is ONE fused kernel call per group however many tensors the model has.
 
 - Construction copies a group's parameters into one flat buffer and rebinds every `p.data` to its
-  reshaped view; it sets `p._grad_buffer` to a view of one flat gradient buffer. The first
-  gradient of each backward pass lands there: dense layers' backward kernels write dW and db into
-  it directly (`Function.grad_buffer`), other gradients are copied in (`Tensor._accumulate_grad`).
+  reshaped view; it registers a view of one flat gradient buffer as each parameter's gradient
+  sink (gpunn/autograd/grad_sink.py), so the first gradient of each backward pass lands there
+  (dense layers' backward kernels write dW and db into it directly).
 - `state[p]` holds per-parameter views of the flat state buffers ("exp_avg", ...) and of the
   step counts ("step", a 0-d array), as PyTorch's state holds per-parameter tensors. Modify them
   in place; rebinding an entry is not seen by the kernels.
@@ -30,8 +30,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from gpunn.autograd.grad_sink import register_grad_sink
 from gpunn.autograd.tensor import Tensor, enable_grad
-from gpunn.backend import get_array_module
+from gpunn.backend import device_of, get_array_module, is_array, is_cupy_array
 from gpunn.kernels import ops as _kops
 from gpunn.kernels.ops import ops_for
 
@@ -48,22 +49,12 @@ class _Required:
 required = _Required()
 
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
-def _describe(a) -> str:
-    if isinstance(a, np.ndarray):
-        return "cpu"
-    return f"gpu:{getattr(getattr(a, 'device', None), 'id', 0)}"
-
-
 def _convert(a, like_xp, dtype, device_id=None):
     """`a` (NumPy/CuPy array, Tensor or number) as an array of `like_xp` with `dtype`."""
     if isinstance(a, Tensor):
         a = a.data
     if like_xp is np:
-        if _is_cupy(a):
+        if is_cupy_array(a):
             a = a.get()
         return np.asarray(a, dtype=dtype)
     if device_id is not None:
@@ -102,10 +93,10 @@ class _FlatGroup:
                 raise ValueError(f"param group {self.index} mixes dtypes: parameter 0 is {first.dtype} "
                                  f"but parameter {j} (shape {a.shape}) is {a.dtype}; one group shares "
                                  "one flat buffer, so convert them or put them in separate param groups")
-            if type(a) is not type(first) or _describe(a) != _describe(first):
+            if type(a) is not type(first) or device_of(a) != device_of(first):
                 raise ValueError(f"param group {self.index} mixes devices: parameter 0 is on "
-                                 f"{_describe(first)} but parameter {j} (shape {a.shape}) is on "
-                                 f"{_describe(a)}; move them to one device or use separate param groups")
+                                 f"{device_of(first)} but parameter {j} (shape {a.shape}) is on "
+                                 f"{device_of(a)}; move them to one device or use separate param groups")
 
     def _pack(self):
         """(Re)build the flat buffers from the parameters' current arrays, carrying state along."""
@@ -167,7 +158,7 @@ class _FlatGroup:
             if hg:
                 p.grad = Tensor(gv)
             p.data = v
-            p._grad_buffer = gv
+            register_grad_sink(p, gv)
         self.flat, self.grad, self.views, self.gviews = flat, grad, views, gviews
         self.shapes, self.bounds, self.bufs = shapes, bounds, bufs
         self.xp, self.dtype, self.device_id = xp, dtype, device_id
@@ -194,7 +185,7 @@ class _FlatGroup:
             if p.data.shape == s and p.data.dtype == self.dtype and type(p.data) is type(v):
                 v[...] = p.data
                 p.data = v
-            p._grad_buffer = gv
+            register_grad_sink(p, gv)
             self.views.append(v)
             self.gviews.append(gv)
         self.synced = False
@@ -233,8 +224,8 @@ class _FlatGroup:
                         raise RuntimeError(f"param group {self.index}: parameter {i} has shape {gv.shape} "
                                            f"but its .grad has shape {gd.shape}")
                     if gd.dtype != gv.dtype or type(gd) is not type(gv):
-                        raise TypeError(f"param group {self.index}: parameter {i} is {gv.dtype} on {_describe(gv)} "
-                                        f"but its .grad is {gd.dtype} on {_describe(gd)}; assign a gradient of the "
+                        raise TypeError(f"param group {self.index}: parameter {i} is {gv.dtype} on {device_of(gv)} "
+                                        f"but its .grad is {gd.dtype} on {device_of(gd)}; assign a gradient of the "
                                         "parameter's dtype and device")
                     gv[...] = gd
                 if have is not None:
@@ -258,6 +249,18 @@ class _FlatGroup:
                 g.data[...] = 0
         if in_buffer:
             self.grad.fill(0)
+
+
+def _loaded_step(pid: int, value) -> float:
+    """A saved "step" entry (Tensor, array or number) as a whole float >= 0."""
+    v = value.data if isinstance(value, Tensor) else value
+    v = np.asarray(v.get() if is_cupy_array(v) else v)
+    if v.size != 1:
+        raise ValueError(f"state of parameter {pid}: 'step' must be a number, got shape {v.shape}")
+    step = float(v.reshape(()))
+    if not (step >= 0 and step == int(step)):
+        raise ValueError(f"state of parameter {pid}: 'step' must be a whole number >= 0, got {step}")
+    return step
 
 
 def _number(name: str, value) -> float:
@@ -286,12 +289,14 @@ class Optimizer:
     """Base class of all optimizers (PyTorch's interface; flat buffers inside, see the module doc).
 
     Subclasses give `defaults`, `_validate(options)` (ValueError naming a bad hyperparameter),
-    `_state_names(group)` (the flat state buffers the group's options need, in state order),
-    `_counts_step(group)` (whether a step advances the per-parameter step count) and
-    `_update(group, ops, p, g, state, step)` (one fused kernel call over 1-D arrays).
-    `_step_in_state` says whether `state[p]` exposes "step" (PyTorch's SGD keeps none).
+    `_state_buffers` (every flat state buffer, in PyTorch's state order, mapped to the group
+    option that turns it on, or None for always), `_counts_step(group)` (whether a step advances
+    the per-parameter step count) and `_update(group, ops, p, g, state, step)` (one fused kernel
+    call over 1-D arrays). `_step_in_state` says whether `state[p]` exposes "step" (PyTorch's SGD
+    keeps none).
     """
 
+    _state_buffers: dict = {}
     _step_in_state = True
 
     def __init__(self, params, defaults: dict):
@@ -320,8 +325,9 @@ class Optimizer:
     def _validate(self, options: dict) -> None:
         pass
 
-    def _state_names(self, group) -> tuple:
-        return ()
+    def _state_names(self, group) -> list:
+        """The state buffers this group's options need, in state order."""
+        return [name for name, option in self._state_buffers.items() if option is None or group[option]]
 
     def _counts_step(self, group) -> bool:
         return True
@@ -470,11 +476,19 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a `state_dict()` (values as gpunn Tensors, NumPy or CuPy arrays, numbers): the
         groups' options and every parameter's state, copied into this optimizer's buffers on the
-        parameters' device. Shapes, group sizes and parameter indices are checked first."""
+        parameters' device. Everything is checked and converted before anything changes:
+        `_loaded_layout` (the groups and their sizes), `_loaded_groups` (the options),
+        `_loaded_state` (each parameter's entries), then `_commit_loaded` writes them."""
+        saved_groups, saved_state = self._loaded_layout(state_dict)
+        new_groups = self._loaded_groups(saved_groups)
+        staged = self._loaded_state(saved_groups, saved_state, new_groups)
+        self._commit_loaded(new_groups, staged)
+
+    def _loaded_layout(self, state_dict: dict):
+        """The (param_groups, state) of a state dict whose groups match this optimizer's in number and size."""
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("optimizer state_dict must be a dict with 'state' and 'param_groups' entries")
         saved_groups = state_dict["param_groups"]
-        saved_state = state_dict["state"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has a different number of parameter groups "
                              f"({len(saved_groups)}) than the optimizer ({len(self.param_groups)})")
@@ -483,11 +497,10 @@ class Optimizer:
                 raise ValueError(f"loaded state dict contains a parameter group that doesn't match the size of "
                                  f"optimizer's group: group {k} has {len(sg['params'])} parameters in the state "
                                  f"dict but {fg.n} in the optimizer")
-        # saved parameter ids -> (group, position)
-        where = {}
-        for k, sg in enumerate(saved_groups):
-            for i, pid in enumerate(sg["params"]):
-                where[int(pid)] = (k, i)
+        return saved_groups, state_dict["state"]
+
+    def _loaded_groups(self, saved_groups) -> list:
+        """Each group's options: the current ones updated from the saved group, validated."""
         new_groups = []
         for sg, group in zip(saved_groups, self.param_groups):
             ng = dict(group)
@@ -496,9 +509,16 @@ class Optimizer:
                 ng["betas"] = tuple(ng["betas"])
             self._validate(ng)
             new_groups.append(ng)
-        allowed = set(self._all_state_names())
-        # validate and convert everything before touching the optimizer
-        staged = []  # (k, i, step, {name: array})
+        return new_groups
+
+    def _loaded_state(self, saved_groups, saved_state, new_groups) -> list:
+        """[(group, position, step, {name: array})] for every saved parameter state, checked
+        against the parameter it belongs to and the options of its (new) group."""
+        where = {}  # saved parameter id -> (group, position)
+        for k, sg in enumerate(saved_groups):
+            for i, pid in enumerate(sg["params"]):
+                where[int(pid)] = (k, i)
+        staged = []
         for raw_id, entry in saved_state.items():
             try:
                 pid = int(raw_id)
@@ -507,49 +527,48 @@ class Optimizer:
             if pid not in where:
                 raise ValueError(f"state_dict has state for parameter {pid}, but its param_groups list "
                                  f"{len(where)} parameters and not this one")
-            k, i = where[pid]
-            fg = self._flat[k]
-            shape = fg.params[i].data.shape
             if not isinstance(entry, dict):
                 raise ValueError(f"state of parameter {pid} must be a dict, got {type(entry).__name__}")
-            step = None
-            arrays = {}
-            for name, value in entry.items():
-                if value is None:  # PyTorch's SGD may store momentum_buffer=None
-                    continue
-                if name == "step":
-                    v = value.data if isinstance(value, Tensor) else value
-                    v = v.get() if _is_cupy(v) else v
-                    v = np.asarray(v)
-                    if v.size != 1:
-                        raise ValueError(f"state of parameter {pid}: 'step' must be a number, got shape {v.shape}")
-                    step = float(v.reshape(()))
-                    if not (step >= 0 and step == int(step)):
-                        raise ValueError(f"state of parameter {pid}: 'step' must be a whole number >= 0, got {step}")
-                    continue
-                if name not in allowed:
-                    raise ValueError(f"state of parameter {pid} has an entry {name!r} that "
-                                     f"{type(self).__name__} does not use (it uses {sorted(allowed)})")
-                arr = value.data if isinstance(value, Tensor) else value
-                if not (isinstance(arr, np.ndarray) or _is_cupy(arr)):
-                    raise ValueError(f"state of parameter {pid}: {name!r} must be an array or Tensor, "
-                                     f"got {type(value).__name__}")
-                if tuple(arr.shape) != tuple(shape):
-                    raise ValueError(f"state of parameter {pid}: {name!r} has shape {tuple(arr.shape)} but the "
-                                     f"parameter has shape {tuple(shape)}")
-                if arr.dtype.kind != "f":
-                    raise ValueError(f"state of parameter {pid}: {name!r} must be a float array, got {arr.dtype}")
-                arrays[name] = arr
-            if self._step_in_state:
-                if step is None:
-                    raise ValueError(f"state of parameter {pid} has no 'step' entry")
-            else:
-                step = 1.0 if arrays else 0.0
-            for name in self._required_state_names(new_groups[k]):
+            k, i = where[pid]
+            step, arrays = self._loaded_entry(pid, entry, self._flat[k].params[i].data.shape)
+            for name in self._state_names(new_groups[k]):
                 if step and name not in arrays:
                     raise ValueError(f"state of parameter {pid} lacks {name!r}, which the group's options need")
             staged.append((k, i, step, arrays))
-        # commit
+        return staged
+
+    def _loaded_entry(self, pid: int, entry: dict, shape) -> tuple:
+        """(step, {name: array}) of one parameter's saved state, each value checked."""
+        step = None
+        arrays = {}
+        for name, value in entry.items():
+            if value is None:  # PyTorch's SGD may store momentum_buffer=None
+                continue
+            if name == "step":
+                step = _loaded_step(pid, value)
+                continue
+            if name not in self._state_buffers:
+                raise ValueError(f"state of parameter {pid} has an entry {name!r} that "
+                                 f"{type(self).__name__} does not use (it uses {sorted(self._state_buffers)})")
+            arr = value.data if isinstance(value, Tensor) else value
+            if not is_array(arr):
+                raise ValueError(f"state of parameter {pid}: {name!r} must be an array or Tensor, "
+                                 f"got {type(value).__name__}")
+            if tuple(arr.shape) != tuple(shape):
+                raise ValueError(f"state of parameter {pid}: {name!r} has shape {tuple(arr.shape)} but the "
+                                 f"parameter has shape {tuple(shape)}")
+            if arr.dtype.kind != "f":
+                raise ValueError(f"state of parameter {pid}: {name!r} must be a float array, got {arr.dtype}")
+            arrays[name] = arr
+        if not self._step_in_state:
+            step = 1.0 if arrays else 0.0
+        elif step is None:
+            raise ValueError(f"state of parameter {pid} has no 'step' entry")
+        return step, arrays
+
+    def _commit_loaded(self, new_groups, staged) -> None:
+        """Write checked options and state into the groups and flat buffers (nothing here can fail
+        on the state dict's account)."""
         for k, group in enumerate(new_groups):
             self.param_groups[k].clear()
             self.param_groups[k].update(group)
@@ -574,13 +593,6 @@ class Optimizer:
         for group, fg in zip(self.param_groups, self._flat):
             fg.uniform = bool((fg.steps == fg.steps[0]).all()) if fg.n else True
             self._sync_state(group, fg)
-
-    def _all_state_names(self) -> tuple:
-        """Every state buffer name this optimizer can use (for load_state_dict's check)."""
-        return ()
-
-    def _required_state_names(self, group) -> tuple:
-        return self._state_names(group)
 
     # ------------------------------------------------------------------ copy / pickle
     def __setstate__(self, state):

@@ -16,6 +16,8 @@ class RMSprop(Optimizer):
     `state[p]`: "step", "square_avg", and "momentum_buffer" (momentum > 0), "grad_avg" (centered).
     """
 
+    _state_buffers = {"square_avg": None, "momentum_buffer": "momentum", "grad_avg": "centered"}
+
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, *,
                  maximize: bool = False):
@@ -29,17 +31,6 @@ class RMSprop(Optimizer):
         check_range("momentum", "momentum value", o["momentum"])
         check_range("weight_decay", "weight_decay value", o["weight_decay"])
         check_range("alpha", "alpha value", o["alpha"], 0.0, 1.0)
-
-    def _state_names(self, group) -> tuple:
-        names = ("square_avg",)
-        if group["momentum"] > 0:
-            names += ("momentum_buffer",)
-        if group["centered"]:
-            names += ("grad_avg",)
-        return names
-
-    def _all_state_names(self) -> tuple:
-        return ("square_avg", "momentum_buffer", "grad_avg")
 
     def _update(self, group, ops, p, g, state, step) -> None:
         momentum = group["momentum"]

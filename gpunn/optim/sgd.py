@@ -18,6 +18,7 @@ class SGD(Optimizer):
     momentum != 0, as in PyTorch; there is no step count.
     """
 
+    _state_buffers = {"momentum_buffer": "momentum"}  # a momentum != 0 turns it on
     _step_in_state = False
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
@@ -34,12 +35,6 @@ class SGD(Optimizer):
         if o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening "
                              f"(nesterov=True with momentum={o['momentum']}, dampening={o['dampening']})")
-
-    def _state_names(self, group) -> tuple:
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
-
-    def _all_state_names(self) -> tuple:
-        return ("momentum_buffer",)
 
     def _counts_step(self, group) -> bool:
         # the count only tells a parameter's first momentum step (buffer = g) from later ones

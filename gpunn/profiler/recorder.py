@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpunn.autograd import grad_sink
 from gpunn.kernels import activations, dense, losses, optimizers, softmax_ce
 from gpunn.kernels.activations import operand_bytes
 
@@ -340,14 +341,7 @@ class Recorder:
     def node_forward(self, fn, arrays, params):
         """Function.apply's hook: fn.forward(*arrays, **params) inside the node's span."""
         layer = params.get("layer") or fn.layer
-        span = self._open("node", fn.name if layer is None else f"{fn.name}[{layer}]", fn.phase, layer, arrays)
-        try:
-            out = fn.forward(*arrays, **params)
-        except BaseException:
-            self._close(span, None)
-            raise
-        self._close(span, f"{fn.name}.forward")
-        return out
+        return self._in_node_span(fn, "forward", fn.phase, layer, arrays, lambda: fn.forward(*arrays, **params))
 
     def node_backward(self, node, grad):
         """The backward walk's hook: node.backward(grad) inside the node's span."""
@@ -355,21 +349,26 @@ class Recorder:
         for inp in node.inputs:
             if inp._node is None and layer is not None:
                 self._leaf_layer[id(inp)] = layer
-        name = node.name if layer is None else f"{node.name}[{layer}]"
-        span = self._open("node", f"{name}.backward", "backward", layer, (grad,))
+        return self._in_node_span(node, "backward", "backward", layer, (grad,), lambda: node.backward(grad))
+
+    def _in_node_span(self, node, which, phase, layer, arrays, call):
+        """call() inside a span named after the node ("Dense[0].backward"); if it runs
+        no gpunn kernel it counts as one unfused op ("Dense.backward"). An exception closes the span."""
+        label = node.name if layer is None else f"{node.name}[{layer}]"
+        span = self._open("node", label if which == "forward" else f"{label}.{which}", phase, layer, arrays)
         try:
-            out = node.backward(grad)
+            out = call()
         except BaseException:
             self._close(span, None)
             raise
-        self._close(span, f"{node.name}.backward")
+        self._close(span, f"{node.name}.{which}")
         return out
 
     def accumulate_grad(self, tensor, grad):
         """The backward walk's hook for a leaf: its gradient copied (or added) into .grad, timed as
         a kernel and filed under the layer of the node that produced it. A gradient the node already
-        wrote into the leaf's optimizer buffer (Function.grad_buffer) needs no copy and records nothing."""
-        if tensor._grad_written_in_place(grad):
+        wrote into the leaf's gradient sink (Function.grad_sink) needs no copy and records nothing."""
+        if grad_sink.written_in_place(tensor, grad):
             return tensor._accumulate_grad(grad)
         n = operand_bytes(grad)
         cost = (0, 2 * n) if tensor.grad is None else (int(grad.size), 3 * n)

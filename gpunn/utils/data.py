@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor
-from gpunn.backend import device_of
+from gpunn.backend import device_of, is_array
 from gpunn.data import rng_from
 
 __all__ = ["Dataset", "TensorDataset", "Subset", "DataLoader", "random_split", "default_collate", "loader_arrays"]
@@ -38,7 +38,7 @@ class Dataset:
 def _as_tensor(t, i):
     if isinstance(t, Tensor):
         return t
-    if isinstance(t, np.ndarray) or type(t).__module__.startswith("cupy"):
+    if is_array(t):
         return Tensor(t)
     raise TypeError(f"TensorDataset: tensor {i} is a {type(t).__name__}; expected a gpunn Tensor or an array")
 
@@ -126,7 +126,7 @@ def default_collate(samples):
     if isinstance(first, Tensor):
         xp = np if type(first.data) is np.ndarray else first.device.xp
         return Tensor(xp.stack([s.data for s in samples]))
-    if isinstance(first, np.ndarray) or type(first).__module__.startswith("cupy"):
+    if is_array(first):
         xp = np if isinstance(first, np.ndarray) else __import__("cupy")
         return Tensor(xp.stack(samples))
     if isinstance(first, (numbers.Number, np.generic)):  # Python floats give float64, as PyTorch's collate

@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, scalar_like, xp_of
+from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, scalar_like
 from gpunn.autograd.functions.activation import Activation, LogSoftmax, Softmax
 from gpunn.autograd.functions.arithmetic import (Abs, Add, Cast, Clamp, Clone, Cos, Div, Exp, Log, MatMul,
                                                  Maximum, Mul, Neg, Pow, Sign, Sin, Sqrt, Sub, Where)
@@ -18,6 +18,7 @@ from gpunn.autograd.functions.loss import BCEWithLogits, CrossEntropy, L1, MSE
 from gpunn.autograd.functions.reduction import Max, Mean, Sum
 from gpunn.autograd.functions.shape import Cat, Gather, GetItem, Reshape, Transpose
 from gpunn.autograd.tensor import Tensor
+from gpunn.backend import get_array_module, is_array
 from gpunn.kernels import activation_code
 
 
@@ -39,7 +40,7 @@ def _operands(op: str, a, b):
 
 
 def _const(x, like, op):
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+    if is_array(x):
         # raw arrays are accepted only when they already agree; no silent casts
         check_same_device(op, like, x)
         check_same_dtype(op, like, x)
@@ -173,7 +174,7 @@ def where(condition, input, other):
         raise TypeError(f"where: condition must be a bool tensor, got "
                         f"{getattr(c, 'dtype', type(c).__name__)} (compare first, e.g. x > 0)")
     if not isinstance(input, Tensor) and not isinstance(other, Tensor):
-        input = Tensor(xp_of(c).asarray(input, dtype=np.float32 if isinstance(input, float) else None))
+        input = Tensor(get_array_module(c).asarray(input, dtype=np.float32 if isinstance(input, float) else None))
     a, b = _operands("where", input, other)
     check_same_device("where", c, a.data)
     _broadcast_shape("where", c.shape, a.shape, b.shape)
@@ -306,7 +307,7 @@ def max_min(op: str, x, dim=None, keepdim=False):
     d = dim_index(op, x, dim)
     if x.ndim and x.shape[d] == 0:
         raise IndexError(f"{op}(): dimension {d} of size 0 (tensor shape {tuple(x.shape)}) has no {op}imum")
-    xp = xp_of(x.data)
+    xp = get_array_module(x.data)
     if x.ndim == 0:
         idx = xp.zeros((), dtype=np.int64)
         return values_indices[op](Reshape.apply(x, shape=()), Tensor(idx))
@@ -320,7 +321,7 @@ def max_min(op: str, x, dim=None, keepdim=False):
 def arg_max_min(op: str, x, dim=None, keepdim=False):
     """torch.argmax / argmin: int64 indices over dim (or into the flattened tensor when dim is None)."""
     x = _need_tensor(op, x)
-    xp = xp_of(x.data)
+    xp = get_array_module(x.data)
     f = xp.argmax if op == "argmax" else xp.argmin
     if dim is None:
         out = xp.asarray(f(x.data.reshape(-1))).astype(np.int64)

@@ -10,8 +10,9 @@ MatMul (any ndim >= 1, batched over leading axes): dA = dC @ B^T, dB = A^T @ dC.
 """
 from __future__ import annotations
 
-from gpunn.autograd.checks import unbroadcast, xp_of as _xp
+from gpunn.autograd.checks import unbroadcast
 from gpunn.autograd.tensor import Function
+from gpunn.backend import get_array_module
 
 
 class Add(Function):
@@ -119,7 +120,7 @@ class Exp(Function):
     saves_inputs = False
 
     def forward(self, a):
-        self.out = _xp(a).exp(a)
+        self.out = get_array_module(a).exp(a)
         return self.out
 
     def backward(self, g):
@@ -131,7 +132,7 @@ class Log(Function):
 
     def forward(self, a):
         self.a = a
-        return _xp(a).log(a)
+        return get_array_module(a).log(a)
 
     def backward(self, g):
         return (g / self.a,)
@@ -141,7 +142,7 @@ class Sqrt(Function):
     saves_inputs = False
 
     def forward(self, a):
-        self.out = _xp(a).sqrt(a)
+        self.out = get_array_module(a).sqrt(a)
         return self.out
 
     def backward(self, g):
@@ -153,10 +154,10 @@ class Abs(Function):
 
     def forward(self, a):
         self.a = a
-        return _xp(a).abs(a)
+        return get_array_module(a).abs(a)
 
     def backward(self, g):
-        return (g * _xp(g).sign(self.a),)
+        return (g * get_array_module(g).sign(self.a),)
 
 
 class Sign(Function):
@@ -165,10 +166,10 @@ class Sign(Function):
 
     def forward(self, a):
         self.shape = a.shape
-        return _xp(a).sign(a)
+        return get_array_module(a).sign(a)
 
     def backward(self, g):
-        return (_xp(g).zeros(self.shape, dtype=g.dtype),)
+        return (get_array_module(g).zeros(self.shape, dtype=g.dtype),)
 
 
 class Sin(Function):
@@ -176,10 +177,10 @@ class Sin(Function):
 
     def forward(self, a):
         self.a = a
-        return _xp(a).sin(a)
+        return get_array_module(a).sin(a)
 
     def backward(self, g):
-        return (g * _xp(g).cos(self.a),)
+        return (g * get_array_module(g).cos(self.a),)
 
 
 class Cos(Function):
@@ -187,17 +188,17 @@ class Cos(Function):
 
     def forward(self, a):
         self.a = a
-        return _xp(a).cos(a)
+        return get_array_module(a).cos(a)
 
     def backward(self, g):
-        return (-g * _xp(g).sin(self.a),)
+        return (-g * get_array_module(g).sin(self.a),)
 
 
 class Clamp(Function):
     saves_output = False
 
     def forward(self, a, lo=None, hi=None):
-        xp = _xp(a)
+        xp = get_array_module(a)
         inside = xp.ones(a.shape, dtype=bool)
         if lo is not None:
             inside &= a >= lo
@@ -218,10 +219,10 @@ class Where(Function):
 
     def forward(self, a, b, cond):
         self.cond, self.shapes = cond, (a.shape, b.shape)
-        return _xp(a).where(cond, a, b)
+        return get_array_module(a).where(cond, a, b)
 
     def backward(self, g):
-        xp, (sa, sb) = _xp(g), self.shapes
+        xp, (sa, sb) = get_array_module(g), self.shapes
         zero = g.dtype.type(0)
         return (unbroadcast(xp.where(self.cond, g, zero), sa) if self.needs_grad[0] else None,
                 unbroadcast(xp.where(self.cond, zero, g), sb) if self.needs_grad[1] else None)
@@ -233,7 +234,7 @@ class Maximum(Function):
     saves_output = False
 
     def forward(self, a, b, take_min=False):
-        xp = _xp(a)
+        xp = get_array_module(a)
         self.a, self.b, self.take_min = a, b, take_min
         return xp.minimum(a, b) if take_min else xp.maximum(a, b)
 
@@ -254,7 +255,7 @@ class MatMul(Function):
 
     def backward(self, g):
         a, b = self.a, self.b
-        xp = _xp(g)
+        xp = get_array_module(g)
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g  # restore the axes a 1-D operand dropped: last for b (first), then second-last for a

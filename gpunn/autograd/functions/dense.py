@@ -24,11 +24,11 @@ class Dense(Function):
         need = self.needs_grad
         g2 = g.reshape(-1, g.shape[-1]) if g.ndim != 2 else g
         need_db = len(need) > 2 and need[2]
-        # dW and db straight into the optimizer's flat gradient buffer where there is one (no copy)
+        # dW and db straight into the leaves' gradient sinks where they have them (no copy)
         dx, dW, db = ops_for(g2).dense_backward(
             g2, self.x, self.W, self.saved, self.code, self.slope,
             need_dx=need[0], need_dw=need[1], need_db=need_db,
-            dW_out=self.grad_buffer(1) if need[1] else None, db_out=self.grad_buffer(2) if need_db else None)
+            dW_out=self.grad_sink(1) if need[1] else None, db_out=self.grad_sink(2) if need_db else None)
         if dx is not None and len(self.lead) != 1:
             dx = dx.reshape(*self.lead, dx.shape[-1])
         return (dx, dW, db) if len(need) > 2 else (dx, dW)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.autograd.checks import defer_check, xp_of
+from gpunn.autograd.checks import defer_check
 from gpunn.autograd.tensor import Function
+from gpunn.backend import get_array_module
 from gpunn.kernels import ops_for
 
 
@@ -37,7 +38,7 @@ def _upstream(g, reduction, shape, dtype):
     """The gradient of each unreduced element, given the gradient g of the reduced loss."""
     if reduction == "none":
         return g
-    xp = xp_of(g)
+    xp = get_array_module(g)
     if reduction == "mean":
         n = 1
         for s in shape:
@@ -80,7 +81,7 @@ class CrossEntropy(_LossNode):
             def error(deferred):
                 return _label_error("cross_entropy", labels, self.stats, classes, ignore_index, deferred)
 
-            if xp_of(logits) is np:
+            if get_array_module(logits) is np:
                 if any(self.stats[k] for k in flags):
                     raise error(False)
             else:
@@ -108,7 +109,7 @@ class BCEWithLogits(_LossNode):
             if pw is None:
                 gy = -gu * x
             else:
-                xp = xp_of(x)
+                xp = get_array_module(x)
                 mv = xp.maximum(-x, x.dtype.type(0))
                 L = xp.log(xp.exp(-mv) + xp.exp(-x - mv)) + mv
                 gy = gu * (-x + (pw - 1) * L)

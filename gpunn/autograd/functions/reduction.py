@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import operator
 
-from gpunn.autograd.checks import xp_of
 from gpunn.autograd.tensor import Function
+from gpunn.backend import get_array_module
 
 
 def _normalise_axis(axis, ndim):
@@ -39,8 +39,8 @@ def _normalise_axis(axis, ndim):
 def _expand(g, shape, axes, keepdims):
     if not keepdims:
         for ax in sorted(axes):
-            g = xp_of(g).expand_dims(g, ax)
-    return xp_of(g).broadcast_to(g, shape)
+            g = get_array_module(g).expand_dims(g, ax)
+    return get_array_module(g).broadcast_to(g, shape)
 
 
 def _reduced_shape(shape, axes, keepdims):
@@ -72,12 +72,12 @@ class Mean(Function):
             n *= a.shape[ax]
         self.n = n
         if n == 0:  # NaN, as PyTorch gives, without NumPy's "Mean of empty slice" warning
-            return xp_of(a).full(_reduced_shape(a.shape, self.axes, keepdims), float("nan"), dtype=a.dtype)
+            return get_array_module(a).full(_reduced_shape(a.shape, self.axes, keepdims), float("nan"), dtype=a.dtype)
         return a.mean(axis=self.axes, keepdims=keepdims)
 
     def backward(self, g):
         if self.n == 0:  # nothing was averaged: the (empty) input gets no gradient
-            return (xp_of(g).zeros(self.shape, dtype=g.dtype),)
+            return (get_array_module(g).zeros(self.shape, dtype=g.dtype),)
         return (_expand(g / g.dtype.type(self.n), self.shape, self.axes, self.keepdims),)
 
 

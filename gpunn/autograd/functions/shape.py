@@ -9,8 +9,8 @@ import operator
 
 import numpy as np
 
-from gpunn.autograd.checks import xp_of
 from gpunn.autograd.tensor import Function
+from gpunn.backend import get_array_module
 
 
 class Reshape(Function):
@@ -60,10 +60,10 @@ class Cat(Function):
     def forward(self, *arrays, axis=0):
         self.axis = axis
         self.sizes = [a.shape[axis] for a in arrays]
-        return xp_of(arrays[0]).concatenate(arrays, axis=axis)
+        return get_array_module(arrays[0]).concatenate(arrays, axis=axis)
 
     def backward(self, g):
-        xp = xp_of(g)
+        xp = get_array_module(g)
         bounds = np.cumsum(self.sizes)[:-1].tolist()
         parts = xp.split(g, bounds, axis=self.axis)
         return tuple(p if need else None for p, need in zip(parts, self.needs_grad))
@@ -87,7 +87,7 @@ class GetItem(Function):
         return a[index]
 
     def backward(self, g):
-        xp = xp_of(g)
+        xp = get_array_module(g)
         out = xp.zeros(self.shape, dtype=g.dtype)
         _scatter_add(xp, out, self.index, g)
         return (out,)
@@ -101,10 +101,10 @@ class Gather(Function):
 
     def forward(self, a, index, axis):
         self.shape, self.index, self.axis = a.shape, index, axis
-        return xp_of(a).take_along_axis(a, index, axis=axis)
+        return get_array_module(a).take_along_axis(a, index, axis=axis)
 
     def backward(self, g):
-        xp = xp_of(g)
+        xp = get_array_module(g)
         out = xp.zeros(self.shape, dtype=g.dtype)
         idx = list(xp.indices(self.index.shape, sparse=True))
         idx[self.axis] = self.index

@@ -1,0 +1,32 @@
+"""What every Numba CUDA kernel family shares: the dtypes the kernels are compiled for, the dtype
+check before a launch, flattening, and the launch of a 1-D grid-stride loop (256 threads per block,
+at most 32 blocks per SM: `numba_cuda.elementwise_geometry`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunn.backend import numba_cuda as nc
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def supported(dtype) -> bool:
+    return np.dtype(dtype) in SUPPORTED_DTYPES
+
+
+def check_dtype(op: str, dtype) -> None:
+    """TypeError naming the op when the CUDA kernels have no variant for `dtype`."""
+    if not supported(dtype):
+        raise TypeError(f"{op}: the CUDA kernels take float32 or float64, got {np.dtype(dtype)}")
+
+
+def flat(a, xp):
+    """a as a flat C-contiguous array (a copy only when a is not C-contiguous)."""
+    return xp.ascontiguousarray(a).reshape(-1)
+
+
+def launch(kern, n: int, like, *args):
+    """Launch a grid-stride kernel over n elements on `like`'s stream; nothing when n == 0."""
+    if n:
+        grid, block = nc.elementwise_geometry(n, like)
+        nc.launch(kern, grid, block, like, *args)

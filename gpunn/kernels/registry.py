@@ -1,0 +1,445 @@
+"""The registry of elementwise formulas: every activation written once, from which gpunn makes its
+CPU kernels, its CUDA device functions and kernels, its cost model and its tests' parametrisation.
+
+A formula is a scalar Python function that Numba compiles. It is written against FREE names:
+  - the transcendental functions `exp`, `log`, `log1p`, `tanh`, `erf`, `sqrt`, and
+  - named constants (module-level floats such as `HALF`, `GELU_C`), never float literals.
+`retarget(f, math_module, dtype)` rebuilds the function (`types.FunctionType(f.__code__, globals)`)
+with those names bound for one backend and one dtype: the math functions from `math_module`
+(CUDA: `math`, which Numba maps to libdevice; CPU: `CPU_MATH`) and every float constant as a
+scalar of `dtype`, so Numba keeps float32 arithmetic in float32. The same bytecode thus becomes
+the CPU loop body and the CUDA device function, and a definition cannot drift between backends.
+(Generating source per target would do the same at the cost of a code generator; rebinding the
+globals keeps each definition an ordinary, readable, debuggable Python function.)
+
+Activations (family precision policy: elementwise in the array's own dtype, float32 math for
+float32 and float64 math for float64, on the CPU and the GPU alike, as PyTorch does):
+  forward(z, slope) -> y = act(z)
+  backward(dy, s, slope) -> dz = dy * act'(.), where s is z or y as `derivative_from` says
+  derivative_from: "output" (s = y), "input" (s = z) or "output_if_slope_nonneg" (leaky_relu:
+  y carries the sign of z only when the slope is >= 0)
+  flops / backward_flops: per element, counted with the conventions in gpunn/kernels/activations.py
+  module: the torch.nn class name made for it (None: a hand-written class exists, or none wanted)
+
+To add an activation: write its two functions here and one `register_activation(...)` call, then
+its float64 reference in tests/activation_refs.py. docs/extending.md walks through it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TRANSCENDENTALS = ("exp", "log", "log1p", "tanh", "erf", "sqrt")
+
+
+class _CpuMath:
+    """The CPU kernels' transcendental functions: gpunn.kernels.fastmath's vectorisable exp, tanh
+    and erf (computed in the argument's dtype), math's for the rest (log, log1p, sqrt: LLVM
+    vectorises sqrt itself)."""
+
+    def __getattr__(self, name):
+        from gpunn.kernels import fastmath
+
+        return getattr(fastmath, name) if name in ("exp", "tanh", "erf") else getattr(math, name)
+
+
+CPU_MATH = _CpuMath()
+
+# ------------------------------------------------------------------------------------ constants
+ZERO = 0.0
+ONE = 1.0
+HALF = 0.5
+TWO = 2.0
+THREE = 3.0
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_C = 0.044715  # the tanh approximation's cubic coefficient (Hendrycks & Gimpel)
+
+# The math functions under the free names, for running a formula as plain Python (float64).
+exp, log, log1p, tanh, erf, sqrt = (getattr(math, n) for n in TRANSCENDENTALS)
+
+
+# ------------------------------------------------------------------------------------ activations
+
+def identity_forward(z, slope):
+    return z
+
+
+def identity_backward(dy, s, slope):
+    return dy
+
+
+def relu_forward(z, slope):
+    return z if z > ZERO else ZERO
+
+
+def relu_backward(dy, s, slope):
+    return dy if s > ZERO else ZERO  # select, never dy * 0: an infinite dy gives 0, not NaN (as torch)
+
+
+def leaky_relu_forward(z, slope):
+    return z if z > ZERO else z * slope
+
+
+def leaky_relu_backward(dy, s, slope):
+    return dy if s > ZERO else dy * slope
+
+
+def gelu_forward(z, slope):
+    return HALF * z * (ONE + erf(z * INV_SQRT_2))
+
+
+def gelu_backward(dy, s, slope):
+    cdf = HALF * (ONE + erf(s * INV_SQRT_2))
+    pdf = exp(-HALF * s * s) * INV_SQRT_2PI
+    return dy * (cdf + s * pdf)
+
+
+def gelu_tanh_forward(z, slope):
+    return HALF * z * (ONE + tanh(SQRT_2_OVER_PI * (z + GELU_C * z * z * z)))
+
+
+def gelu_tanh_backward(dy, s, slope):
+    t = tanh(SQRT_2_OVER_PI * (s + GELU_C * s * s * s))
+    d = HALF * (ONE + t) + HALF * s * (ONE - t * t) * SQRT_2_OVER_PI * (ONE + THREE * GELU_C * s * s)
+    return dy * d
+
+
+def sigmoid_forward(z, slope):
+    # the stable branch for each sign: exp never overflows, sigmoid(+-1000) is exactly 1 / 0
+    if z >= ZERO:
+        return ONE / (ONE + exp(-z))
+    e = exp(z)
+    return e / (ONE + e)
+
+
+def sigmoid_backward(dy, s, slope):
+    return dy * (s * (ONE - s))
+
+
+def tanh_forward(z, slope):
+    return tanh(z)
+
+
+def tanh_backward(dy, s, slope):
+    return dy * (ONE - s * s)
+
+
+# ------------------------------------------------------------------------------------ the registry
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    forward: object
+    backward: object
+    derivative_from: str  # "output", "input" or "output_if_slope_nonneg"
+    flops: int
+    backward_flops: int
+    module: str | None = None
+    doc: str = ""
+    code: int = field(default=-1, compare=False)
+
+    def needs_input(self, slope: float = 0.01) -> bool:
+        """True when the derivative must be computed from z rather than from y = act(z)."""
+        return self.derivative_from == "input" or (self.derivative_from == "output_if_slope_nonneg" and slope < 0)
+
+
+_DERIVATIVE_FROM = ("output", "input", "output_if_slope_nonneg")
+ACTIVATIONS: dict[str, Activation] = {}  # name -> member, in code order
+BY_CODE: dict[int, Activation] = {}
+_next_code = 0  # codes are never reused: kernels cached by code stay valid after an unregister
+ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
+
+
+def _check_formula(f):
+    floats = [c for c in f.__code__.co_consts if isinstance(c, float)]
+    if floats:
+        raise ValueError(f"{f.__name__}: write constants as named module globals (typed per dtype when "
+                         f"retargeted), not float literals {floats}")
+
+
+def register_activation(name, forward, backward, derivative_from, flops, backward_flops, module=None, doc=""):
+    """Add an activation; its code is the next integer. Returns the member."""
+    if name in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is already registered")
+    if derivative_from not in _DERIVATIVE_FROM:
+        raise ValueError(f"derivative_from must be one of {_DERIVATIVE_FROM}, got {derivative_from!r}")
+    for f in (forward, backward):
+        _check_formula(f)
+    global _next_code
+    m = Activation(name, forward, backward, derivative_from, int(flops), int(backward_flops), module,
+                   doc or (forward.__doc__ or ""), code=_next_code)
+    _next_code += 1
+    ACTIVATIONS[name] = m
+    BY_CODE[m.code] = m
+    return m
+
+
+def is_builtin(member) -> bool:
+    """True for the members defined in this module (registered when gpunn is imported)."""
+    return member.forward.__module__ == __name__
+
+
+def unregister_activation(name):
+    """Remove an activation (for tests that add a toy member); its code is not given out again."""
+    m = ACTIVATIONS.pop(name)
+    del BY_CODE[m.code]
+
+
+register_activation("identity", identity_forward, identity_backward, "output", 0, 0,
+                    doc="y = z")
+register_activation("relu", relu_forward, relu_backward, "output", 1, 1, module="ReLU",
+                    doc="max(z, 0); gradient 0 at z == 0 (as PyTorch).")
+register_activation("leaky_relu", leaky_relu_forward, leaky_relu_backward, "output_if_slope_nonneg", 2, 2,
+                    doc="z if z > 0 else negative_slope * z.")
+register_activation("gelu", gelu_forward, gelu_backward, "input", 5, 11,
+                    doc="z * Phi(z) = 0.5 z (1 + erf(z / sqrt 2)).")
+register_activation("gelu_tanh", gelu_tanh_forward, gelu_tanh_backward, "input", 9, 19,
+                    doc="0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))).")
+register_activation("sigmoid", sigmoid_forward, sigmoid_backward, "output", 5, 3, module="Sigmoid",
+                    doc="1 / (1 + exp(-z)), stable for any z.")
+register_activation("tanh", tanh_forward, tanh_backward, "output", 1, 3, module="Tanh",
+                    doc="tanh(z).")
+
+
+# ------------------------------------------------------------------------------------ optimizer updates
+# Family precision policy (CPU and GPU alike): per element in float64, rounded once to the array's
+# dtype per stored value, and a stored state value is re-read (rounded) before it is used, as an
+# array implementation in the array's dtype would. Each update reads and writes element i of its
+# arrays; the UPPERCASE names are the options that change the code path, bound as compile-time
+# constants per kernel variant (`Optimizer.flags`); the other arguments are run-time scalars
+# (float64), so a scheduler changes them without a recompile. `sqrt` and `f64` (the conversion to
+# float64: `float` on the CPU, numba.float64 on the GPU, as the kernels were written before) are
+# bound per backend.
+f64 = float
+
+def sgd_update(i, p, grad, buf, lr, momentum, dampening, weight_decay):
+    g = f64(grad[i])
+    if MAXIMIZE:  # noqa: F821 (the free UPPERCASE names are the variant's options)
+        g = -g
+    if WEIGHT_DECAY:  # noqa: F821
+        g += weight_decay * f64(p[i])
+    if MOMENTUM:  # noqa: F821
+        if FIRST_STEP:  # noqa: F821
+            b = g
+        else:
+            b = momentum * f64(buf[i]) + (1.0 - dampening) * g
+        buf[i] = b
+        b = f64(buf[i])
+        if NESTEROV:  # noqa: F821
+            g = g + momentum * b
+        else:
+            g = b
+    p[i] = f64(p[i]) - lr * g
+
+
+def adam_update(i, p, grad, m, v, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt):
+    """decay = 1 - lr wd (AdamW), step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t)."""
+    g = f64(grad[i])
+    if MAXIMIZE:  # noqa: F821
+        g = -g
+    pi = f64(p[i])
+    if WD_MODE == 2:  # noqa: F821 (decoupled: AdamW)
+        pi = pi * decay
+    elif WD_MODE == 1:  # noqa: F821
+        g += weight_decay * pi
+    mi = f64(m[i])
+    mi = mi + (1.0 - beta1) * (g - mi)
+    m[i] = mi
+    vi = beta2 * f64(v[i]) + (1.0 - beta2) * g * g
+    v[i] = vi
+    if AMSGRAD:  # noqa: F821
+        vs = f64(v[i])
+        if vs > f64(vmax[i]) or vs != vs:  # max(vmax, v) propagating NaN, as torch.maximum
+            vmax[i] = v[i]
+        vi = f64(vmax[i])
+    else:
+        vi = f64(v[i])
+    denom = sqrt(vi) / bc2_sqrt + eps
+    p[i] = pi - step_size * f64(m[i]) / denom
+
+
+def rmsprop_update(i, p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
+    g = f64(grad[i])
+    if MAXIMIZE:  # noqa: F821
+        g = -g
+    if WEIGHT_DECAY:  # noqa: F821
+        g += weight_decay * f64(p[i])
+    sq[i] = alpha * f64(sq[i]) + (1.0 - alpha) * g * g
+    s = f64(sq[i])
+    if CENTERED:  # noqa: F821
+        a = f64(gavg[i])
+        gavg[i] = a + (1.0 - alpha) * (g - a)
+        a = f64(gavg[i])
+        avg = sqrt(s - a * a) + eps
+    else:
+        avg = sqrt(s) + eps
+    if MOMENTUM:  # noqa: F821
+        buf[i] = momentum * f64(buf[i]) + g / avg
+        p[i] = f64(p[i]) - lr * f64(buf[i])
+    else:
+        p[i] = f64(p[i]) - lr * g / avg
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An optimizer's per-element update: `update(i, *arrays, *scalars)` with its options `flags`
+    (name -> the values a variant can take)."""
+    name: str
+    update: object
+    state: tuple
+    flags: dict
+
+    @property
+    def params(self) -> tuple:
+        c = self.update.__code__
+        return c.co_varnames[1:c.co_argcount]
+
+    @property
+    def arrays(self) -> tuple:
+        """The array parameters: p, grad and the state buffers (the rest are float64 scalars)."""
+        return ("p", "grad") + self.state
+
+
+OPTIMIZERS: dict[str, Optimizer] = {}
+_TF = (False, True)
+
+
+def register_optimizer(name, update, state, **flags):
+    """Add an optimizer update: `update(i, p, grad, *state, *scalars)`; `state` names its buffers;
+    `flags`: each option name and the values a kernel variant can take."""
+    if name in OPTIMIZERS:
+        raise ValueError(f"optimizer update {name!r} is already registered")
+    m = Optimizer(name, update, tuple(state), {k: tuple(v) for k, v in flags.items()})
+    if m.params[:len(m.arrays)] != m.arrays:
+        raise ValueError(f"{update.__name__} must take (i, p, grad, {', '.join(m.state)}, scalars...), "
+                         f"got {m.params}")
+    OPTIMIZERS[name] = m
+    return m
+
+
+register_optimizer("sgd", sgd_update, ("buf",), MAXIMIZE=_TF, WEIGHT_DECAY=_TF, MOMENTUM=_TF, NESTEROV=_TF,
+                   FIRST_STEP=_TF)
+register_optimizer("adam", adam_update, ("m", "v", "vmax"), MAXIMIZE=_TF, WD_MODE=(0, 1, 2), AMSGRAD=_TF)
+register_optimizer("rmsprop", rmsprop_update, ("sq", "buf", "gavg"), MAXIMIZE=_TF, WEIGHT_DECAY=_TF, CENTERED=_TF,
+                   MOMENTUM=_TF)
+
+
+def update_loop_source(member, target: str) -> str:
+    """The loop that applies member.update to every element: a CPU `for` loop or a CUDA
+    grid-stride loop, with the update's own parameters (a kernel takes no *args)."""
+    args = ", ".join(member.params)
+    name = f"{member.name}_{target}_loop" if target == "cpu" else f"{member.name}_kernel"
+    if target == "cpu":
+        body = "    for i in range(p.shape[0]):\n        update(i, {a})\n"
+    else:
+        body = ("    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n    n = p.shape[0]\n"
+                "    while i < n:\n        update(i, {a})\n        i += stride\n")
+    return f"def {name}({args}):\n" + body.format(a=args)
+
+
+def update_loop(member, target: str, update, env: dict):
+    """update_loop_source compiled (under this file's name, so Numba can cache it) with `update`
+    and `env` (e.g. `cuda`) as its globals."""
+    ns = {"__name__": __name__, "update": update, **env}
+    exec(compile(update_loop_source(member, target), __file__, "exec"), ns)  # noqa: S102 (our own source)
+    return ns[f"{member.name}_{target}_loop" if target == "cpu" else f"{member.name}_kernel"]
+
+
+# ------------------------------------------------------------------------------------ retargeting
+
+def _fingerprint(f, bound) -> str:
+    """A short hash of a kernel template, of what its free names are bound to and, recursively, of
+    the functions and numbers those reach: part of the qualified name of the kernel made from it,
+    so Numba's on-disk cache never serves a kernel compiled from an older definition or other math."""
+    h = hashlib.sha1()
+    seen = set()
+
+    def visit(fn, env):
+        fn = getattr(fn, "py_func", fn)  # a Numba dispatcher: its Python function
+        code = getattr(fn, "__code__", None)
+        if code is None or id(fn) in seen:
+            h.update(repr(getattr(fn, "__name__", fn)).encode())
+            return
+        seen.add(id(fn))
+        h.update(code.co_code + repr((code.co_consts, code.co_names)).encode())
+        g = {**fn.__globals__, **env}
+        for n in code.co_names:
+            v = g.get(n)
+            if isinstance(v, (int, float, np.generic)):
+                h.update(f"{n}={v!r}:{type(v).__name__}".encode())
+            elif callable(v) and not isinstance(v, type):
+                visit(v, {})
+
+    visit(f, bound)
+    return h.hexdigest()[:10]
+
+
+def rebind(f, bound: dict, name: str | None = None):
+    """f's code with its free names looked up in `bound` (then in f's own module), under a new
+    name (which Numba's cache uses to tell specialisations apart)."""
+    g = dict(f.__globals__)
+    g.update(bound)
+    new = types.FunctionType(f.__code__, g, name or f.__name__, f.__defaults__, f.__closure__)
+    new.__qualname__ = new.__name__
+    new.__module__ = f.__module__
+    new.__doc__ = f.__doc__
+    return new
+
+
+def retarget(f, math_module, dtype):
+    """The formula f with the transcendental functions taken from `math_module` and every float
+    constant it names made a scalar of `dtype` (see the module docstring)."""
+    T = np.dtype(dtype).type
+    bound = {}
+    for n in f.__code__.co_names:
+        if n in TRANSCENDENTALS:
+            bound[n] = getattr(math_module, n)
+        else:
+            v = f.__globals__.get(n)
+            if isinstance(v, float):
+                bound[n] = T(v)
+    return rebind(f, bound, f"{f.__name__}_{np.dtype(dtype).name}")
+
+
+def specialise(template, bound: dict, tag: str):
+    """A kernel template (a loop calling free names such as `act`) with those names bound, named
+    `<template>__<tag>_<fingerprint of what is bound>`."""
+    return rebind(template, bound, f"{template.__name__}__{tag}_{_fingerprint(template, bound)}")
+
+
+# ------------------------------------------------------------------------------------ lookups
+
+def activation_code(name) -> int:
+    """The integer code of an activation name; ValueError listing the valid names otherwise."""
+    key = ALIASES.get(name, name)
+    if isinstance(key, str):
+        key = key.lower()
+    try:
+        return ACTIVATIONS[key].code
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)} (or None for identity)"
+        ) from None
+
+
+def check_code(code) -> None:
+    """The fused kernels are made per code: refuse an unknown one before anything runs."""
+    if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code not in BY_CODE:
+        raise ValueError(f"unknown activation code {code!r}; valid codes: {list(BY_CODE)} "
+                         f"({', '.join(ACTIVATIONS)})")
+
+
+def activation(code) -> Activation:
+    check_code(code)
+    return BY_CODE[code]
+
+
+def needs_preactivation(code: int, negative_slope: float = 0.01) -> bool:
+    """True when the derivative must be computed from z rather than from y = act(z)."""
+    return activation(code).needs_input(negative_slope)
