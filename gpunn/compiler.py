@@ -193,7 +193,7 @@ def _traced_run_backward(orig):
             holders = tuple(tr.holder_of.get(id(t), (None, None))[1] for t in order)
             if any(h is None and t._node is not None for h, t in zip(holders, order)):
                 tr.fail("backward() reaches a graph node built outside the compiled function")
-            tr.events.append(("bwd", k, tuple(order), holders, root.data.dtype))
+            tr.events.append(("bwd", k, tuple(order), holders))
         with _recorded():
             return orig(order, grads, rec)
     return run_backward
@@ -383,23 +383,15 @@ class _Program:
                     fn.inputs, fn.needs_grad = node_inputs, needs
                     nodes[i] = fn
             elif kind == "bwd":
-                _, k, order, holders, dtype = ev
+                _, k, order, holders = ev
                 for t, h in zip(order, holders):
                     if h is not None:
                         t._node = nodes[h]
-                root = slots[k]
-                xp = np if type(root) is np.ndarray else _xp(root)
-                _tmod._run_backward(order, {id(order[-1]): xp.ones_like(root)}, None)
+                _tmod._run_backward(order, {id(order[-1]): _tmod._unit_seed(slots[k])}, None)
             else:
                 _, method, obj, a, kw = ev
                 method(obj, *a, **dict(kw))
         return _build(self.out_spec, slots, arrays)
-
-
-def _xp(a):
-    from gpunn.backend import get_array_module
-
-    return get_array_module(a)
 
 
 def _spec(value, tr: _Trace):
