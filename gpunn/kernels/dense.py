@@ -91,10 +91,21 @@ def act_grad_colsum(dy, s, slope, dz, db, want_db):
         _colsum(dz, db)
 
 
+_EPILOGUES: dict = {}
+
+
 def _epilogue(template, code, dtype):
-    if template is bias_act_epilogue:
-        return cpu_kernel(template, code, dtype, act_loop=cpu_kernel(activation_forward_loop, code, dtype))
-    return cpu_kernel(template, code, dtype, dact_loop=cpu_kernel(activation_backward_loop, code, dtype))
+    """The compiled epilogue `template` for one activation and dtype (looked up once per call site
+    key: the inner activation loop is only compiled on a miss)."""
+    key = (template, code, dtype)
+    k = _EPILOGUES.get(key)
+    if k is None:
+        if template is bias_act_epilogue:
+            k = cpu_kernel(template, code, dtype, act_loop=cpu_kernel(activation_forward_loop, code, dtype))
+        else:
+            k = cpu_kernel(template, code, dtype, dact_loop=cpu_kernel(activation_backward_loop, code, dtype))
+        _EPILOGUES[key] = k
+    return k
 
 
 @njit(cache=True)
@@ -114,9 +125,12 @@ def _colsum(a, out):
 part_hook = None
 
 
-def _part(kernel, part, fn, args, flops, nbytes):
+def _part(kernel, fn, args, describe):
+    """fn(*args), through the profiler's part_hook when one is set; describe() -> (part name, flops,
+    bytes) is only called then, so an unprofiled call builds no labels or costs."""
     if part_hook is None:
         return fn(*args)
+    part, flops, nbytes = describe()
     return part_hook(kernel, part, fn, args, (flops, nbytes))
 
 
@@ -133,18 +147,20 @@ def dense_forward_cpu(x, W, b, code: int, negative_slope: float = 0.01):
     nm, size = z.size, z.dtype.itemsize
     if code == IDENTITY:
         if has_bias:
-            _part("dense_forward", "bias", _add_bias, (z, b), nm, (2 * nm + b.size) * size)
+            _part("dense_forward", _add_bias, (z, b), lambda: ("bias", nm, (2 * nm + b.size) * size))
         return z, z
     epilogue = _epilogue(bias_act_epilogue, code, z.dtype)
     slope = float(negative_slope)
-    label = ("bias+" if has_bias else "") + registry.activation(code).name
-    flops = (registry.activation(code).flops + has_bias) * nm
-    if needs_preactivation(code, negative_slope):
-        y = np.empty_like(z)
-        _part("dense_forward", label, epilogue, (z, bias, has_bias, slope, y), flops, (3 * nm + z.shape[1]) * size)
-        return y, z
-    _part("dense_forward", label, epilogue, (z, bias, has_bias, slope, z), flops, (2 * nm + z.shape[1]) * size)
-    return z, z
+    y = np.empty_like(z) if needs_preactivation(code, negative_slope) else z
+
+    def describe():
+        act = registry.activation(code)
+        passes = 3 if y is not z else 2
+        return (("bias+" if has_bias else "") + act.name, (act.flops + has_bias) * nm,
+                (passes * nm + z.shape[1]) * size)
+
+    _part("dense_forward", epilogue, (z, bias, has_bias, slope, y), describe)
+    return y, z
 
 
 def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
@@ -162,14 +178,17 @@ def dense_backward_cpu(dy, x, W, saved, code: int, negative_slope: float = 0.01,
     if code == IDENTITY:
         dz = dy
         if need_db:
-            _part("dense_backward", "db", _colsum, (dz, db), nm, (nm + m) * size)
+            _part("dense_backward", _colsum, (dz, db), lambda: ("db", nm, (nm + m) * size))
     else:
         dz = np.empty_like(dy)
-        _part("dense_backward", registry.activation(code).name + "'" + ("+db" if need_db else ""),
-              _epilogue(act_grad_colsum, code, dy.dtype),
+        def describe():
+            act = registry.activation(code)
+            return (act.name + "'" + ("+db" if need_db else ""), (act.backward_flops + need_db) * nm,
+                    (3 * nm + (m if need_db else 0)) * size)
+
+        _part("dense_backward", _epilogue(act_grad_colsum, code, dy.dtype),
               (dy, np.ascontiguousarray(saved), float(negative_slope), dz,
-               db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db),
-              (registry.activation(code).backward_flops + need_db) * nm, (3 * nm + (m if need_db else 0)) * size)
+               db if need_db else dz[0] if dz.shape[0] else np.empty(m, dy.dtype), need_db), describe)
     dx = np.matmul(dz, W) if need_dx else None
     dW = np.matmul(dz.T, x, out=dW_out) if need_dw else None
     return dx, dW, db
