@@ -15,7 +15,7 @@ import pytest
 
 import gpunn as gn
 from gpunn import nn, optim
-from gpunn.kernels import Ops, activations, dense, losses, ops_for, optimizers, softmax_ce, use_kernels
+from gpunn.kernels import Ops, activations, dense, losses, ops_for, optimizers, registry, softmax_ce, use_kernels
 from gpunn.kernels import ops as kops
 from gpunn.profiler import COSTS, peaks as peaks_mod, profile
 from gpunn.profiler.recorder import KernelEvent, Recorder
@@ -680,7 +680,7 @@ def test_cpu_epilogues_show_as_parts_of_their_dense_kernels():
         assert part.layer == kernel.layer and part.phase == kernel.phase
     gelu = prof.parts[0]
     n = 8 * 16
-    assert (gelu.flops, gelu.bytes) == ((activations.ACT_FLOPS[activations.GELU] + 1) * n, (3 * n + 16) * 4)
+    assert (gelu.flops, gelu.bytes) == ((registry.activation(activations.GELU).flops + 1) * n, (3 * n + 16) * 4)
     lines = prof.table().splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith("dense_forward "))
     assert lines[i + 1].startswith("  dense_forward / bias ") and lines[i + 2].startswith("  dense_forward / bias+gelu")

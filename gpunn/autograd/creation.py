@@ -28,7 +28,6 @@ bool = np.dtype(np.bool_)  # noqa: A001  (torch.bool)
 
 DTYPES = ("float16", "half", "float32", "float", "float64", "double", "int8", "uint8", "int16", "short",
           "int32", "int", "int64", "long", "bool")
-_PY_NUMBER = (numbers.Integral, numbers.Real)
 
 
 def _dtype(op, dtype, default):
@@ -116,12 +115,6 @@ def _like(op, t, dtype, device):
     return t.shape, (t.dtype if dtype is None else _dtype(op, dtype, None)), (t.device if device is None else device)
 
 
-
-
-
-
-
-
 def _rng(op, gen):
     if gen is None:
         return default_generator()
@@ -147,10 +140,6 @@ def randn(*size, generator=None, dtype=None, device=None, requires_grad: builtin
     """Standard normal values of shape `size` (float32), from gpunn's seeded generator."""
     shape, dt = _size("randn", size), _float_dtype("randn", dtype)
     return _finish("randn", _rng("randn", generator).standard_normal(shape).astype(dt), device, requires_grad)
-
-
-
-
 
 
 def _check_number(op, name, v):

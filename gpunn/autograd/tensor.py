@@ -16,7 +16,7 @@ import numpy as np
 
 from gpunn.autograd import grad_sink as _sink
 from gpunn.autograd.checks import check_same_device as _check_same_device, flush_checks
-from gpunn.backend import Device, device as resolve_device, device_of, is_array, is_cupy_array
+from gpunn.backend import Device, device as resolve_device, device_of, get_array_module, is_array, is_cupy_array
 from gpunn.kernels import ops as _kops
 
 _grad_enabled = contextvars.ContextVar("gpunn_grad_enabled", default=True)
@@ -585,7 +585,7 @@ class Tensor:
 
     def _inplace(self, op, ufunc, other, alpha=1):
         self._check_writable(op, other)
-        xp = np if type(self.data) is np.ndarray else self.device.xp
+        xp = get_array_module(self.data)
         kind = self.dtype.kind
         if isinstance(other, Tensor) or is_array(other):
             o = other.data if isinstance(other, Tensor) else other
@@ -645,7 +645,7 @@ def _unit_seed(a):
     key = (type(a), device_of(a), a.dtype, a.shape)
     g = _seeds.get(key)
     if g is None:
-        xp = np if type(a) is np.ndarray else device_of(a).xp
+        xp = get_array_module(a)
         g = xp.ones_like(a)
         if xp is np:
             g.flags.writeable = False

@@ -20,6 +20,7 @@ import numpy as np
 import numba
 from numba import njit
 
+from gpunn.backend import FLOAT_DTYPES
 from gpunn.kernels import registry
 from gpunn.kernels.registry import activation_code, check_code, needs_preactivation  # noqa: F401 (re-exported)
 
@@ -106,9 +107,6 @@ def cpu_kernel(template, code: int, dtype, **bound):
     return k
 
 
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def _flat_c(a):
     return np.ascontiguousarray(a).reshape(-1)
 
@@ -118,7 +116,7 @@ def activation_forward_cpu(z, code, negative_slope=0.01):
     check_code(code)
     if code == IDENTITY:
         return z.copy()
-    if z.dtype not in _KERNEL_DTYPES:  # float16 and friends: in float32, rounded once (torch's opmath)
+    if z.dtype not in FLOAT_DTYPES:  # float16 and friends: in float32, rounded once (torch's opmath)
         return activation_forward_cpu(z.astype(np.float32), code, negative_slope).astype(z.dtype)
     zf = _flat_c(z)
     y = np.empty_like(zf)
@@ -143,7 +141,7 @@ def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
     if code == IDENTITY:
         return dy.copy()
     s = saved_operand(z, y, code, negative_slope)
-    if dy.dtype not in _KERNEL_DTYPES:
+    if dy.dtype not in FLOAT_DTYPES:
         return activation_backward_cpu(dy.astype(np.float32), s.astype(np.float32), s.astype(np.float32), code,
                                        negative_slope).astype(dy.dtype)
     dyf = _flat_c(dy)
@@ -191,26 +189,8 @@ def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
 # FLOP, and so is a transcendental (exp, log, erf, tanh, sqrt); bytes are compulsory traffic:
 # every operand read once and every result written once (what an ideal fused kernel moves; an
 # implementation that makes more passes shows up as a lower achieved GB/s, not as more bytes).
-# FLOPs per element of each activation: the registry's `flops` and `backward_flops` (by code below).
+# FLOPs per element of each activation: the registry's `flops` and `backward_flops`.
 # ---------------------------------------------------------------------------------------------
-
-class _Flops(Mapping):
-    """code -> FLOPs per element (a live view of the registry's `flops` or `backward_flops`)."""
-
-    def __init__(self, field):
-        self._field = field
-
-    def __getitem__(self, code):
-        return getattr(registry.activation(code), self._field)
-
-    def __iter__(self):
-        return iter(registry.BY_CODE)
-
-    def __len__(self):
-        return len(registry.BY_CODE)
-
-
-ACT_FLOPS, DACT_FLOPS = _Flops("flops"), _Flops("backward_flops")
 
 
 def operand_bytes(a) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpunn.backend import FLOAT_DTYPES as SUPPORTED_DTYPES  # noqa: F401 (the families import it from here)
 from gpunn.backend import numba_cuda as nc
-
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def supported(dtype) -> bool:

@@ -54,7 +54,7 @@ from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import registry
 from gpunn.kernels.activations import IDENTITY, check_code, needs_preactivation
 from gpunn.kernels.activations_cuda import act_device, dz_device
-from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, launch
 from gpunn.kernels.activations_cuda import backward_kernel as activation_backward_kernel
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
@@ -765,7 +765,7 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None, element_load_codes=None):
                         continue
                     for has_bias in (True, False):
                         yield forward_kernel, (dt, code, has_bias, False, cfg, v), cfg.threads
-                        if m.derivative_from != "output":  # backward may need z
+                        if m.may_need_input:
                             yield forward_kernel, (dt, code, has_bias, True, cfg, v), cfg.threads
                     yield dx_kernel, (dt, code, cfg, v), cfg.threads
                     for want_db in (True, False):
@@ -775,7 +775,7 @@ def variants(dtypes=SUPPORTED_DTYPES, tiles=None, element_load_codes=None):
             for has_bias in (True, False):
                 if has_bias or code != IDENTITY:
                     yield bias_act_kernel, (dt, code, has_bias, "inplace"), nc.ELEMENTWISE_THREADS
-                if m.derivative_from != "output":  # backward may need z
+                if m.may_need_input:
                     yield bias_act_kernel, (dt, code, has_bias, "both" if has_bias else "y"), nc.ELEMENTWISE_THREADS
             for write_dz in (True, False) if code != IDENTITY else (False,):
                 for final in (True, False):
@@ -933,10 +933,8 @@ def forward_cublas(x, W, b, code, negative_slope=0.01):
     if z.size:
         zf = z.reshape(-1)
         mode = ("both" if b is not None else "y") if pre else "inplace"
-        grid, block = nc.elementwise_geometry(zf.size, zf)
-        kern = bias_act_kernel(dt, code, b is not None, mode)
-        nc.launch(kern, grid, block, zf, zf, nc.dummy(z) if b is None else b, m, dt.type(negative_slope),
-                  y.reshape(-1) if pre else nc.dummy(z))
+        launch(bias_act_kernel(dt, code, b is not None, mode), zf.size, zf, zf, nc.dummy(z) if b is None else b, m,
+               dt.type(negative_slope), y.reshape(-1) if pre else nc.dummy(z))
     return (y, z) if pre else (z, z)
 
 
@@ -964,9 +962,8 @@ def backward_cublas(dy, x, W, saved, code, negative_slope=0.01, need_dx=True, ne
             if need_db:
                 _colsum(dy, s, code, negative_slope, dz, db, write_dz=True)
             else:
-                grid, block = nc.elementwise_geometry(dy.size, dy)
-                nc.launch(activation_backward_kernel(code, dt), grid, block, dy, dy.reshape(-1), s.reshape(-1),
-                          dt.type(negative_slope), dz.reshape(-1))
+                launch(activation_backward_kernel(code, dt), dy.size, dy, dy.reshape(-1), s.reshape(-1),
+                       dt.type(negative_slope), dz.reshape(-1))
         elif need_db:
             db[...] = 0
     else:

@@ -148,6 +148,11 @@ class Activation:
         """True when the derivative must be computed from z rather than from y = act(z)."""
         return self.derivative_from == "input" or (self.derivative_from == "output_if_slope_nonneg" and slope < 0)
 
+    @property
+    def may_need_input(self) -> bool:
+        """True when some slope makes the derivative need z (`needs_input`): kernels for z are built."""
+        return self.derivative_from != "output"
+
 
 _DERIVATIVE_FROM = ("output", "input", "output_if_slope_nonneg")
 ACTIVATIONS: dict[str, Activation] = {}  # name -> member, in code order

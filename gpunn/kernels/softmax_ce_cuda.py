@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
-from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, supported
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, launch, supported
 from gpunn.kernels.softmax_ce import check_reduction
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
@@ -363,7 +363,5 @@ def softmax_cross_entropy_backward(grad, probs, labels, ignore_index: int = -100
     else:
         st = nc.dummy(p, np.int64)
     d = xp.empty_like(p)
-    if d.size:
-        grid, block = nc.elementwise_geometry(d.size, p)
-        nc.launch(backward_kernel(p.dtype, lab.dtype, mode), grid, block, p, g, p, lab, int(ignore_index), st, d)
+    launch(backward_kernel(p.dtype, lab.dtype, mode), d.size, p, g, p, lab, int(ignore_index), st, d)
     return d

@@ -30,11 +30,6 @@ def _address(a) -> int:
     return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
 
 
-def _grad_store(p):
-    """The array backward stores p's gradient in (the optimizer's flat-buffer view), or None."""
-    return grad_sink_of(p)
-
-
 def _owner(a):
     while a.base is not None:
         a = a.base
@@ -107,7 +102,7 @@ class DistributedDataParallel(Module):
         by_owner = {}
         buckets = []
         for p in self._params:
-            gv = _grad_store(p)
+            gv = grad_sink_of(p)
             if gv is None:  # no optimizer owns this gradient: it is its own bucket
                 buckets.append(_Bucket([p], [None], None))
                 continue
@@ -126,7 +121,7 @@ class DistributedDataParallel(Module):
             buckets.append(self._bucket(owner, run))
         self.__dict__["_buckets"] = buckets
         self.__dict__["_bucket_of"] = {id(p): (b, v) for b in buckets for p, v in zip(b.params, b.views)}
-        self.__dict__["_layout"] = [_grad_store(p) for p in self._params]
+        self.__dict__["_layout"] = [grad_sink_of(p) for p in self._params]
 
     @staticmethod
     def _bucket(owner, run):
@@ -135,7 +130,7 @@ class DistributedDataParallel(Module):
 
     def _begin(self) -> None:
         layout = self._layout
-        if layout is None or any(_grad_store(p) is not v for p, v in zip(self._params, layout)):
+        if layout is None or any(grad_sink_of(p) is not v for p, v in zip(self._params, layout)):
             self._plan()  # first backward, or the optimizer re-packed its buffers
         for b in self._buckets:
             b.left = len(b.params)

@@ -19,8 +19,8 @@ import numbers
 import numpy as np
 
 from gpunn.autograd.tensor import Tensor
-from gpunn.backend import device_of, is_array
-from gpunn.data import rng_from
+from gpunn.backend import device_of, get_array_module, is_array
+from gpunn.data import num_batches, rng_from
 
 __all__ = ["Dataset", "TensorDataset", "Subset", "DataLoader", "random_split", "default_collate", "loader_arrays"]
 
@@ -124,11 +124,9 @@ def default_collate(samples):
     if isinstance(first, (tuple, list)):
         return type(first)(default_collate([s[i] for s in samples]) for i in range(len(first)))
     if isinstance(first, Tensor):
-        xp = np if type(first.data) is np.ndarray else first.device.xp
-        return Tensor(xp.stack([s.data for s in samples]))
+        return Tensor(get_array_module(first.data).stack([s.data for s in samples]))
     if is_array(first):
-        xp = np if isinstance(first, np.ndarray) else __import__("cupy")
-        return Tensor(xp.stack(samples))
+        return Tensor(get_array_module(first).stack(samples))
     if isinstance(first, (numbers.Number, np.generic)):  # Python floats give float64, as PyTorch's collate
         return Tensor(np.asarray(samples))
     raise TypeError(f"default_collate: cannot batch samples of type {type(first).__name__}; pass collate_fn")
@@ -156,10 +154,15 @@ def loader_arrays(loader):
         raise TypeError("fit accepts a DataLoader over a TensorDataset (or a random_split/Subset of one) without "
                         f"a collate_fn; this one reads a {type(loader.dataset).__name__}: write the loop yourself")
     if rows is not None:
-        dev = device_of(arrays[0])
-        idx = dev.xp.asarray(rows) if dev.is_gpu else rows
-        arrays = [a[idx] for a in arrays]
+        arrays = _gather(arrays, rows)
     return arrays, loader.batch_size, loader.shuffle, loader.drop_last, loader.generator
+
+
+def _gather(arrays, rows):
+    """Each array's rows `rows` (host indices), gathered on the arrays' device: one copy per array."""
+    dev = device_of(arrays[0])
+    idx = dev.xp.asarray(rows) if dev.is_gpu else rows
+    return [a[idx] for a in arrays]
 
 
 class DataLoader:
@@ -186,8 +189,7 @@ class DataLoader:
         self.collate_fn = collate_fn
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return num_batches(len(self.dataset), self.batch_size, self.drop_last)
 
     def _order(self):
         n = len(self.dataset)
@@ -210,9 +212,7 @@ class DataLoader:
         """One gather per tensor per pass (in permuted order), then row slices: views, no copies per batch."""
         idx = rows if order is None else (order if rows is None else rows[order])
         if idx is not None:
-            dev = device_of(arrays[0])
-            idx = dev.xp.asarray(idx) if dev.is_gpu else idx
-            arrays = [a[idx] for a in arrays]
+            arrays = _gather(arrays, idx)
         n = len(arrays[0])
         for start in range(0, stop, self.batch_size):
             end = min(start + self.batch_size, n)
