@@ -114,7 +114,6 @@ def gather(x, dim: int, index):
 # ----------------------------------------------------------------------------- dense
 
 
-
 def _dense_inputs_valid(x, W, b) -> bool:
     """The common case, decided with a few attribute reads: CPU tensors of one float dtype, a 2-D
     input of the weight's width and a bias of the right shape. Everything else takes the full

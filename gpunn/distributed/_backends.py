@@ -23,8 +23,6 @@ from gpunn.backend import is_cupy_array
 __all__ = ["MPIBackend", "NCCLBackend"]
 
 
-
-
 def fail(rank: int, size: int, message: str, abort) -> None:
     """Print `message` naming the rank, then end the whole job through `abort(1)`."""
     try:

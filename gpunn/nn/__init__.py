@@ -21,7 +21,6 @@ from gpunn.nn.module import IncompatibleKeys, Module, StateDictError
 from gpunn.nn.perceptron import Perceptron
 
 
-
 def __getattr__(name):  # the module classes of activations registered after import
     from gpunn.nn import activation
 

@@ -87,7 +87,7 @@ class _ModuleSequence(Module):
         self._checked(module, index)
         n = len(self._modules)
         if not -n <= index <= n:
-            raise IndexError(f"index {index} is out of range for inserting into a Sequential of {n} modules")
+            raise IndexError(f"index {index} is out of range for inserting into a {type(self).__name__} of {n} modules")
         mods = list(self._modules.values())
         mods.insert(index, module)  # negative: before that position, as list.insert and PyTorch
         self._renumber(mods)

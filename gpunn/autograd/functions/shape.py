@@ -94,10 +94,10 @@ class GetItem(Function):
 
 
 class Gather(Function):
+    """out[i][j] = a[i][index[i][j]] along `axis` (torch.gather)."""
+
     saves_inputs = False
     saves_output = False
-
-    """out[i][j] = a[i][index[i][j]] along `axis` (torch.gather)."""
 
     def forward(self, a, index, axis):
         self.shape, self.index, self.axis = a.shape, index, axis
