@@ -88,11 +88,12 @@ def test_fit_on_4_ranks_equals_one_process():
 def test_a_raising_rank_ends_the_job_quickly():
     proc, elapsed = mpirun(2, "raise", "60")
     err = proc.stderr
-    assert proc.returncode != 0
+    report = f"exit {proc.returncode} after {elapsed:.1f} s\nstdout:\n{proc.stdout}\nstderr:\n{err}"
+    assert proc.returncode != 0, report
     assert elapsed < 30, f"the job took {elapsed:.1f} s to end (timeout 60 s)"
-    assert "[rank 1] RuntimeError: deliberate failure on one rank" in err, err
-    assert "rank 1 of 2: uncaught RuntimeError; aborting the job" in err, err
-    assert "ok raise" not in proc.stdout
+    assert "[rank 1] RuntimeError: deliberate failure on one rank" in err, report
+    assert "rank 1 of 2: uncaught RuntimeError; aborting the job" in err, report
+    assert "ok raise" not in proc.stdout, report
 
 
 @needs_mpi
@@ -101,7 +102,7 @@ def test_a_hung_rank_ends_the_job_at_the_collective_timeout():
     assert proc.returncode != 0
     assert elapsed < 30, f"the job took {elapsed:.1f} s to end (collective timeout 2 s)"
     assert "rank 0 of 2: all_reduce(sum, shape (3,), float64) did not complete within the collective timeout " \
-           "of 2 s" in proc.stderr, proc.stderr
+           "of 2 s" in proc.stderr, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 
 
 @needs_mpi

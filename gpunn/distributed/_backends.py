@@ -23,14 +23,25 @@ from gpunn.backend import is_cupy_array
 __all__ = ["MPIBackend", "NCCLBackend"]
 
 
+# Seconds between printing the reason and aborting. The launcher forwards a rank's output through
+# its own proxies, and an abort kills them: with no pause a loaded machine can lose every line the
+# failing rank printed (seen in CI: an empty stderr from a job that aborted correctly).
+ABORT_GRACE_S = 1.0
+
+
 def fail(rank: int, size: int, message: str, abort) -> None:
-    """Print `message` naming the rank, then end the whole job through `abort(1)`."""
+    """Print `message` naming the rank, give the launcher `ABORT_GRACE_S` to forward it, then end
+    the whole job through `abort(1)`."""
     try:
         sys.stdout.flush()
     except Exception:  # pragma: no cover - a closed stdout must not stop the abort
         pass
-    sys.stderr.write(f"gpunn.distributed: rank {rank} of {size}: {message}; aborting the job\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"gpunn.distributed: rank {rank} of {size}: {message}; aborting the job\n")
+        sys.stderr.flush()
+    except Exception:  # pragma: no cover - nor a closed stderr
+        pass
+    time.sleep(ABORT_GRACE_S)
     abort(1)
 
 
