@@ -126,3 +126,14 @@ def rmsprop_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0
         p -= lr * buf
     else:
         p -= lr * g / avg
+
+
+def adagrad_ref(p, grad, state_sum, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False, step=1):
+    """torch.optim.Adagrad's step t (from 1) in float64, each stored array rounded once."""
+    g = np.asarray(grad, np.float64) * (-1.0 if maximize else 1.0)
+    p64 = np.asarray(p, np.float64)
+    if weight_decay != 0:
+        g = g + weight_decay * p64
+    state_sum[...] = np.asarray(state_sum, np.float64) + g * g
+    clr = lr / (1 + (step - 1) * lr_decay)
+    p[...] = p64 - clr * g / (np.sqrt(np.asarray(state_sum, np.float64)) + eps)

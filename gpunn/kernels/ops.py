@@ -17,11 +17,22 @@ import os
 
 import numpy as np
 
-from gpunn.kernels import dense, losses, optimizers, softmax_ce
+from gpunn.kernels import dense, losses, optimizers, registry, softmax_ce
 from gpunn.kernels.activations import (activation_backward_cpu, activation_backward_ref, activation_forward_cpu,
                                        activation_forward_ref)
 
 
+def optimizer_updates(cls):
+    """Class decorator: `cls.<name>_update` for every optimizer update registered with gpunn (the
+    registry's built-in members), made by `cls._optimizer_update(name)`. Members registered later
+    are reached through `Ops.__getattr__` and vanish when unregistered."""
+    for m in registry.OPTIMIZERS.values():
+        if registry.is_builtin(m):
+            setattr(cls, f"{m.name}_update", staticmethod(cls._optimizer_update(m.name)))
+    return cls
+
+
+@optimizer_updates
 class Ops:
     """Reference kernels (NumPy or CuPy arrays). Every backend has exactly these methods."""
 
@@ -39,14 +50,21 @@ class Ops:
     mse_backward = staticmethod(losses.mse_backward)
     l1_forward = staticmethod(losses.l1_forward)
     l1_backward = staticmethod(losses.l1_backward)
-    sgd_update = staticmethod(optimizers.sgd_update_ref)
-    adam_update = staticmethod(optimizers.adam_update_ref)
-    rmsprop_update = staticmethod(optimizers.rmsprop_update_ref)
+    # `<name>_update` for every registered optimizer update, made by this (see optimizer_updates)
+    _optimizer_update = staticmethod(optimizers.update_reference)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
+    def __getattr__(self, attr):
+        """`<name>_update` of an optimizer update registered after gpunn was imported (those
+        registered with gpunn are class attributes: `optimizer_updates`)."""
+        if attr.endswith("_update") and attr[:-7] in registry.OPTIMIZERS:
+            return type(self)._optimizer_update(attr[:-7])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
+
+@optimizer_updates
 class CpuOps(Ops):
     """CPU fast path: NumPy GEMM + Numba-jitted fused epilogues and optimizer updates."""
 
@@ -58,9 +76,7 @@ class CpuOps(Ops):
     activation_backward = staticmethod(activation_backward_cpu)
     softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_cpu)
     softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_cpu)
-    sgd_update = staticmethod(optimizers.sgd_update_cpu)
-    adam_update = staticmethod(optimizers.adam_update_cpu)
-    rmsprop_update = staticmethod(optimizers.rmsprop_update_cpu)
+    _optimizer_update = staticmethod(optimizers.update_cpu)
 
 
 KERNEL_CHOICES = ("fused", "reference")
