@@ -57,7 +57,7 @@ def _build(m, dt, flags):
 
 def _kernel(m, dt, flags: tuple):
     # the member's code in the key: a member registered again under an old name gets new kernels
-    return nc.kernel((f"{m.name}_update", m.code, dt.name) + flags, lambda: _build(m, dt, flags))
+    return nc.kernel((m.name, m.code, dt.name) + flags, lambda: _build(m, dt, flags))
 
 
 def kernel(name, dtype, **flags):
