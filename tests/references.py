@@ -1,8 +1,9 @@
 """Float64 references for every registered activation (and array-expression references for the
-optimizer updates, in the array's dtype), written here from the mathematics and
-independent of gpunn's definitions (gpunn/kernels/registry.py), plus PyTorch's equivalent of each
-for the parity tests. Adding an activation to the registry means adding its entry here:
-tests/test_kernels_activations.py fails for any registered activation that has none."""
+optimizer updates: SGD, Adam, RMSprop in the array's dtype, Adagrad in float64), written here from
+the mathematics and independent of gpunn's definitions (gpunn/kernels/registry.py), plus PyTorch's
+equivalent of each activation for the parity tests. Adding an activation or an optimizer update to
+the registry means adding its entry here: tests/test_kernels_activations.py and
+tests/test_kernels_optimizers.py fail for any registered member that has none."""
 from __future__ import annotations
 
 import math

@@ -66,6 +66,14 @@ class Pair:
                    for i, (p, c, t) in enumerate(zip(self.tp, self.tc, self.tt)) if which is None or i in which)
         loss.backward()
 
+    def take_torch_state(self, topt):
+        """gpunn's parameters set to torch's; torch's optimizer state_dict with NumPy arrays."""
+        for g, t in zip(self.gp, self.tp):
+            g.data[...] = self.backend.asarray(t.detach().numpy())
+        tsd = topt.state_dict()
+        return {"state": {i: {k: v.numpy() for k, v in s.items()} for i, s in tsd["state"].items()},
+                "param_groups": tsd["param_groups"]}
+
     def assert_params_close(self, what):
         for i, (g, t) in enumerate(zip(self.gp, self.tp)):
             np.testing.assert_allclose(self.backend.to_numpy(g.data), t.detach().numpy(), **TOL[self.dtype],
@@ -305,11 +313,7 @@ def test_torch_state_dict_loads_into_gpunn(backend):
             topt.zero_grad()
             pair.torch_backward()
             topt.step()
-        for g, t in zip(pair.gp, pair.tp):
-            g.data[...] = backend.asarray(t.detach().numpy())
-        tsd = topt.state_dict()
-        as_numpy = {"state": {i: {k: v.numpy() for k, v in s.items()} for i, s in tsd["state"].items()},
-                    "param_groups": tsd["param_groups"]}
+        as_numpy = pair.take_torch_state(topt)
         gopt = gn.optim.Adam(pair.gp)
         gopt.load_state_dict(as_numpy)
         assert gopt.param_groups[0]["amsgrad"] is True
@@ -332,11 +336,7 @@ def test_adagrad_state_dict_has_torchs_layout_and_loads_from_torch(backend):
             assert float(mine["state"][i]["step"]) == 0.0
             np.testing.assert_array_equal(backend.to_numpy(mine["state"][i]["sum"].data), entry["sum"].numpy())
         run_both(pair, gopt, topt, steps=4, skip=lambda k: {3})
-        for g, t in zip(pair.gp, pair.tp):
-            g.data[...] = backend.asarray(t.detach().numpy())
-        tsd = topt.state_dict()
-        as_numpy = {"state": {i: {k: v.numpy() for k, v in s.items()} for i, s in tsd["state"].items()},
-                    "param_groups": tsd["param_groups"]}
+        as_numpy = pair.take_torch_state(topt)
         fresh = gn.optim.Adagrad(pair.gp)
         fresh.load_state_dict(as_numpy)
         assert fresh.param_groups[0]["lr_decay"] == 0.05
