@@ -9,8 +9,9 @@ gradient sink where its owner registered one: gpunn/autograd/grad_sink.py).
 """
 from __future__ import annotations
 
-import contextvars
 import contextlib
+import contextvars
+import operator
 
 import numpy as np
 
@@ -106,6 +107,27 @@ class Function:
 
 
 _NUMERIC_KINDS = "biuf"
+
+
+
+def _binary(name: str):
+    """The (a op b, b op a) operator methods of Tensor, calling functions.<name>."""
+    def forward(self, other):
+        return getattr(_F, name)(self, other)
+
+    def reflected(self, other):
+        return getattr(_F, name)(other, self)
+
+    forward.__name__, reflected.__name__ = f"__{name}__", f"__r{name}__"
+    return forward, reflected
+
+
+def _comparison(op):
+    def compare(self, other):
+        return self._compare(other, op)
+
+    compare.__name__ = f"__{op.__name__}__"
+    return compare
 
 
 class Tensor:
@@ -303,41 +325,17 @@ class Tensor:
                 _run_backward(order, grads, rec)
 
     # ------------------------------------------------------------------ operators
-    def __add__(self, other):
-        return _F.add(self, other)
-
-    def __radd__(self, other):
-        return _F.add(other, self)
-
-    def __sub__(self, other):
-        return _F.sub(self, other)
-
-    def __rsub__(self, other):
-        return _F.sub(other, self)
-
-    def __mul__(self, other):
-        return _F.mul(self, other)
-
-    def __rmul__(self, other):
-        return _F.mul(other, self)
-
-    def __truediv__(self, other):
-        return _F.div(self, other)
-
-    def __rtruediv__(self, other):
-        return _F.div(other, self)
+    __add__, __radd__ = _binary("add")
+    __sub__, __rsub__ = _binary("sub")
+    __mul__, __rmul__ = _binary("mul")
+    __truediv__, __rtruediv__ = _binary("div")
+    __matmul__, __rmatmul__ = _binary("matmul")
 
     def __neg__(self):
         return _F.Neg.apply(self)
 
     def __pow__(self, exponent):
         return _F.pow(self, exponent)
-
-    def __matmul__(self, other):
-        return _F.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return _F.matmul(other, self)
 
     def __getitem__(self, index):
         return _F.getitem(self, index)
@@ -346,23 +344,13 @@ class Tensor:
         o = other.data if isinstance(other, Tensor) else other
         return Tensor(op(self.data, o))
 
-    def __eq__(self, other):  # elementwise, as in PyTorch
-        return self._compare(other, lambda a, b: a == b)
-
-    def __ne__(self, other):
-        return self._compare(other, lambda a, b: a != b)
-
-    def __lt__(self, other):
-        return self._compare(other, lambda a, b: a < b)
-
-    def __le__(self, other):
-        return self._compare(other, lambda a, b: a <= b)
-
-    def __gt__(self, other):
-        return self._compare(other, lambda a, b: a > b)
-
-    def __ge__(self, other):
-        return self._compare(other, lambda a, b: a >= b)
+    # elementwise comparisons, as in PyTorch: bool tensors, no gradient
+    __eq__ = _comparison(operator.eq)
+    __ne__ = _comparison(operator.ne)
+    __lt__ = _comparison(operator.lt)
+    __le__ = _comparison(operator.le)
+    __gt__ = _comparison(operator.gt)
+    __ge__ = _comparison(operator.ge)
 
     __hash__ = object.__hash__
 

@@ -149,15 +149,32 @@ class Sqrt(Function):
         return (g / (2 * self.out),)
 
 
-class Abs(Function):
+class _OfInput(Function):
+    """y = f(a) with dy/da = sign * df(a): f and df name array-module functions (NumPy's = CuPy's)."""
+
     saves_output = False
+    f = df = ""
+    sign = 1
 
     def forward(self, a):
         self.a = a
-        return get_array_module(a).abs(a)
+        return getattr(get_array_module(a), self.f)(a)
 
     def backward(self, g):
-        return (g * get_array_module(g).sign(self.a),)
+        d = g * getattr(get_array_module(g), self.df)(self.a)
+        return (d if self.sign > 0 else -d,)
+
+
+class Abs(_OfInput):
+    f, df = "abs", "sign"
+
+
+class Sin(_OfInput):
+    f, df = "sin", "cos"
+
+
+class Cos(_OfInput):
+    f, df, sign = "cos", "sin", -1
 
 
 class Sign(Function):
@@ -170,28 +187,6 @@ class Sign(Function):
 
     def backward(self, g):
         return (get_array_module(g).zeros(self.shape, dtype=g.dtype),)
-
-
-class Sin(Function):
-    saves_output = False
-
-    def forward(self, a):
-        self.a = a
-        return get_array_module(a).sin(a)
-
-    def backward(self, g):
-        return (g * get_array_module(g).cos(self.a),)
-
-
-class Cos(Function):
-    saves_output = False
-
-    def forward(self, a):
-        self.a = a
-        return get_array_module(a).cos(a)
-
-    def backward(self, g):
-        return (-g * get_array_module(g).sin(self.a),)
 
 
 class Clamp(Function):
