@@ -122,6 +122,17 @@ def _binary(name: str):
     return forward, reflected
 
 
+def _unary(name: str):
+    """The Tensor method x.<name>() (exp, log, sqrt, sin, cos, abs, sign): functions.unary."""
+    def method(self):
+        return _F.unary(name, self)
+
+    method.__name__ = name
+    method.__doc__ = f"torch.{name}, elementwise, with its gradient (integer input computed in float32 where " \
+                     "the result is fractional)."
+    return method
+
+
 def _comparison(op):
     def compare(self, other):
         return self._compare(other, op)
@@ -345,12 +356,8 @@ class Tensor:
         return Tensor(op(self.data, o))
 
     # elementwise comparisons, as in PyTorch: bool tensors, no gradient
-    __eq__ = _comparison(operator.eq)
-    __ne__ = _comparison(operator.ne)
-    __lt__ = _comparison(operator.lt)
-    __le__ = _comparison(operator.le)
-    __gt__ = _comparison(operator.gt)
-    __ge__ = _comparison(operator.ge)
+    __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = map(
+        _comparison, (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge))
 
     __hash__ = object.__hash__
 
@@ -420,26 +427,7 @@ class Tensor:
     def var(self, dim=None, keepdim=False, *, correction=None, unbiased=None):
         return _F.var(self, dim, keepdim, correction=correction, unbiased=unbiased)
 
-    def exp(self):
-        return _F.unary("exp", self)
-
-    def log(self):
-        return _F.unary("log", self)
-
-    def sqrt(self):
-        return _F.unary("sqrt", self)
-
-    def sin(self):
-        return _F.unary("sin", self)
-
-    def cos(self):
-        return _F.unary("cos", self)
-
-    def abs(self):
-        return _F.unary("abs", self)
-
-    def sign(self):
-        return _F.unary("sign", self)
+    exp, log, sqrt, sin, cos, abs, sign = map(_unary, ("exp", "log", "sqrt", "sin", "cos", "abs", "sign"))
 
     def clamp(self, min=None, max=None):
         return _F.clamp(self, min, max)

@@ -116,12 +116,19 @@ class Pow(Function):
         return (g * (a.dtype.type(c) * a ** a.dtype.type(c - 1)),)
 
 
-class Exp(Function):
+class _OfOutput(Function):
+    """y = f(a) whose derivative is a function of y (f names an array-module function); y is saved."""
+
     saves_inputs = False
+    f = ""
 
     def forward(self, a):
-        self.out = get_array_module(a).exp(a)
+        self.out = getattr(get_array_module(a), self.f)(a)
         return self.out
+
+
+class Exp(_OfOutput):
+    f = "exp"
 
     def backward(self, g):
         return (g * self.out,)
@@ -138,12 +145,8 @@ class Log(Function):
         return (g / self.a,)
 
 
-class Sqrt(Function):
-    saves_inputs = False
-
-    def forward(self, a):
-        self.out = get_array_module(a).sqrt(a)
-        return self.out
+class Sqrt(_OfOutput):
+    f = "sqrt"
 
     def backward(self, g):
         return (g / (2 * self.out),)
