@@ -711,30 +711,25 @@ def _modified_error(t, which, node, now, expected):
         f"out-of-place one (x = x + y), or run backward before changing the tensor.")
 
 
+def _alias(op, name, value, alias, alias_value, unset=None, same_ok=False):
+    """`value` (its default: `unset`), or `alias_value` when the caller used the other spelling;
+    TypeError when both are given (unless `same_ok` and they agree as bools)."""
+    if alias_value is None:
+        return value
+    if value is not unset and not (same_ok and bool(value) == bool(alias_value)):
+        raise TypeError(f"{op}() got both {name}={value!r} and {alias}={alias_value!r}; pass one of them")
+    return alias_value
+
+
 def _dim_args(op, dim, keepdim, axis, keepdims):
     """PyTorch's (dim, keepdim) with NumPy's (axis, keepdims) accepted as aliases (PyTorch accepts axis too)."""
-    if axis is not None:
-        if dim is not None:
-            raise TypeError(f"{op}() got both dim={dim!r} and axis={axis!r}; pass one of them")
-        dim = axis
-    if keepdims is not None:
-        if keepdim is not None and bool(keepdim) != bool(keepdims):
-            raise TypeError(f"{op}() got both keepdim={keepdim!r} and keepdims={keepdims!r}; pass one of them")
-        keepdim = keepdims
-    return dim, bool(keepdim)
+    return _alias(op, "dim", dim, "axis", axis), bool(_alias(op, "keepdim", keepdim, "keepdims", keepdims, same_ok=True))
 
 
 def _axis_args(op, axis, keepdims, dim, keepdim):
     """Merge PyTorch's (dim, keepdim) into NumPy's (axis, keepdims); refuse both spellings at once."""
-    if dim is not None:
-        if axis is not None:
-            raise TypeError(f"{op}() got both axis={axis!r} and dim={dim!r}; pass one of them")
-        axis = dim
-    if keepdim is not None:
-        if keepdims is not False and bool(keepdims) != bool(keepdim):
-            raise TypeError(f"{op}() got both keepdims={keepdims!r} and keepdim={keepdim!r}; pass one of them")
-        keepdims = keepdim
-    return axis, bool(keepdims)
+    return (_alias(op, "axis", axis, "dim", dim),
+            bool(_alias(op, "keepdims", keepdims, "keepdim", keepdim, unset=False, same_ok=True)))
 
 
 def _check_gradient(t: Tensor, gradient):
