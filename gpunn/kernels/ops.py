@@ -32,20 +32,39 @@ def optimizer_updates(cls):
     return cls
 
 
+# Every kernel of the Ops interface: (the reference, the CPU fast path). Optimizer updates are
+# added per registry member (optimizer_updates).
+KERNELS = {
+    "dense_forward": (dense.dense_forward_ref, dense.dense_forward_cpu),
+    "dense_backward": (dense.dense_backward_ref, dense.dense_backward_cpu),
+    "activation_forward": (activation_forward_ref, activation_forward_cpu),
+    "activation_backward": (activation_backward_ref, activation_backward_cpu),
+    "softmax_cross_entropy_forward": (softmax_ce.softmax_cross_entropy_forward_ref,
+                                      softmax_ce.softmax_cross_entropy_forward_cpu),
+    "softmax_cross_entropy_backward": (softmax_ce.softmax_cross_entropy_backward_ref,
+                                       softmax_ce.softmax_cross_entropy_backward_cpu),
+    "loss_forward": (losses.loss_forward_ref, losses.loss_forward_cpu),
+    "loss_backward": (losses.loss_backward_ref, losses.loss_backward_cpu),
+}
+
+
+def kernels(which: int):
+    """Class decorator: the KERNELS column `which` (0 reference, 1 CPU) as static methods."""
+    def decorate(cls):
+        for name, pair in KERNELS.items():
+            setattr(cls, name, staticmethod(pair[which]))
+        return cls
+
+    return decorate
+
+
 @optimizer_updates
+@kernels(0)
 class Ops:
-    """Reference kernels (NumPy or CuPy arrays). Every backend has exactly these methods."""
+    """Reference kernels (NumPy or CuPy arrays). Every backend has exactly these methods: KERNELS'
+    names and `<name>_update` per registered optimizer update."""
 
     name = "reference"
-
-    dense_forward = staticmethod(dense.dense_forward_ref)
-    dense_backward = staticmethod(dense.dense_backward_ref)
-    activation_forward = staticmethod(activation_forward_ref)
-    activation_backward = staticmethod(activation_backward_ref)
-    softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_ref)
-    softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_ref)
-    loss_forward = staticmethod(losses.loss_forward_ref)
-    loss_backward = staticmethod(losses.loss_backward_ref)
     # `<name>_update` for every registered optimizer update, made by this (see optimizer_updates)
     _optimizer_update = staticmethod(optimizers.update_reference)
 
@@ -61,19 +80,11 @@ class Ops:
 
 
 @optimizer_updates
+@kernels(1)
 class CpuOps(Ops):
     """CPU fast path: NumPy GEMM + Numba-jitted fused epilogues and optimizer updates."""
 
     name = "cpu"
-
-    dense_forward = staticmethod(dense.dense_forward_cpu)
-    dense_backward = staticmethod(dense.dense_backward_cpu)
-    activation_forward = staticmethod(activation_forward_cpu)
-    activation_backward = staticmethod(activation_backward_cpu)
-    softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_cpu)
-    softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_cpu)
-    loss_forward = staticmethod(losses.loss_forward_cpu)
-    loss_backward = staticmethod(losses.loss_backward_cpu)
     _optimizer_update = staticmethod(optimizers.update_cpu)
 
 

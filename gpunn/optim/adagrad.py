@@ -1,7 +1,7 @@
 """Adagrad (torch.optim.Adagrad's formulas; the update is gpunn/kernels/registry.py's adagrad_update)."""
 from __future__ import annotations
 
-from gpunn.optim.optimizer import Optimizer, check_range
+from gpunn.optim.optimizer import Optimizer
 
 __all__ = ["Adagrad"]
 
@@ -25,12 +25,8 @@ class Adagrad(Optimizer):
                         initial_accumulator_value=initial_accumulator_value, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _validate(self, o) -> None:
-        check_range("lr", "learning rate", o["lr"])
-        check_range("lr_decay", "lr_decay value", o["lr_decay"])
-        check_range("weight_decay", "weight_decay value", o["weight_decay"])
-        check_range("initial_accumulator_value", "initial_accumulator_value value", o["initial_accumulator_value"])
-        check_range("eps", "epsilon value", o["eps"])
+    _ranges = (("lr", "learning rate"), ("lr_decay", "lr_decay value"), ("weight_decay", "weight_decay value"),
+               ("initial_accumulator_value", "initial_accumulator_value value"), ("eps", "epsilon value"))
 
     def _update(self, group, ops, p, g, state, step) -> None:
         ops.adagrad_update(p, g, state["sum"], group["lr"], group["lr_decay"], group["weight_decay"], group["eps"],

@@ -291,7 +291,8 @@ def check_range(name: str, what: str, value, low=0.0, high=None, high_open=False
 class Optimizer:
     """Base class of all optimizers (PyTorch's interface; flat buffers inside, see the module doc).
 
-    Subclasses give `defaults`, `_validate(options)` (ValueError naming a bad hyperparameter),
+    Subclasses give `defaults`, `_ranges` and `_validate(options)` (ValueError naming a bad
+    hyperparameter; the base checks `_ranges`),
     `_state_buffers` (every flat state buffer, in PyTorch's state order, mapped to the group
     option that turns it on, or None for always), `_counts_step(group)` (whether a step advances
     the per-parameter step count) and `_update(group, ops, p, g, state, step)` (one fused kernel
@@ -304,6 +305,8 @@ class Optimizer:
     _state_buffers: dict = {}
     _step_in_state = True
     _initial_state: dict = {}
+    # (option, what PyTorch's error calls it[, low[, high]]): the ranges the base _validate checks
+    _ranges: tuple = ()
 
     def __init__(self, params, defaults: dict):
         if not isinstance(defaults, dict):
@@ -329,7 +332,8 @@ class Optimizer:
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _validate(self, options: dict) -> None:
-        pass
+        for name, what, *bounds in self._ranges:
+            check_range(name, what, options[name], *bounds)
 
     def _state_names(self, group) -> list:
         """The state buffers this group's options need, in state order."""
