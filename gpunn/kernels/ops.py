@@ -33,6 +33,8 @@ class Ops:
     activation_backward = staticmethod(activation_backward_ref)
     softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_ref)
     softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_ref)
+    nll_loss_forward = staticmethod(softmax_ce.nll_loss_forward)
+    nll_loss_backward = staticmethod(softmax_ce.nll_loss_backward)
     bce_with_logits_forward = staticmethod(losses.bce_with_logits_forward)
     bce_with_logits_backward = staticmethod(losses.bce_with_logits_backward)
     mse_forward = staticmethod(losses.mse_forward)
