@@ -310,7 +310,7 @@ def test_softmax_ce_matches_reference(target, shape, label_dtype, dtype):
         got = target.get(got)
         assert got.dtype == dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, **tol(dtype, c))
-    np.testing.assert_array_equal(target.get(stats), [n, 0, 0])
+    np.testing.assert_array_equal(target.get(stats), [n, 0, 0, c])
 
 
 @pytest.mark.parametrize("ignore_index", [-100, 2])
@@ -329,7 +329,7 @@ def test_softmax_ce_ignore_index_and_scalar_upstream(target, ignore_index):
     ignored = labels == ignore_index
     np.testing.assert_array_equal(target.get(losses_)[ignored], 0)
     np.testing.assert_array_equal(d[ignored], 0)
-    np.testing.assert_array_equal(target.get(stats), [(~ignored).sum(), 0, 1])
+    np.testing.assert_array_equal(target.get(stats), [(~ignored).sum(), 0, 1, 4])
 
 
 def _cpu_and_cuda(target, logits, labels, g, ignore_index, reduction):
@@ -362,7 +362,7 @@ def test_softmax_ce_kernel_equals_the_cpu_path(target, reduction, dtype):
         for c, k in zip(cpu, gpu):
             assert c.shape == k.shape and c.dtype == k.dtype
             np.testing.assert_allclose(k, c, **tol(dtype, 7))
-        np.testing.assert_array_equal(gpu[2], [5, 0, 2])
+        np.testing.assert_array_equal(gpu[2], [5, 0, 2, 5])
 
 
 def test_softmax_ce_every_row_ignored(target):
@@ -370,7 +370,7 @@ def test_softmax_ce_every_row_ignored(target):
     labels = np.full(5, -100)
     cpu, gpu = _cpu_and_cuda(target, logits, labels, np.asarray(1.0, np.float32), -100, "mean")
     assert np.isnan(gpu[0]) and np.isnan(cpu[0])
-    np.testing.assert_array_equal(gpu[2], [0, 0, 1])
+    np.testing.assert_array_equal(gpu[2], [0, 0, 1, 3])
     np.testing.assert_array_equal(gpu[3], 0)
     np.testing.assert_allclose(gpu[1], cpu[1], **tol(np.float32, 3))
 
@@ -385,7 +385,7 @@ def test_softmax_ce_extreme_logits_and_bad_labels(target, dtype):
     np.testing.assert_allclose(got[:3], [2e4, np.log(3.0), np.log(2.0)], rtol=1e-6)
     assert np.isnan(got[3])
     assert np.isfinite(target.get(probs)).all()
-    np.testing.assert_array_equal(target.get(stats), [4, 4, 0])
+    np.testing.assert_array_equal(target.get(stats), [4, 4, 0, 3])
 
 
 def test_softmax_ce_reports_the_first_bad_label_of_any_block(target):
@@ -394,7 +394,7 @@ def test_softmax_ce_reports_the_first_bad_label_of_any_block(target):
     logits = np.zeros((9, 3))
     labels = np.array([0, 1, 2, -100, 3, 0, -7, 1, 99])
     cpu, gpu = _cpu_and_cuda(target, logits, labels, np.asarray(1.0), -100, "mean")
-    np.testing.assert_array_equal(gpu[2], [8, 5, 4])
+    np.testing.assert_array_equal(gpu[2], [8, 5, 4, 3])
     np.testing.assert_array_equal(gpu[2], cpu[2])
     assert np.isnan(gpu[0])
 
@@ -420,7 +420,7 @@ def test_softmax_ce_refuses_bad_calls(target):
     empty_l, empty_p, empty_s = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(np.zeros((0, 4))),
                                                                               target.asarray(np.zeros(0, np.int64)))
     assert empty_l.shape == (0,) and empty_p.shape == (0, 4)
-    np.testing.assert_array_equal(target.get(empty_s), [0, 0, 0])
+    np.testing.assert_array_equal(target.get(empty_s), [0, 0, 0, 4])
 
 
 def test_softmax_block_shapes():

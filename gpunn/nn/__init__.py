@@ -16,7 +16,7 @@ from gpunn.nn import init, parallel, utils
 from gpunn.nn.activation import GELU, Flatten, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from gpunn.nn.container import ModuleDict, ModuleList, Sequential
 from gpunn.nn.linear import Dense, Linear
-from gpunn.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
+from gpunn.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, NLLLoss
 from gpunn.nn.module import IncompatibleKeys, Module, StateDictError
 from gpunn.nn.perceptron import Perceptron
 
@@ -32,5 +32,5 @@ _sys.modules.setdefault(__name__ + ".functional", functional)
 
 __all__ = ["Module", "Parameter", "Linear", "Dense", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
            "LogSoftmax", "Identity", "Flatten", "Sequential", "ModuleList", "ModuleDict", "Perceptron", "MSELoss", "L1Loss",
-           "CrossEntropyLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional",
+           "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional",
            "parallel"]

@@ -34,16 +34,51 @@ class L1Loss(_Loss):
         return functional.l1_loss(input, target, reduction=self.reduction)
 
 
-class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy from logits (N, C) and integer labels (N,); "mean" averages over the
-    targets that are not ignore_index."""
+class _WeightedLoss(_Loss):
+    """A loss with optional class weights, registered as the buffer `weight` (PyTorch's
+    _WeightedLoss: in state_dict when given, absent when None; moved and cast by .to())."""
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean"):
+    def __init__(self, weight=None, reduction: str = "mean"):
         super().__init__(reduction)
+        if weight is not None:
+            if not isinstance(weight, Tensor) and hasattr(weight, "detach"):
+                weight = weight.detach().cpu().numpy()  # a torch tensor
+            weight = weight.detach() if isinstance(weight, Tensor) else Tensor(weight)
+            if weight.ndim != 1 or weight.dtype.kind != "f":
+                raise ValueError(f"{type(self).__name__}: weight must be a 1-D float tensor of class weights, got "
+                                 f"shape {weight.shape} dtype {weight.dtype}")
+        self.register_buffer("weight", weight)
+
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Softmax cross-entropy from logits (N, C) and integer labels (N,) with optional class weights
+    and label smoothing (functional.cross_entropy); "mean" divides by the sum of the weights of the
+    targets that are not ignore_index (their count without weights)."""
+
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0):
+        super().__init__(weight, reduction)
+        self.ignore_index = int(ignore_index)
+        if isinstance(label_smoothing, bool) or not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, input, target):
+        return functional.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                                        reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood from log-probabilities (N, C) and integer labels (N,) with optional
+    class weights (functional.nll_loss); LogSoftmax then NLLLoss is CrossEntropyLoss."""
+
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(weight, reduction)
         self.ignore_index = int(ignore_index)
 
     def forward(self, input, target):
-        return functional.cross_entropy(input, target, reduction=self.reduction, ignore_index=self.ignore_index)
+        return functional.nll_loss(input, target, self.weight, ignore_index=self.ignore_index,
+                                   reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
