@@ -365,6 +365,58 @@ def test_softmax_ce_kernel_equals_the_cpu_path(target, reduction, dtype):
         np.testing.assert_array_equal(gpu[2], [5, 0, 2, 5])
 
 
+@DTYPES
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("weighted,smoothing", [(True, 0.0), (False, 0.3), (True, 0.3)],
+                         ids=["weight", "smoothing", "weight+smoothing"])
+def test_softmax_ce_general_kernels_equal_the_cpu_path(target, weighted, smoothing, reduction, dtype):
+    """Class weights and label smoothing (the "general" kernels): loss, probs, stats (divisor =
+    sum of w_y over the counted rows, W = sum of the weights) and gradient equal CpuOps'."""
+    from gpunn.kernels import CpuOps
+
+    rng = np.random.default_rng(13)
+    logits = (rng.standard_normal((7, 5)) * 2).astype(dtype)
+    labels = np.array([3, -100, 0, 4, -100, 1, 2])
+    w = rng.uniform(0.2, 3.0, 5).astype(dtype) if weighted else None
+    g = (rng.standard_normal(7) if reduction == "none" else np.asarray(0.7)).astype(dtype)
+    cpu_f = CpuOps.softmax_cross_entropy_forward(logits, labels, -100, reduction, w, smoothing)
+    cpu_d = CpuOps.softmax_cross_entropy_backward(g, cpu_f[1], labels, -100, reduction, cpu_f[2], w, smoothing)
+    W = None if w is None else target.asarray(w)
+    Y = target.asarray(labels)
+    gpu_f = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(logits), Y, -100, reduction, W, smoothing)
+    gpu_d = softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(g), gpu_f[1], Y, -100, reduction,
+                                                           gpu_f[2], W, smoothing)
+    for c, k in zip((*cpu_f, cpu_d), (*gpu_f, gpu_d)):
+        k = target.get(k)
+        assert c.shape == k.shape and c.dtype == k.dtype
+        np.testing.assert_allclose(k, c, **tol(dtype, 7))
+    divisor = w[labels[labels >= 0]].astype(np.float64).sum() if weighted else 5
+    np.testing.assert_allclose(target.get(gpu_f[2]), [divisor, 0, 2, w.astype(np.float64).sum() if weighted else 5],
+                               rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+def test_softmax_ce_general_kernels_bad_labels_and_all_ignored(target):
+    """With weights: a bad label is never used as an index into them (NaN row, stats[1]); every row
+    ignored gives a NaN mean and zero gradients, as on the CPU."""
+    from gpunn.kernels import CpuOps
+
+    logits = np.random.default_rng(14).standard_normal((5, 3))
+    w = np.array([0.5, 2.0, 1.5])
+    for labels in (np.array([0, 7, 1, -5, 2]), np.full(5, -100)):
+        Y = target.asarray(labels)
+        loss, probs, stats = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(logits), Y, -100, "mean",
+                                                                           target.asarray(w), 0.2)
+        d = softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(np.asarray(1.0)), probs, Y, -100, "mean",
+                                                           stats, target.asarray(w), 0.2)
+        c_loss, c_probs, c_stats = CpuOps.softmax_cross_entropy_forward(logits, labels, -100, "mean", w, 0.2)
+        c_d = CpuOps.softmax_cross_entropy_backward(np.asarray(1.0), c_probs, labels, -100, "mean", c_stats, w, 0.2)
+        assert np.isnan(target.get(loss)) and np.isnan(c_loss)
+        np.testing.assert_array_equal(target.get(stats), c_stats)
+        np.testing.assert_allclose(target.get(d), c_d, rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(target.get(stats), [0, 0, 1, 4])
+    np.testing.assert_array_equal(target.get(d), 0)
+
+
 def test_softmax_ce_every_row_ignored(target):
     logits = np.random.default_rng(12).standard_normal((5, 3)).astype(np.float32)
     labels = np.full(5, -100)
