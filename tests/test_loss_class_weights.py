@@ -17,8 +17,9 @@ from gpunn.kernels import softmax_ce
 RTOL, ATOL = 1.3e-6, 1e-5  # torch.testing.assert_close defaults for float32
 N, C = 7, 5
 IGNORED = (1, 4)
-COMBOS = list(itertools.product([False, True], [False, True], [0.0, 0.3], ["none", "sum", "mean"]))
-COMBO_IDS = [f"{'w' if w else 'now'}-{'ign' if i else 'noign'}-ls{ls}-{r}" for w, i, ls, r in COMBOS]
+IGNORE = {"none": (), "some": IGNORED, "all": range(N)}  # which targets are ignore_index
+COMBOS = list(itertools.product([False, True], list(IGNORE), [0.0, 0.3], ["none", "sum", "mean"]))
+COMBO_IDS = [f"{'w' if w else 'now'}-ignore_{i}-ls{ls}-{r}" for w, i, ls, r in COMBOS]
 
 
 def data(seed=0, dtype=np.float32, ignored=()):
@@ -60,57 +61,39 @@ def cot_for(reduction, rng):
 
 @pytest.mark.parametrize("weighted,ignore,smoothing,reduction", COMBOS, ids=COMBO_IDS)
 def test_cross_entropy_matches_torch(backend, weighted, ignore, smoothing, reduction):
+    """Every target ignored: torch gives NaN for "mean" (0 / 0), 0 for "sum", zero gradients."""
     TF = pytest.importorskip("torch.nn.functional")
-    x, y, w = data(1, ignored=IGNORED if ignore else ())
+    x, y, w = data(1, ignored=IGNORE[ignore])
     cot = cot_for(reduction, np.random.default_rng(2))
     weight = w if weighted else None
     got = run_gpunn(backend, lambda a, b, c: F.cross_entropy(a, b, c, reduction=reduction,
                                                              label_smoothing=smoothing), x, y, cot, weight)
     want = run_torch(lambda a, b, c: TF.cross_entropy(a, b, c, reduction=reduction, label_smoothing=smoothing),
                      x, y, cot, weight)
+    assert np.isnan(want[0]).any() == (ignore == "all" and reduction == "mean")
     compare(got, want)
 
 
-@pytest.mark.parametrize("weighted,smoothing,reduction",
-                         list(itertools.product([False, True], [0.0, 0.3], ["none", "sum", "mean"])))
-def test_all_ignored_batch_matches_torch(backend, weighted, smoothing, reduction):
-    """Every target ignored: torch gives NaN for "mean" (0 / 0), 0 for "sum", zero gradients."""
-    TF = pytest.importorskip("torch.nn.functional")
-    x, y, w = data(3, ignored=range(N))
-    cot = cot_for(reduction, np.random.default_rng(4))
-    weight = w if weighted else None
-    got = run_gpunn(backend, lambda a, b, c: F.cross_entropy(a, b, c, reduction=reduction,
-                                                             label_smoothing=smoothing), x, y, cot, weight)
-    want = run_torch(lambda a, b, c: TF.cross_entropy(a, b, c, reduction=reduction, label_smoothing=smoothing),
-                     x, y, cot, weight)
-    assert np.isnan(want[0]).all() == (reduction == "mean")
-    compare(got, want)
+# gpunn graph, torch function: log_softmax -> nll_loss against torch's cross_entropy (not gpunn's
+# own), and nll_loss on arbitrary inputs (not log-probabilities: it picks -w_y x_y) against torch's
+NLL_CASES = {"log_softmax_nll_vs_torch_cross_entropy": (
+                 lambda a, b, c, r: F.nll_loss(F.log_softmax(a, dim=1), b, c, reduction=r),
+                 lambda TF, a, b, c, r: TF.cross_entropy(a, b, c, reduction=r)),
+             "nll_loss": (lambda a, b, c, r: F.nll_loss(a, b, c, reduction=r),
+                          lambda TF, a, b, c, r: TF.nll_loss(a, b, c, reduction=r))}
 
 
+@pytest.mark.parametrize("case", list(NLL_CASES))
 @pytest.mark.parametrize("weighted,ignore,reduction",
                          list(itertools.product([False, True], [False, True], ["none", "sum", "mean"])))
-def test_log_softmax_then_nll_matches_torch_cross_entropy(backend, weighted, ignore, reduction):
-    """gpunn's log_softmax -> nll_loss graph against torch's cross_entropy (not gpunn's own)."""
+def test_nll_matches_torch(backend, case, weighted, ignore, reduction):
     TF = pytest.importorskip("torch.nn.functional")
+    fn, tfn = NLL_CASES[case]
     x, y, w = data(5, ignored=IGNORED if ignore else ())
     cot = cot_for(reduction, np.random.default_rng(6))
     weight = w if weighted else None
-    got = run_gpunn(backend, lambda a, b, c: F.nll_loss(F.log_softmax(a, dim=1), b, c, reduction=reduction),
-                    x, y, cot, weight)
-    want = run_torch(lambda a, b, c: TF.cross_entropy(a, b, c, reduction=reduction), x, y, cot, weight)
-    compare(got, want)
-
-
-@pytest.mark.parametrize("weighted,ignore,reduction",
-                         list(itertools.product([False, True], [False, True], ["none", "sum", "mean"])))
-def test_nll_loss_matches_torch(backend, weighted, ignore, reduction):
-    """On arbitrary inputs (not log-probabilities): the loss picks -w_y x_y, the gradient is -w_y g."""
-    TF = pytest.importorskip("torch.nn.functional")
-    x, y, w = data(7, ignored=IGNORED if ignore else ())
-    cot = cot_for(reduction, np.random.default_rng(8))
-    weight = w if weighted else None
-    got = run_gpunn(backend, lambda a, b, c: F.nll_loss(a, b, c, reduction=reduction), x, y, cot, weight)
-    want = run_torch(lambda a, b, c: TF.nll_loss(a, b, c, reduction=reduction), x, y, cot, weight)
+    got = run_gpunn(backend, lambda a, b, c: fn(a, b, c, reduction), x, y, cot, weight)
+    want = run_torch(lambda a, b, c: tfn(TF, a, b, c, reduction), x, y, cot, weight)
     compare(got, want)
 
 

@@ -320,7 +320,6 @@ def softmax_cross_entropy_forward_cpu(logits, labels, ignore_index: int = -100, 
     """CPU fast path: one pass per row. Returns (loss, probs, stats)."""
     op = "softmax_cross_entropy_forward"
     check_reduction(op, reduction)
-    check_options(op, logits.shape[1], logits.dtype, weight, label_smoothing)
     logits = np.ascontiguousarray(logits)
     labels = np.ascontiguousarray(labels)
     losses = np.empty(logits.shape[0], dtype=logits.dtype)
@@ -329,12 +328,13 @@ def softmax_cross_entropy_forward_cpu(logits, labels, ignore_index: int = -100, 
     if weight is None and not label_smoothing:
         total = _softmax_ce_fwd_plain(logits, labels, ignore_index, losses, probs, stats)
     else:
+        check_options(op, logits.shape[1], logits.dtype, weight, label_smoothing)
         w, weighted = _weight_arg(weight, logits.dtype)
         total = _softmax_ce_fwd(logits, labels, ignore_index, w, weighted, float(label_smoothing), losses, probs,
                                 stats)
     if reduction == "none":
         return losses, probs, stats
-    return reduce_rows(total, stats[0], reduction, logits.dtype), probs, stats
+    return reduce_rows(total, float(stats[0]), reduction, logits.dtype), probs, stats
 
 
 def softmax_cross_entropy_backward_cpu(grad, probs, labels, ignore_index: int = -100, reduction: str = "none",
@@ -342,7 +342,9 @@ def softmax_cross_entropy_backward_cpu(grad, probs, labels, ignore_index: int = 
     """CPU fast path: dlogits in one pass."""
     op = "softmax_cross_entropy_backward"
     n = probs.shape[0]
-    general = check_options(op, probs.shape[1], probs.dtype, weight, label_smoothing)
+    general = weight is not None or label_smoothing != 0.0
+    if general:
+        check_options(op, probs.shape[1], probs.dtype, weight, label_smoothing)
     with np.errstate(divide="ignore", invalid="ignore"):
         g = _row_weights(op, grad, n, reduction, stats, probs.dtype, np, general)
     d = np.empty_like(probs)
