@@ -180,6 +180,26 @@ def test_modules_match_torch_repr_state_and_values():
     assert nn.CrossEntropyLoss().weight is None
 
 
+def test_positional_arguments_follow_torch():
+    """torch's order: weight, size_average, ignore_index, reduce, reduction, label_smoothing; the
+    deprecated size_average/reduce map to a reduction with a DeprecationWarning, as in torch."""
+    torch = pytest.importorskip("torch")
+    x, y, w = data(18)
+    y[[2, 5]] = 1  # ignore_index=1 below
+    tx, ty, tw = torch.tensor(x), torch.tensor(y), torch.tensor(w)
+    got = nn.CrossEntropyLoss(w, None, 1, None, "sum", 0.1)(gn.tensor(x), gn.tensor(y)).item()
+    want = torch.nn.CrossEntropyLoss(tw, None, 1, None, "sum", 0.1)(tx, ty).item()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    lp = torch.log_softmax(tx, 1)
+    np.testing.assert_allclose(F.nll_loss(gn.tensor(lp.numpy()), y, gn.tensor(w), None, 1, None, "none").numpy(),
+                               torch.nn.functional.nll_loss(lp, ty, tw, None, 1, None, "none").numpy(),
+                               rtol=RTOL, atol=ATOL)
+    with pytest.warns(DeprecationWarning, match="size_average and reduce are deprecated"):
+        total = F.cross_entropy(gn.tensor(x), y, size_average=False).item()
+    np.testing.assert_allclose(total, torch.nn.functional.cross_entropy(tx, ty, reduction="sum").item(),
+                               rtol=RTOL, atol=ATOL)
+
+
 def test_module_weight_loads_and_casts():
     w = np.array([1.0, 2.0, 3.0], np.float32)
     m = nn.CrossEntropyLoss(w)
