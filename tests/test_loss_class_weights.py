@@ -74,6 +74,20 @@ def test_cross_entropy_matches_torch(backend, weighted, ignore, smoothing, reduc
     compare(got, want)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_counted_weights_summing_to_zero_match_torch(backend, smoothing):
+    """Mean over rows whose class weights are all 0: NaN loss and NaN gradients on those rows (0 on
+    the ignored ones), as torch."""
+    TF = pytest.importorskip("torch.nn.functional")
+    x, y, w = data(19, ignored=IGNORED)
+    w[np.unique(y[y >= 0])] = 0
+    cot = np.asarray(0.5, np.float32)
+    got = run_gpunn(backend, lambda a, b, c: F.cross_entropy(a, b, c, label_smoothing=smoothing), x, y, cot, w)
+    want = run_torch(lambda a, b, c: TF.cross_entropy(a, b, c, label_smoothing=smoothing), x, y, cot, w)
+    assert np.isnan(want[0]) and np.isnan(want[1][y >= 0]).all() and (want[1][y < 0] == 0).all()
+    compare(got, want)
+
+
 # gpunn graph, torch function: log_softmax -> nll_loss against torch's cross_entropy (not gpunn's
 # own), and nll_loss on arbitrary inputs (not log-probabilities: it picks -w_y x_y) against torch's
 NLL_CASES = {"log_softmax_nll_vs_torch_cross_entropy": (

@@ -151,7 +151,13 @@ def _row_weights(op, grad, n, reduction, stats, dtype, xp, general=False):
         return grad
     g = grad.reshape(-1)[:1] if grad.ndim else grad.reshape(1)
     if reduction == "mean":
-        g = g / stats[:1].astype(dtype)  # 0 / 0 gives NaN, used by no row: all of them are ignored
+        # a divisor of 0 (every row ignored, or the weights of the counted ones summing to 0) makes
+        # the gradient NaN, as PyTorch's; an ignored row's stays 0 (the kernels never read it)
+        if xp is np:
+            d = float(stats[0])
+            g = g / dtype.type(d) if d else np.full(1, np.nan, dtype)
+        else:
+            g = xp.where(stats[:1] != 0, g / stats[:1].astype(dtype), np.nan)
     return xp.broadcast_to(g.astype(dtype, copy=False), (n,))
 
 

@@ -281,8 +281,9 @@ def _build_backward(dt, lt, mode, general):
             w0 = grad[0]
             if MEAN:
                 div = stats[0]
-                # divisor 0: every row is ignored and w0 is never used (no 0/0 in the simulator)
-                w0 = w0 / cast(div) if div != 0.0 else zero
+                # divisor 0 (every row ignored, or the counted rows' weights sum to 0): NaN, as
+                # PyTorch's, read by no ignored row (and no 0/0 in the simulator)
+                w0 = w0 / cast(div) if div != 0.0 else nan
         keep = 1.0 - smoothing
         spread = smoothing / C
         while i < n:
