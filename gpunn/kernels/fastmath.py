@@ -27,6 +27,7 @@ with fastmath=True cannot reassociate them away.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -91,25 +92,39 @@ def _div(typingctx, a, b):
     return a(a, b), lambda context, builder, sig, args: builder.fdiv(*args)
 
 
-@intrinsic
-def _pow2(typingctx, k):
-    """2**k for a float k holding an integer in the normal exponent range ([-126, 127] in float32,
-    [-1022, 1023] in float64), built from its bits: k + 1.5*2**p puts k in the low mantissa bits
-    (no float-to-int conversion, so NaN gives a NaN-free garbage power, never poison)."""
-    if not isinstance(k, types.Float):
-        return None
-    single = k == types.float32
-    ity = ir.IntType(32 if single else 64)
-    mbits, bias = (23, 127) if single else (52, 1023)
-    magic = 1.5 * 2.0 ** mbits
-    magic_bits = int(np.array(magic, f32 if single else f64).view(np.int32 if single else np.int64))
+def _pow2_offset(offset):
+    """An intrinsic for 2**(k + offset) (offset: an integer constant, folded into the bias) for a
+    float k with k + offset in the normal exponent range ([-126, 127] in float32, [-1022, 1023] in
+    float64), built from its bits: k + 1.5*2**p puts k in the low mantissa bits (no float-to-int
+    conversion, so NaN gives a NaN-free garbage power, never poison). Three integer/float ops."""
 
-    def codegen(context, builder, sig, args):
-        t = builder.fadd(args[0], ir.Constant(args[0].type, magic))
-        i = builder.sub(builder.bitcast(t, ity), ir.Constant(ity, magic_bits - bias))
-        return builder.bitcast(builder.shl(i, ir.Constant(ity, mbits)), args[0].type)
+    def typer(typingctx, k):
+        if not isinstance(k, types.Float):
+            return None
+        single = k == types.float32
+        ity = ir.IntType(32 if single else 64)
+        mbits, bias = (23, 127) if single else (52, 1023)
+        magic = 1.5 * 2.0 ** mbits
+        magic_bits = int(np.array(magic, f32 if single else f64).view(np.int32 if single else np.int64))
 
-    return k(k), codegen
+        def codegen(context, builder, sig, args):
+            t = builder.fadd(args[0], ir.Constant(args[0].type, magic))
+            i = builder.sub(builder.bitcast(t, ity), ir.Constant(ity, magic_bits - bias - offset))
+            return builder.bitcast(builder.shl(i, ir.Constant(ity, mbits)), args[0].type)
+
+        return k(k), codegen
+
+    typer.__name__ = f"_pow2_plus_{offset}".replace("-", "minus_")
+    return intrinsic(typer)
+
+
+_pow2 = _pow2_offset(0)
+# Results below the normal range: 2^k = 2^(k + OFF) * 2^-OFF, both factors normal for every k the
+# callers produce; the product rounds once (into the denormals), as one correct scaling would.
+_OFF32, _OFF64 = 64, 512
+_pow2_up32, _pow2_up64 = _pow2_offset(_OFF32), _pow2_offset(_OFF64)
+_DOWN32, _DOWN64 = f32(2.0 ** -_OFF32), f64(2.0 ** -_OFF64)
+_UP32, _UP64 = f32(2.0 ** _OFF32), f64(2.0 ** _OFF64)
 
 
 # ---------------------------------------------------------------------------------- exp
@@ -142,10 +157,10 @@ def _exp32(x):
     x = f32(89.0) if x > f32(89.0) else x
     x = f32(-104.0) if x < f32(-104.0) else x
     p, k = _expm32(x)
-    # 2^k in two factors: each is a normal number for k in [-150, 129] (denormal and overflowing
-    # results then round once, in the last multiply)
-    k1 = _rint(k * f32(0.5))
-    return p * _pow2(k1) * _pow2(k - k1)
+    # 2^k = 2^(k -+ 64) * 2^(+-64): both factors are normal for every k in [-150, 128] (denormal
+    # and overflowing results round once, in the last multiply). A select, not a branch.
+    neg = k < f32(0.0)
+    return p * _pow2(k + (f32(_OFF32) if neg else f32(-_OFF32))) * (_DOWN32 if neg else _UP32)
 
 
 @njit(inline="always")
@@ -156,9 +171,15 @@ def _exp_pos32(x):
 
 
 @njit(inline="always")
-def _exp64(x):
-    x = f64(710.0) if x > f64(710.0) else x
-    x = f64(-746.0) if x < f64(-746.0) else x
+def _exp_nonpos32(x):
+    """e^x for x <= 0 (or NaN): k in [-150, 0], so one offset power of two and one scaling (sigmoid's use)."""
+    p, k = _expm32(f32(-104.0) if x < f32(-104.0) else x)
+    return p * _pow2_up32(k) * _DOWN32
+
+
+@njit(inline="always")
+def _expm64(x):
+    """e^x = p * 2^k for x already clamped to [-746, 710] (or NaN): (p, k)."""
     k = _rint(x * f64(_LOG2E))
     r = _fma(k, -_LN2_HI64, x)
     r = _fma(k, -_LN2_LO64, r)
@@ -174,9 +195,22 @@ def _exp64(x):
     p = _fma(p, r, c[2])
     p = _fma(p, r, c[1])
     p = _fma(p, r, c[0])
-    p = _fma(_fma(p, r, f64(1.0)), r, f64(1.0))
-    k1 = _rint(k * f64(0.5))
-    return p * _pow2(k1) * _pow2(k - k1)
+    return _fma(_fma(p, r, f64(1.0)), r, f64(1.0)), k
+
+
+@njit(inline="always")
+def _exp64(x):
+    x = f64(710.0) if x > f64(710.0) else x
+    x = f64(-746.0) if x < f64(-746.0) else x
+    p, k = _expm64(x)
+    neg = k < f64(0.0)  # k in [-1076, 1024]: both factors normal, as in _exp32
+    return p * _pow2(k + (f64(_OFF64) if neg else f64(-_OFF64))) * (_DOWN64 if neg else _UP64)
+
+
+@njit(inline="always")
+def _exp_nonpos64(x):
+    p, k = _expm64(f64(-746.0) if x < f64(-746.0) else x)
+    return p * _pow2_up64(k) * _DOWN64
 
 
 # ---------------------------------------------------------------------------------- tanh
@@ -194,14 +228,15 @@ _T64 = tuple(f64(c) for c in (-0.3333333333333333, 0.13333333333332711, -0.05396
 
 @njit(inline="always")
 def _tanh32(x):
+    # Both branches on |x|, one copysign at the end (which also keeps tanh(-0) = -0).
     a = abs(x)
     e = _exp_pos32(a + a)  # capped at 1.65e38: 1 - 2/(e + 1) is then exactly 1
-    big = _copysign(f32(1.0) - _div(f32(2.0), e + f32(1.0)), x)
-    s = x * x
+    big = f32(1.0) - _div(f32(2.0), e + f32(1.0))
+    s = a * a
     c = _T32
     q = _fma(_fma(_fma(_fma(c[4], s, c[3]), s, c[2]), s, c[1]), s, c[0])
-    small = _copysign(_fma(x * s, q, x), x)  # copysign keeps tanh(-0) = -0
-    return small if a < f32(0.55) else big  # NaN: the small branch, NaN
+    small = _fma(a * s, q, a)
+    return _copysign(small if a < f32(0.55) else big, x)  # NaN: the big branch, NaN
 
 
 @njit(inline="always")
@@ -229,25 +264,28 @@ def _tanh64(x):
 
 @njit(inline="always")
 def _ratio_1pe(num, e):
-    """num / (1 + e) for 0 <= e <= 1, with the roundings of 1 + e and of the division corrected
-    (1 + e = d + c exactly, Fast2Sum; num - q (d + c) is the remainder): the error left is e's own."""
-    d = e + type(e)(1.0)
-    c = (type(e)(1.0) - d) + e
-    q = _div(num, d)
-    rem = _fma(-q, d, num) - q * c
-    return q + _div(rem, d)
+    """num / (1 + e) for 0 <= e <= 1, to within half an ulp plus e's own error: 1 + e = d + c exactly
+    (Fast2Sum), r = 1/d (the one division), and one Newton step on the exact denominator d + c
+    corrects the roundings of 1 + e, of r and of num * r."""
+    one = type(e)(1.0)
+    d = e + one
+    c = (one - d) + e
+    r = _div(one, d)
+    q = num * r
+    rem = _fma(-q, c, _fma(-q, d, num))  # num - q (d + c), the residual of q
+    return _fma(rem, r, q)
 
 
 @njit(inline="always")
 def _sigmoid32(x):
     # e = exp(-|x|) <= 1 never overflows; x >= 0: 1/(1+e), x < 0: e/(1+e)
-    e = _exp32(-abs(x))
+    e = _exp_nonpos32(-abs(x))
     return _ratio_1pe((f32(1.0) if x >= f32(0.0) else e), e)
 
 
 @njit(inline="always")
 def _sigmoid64(x):
-    e = _exp64(-abs(x))
+    e = _exp_nonpos64(-abs(x))
     return _ratio_1pe((f64(1.0) if x >= f64(0.0) else e), e)
 
 
@@ -301,6 +339,12 @@ def _dispatch(f32_impl, f64_impl):
     return choose
 
 
+# A hash of this file: the kernels made from the registry's formulas carry it in their names
+# (registry._fingerprint reads `fingerprint`), since the overloads' code is not reachable from the
+# Python fronts and Numba's disk cache only watches the kernel's own source file.
+_SOURCE_HASH = hashlib.sha1(open(__file__, "rb").read()).hexdigest()[:12]
+
+
 def _python_entry(name, doc):
     """A Python-callable front (scalars or arrays, run through an njit loop) that njit code calls
     through its overload, inlined, in the argument's precision."""
@@ -310,6 +354,7 @@ def _python_entry(name, doc):
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc
+    fn.fingerprint = _SOURCE_HASH
     return fn
 
 

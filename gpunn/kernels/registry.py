@@ -111,11 +111,11 @@ def gelu_tanh_backward(dy, s, slope):
 
 
 def sigmoid_forward(z, slope):
-    # the stable branch for each sign: exp never overflows, sigmoid(+-1000) is exactly 1 / 0
-    if z >= ZERO:
-        return ONE / (ONE + exp(-z))
-    e = exp(z)
-    return e / (ONE + e)
+    # e = exp(-|z|) <= 1 never overflows: 1/(1 + e) for z >= 0, e/(1 + e) below (sigmoid(+-1000) is
+    # exactly 1 / 0). One exp and a select, not a branch with an exp on each side: the CPU loop
+    # vectorises over both signs, so two exps would both be paid for.
+    e = exp(-abs(z))
+    return (ONE if z >= ZERO else e) / (ONE + e)
 
 
 def sigmoid_backward(dy, s, slope):
@@ -367,6 +367,8 @@ def _fingerprint(f, bound) -> str:
 
     def visit(fn, env):
         fn = getattr(fn, "py_func", fn)  # a Numba dispatcher: its Python function
+        # what a function's code does not show (fastmath's njit overloads): its own stamp
+        h.update(repr(getattr(fn, "fingerprint", "")).encode())
         code = getattr(fn, "__code__", None)
         if code is None or id(fn) in seen:
             h.update(repr(getattr(fn, "__name__", fn)).encode())
@@ -395,6 +397,11 @@ def rebind(f, bound: dict, name: str | None = None):
     new.__module__ = f.__module__
     new.__doc__ = f.__doc__
     return new
+
+
+def uses_transcendentals(f) -> bool:
+    """True when the formula f calls one of the TRANSCENDENTALS (its cost is then its math, not memory)."""
+    return any(n in TRANSCENDENTALS for n in f.__code__.co_names)
 
 
 def retarget(f, math_module, dtype):
