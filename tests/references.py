@@ -1,8 +1,9 @@
-"""Float64 references for every registered activation (and array-expression references for the
-optimizer updates, in the array's dtype), written here from the mathematics and
-independent of gpunn's definitions (gpunn/kernels/registry.py), plus PyTorch's equivalent of each
-for the parity tests. Adding an activation to the registry means adding its entry here:
-tests/test_kernels_activations.py fails for any registered activation that has none."""
+"""Float64 references for every registered activation and elementwise loss (and array-expression
+references for the optimizer updates: SGD, Adam, RMSprop in the array's dtype, Adagrad in float64),
+written here from the mathematics and independent of gpunn's definitions
+(gpunn/kernels/registry.py), plus PyTorch's equivalent of each activation and loss for the parity
+tests. Adding a member to the registry means adding its entry here: tests/test_kernels_activations.py,
+tests/test_kernels_optimizers.py (and the losses' tests) fail for any registered member that has none."""
 from __future__ import annotations
 
 import math
@@ -126,3 +127,92 @@ def rmsprop_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0
         p -= lr * buf
     else:
         p -= lr * g / avg
+
+
+def adagrad_ref(p, grad, state_sum, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False, step=1):
+    """torch.optim.Adagrad's step t (from 1) in float64, each stored array rounded once."""
+    g = np.asarray(grad, np.float64) * (-1.0 if maximize else 1.0)
+    p64 = np.asarray(p, np.float64)
+    if weight_decay != 0:
+        g = g + weight_decay * p64
+    state_sum[...] = np.asarray(state_sum, np.float64) + g * g
+    clr = lr / (1 + (step - 1) * lr_decay)
+    p[...] = p64 - clr * g / (np.sqrt(np.asarray(state_sum, np.float64)) + eps)
+
+
+# ---------------------------------------------------------------------------------- elementwise losses
+# name -> f(x, y, w, a) = (loss, d loss / d x, d loss / d y) per element in float64, derived here
+# from each loss's textbook definition (not from gpunn/kernels/registry.py's forms): w is the
+# loss's per-element operand (pos_weight) or 1, a its scalar option (delta, beta).
+
+def _softplus(t):
+    return np.maximum(t, 0) + np.log1p(np.exp(-np.abs(t)))
+
+
+def _sigmoid64(t):
+    e = np.exp(-np.abs(t))  # exp of a non-positive number: no overflow, and 3.7e-44 at |t| = 100
+    return np.where(t >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _huber(x, y, w, a):
+    d = x - y
+    inside = np.abs(d) < a
+    g = np.clip(d, -a, a)
+    return np.where(inside, 0.5 * d * d, a * (np.abs(d) - 0.5 * a)), g, -g
+
+
+def _smooth_l1(x, y, w, a):
+    d = x - y
+    if a == 0:
+        return np.abs(d), np.sign(d), -np.sign(d)
+    g = np.clip(d / a, -1, 1)
+    return np.where(np.abs(d) < a, 0.5 * d * d / a, np.abs(d) - 0.5 * a), g, -g
+
+
+def _bce(x, y, w, a):
+    with np.errstate(divide="ignore"):
+        lx, l1x = np.maximum(np.log(x), -100), np.maximum(np.log(1 - x), -100)
+        dy = np.log(1 - x) - np.log(x)
+    return -(y * lx + (1 - y) * l1x), (x - y) / np.maximum(x * (1 - x), 1e-12), dy
+
+
+def _bce_with_logits(x, y, w, a):
+    # -(w y log s + (1 - y) log(1 - s)) with s = sigmoid(x): -log s = softplus(-x), -log(1 - s) = softplus(x)
+    s = _sigmoid64(x)
+    return w * y * _softplus(-x) + (1 - y) * _softplus(x), -w * y * (1 - s) + (1 - y) * s, \
+        w * _softplus(-x) - _softplus(x)
+
+
+LOSS_REFS = {
+    "mse": lambda x, y, w, a: ((x - y) ** 2, 2 * (x - y), -2 * (x - y)),
+    "l1": lambda x, y, w, a: (np.abs(x - y), np.sign(x - y), -np.sign(x - y)),
+    "huber": _huber,
+    "smooth_l1": _smooth_l1,
+    "bce": _bce,
+    "bce_with_logits": _bce_with_logits,
+}
+
+# name -> f(torch, x, y, w, a): PyTorch's per-element version (reduction="none")
+TORCH_LOSSES = {
+    "mse": lambda torch, x, y, w, a: torch.nn.functional.mse_loss(x, y, reduction="none"),
+    "l1": lambda torch, x, y, w, a: torch.nn.functional.l1_loss(x, y, reduction="none"),
+    "huber": lambda torch, x, y, w, a: torch.nn.functional.huber_loss(x, y, reduction="none", delta=a),
+    "smooth_l1": lambda torch, x, y, w, a: torch.nn.functional.smooth_l1_loss(x, y, reduction="none", beta=a),
+    "bce": lambda torch, x, y, w, a: torch.nn.functional.binary_cross_entropy(x, y, reduction="none"),
+    "bce_with_logits": lambda torch, x, y, w, a: torch.nn.functional.binary_cross_entropy_with_logits(
+        x, y, reduction="none", pos_weight=w),
+}
+
+
+def loss_inputs(name, shape, dtype, seed=0):
+    """(x, y) in the loss's domain: probabilities for bce, targets in [0, 1] for the BCE losses,
+    ties x == y in the first elements (where L1-type gradients are 0)."""
+    rng = np.random.default_rng(seed)
+    if name == "bce":
+        x = rng.uniform(0.02, 0.98, shape)
+    else:
+        x = rng.standard_normal(shape) * 2
+    y = rng.uniform(0, 1, shape) if name.startswith("bce") else rng.standard_normal(shape)
+    if not name.startswith("bce") and x.size > 1:
+        y.reshape(-1)[:1] = x.reshape(-1)[:1]
+    return x.astype(dtype), y.astype(dtype)

@@ -17,8 +17,8 @@ Y = RNG.integers(0, 3, 40)
 def _setup(opt="adam", seed=0):
     gn.manual_seed(seed)
     model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 3))
-    o = gn.optim.Adam(model.parameters(), lr=1e-2) if opt == "adam" else \
-        gn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    o = {"adam": lambda p: gn.optim.Adam(p, lr=1e-2), "sgd": lambda p: gn.optim.SGD(p, lr=0.1, momentum=0.9),
+         "adagrad": lambda p: gn.optim.Adagrad(p, lr=0.05, lr_decay=0.01)}[opt](model.parameters())
     return model, o, gn.nn.CrossEntropyLoss()
 
 
@@ -48,7 +48,7 @@ def _train(compiled, epochs=4, batch=16, opt="adam", between=None):
     return losses, [p.data.copy() for p in model.parameters()], f
 
 
-@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("opt", ["adam", "sgd", "adagrad"])
 def test_bit_identical_to_eager_with_scheduler_and_short_batch(opt):
     le, pe, _ = _train(False, opt=opt)
     lc, pc, f = _train(True, opt=opt)
@@ -246,3 +246,23 @@ def test_in_place_update_inside_fn_falls_back():
         return loss
 
     _expect_fallback(manual_sgd, "in-place Tensor.sub_()")
+
+
+def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phases():
+    """Under gn.profiler a signature not yet ready runs eagerly (a trace would hide the kernels);
+    a ready one replays, recorded like an eager step, with the same result."""
+    from gpunn import profiler
+
+    model, o, lf = _setup()
+    f = gcompile(_step_fn(model, o, lf))
+    x, y = gn.tensor(X[:16]), gn.tensor(Y[:16])
+    with profiler.profile() as eager_prof:
+        f(x, y)
+    assert f.stats == {"traces": 0, "replays": 0, "eager": 1}
+    f(x, y), f(x, y)  # trace, check
+    with profiler.profile() as prof:
+        f(x, y)
+    assert f.stats["replays"] == 1
+    key = lambda p: sorted((e.name, e.phase) for e in p.events)  # noqa: E731
+    assert key(prof) == key(eager_prof)
+    assert prof.launches_per_step() == eager_prof.launches_per_step()

@@ -5,8 +5,9 @@ delegates to its family's CUDA module:
   dense_forward / dense_backward           dense_dispatch (fused GEMM or cuBLAS + fused epilogue)
   activation_forward / _backward           activations_cuda
   softmax_cross_entropy_forward / _backward  softmax_ce_cuda
-  bce_with_logits_*, mse_*, l1_*           losses_cuda
-  sgd_update, adam_update, rmsprop_update  optimizers_cuda (one launch per param group)
+  loss_forward / loss_backward             losses_cuda (every registered elementwise loss)
+  <name>_update (sgd, adam, rmsprop, adagrad, every registered optimizer update)
+                                           optimizers_cuda (one launch per param group)
 Arrays of a dtype the kernels do not take (anything but float32/float64, e.g. float16) go to the
 reference implementation, which runs on CuPy too. Bad calls (mismatched shapes, dtypes, array
 types) raise ValueError/TypeError before any launch.
@@ -25,7 +26,7 @@ from gpunn.kernels import activations_cuda, dense, dense_dispatch, losses, losse
 from gpunn.kernels import optimizers_cuda, softmax_ce, softmax_ce_cuda
 from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
 from gpunn.kernels.cuda_elementwise import supported
-from gpunn.kernels.ops import Ops
+from gpunn.kernels.ops import Ops, optimizer_updates
 
 
 def _or_reference(fast, ref, index: int, name: str):
@@ -52,6 +53,17 @@ def dense_backward(dy, x, W, saved, code: int, negative_slope: float = 0.01,
                                          dW_out=dW_out, db_out=db_out)
 
 
+@functools.lru_cache(maxsize=None)
+def _cached(fast, ref):
+    return _or_reference(fast, ref, 0, "p")
+
+
+def optimizer_update(name: str):
+    """CudaOps' `<name>_update`: the CUDA kernel, or the reference for dtypes the kernels do not take."""
+    return _cached(optimizers_cuda.update(name), optimizers.update_reference(name))
+
+
+@optimizer_updates
 class CudaOps(Ops):
     """Numba CUDA kernels on CuPy arrays (launched on CuPy's current stream); see the module docstring."""
 
@@ -67,18 +79,9 @@ class CudaOps(Ops):
         softmax_ce_cuda.softmax_cross_entropy_forward, softmax_ce.softmax_cross_entropy_forward_ref, 0, "logits"))
     softmax_cross_entropy_backward = staticmethod(_or_reference(
         softmax_ce_cuda.softmax_cross_entropy_backward, softmax_ce.softmax_cross_entropy_backward_ref, 1, "probs"))
-    bce_with_logits_forward = staticmethod(_or_reference(losses_cuda.bce_with_logits_forward,
-                                                         losses.bce_with_logits_forward, 0, "x"))
-    bce_with_logits_backward = staticmethod(_or_reference(losses_cuda.bce_with_logits_backward,
-                                                          losses.bce_with_logits_backward, 1, "x"))
-    mse_forward = staticmethod(_or_reference(losses_cuda.mse_forward, losses.mse_forward, 0, "x"))
-    mse_backward = staticmethod(_or_reference(losses_cuda.mse_backward, losses.mse_backward, 1, "x"))
-    l1_forward = staticmethod(_or_reference(losses_cuda.l1_forward, losses.l1_forward, 0, "x"))
-    l1_backward = staticmethod(_or_reference(losses_cuda.l1_backward, losses.l1_backward, 1, "x"))
-    sgd_update = staticmethod(_or_reference(optimizers_cuda.sgd_update, optimizers.sgd_update_ref, 0, "p"))
-    adam_update = staticmethod(_or_reference(optimizers_cuda.adam_update, optimizers.adam_update_ref, 0, "p"))
-    rmsprop_update = staticmethod(_or_reference(optimizers_cuda.rmsprop_update, optimizers.rmsprop_update_ref,
-                                                0, "p"))
+    loss_forward = staticmethod(_or_reference(losses_cuda.loss_forward, losses.loss_forward_ref, 1, "x"))
+    loss_backward = staticmethod(_or_reference(losses_cuda.loss_backward, losses.loss_backward_ref, 2, "x"))
+    _optimizer_update = staticmethod(optimizer_update)
 
 
 def gpu_ops():
@@ -116,7 +119,7 @@ def warmup(xp=None, dtypes=("float32",)):
         labels = xp.asarray(np.array([0, 1, 2, 3, 0], dtype=np.int64))
         _, probs, stats = ops.softmax_cross_entropy_forward(y, labels, -100, "mean")
         ops.softmax_cross_entropy_backward(xp.asarray(dt.type(0.2)), probs, labels, -100, "mean", stats)
-        ops.mse_backward(xp.broadcast_to(xp.asarray(dt.type(0.1)), y.shape), y, y, )
+        ops.loss_backward("mse", xp.broadcast_to(xp.asarray(dt.type(0.1)), y.shape), y, y)
         p = xp.zeros(8, dtype=dt)
         g = xp.ones(8, dtype=dt)
         ops.sgd_update(p, g, xp.zeros(8, dtype=dt), 0.1, momentum=0.9, first_step=True)
