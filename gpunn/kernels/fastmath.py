@@ -168,7 +168,7 @@ def _exp32(x):
     p, k = _expm32(x)
     # 2^k = 2^(k -+ 64) * 2^(+-64): both factors are normal for every k in [-150, 128] (denormal
     # and overflowing results round once, in the last multiply). A select, not a branch, on k > 0
-    # (false for NaN): where LLVM can tell that x is never positive (exp(-abs(z)), exp(-z*z)), it
+    # (false for NaN): where LLVM can tell that x is never positive (exp(-abs(z)); not exp(-z*z)), it
     # folds the select and the upper clamp away, leaving the cost of _exp_nonpos32.
     up = k > f32(0.0)
     return p * _pow2(k + (f32(-_OFF32) if up else f32(_OFF32))) * (_UP32 if up else _DOWN32)
