@@ -28,7 +28,7 @@ with fastmath=True cannot reassociate them away.
 Cost: a vectorised loop over these is bound by vector-op throughput, not memory (Zen 4 retires one
 16-lane FMA per cycle; measured there, each FMA in a loop body costs ~2.4 us per 131072 float32
 elements and a division ~5-8 us), so each op counts: exp is ~19 vector ops per 16 elements (16
-when LLVM can see that x <= 0, see _exp32), tanh ~28, erf ~33. Rational approximations with one
+when LLVM can see that x <= 0, see _exp), tanh ~28, erf ~33. Rational approximations with one
 division (Eigen's, XLA's tanh and erf) take about half the ops, but their three roundings (numerator,
 denominator, quotient) break the 2-ulp bound in float32: measured for tanh = x P(x^2)/Q(x^2) fits of
 degree 11/8, 13/6 and 13/8 on [0, 9] (fit errors 1e-10 to 9e-9), 2.2 ulp near 0 and 4.8-5.9 ulp
@@ -101,9 +101,9 @@ def _div(typingctx, a, b):
     return a(a, b), lambda context, builder, sig, args: builder.fdiv(*args)
 
 
-def _pow2_offset(offset):
-    """An intrinsic for 2**(k + offset) (offset: an integer constant, folded into the bias) for a
-    float k with k + offset in the normal exponent range ([-126, 127] in float32, [-1022, 1023] in
+def _pow2_offset(offsets):
+    """An intrinsic for 2**(k + offset) (offset: an integer constant per precision, offsets = (float32's,
+    float64's), folded into the bias) for a float k with k + offset in the normal exponent range ([-126, 127] in float32, [-1022, 1023] in
     float64), built from its bits: k + 1.5*2**p puts k in the low mantissa bits (no float-to-int
     conversion, so NaN gives a NaN-free garbage power, never poison). Three integer/float ops."""
 
@@ -113,6 +113,7 @@ def _pow2_offset(offset):
         single = k == types.float32
         ity = ir.IntType(32 if single else 64)
         mbits, bias = (23, 127) if single else (52, 1023)
+        offset = offsets[0] if single else offsets[1]
         magic = 1.5 * 2.0 ** mbits
         magic_bits = int(np.array(magic, f32 if single else f64).view(np.int32 if single else np.int64))
 
@@ -123,15 +124,15 @@ def _pow2_offset(offset):
 
         return k(k), codegen
 
-    typer.__name__ = f"_pow2_plus_{offset}".replace("-", "minus_")
+    typer.__name__ = f"_pow2_plus_{offsets[0]}_{offsets[1]}"
     return intrinsic(typer)
 
 
-_pow2 = _pow2_offset(0)
+_pow2 = _pow2_offset((0, 0))
 # Results below the normal range: 2^k = 2^(k + OFF) * 2^-OFF, both factors normal for every k the
 # callers produce; the product rounds once (into the denormals), as one correct scaling would.
 _OFF32, _OFF64 = 64, 512
-_pow2_up32, _pow2_up64 = _pow2_offset(_OFF32), _pow2_offset(_OFF64)
+_pow2_up = _pow2_offset((_OFF32, _OFF64))
 _DOWN32, _DOWN64 = f32(2.0 ** -_OFF32), f64(2.0 ** -_OFF64)
 _UP32, _UP64 = f32(2.0 ** _OFF32), f64(2.0 ** _OFF64)
 
@@ -149,79 +150,79 @@ _E32 = tuple(f32(c) for c in (0.4999999403953552, 0.16666516661643982, 0.0416682
 _E64 = tuple(f64(1.0 / math.factorial(k)) for k in range(2, 14))
 
 
-@njit(inline="always")
-def _expm32(x):
-    """e^x = p * 2^k for x already clamped to [-104, 89] (or NaN): (p, k)."""
-    k = _rint(x * f32(_LOG2E))
-    r = _fma(k, -_LN2_HI32, x)
-    r = _fma(k, -_LN2_LO32, r)
-    c = _E32
-    p = _fma(_fma(_fma(_fma(c[4], r, c[3]), r, c[2]), r, c[1]), r, c[0])
-    return _fma(_fma(p, r, f32(1.0)), r, f32(1.0)), k
+def _exp_consts(x):
+    """(log2 e, ln 2 high part, ln 2 low part, the polynomial's coefficients) in x's precision."""
+
+
+@overload(_exp_consts)
+def _exp_consts_ov(x):
+    if x == types.float32:
+        return lambda x: (f32(_LOG2E), _LN2_HI32, _LN2_LO32, _E32)
+    return lambda x: (f64(_LOG2E), _LN2_HI64, _LN2_LO64, _E64)
 
 
 @njit(inline="always")
-def _exp32(x):
-    # Clamp (NaN passes: both tests are false) so k stays in range: exp(89) = inf, exp(-104) = 0.
-    x = f32(89.0) if x > f32(89.0) else x
-    x = f32(-104.0) if x < f32(-104.0) else x
-    p, k = _expm32(x)
-    # 2^k = 2^(k -+ 64) * 2^(+-64): both factors are normal for every k in [-150, 128] (denormal
-    # and overflowing results round once, in the last multiply). A select, not a branch, on k > 0
-    # (false for NaN): where LLVM can tell that x is never positive (exp(-abs(z)); not exp(-z*z)), it
-    # folds the select and the upper clamp away, leaving the cost of _exp_nonpos32.
-    up = k > f32(0.0)
-    return p * _pow2(k + (f32(-_OFF32) if up else f32(_OFF32))) * (_UP32 if up else _DOWN32)
+def _horner(c, r):
+    """c[0] + c[1] r + c[2] r^2 + ... (c a tuple of constants: the loop unrolls)."""
+    p = c[len(c) - 1]
+    for i in range(len(c) - 2, -1, -1):
+        p = _fma(p, r, c[i])
+    return p
+
+
+@njit(inline="always")
+def _expm(x):
+    """e^x = p * 2^k for x already clamped to the range its precision needs (or NaN): (p, k)."""
+    log2e, hi, lo, c = _exp_consts(x)
+    k = _rint(x * log2e)
+    r = _fma(k, -hi, x)
+    r = _fma(k, -lo, r)
+    one = type(x)(1.0)
+    return _fma(_fma(_horner(c, r), r, one), r, one), k
+
+
+def _exp_limits(x):
+    """(upper clamp, lower clamp, OFF, 2^OFF, 2^-OFF) of exp in x's precision (see _exp)."""
+
+
+@overload(_exp_limits)
+def _exp_limits_ov(x):
+    if x == types.float32:
+        return lambda x: (f32(89.0), f32(-104.0), f32(_OFF32), _UP32, _DOWN32)
+    return lambda x: (f64(710.0), f64(-746.0), f64(_OFF64), _UP64, _DOWN64)
+
+
+@njit(inline="always")
+def _exp(x):
+    # Clamp (NaN passes: both tests are false) so k stays in range: exp(89) = inf, exp(-104) = 0
+    # (float64: 710, -746).
+    top, bottom, off, up_scale, down_scale = _exp_limits(x)
+    x = top if x > top else x
+    x = bottom if x < bottom else x
+    p, k = _expm(x)
+    # 2^k = 2^(k -+ OFF) * 2^(+-OFF): both factors are normal for every k that occurs ([-150, 128];
+    # float64 [-1076, 1024]), and denormal and overflowing results round once, in the last multiply.
+    # A select, not a branch, on k > 0 (false for NaN): where LLVM can tell that x is never positive
+    # (exp(-abs(z)); not exp(-z*z)), it folds the select and the upper clamp away: float32, 32 us
+    # per 131072 elements against _exp_nonpos's 28 and 36 unfolded.
+    up = k > type(k)(0.0)
+    return p * _pow2(k + (-off if up else off)) * (up_scale if up else down_scale)
 
 
 @njit(inline="always")
 def _exp_pos32(x):
     """e^x for 0 <= x (or NaN), capped at e^88 = 1.65e38: one power of two suffices (tanh's use)."""
-    p, k = _expm32(f32(88.0) if x > f32(88.0) else x)
+    p, k = _expm(f32(88.0) if x > f32(88.0) else x)
     return p * _pow2(k)
 
 
 @njit(inline="always")
-def _exp_nonpos32(x):
-    """e^x for x <= 0 (or NaN): k in [-150, 0], so one offset power of two and one scaling (sigmoid's use)."""
-    p, k = _expm32(f32(-104.0) if x < f32(-104.0) else x)
-    return p * _pow2_up32(k) * _DOWN32
-
-
-@njit(inline="always")
-def _expm64(x):
-    """e^x = p * 2^k for x already clamped to [-746, 710] (or NaN): (p, k)."""
-    k = _rint(x * f64(_LOG2E))
-    r = _fma(k, -_LN2_HI64, x)
-    r = _fma(k, -_LN2_LO64, r)
-    c = _E64
-    p = _fma(c[11], r, c[10])
-    p = _fma(p, r, c[9])
-    p = _fma(p, r, c[8])
-    p = _fma(p, r, c[7])
-    p = _fma(p, r, c[6])
-    p = _fma(p, r, c[5])
-    p = _fma(p, r, c[4])
-    p = _fma(p, r, c[3])
-    p = _fma(p, r, c[2])
-    p = _fma(p, r, c[1])
-    p = _fma(p, r, c[0])
-    return _fma(_fma(p, r, f64(1.0)), r, f64(1.0)), k
-
-
-@njit(inline="always")
-def _exp64(x):
-    x = f64(710.0) if x > f64(710.0) else x
-    x = f64(-746.0) if x < f64(-746.0) else x
-    p, k = _expm64(x)
-    up = k > f64(0.0)  # k in [-1076, 1024]: both factors normal, as in _exp32
-    return p * _pow2(k + (f64(-_OFF64) if up else f64(_OFF64))) * (_UP64 if up else _DOWN64)
-
-
-@njit(inline="always")
-def _exp_nonpos64(x):
-    p, k = _expm64(f64(-746.0) if x < f64(-746.0) else x)
-    return p * _pow2_up64(k) * _DOWN64
+def _exp_nonpos(x):
+    """e^x for x <= 0 (or NaN): k in [-150, 0] (float64 [-1076, 0]), so one offset power of two and
+    one scaling (sigmoid's use)."""
+    _, bottom, _, _, down_scale = _exp_limits(x)
+    p, k = _expm(bottom if x < bottom else x)
+    return p * _pow2_up(k) * down_scale
 
 
 # ---------------------------------------------------------------------------------- tanh
@@ -253,7 +254,7 @@ def _tanh32(x):
 @njit(inline="always")
 def _tanh64(x):
     a = abs(x)
-    e = _exp64(a + a)
+    e = _exp(a + a)
     big = _copysign(f64(1.0) - _div(f64(2.0), e + f64(1.0)), x)
     s = x * x
     c = _T64
@@ -288,16 +289,10 @@ def _ratio_1pe(num, e):
 
 
 @njit(inline="always")
-def _sigmoid32(x):
+def _sigmoid(x):
     # e = exp(-|x|) <= 1 never overflows; x >= 0: 1/(1+e), x < 0: e/(1+e)
-    e = _exp_nonpos32(-abs(x))
-    return _ratio_1pe((f32(1.0) if x >= f32(0.0) else e), e)
-
-
-@njit(inline="always")
-def _sigmoid64(x):
-    e = _exp_nonpos64(-abs(x))
-    return _ratio_1pe((f64(1.0) if x >= f64(0.0) else e), e)
+    e = _exp_nonpos(-abs(x))
+    return _ratio_1pe((type(x)(1.0) if x >= type(x)(0.0) else e), e)
 
 
 # ---------------------------------------------------------------------------------- erf
@@ -324,7 +319,7 @@ def _erf32(x):
     t = f32(4.0) if a > f32(4.0) else a
     d = _ERF_L32
     p = _fma(_fma(_fma(_fma(_fma(_fma(d[6], t, d[5]), t, d[4]), t, d[3]), t, d[2]), t, d[1]), t, d[0])
-    e, k = _expm32(p)  # p in [-17.9, -1.6]: no clamps, one power of two
+    e, k = _expm(p)  # p in [-17.9, -1.6]: no clamps, one power of two
     big = _copysign(f32(1.0) - e * _pow2(k), x)
     return small if a < f32(0.92) else big  # NaN: big, NaN
 
@@ -385,9 +380,9 @@ million points, against scipy's float64 erf; 1.02 on tests/test_fastmath.py's 1.
 against math.erf); erf(+-x) = +-1 for |x| >= 3.92, erf(-0) = -0. float64:
 libm's math.erf (glibc: within 1 ulp; not vectorised).""")
 
-overload(exp)(_dispatch(_exp32, _exp64))
+overload(exp)(_dispatch(_exp, _exp))
 overload(tanh)(_dispatch(_tanh32, _tanh64))
-overload(sigmoid)(_dispatch(_sigmoid32, _sigmoid64))
+overload(sigmoid)(_dispatch(_sigmoid, _sigmoid))
 overload(erf)(_dispatch(_erf32, _erf64))
 
 
