@@ -3,9 +3,9 @@ gpunn vs its own bias+ReLU pass and vs PyTorch's ops for the same work.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python kernels/bench_activations.py [--shape 256x512] [--json out.json]
 
-Forward: gpunn's one Numba pass z += b; y = act(z) (gpunn.kernels.dense._bias_act_epilogue, what
+Forward: gpunn's one Numba pass z += b; y = act(z) (gpunn.kernels.dense.bias_act_epilogue, what
 dense_forward_cpu runs after its GEMM); PyTorch: act(z + b). Backward: gpunn's one pass
-dz = dy * act'(z or y) with db = column sums of dz (_act_grad_colsum); PyTorch: the activation's
+dz = dy * act'(z or y) with db = column sums of dz (act_grad_colsum); PyTorch: the activation's
 backward op (aten.gelu_backward, tanh_backward, sigmoid_backward, threshold_backward) then
 dz.sum(0). float32. The bias is zero so that the input keeps its values from call to call (the
 work is the same as with any bias). gpunn and PyTorch alternate rounds of >= 0.2 s; each round's
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import blas_info  # noqa: E402
 
 from gpunn.kernels.activations import ACTIVATIONS, activation_forward_ref, needs_preactivation  # noqa: E402
-from gpunn.kernels.dense import _act_grad_colsum, _bias_act_epilogue  # noqa: E402
+from gpunn.kernels.dense import _epilogue, act_grad_colsum, bias_act_epilogue  # noqa: E402
 
 NAMES = ["relu", "gelu", "gelu_tanh", "tanh", "sigmoid"]
 
@@ -95,8 +95,9 @@ def main(argv=None):
         y = np.empty_like(z)
         s = z if needs_preactivation(code) else activation_forward_ref(z, code)
         dz, db = np.empty_like(z), np.empty(m, np.float32)
-        g_fwd = lambda: _bias_act_epilogue(z, b, True, code, 0.01, y)  # noqa: E731
-        g_bwd = lambda: _act_grad_colsum(dy, s, code, 0.01, dz, db, True)  # noqa: E731
+        fwd_k, bwd_k = _epilogue(bias_act_epilogue, code, z.dtype), _epilogue(act_grad_colsum, code, z.dtype)
+        g_fwd = lambda: fwd_k(z, b, True, 0.01, y)  # noqa: E731
+        g_bwd = lambda: bwd_k(dy, s, 0.01, dz, db, True)  # noqa: E731
         fns = {"gpunn_fwd": g_fwd, "gpunn_bwd": g_bwd}
         if torch is not None:
             t_fwd, t_bwd = torch_ops(torch, name, torch.from_numpy(z), torch.from_numpy(b),

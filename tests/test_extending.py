@@ -24,18 +24,13 @@ from gpunn.kernels.registry import ONE, ZERO  # noqa: F401  (the formulas' const
 # --- the whole addition (what docs/extending.md shows going into gpunn/kernels/registry.py) -------
 
 def silu_forward(z, slope):
-    if z >= ZERO:
-        return z / (ONE + exp(-z))  # noqa: F821  (exp: bound per backend by registry.retarget)
-    e = exp(z)  # noqa: F821
-    return z * e / (ONE + e)
+    e = exp(-abs(z))  # noqa: F821  (exp: bound per backend by registry.retarget)
+    return z * (ONE if z >= ZERO else e) / (ONE + e)
 
 
 def silu_backward(dy, s, slope):
-    if s >= ZERO:
-        sig = ONE / (ONE + exp(-s))  # noqa: F821
-    else:
-        e = exp(s)  # noqa: F821
-        sig = e / (ONE + e)
+    e = exp(-abs(s))  # noqa: F821
+    sig = (ONE if s >= ZERO else e) / (ONE + e)
     return dy * (sig * (ONE + s * (ONE - sig)))
 
 

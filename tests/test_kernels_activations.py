@@ -206,3 +206,16 @@ def test_unknown_codes_are_refused(ops):
             ops.dense_forward(x, np.ones((3, 2)), None, -1)
         with pytest.raises(ValueError, match="unknown activation code 12"):
             ops.dense_backward(np.ones((1, 3)), x, np.ones((3, 2)), np.ones((1, 3)), 12)
+
+
+def test_cpu_kernel_names_change_with_fastmath(monkeypatch):
+    """A kernel's cached name hashes the fastmath source it inlines (not visible from the formula's
+    code), so Numba's disk cache cannot serve a kernel built with older math."""
+    from gpunn.kernels import fastmath, registry
+    from gpunn.kernels.activations import activation_forward_loop
+
+    act = registry.retarget(registry.tanh_forward, registry.CPU_MATH, np.float32)
+    before = registry.specialise(activation_forward_loop, {"act": act}, "tanh").__name__
+    monkeypatch.setattr(fastmath.tanh, "fingerprint", "edited")
+    after = registry.specialise(activation_forward_loop, {"act": act}, "tanh").__name__
+    assert before != after

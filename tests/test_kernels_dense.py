@@ -160,13 +160,15 @@ def test_cpu_fused_agrees_with_reference_ops(act, dtype):
         np.testing.assert_allclose(gc, gr, **t)
 
 
-def test_cpu_bias_gradient_accumulates_in_float64():
+@pytest.mark.parametrize("act", ["identity", "relu", "tanh"])  # a separate pass, fused into relu's and tanh's
+def test_cpu_bias_gradient_accumulates_in_float64(act):
     """db sums many float32 rows in float64: exact where a float32 running sum would drift."""
     n = 100_000
     dy = np.full((n, 2), 0.1, np.float32)
     x = np.ones((n, 1), np.float32)
     W = np.ones((2, 1), np.float32)
-    _, _, db = CpuOps().dense_backward(dy, x, W, dy, ACTIVATIONS["identity"], need_dx=False, need_dw=False)
+    saved = np.zeros_like(dy) if act == "tanh" else dy  # act'(.) = 1 there: dz = dy
+    _, _, db = CpuOps().dense_backward(dy, x, W, saved, ACTIVATIONS[act], need_dx=False, need_dw=False)
     want = np.float64(np.float32(0.1)) * n
     assert abs(float(db[0]) - want) <= 1e-6 * want
 

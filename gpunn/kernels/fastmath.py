@@ -24,9 +24,19 @@ algorithm, each coefficient rounded to float32 and the rest refitted; float64: T
 mpmath's Chebyshev fits). Mul+add pairs use llvm.fmuladd (one FMA where the CPU has FMA).
 Nothing here relies on fast-math flags: the rounding steps are intrinsics, so a caller compiled
 with fastmath=True cannot reassociate them away.
+
+Cost: a vectorised loop over these is bound by vector-op throughput, not memory (Zen 4 retires one
+16-lane FMA per cycle; measured there, each FMA in a loop body costs ~2.4 us per 131072 float32
+elements and a division ~5-8 us), so each op counts: exp is ~19 vector ops per 16 elements (16
+when LLVM can see that x <= 0, see _exp), tanh ~28, erf ~33. Rational approximations with one
+division (Eigen's, XLA's tanh and erf) take about half the ops, but their three roundings (numerator,
+denominator, quotient) break the 2-ulp bound in float32: measured for tanh = x P(x^2)/Q(x^2) fits of
+degree 11/8, 13/6 and 13/8 on [0, 9] (fit errors 1e-10 to 9e-9), 2.2 ulp near 0 and 4.8-5.9 ulp
+towards saturation; so does tanh = expm1(2x)/(expm1(2x) + 2) (2.36 ulp, for 35 us instead of 54).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -91,25 +101,40 @@ def _div(typingctx, a, b):
     return a(a, b), lambda context, builder, sig, args: builder.fdiv(*args)
 
 
-@intrinsic
-def _pow2(typingctx, k):
-    """2**k for a float k holding an integer in the normal exponent range ([-126, 127] in float32,
-    [-1022, 1023] in float64), built from its bits: k + 1.5*2**p puts k in the low mantissa bits
-    (no float-to-int conversion, so NaN gives a NaN-free garbage power, never poison)."""
-    if not isinstance(k, types.Float):
-        return None
-    single = k == types.float32
-    ity = ir.IntType(32 if single else 64)
-    mbits, bias = (23, 127) if single else (52, 1023)
-    magic = 1.5 * 2.0 ** mbits
-    magic_bits = int(np.array(magic, f32 if single else f64).view(np.int32 if single else np.int64))
+def _pow2_offset(offsets):
+    """An intrinsic for 2**(k + offset) (offset: an integer constant per precision, offsets = (float32's,
+    float64's), folded into the bias) for a float k with k + offset in the normal exponent range ([-126, 127] in float32, [-1022, 1023] in
+    float64), built from its bits: k + 1.5*2**p puts k in the low mantissa bits (no float-to-int
+    conversion, so NaN gives a NaN-free garbage power, never poison). Three integer/float ops."""
 
-    def codegen(context, builder, sig, args):
-        t = builder.fadd(args[0], ir.Constant(args[0].type, magic))
-        i = builder.sub(builder.bitcast(t, ity), ir.Constant(ity, magic_bits - bias))
-        return builder.bitcast(builder.shl(i, ir.Constant(ity, mbits)), args[0].type)
+    def typer(typingctx, k):
+        if not isinstance(k, types.Float):
+            return None
+        single = k == types.float32
+        ity = ir.IntType(32 if single else 64)
+        mbits, bias = (23, 127) if single else (52, 1023)
+        offset = offsets[0] if single else offsets[1]
+        magic = 1.5 * 2.0 ** mbits
+        magic_bits = int(np.array(magic, f32 if single else f64).view(np.int32 if single else np.int64))
 
-    return k(k), codegen
+        def codegen(context, builder, sig, args):
+            t = builder.fadd(args[0], ir.Constant(args[0].type, magic))
+            i = builder.sub(builder.bitcast(t, ity), ir.Constant(ity, magic_bits - bias - offset))
+            return builder.bitcast(builder.shl(i, ir.Constant(ity, mbits)), args[0].type)
+
+        return k(k), codegen
+
+    typer.__name__ = f"_pow2_plus_{offsets[0]}_{offsets[1]}"
+    return intrinsic(typer)
+
+
+_pow2 = _pow2_offset((0, 0))
+# Results below the normal range: 2^k = 2^(k + OFF) * 2^-OFF, both factors normal for every k the
+# callers produce; the product rounds once (into the denormals), as one correct scaling would.
+_OFF32, _OFF64 = 64, 512
+_pow2_up = _pow2_offset((_OFF32, _OFF64))
+_DOWN32, _DOWN64 = f32(2.0 ** -_OFF32), f64(2.0 ** -_OFF64)
+_UP32, _UP64 = f32(2.0 ** _OFF32), f64(2.0 ** _OFF64)
 
 
 # ---------------------------------------------------------------------------------- exp
@@ -125,58 +150,79 @@ _E32 = tuple(f32(c) for c in (0.4999999403953552, 0.16666516661643982, 0.0416682
 _E64 = tuple(f64(1.0 / math.factorial(k)) for k in range(2, 14))
 
 
-@njit(inline="always")
-def _expm32(x):
-    """e^x = p * 2^k for x already clamped to [-104, 89] (or NaN): (p, k)."""
-    k = _rint(x * f32(_LOG2E))
-    r = _fma(k, -_LN2_HI32, x)
-    r = _fma(k, -_LN2_LO32, r)
-    c = _E32
-    p = _fma(_fma(_fma(_fma(c[4], r, c[3]), r, c[2]), r, c[1]), r, c[0])
-    return _fma(_fma(p, r, f32(1.0)), r, f32(1.0)), k
+def _exp_consts(x):
+    """(log2 e, ln 2 high part, ln 2 low part, the polynomial's coefficients) in x's precision."""
+
+
+@overload(_exp_consts)
+def _exp_consts_ov(x):
+    if x == types.float32:
+        return lambda x: (f32(_LOG2E), _LN2_HI32, _LN2_LO32, _E32)
+    return lambda x: (f64(_LOG2E), _LN2_HI64, _LN2_LO64, _E64)
 
 
 @njit(inline="always")
-def _exp32(x):
-    # Clamp (NaN passes: both tests are false) so k stays in range: exp(89) = inf, exp(-104) = 0.
-    x = f32(89.0) if x > f32(89.0) else x
-    x = f32(-104.0) if x < f32(-104.0) else x
-    p, k = _expm32(x)
-    # 2^k in two factors: each is a normal number for k in [-150, 129] (denormal and overflowing
-    # results then round once, in the last multiply)
-    k1 = _rint(k * f32(0.5))
-    return p * _pow2(k1) * _pow2(k - k1)
+def _horner(c, r):
+    """c[0] + c[1] r + c[2] r^2 + ... (c a tuple of constants: the loop unrolls)."""
+    p = c[len(c) - 1]
+    for i in range(len(c) - 2, -1, -1):
+        p = _fma(p, r, c[i])
+    return p
+
+
+@njit(inline="always")
+def _expm(x):
+    """e^x = p * 2^k for x already clamped to the range its precision needs (or NaN): (p, k)."""
+    log2e, hi, lo, c = _exp_consts(x)
+    k = _rint(x * log2e)
+    r = _fma(k, -hi, x)
+    r = _fma(k, -lo, r)
+    one = type(x)(1.0)
+    return _fma(_fma(_horner(c, r), r, one), r, one), k
+
+
+def _exp_limits(x):
+    """(upper clamp, lower clamp, OFF, 2^OFF, 2^-OFF) of exp in x's precision (see _exp)."""
+
+
+@overload(_exp_limits)
+def _exp_limits_ov(x):
+    if x == types.float32:
+        return lambda x: (f32(89.0), f32(-104.0), f32(_OFF32), _UP32, _DOWN32)
+    return lambda x: (f64(710.0), f64(-746.0), f64(_OFF64), _UP64, _DOWN64)
+
+
+@njit(inline="always")
+def _exp(x):
+    # Clamp (NaN passes: both tests are false) so k stays in range: exp(89) = inf, exp(-104) = 0
+    # (float64: 710, -746).
+    top, bottom, off, up_scale, down_scale = _exp_limits(x)
+    x = top if x > top else x
+    x = bottom if x < bottom else x
+    p, k = _expm(x)
+    # 2^k = 2^(k -+ OFF) * 2^(+-OFF): both factors are normal for every k that occurs ([-150, 128];
+    # float64 [-1076, 1024]), and denormal and overflowing results round once, in the last multiply.
+    # A select, not a branch, on k > 0 (false for NaN): where LLVM can tell that x is never positive
+    # (exp(-abs(z)); not exp(-z*z)), it folds the select and the upper clamp away: float32, 32 us
+    # per 131072 elements against _exp_nonpos's 28 and 36 unfolded.
+    up = k > type(k)(0.0)
+    return p * _pow2(k + (-off if up else off)) * (up_scale if up else down_scale)
 
 
 @njit(inline="always")
 def _exp_pos32(x):
     """e^x for 0 <= x (or NaN), capped at e^88 = 1.65e38: one power of two suffices (tanh's use)."""
-    p, k = _expm32(f32(88.0) if x > f32(88.0) else x)
+    p, k = _expm(f32(88.0) if x > f32(88.0) else x)
     return p * _pow2(k)
 
 
 @njit(inline="always")
-def _exp64(x):
-    x = f64(710.0) if x > f64(710.0) else x
-    x = f64(-746.0) if x < f64(-746.0) else x
-    k = _rint(x * f64(_LOG2E))
-    r = _fma(k, -_LN2_HI64, x)
-    r = _fma(k, -_LN2_LO64, r)
-    c = _E64
-    p = _fma(c[11], r, c[10])
-    p = _fma(p, r, c[9])
-    p = _fma(p, r, c[8])
-    p = _fma(p, r, c[7])
-    p = _fma(p, r, c[6])
-    p = _fma(p, r, c[5])
-    p = _fma(p, r, c[4])
-    p = _fma(p, r, c[3])
-    p = _fma(p, r, c[2])
-    p = _fma(p, r, c[1])
-    p = _fma(p, r, c[0])
-    p = _fma(_fma(p, r, f64(1.0)), r, f64(1.0))
-    k1 = _rint(k * f64(0.5))
-    return p * _pow2(k1) * _pow2(k - k1)
+def _exp_nonpos(x):
+    """e^x for x <= 0 (or NaN): k in [-150, 0] (float64 [-1076, 0]), so one offset power of two and
+    one scaling (sigmoid's use)."""
+    _, bottom, _, _, down_scale = _exp_limits(x)
+    p, k = _expm(bottom if x < bottom else x)
+    return p * _pow2_up(k) * down_scale
 
 
 # ---------------------------------------------------------------------------------- tanh
@@ -194,20 +240,21 @@ _T64 = tuple(f64(c) for c in (-0.3333333333333333, 0.13333333333332711, -0.05396
 
 @njit(inline="always")
 def _tanh32(x):
+    # Both branches on |x|, one copysign at the end (which also keeps tanh(-0) = -0).
     a = abs(x)
     e = _exp_pos32(a + a)  # capped at 1.65e38: 1 - 2/(e + 1) is then exactly 1
-    big = _copysign(f32(1.0) - _div(f32(2.0), e + f32(1.0)), x)
-    s = x * x
+    big = f32(1.0) - _div(f32(2.0), e + f32(1.0))
+    s = a * a
     c = _T32
     q = _fma(_fma(_fma(_fma(c[4], s, c[3]), s, c[2]), s, c[1]), s, c[0])
-    small = _copysign(_fma(x * s, q, x), x)  # copysign keeps tanh(-0) = -0
-    return small if a < f32(0.55) else big  # NaN: the small branch, NaN
+    small = _fma(a * s, q, a)
+    return _copysign(small if a < f32(0.55) else big, x)  # NaN: the big branch, NaN
 
 
 @njit(inline="always")
 def _tanh64(x):
     a = abs(x)
-    e = _exp64(a + a)
+    e = _exp(a + a)
     big = _copysign(f64(1.0) - _div(f64(2.0), e + f64(1.0)), x)
     s = x * x
     c = _T64
@@ -229,40 +276,37 @@ def _tanh64(x):
 
 @njit(inline="always")
 def _ratio_1pe(num, e):
-    """num / (1 + e) for 0 <= e <= 1, with the roundings of 1 + e and of the division corrected
-    (1 + e = d + c exactly, Fast2Sum; num - q (d + c) is the remainder): the error left is e's own."""
-    d = e + type(e)(1.0)
-    c = (type(e)(1.0) - d) + e
-    q = _div(num, d)
-    rem = _fma(-q, d, num) - q * c
-    return q + _div(rem, d)
+    """num / (1 + e) for 0 <= e <= 1, to within half an ulp plus e's own error: 1 + e = d + c exactly
+    (Fast2Sum), r = 1/d (the one division), and one Newton step on the exact denominator d + c
+    corrects the roundings of 1 + e, of r and of num * r."""
+    one = type(e)(1.0)
+    d = e + one
+    c = (one - d) + e
+    r = _div(one, d)
+    q = num * r
+    rem = _fma(-q, c, _fma(-q, d, num))  # num - q (d + c), the residual of q
+    return _fma(rem, r, q)
 
 
 @njit(inline="always")
-def _sigmoid32(x):
+def _sigmoid(x):
     # e = exp(-|x|) <= 1 never overflows; x >= 0: 1/(1+e), x < 0: e/(1+e)
-    e = _exp32(-abs(x))
-    return _ratio_1pe((f32(1.0) if x >= f32(0.0) else e), e)
-
-
-@njit(inline="always")
-def _sigmoid64(x):
-    e = _exp64(-abs(x))
-    return _ratio_1pe((f64(1.0) if x >= f64(0.0) else e), e)
+    e = _exp_nonpos(-abs(x))
+    return _ratio_1pe((type(x)(1.0) if x >= type(x)(0.0) else e), e)
 
 
 # ---------------------------------------------------------------------------------- erf
 
-# |x| < 0.92: erf x = x + x Q(x^2) (minimax, rel. error 9e-10). |x| >= 0.92: erf|x| = 1 - erfc|x|,
-# erfc t = exp(P(t)) with P a degree-7 fit of log(erfc t) on [0.9, 4] weighted by erfc(t): the
-# error that reaches erf is erfc(t) times P's error, < 0.001 ulp. t is clamped to 4, where the
-# float32 erf is already exactly 1.
-_ERF_S32 = tuple(f32(c) for c in (0.12837916612625122, -0.3761262893676758, 0.11283625662326813,
-                                  -0.02685573138296604, 0.005192405078560114, -0.0008049769094213843,
-                                  7.996641215868294e-05))
-_ERF_L32 = tuple(f32(c) for c in (0.00017055653734132648, -1.1294951438903809, -0.6333867311477661,
-                                  -0.10823649913072586, 0.02509142830967903, -0.004160516429692507,
-                                  0.00043230666778981686, -2.0910605599055998e-05))
+# |x| < 0.92: erf x = x + x Q(x^2) (minimax, rel. error 1.8e-8). |x| >= 0.92: erf|x| = 1 - erfc|x|,
+# erfc t = exp(P(t)) with P a degree-6 fit of log(erfc t) on [0.9, 4] weighted by erfc(t): the
+# error that reaches erf is erfc(t) times P's error, < 0.03 ulp. t is clamped to 4, where the
+# float32 erf is already exactly 1. (Each a degree lower than the first fit, whose errors were
+# 30x smaller than needed: 2 of ~35 vector ops per element fewer, the same 1.05 ulp worst case.)
+_ERF_S32 = tuple(f32(c) for c in (0.12837915122509003, -0.37612488865852356, 0.11281730979681015,
+                                  -0.026762964203953743, 0.0049873474054038525, -0.0005959548871032894))
+_ERF_L32 = tuple(f32(c) for c in (-0.00017755421868059784, -1.1277493238449097, -0.6370601654052734,
+                                  -0.10403696447610855, 0.0222768671810627, -0.0030555413104593754,
+                                  0.00019717344548553228))
 
 
 @njit(inline="always")
@@ -270,13 +314,12 @@ def _erf32(x):
     a = abs(x)
     s = x * x
     c = _ERF_S32
-    q = _fma(_fma(_fma(_fma(_fma(_fma(c[6], s, c[5]), s, c[4]), s, c[3]), s, c[2]), s, c[1]), s, c[0])
+    q = _fma(_fma(_fma(_fma(_fma(c[5], s, c[4]), s, c[3]), s, c[2]), s, c[1]), s, c[0])
     small = _fma(x, q, x)
     t = f32(4.0) if a > f32(4.0) else a
     d = _ERF_L32
-    p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(d[7], t, d[6]), t, d[5]), t, d[4]), t, d[3]), t, d[2]), t, d[1]), t,
-             d[0])
-    e, k = _expm32(p)  # p in [-17.9, -1.6]: no clamps, one power of two
+    p = _fma(_fma(_fma(_fma(_fma(_fma(d[6], t, d[5]), t, d[4]), t, d[3]), t, d[2]), t, d[1]), t, d[0])
+    e, k = _expm(p)  # p in [-17.9, -1.6]: no clamps, one power of two
     big = _copysign(f32(1.0) - e * _pow2(k), x)
     return small if a < f32(0.92) else big  # NaN: big, NaN
 
@@ -301,6 +344,12 @@ def _dispatch(f32_impl, f64_impl):
     return choose
 
 
+# A hash of this file: the kernels made from the registry's formulas carry it in their names
+# (registry._fingerprint reads `fingerprint`), since the overloads' code is not reachable from the
+# Python fronts and Numba's disk cache only watches the kernel's own source file.
+_SOURCE_HASH = hashlib.sha1(open(__file__, "rb").read()).hexdigest()[:12]
+
+
 def _python_entry(name, doc):
     """A Python-callable front (scalars or arrays, run through an njit loop) that njit code calls
     through its overload, inlined, in the argument's precision."""
@@ -310,6 +359,7 @@ def _python_entry(name, doc):
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc
+    fn.fingerprint = _SOURCE_HASH
     return fn
 
 
@@ -320,17 +370,19 @@ tanh = _python_entry("tanh", """tanh(x). float32: max error 1.54 ulp (10 million
 and +-[1e-45, 12]); tanh(+-x) = +-1 exactly for |x| > 9.02; tanh(-0) = -0. float64: max 1.47 ulp
 against 80-bit long double.""")
 sigmoid = _python_entry("sigmoid", """1 / (1 + e**-x) = e/(1 + e) for x < 0 (e = exp(-|x|) never
-overflows), with the rounding of 1 + e and of the division corrected. float32: max error 1.46 ulp
-(10 million points on [-110, 40] and +-[1e-45, 110]); sigmoid(+-1000) = 1 / 0 exactly, tails
-relative-accurate down into the denormals, no floating-point warnings. float64: max 1.46 ulp
-against 80-bit long double.""")
-erf = _python_entry("erf", """erf(x). float32: max error 1.05 ulp against math.erf (5 million
-points on [-5, 5] and +-[1e-45, 5]); erf(+-x) = +-1 for |x| >= 3.92, erf(-0) = -0. float64:
+overflows), with the roundings of 1 + e, of 1/(1 + e) and of the product corrected by one Newton
+step (one division). float32: max error 1.46 ulp (10 million points on [-110, 40] and
++-[1e-45, 110]); sigmoid(+-1000) = 1 / 0 exactly, tails relative-accurate down into the denormals,
+no floating-point warnings. float64: max 1.40 ulp against 80-bit long double. (The CPU sigmoid
+activation is the registry's formula, one exp and one plain division: 2.2 ulp.)""")
+erf = _python_entry("erf", """erf(x). float32: max error 1.09 ulp (every 7th float32 in [0, 5], 155
+million points, against scipy's float64 erf; 1.02 on tests/test_fastmath.py's 1.1 million points
+against math.erf); erf(+-x) = +-1 for |x| >= 3.92, erf(-0) = -0. float64:
 libm's math.erf (glibc: within 1 ulp; not vectorised).""")
 
-overload(exp)(_dispatch(_exp32, _exp64))
+overload(exp)(_dispatch(_exp, _exp))
 overload(tanh)(_dispatch(_tanh32, _tanh64))
-overload(sigmoid)(_dispatch(_sigmoid32, _sigmoid64))
+overload(sigmoid)(_dispatch(_sigmoid, _sigmoid))
 overload(erf)(_dispatch(_erf32, _erf64))
 
 
