@@ -31,6 +31,12 @@ requires grad, a return value that is not built from tensors, or a second trace 
 the first (Python control flow on values, parameters added or replaced). `strict=True` raises
 `CompileError` instead.
 
+Randomness and modes: Dropout draws its mask inside its node's forward, so each replay draws a
+fresh mask from gpunn's generator (the same draws, in the same order, as eager mode), and
+BatchNorm1d updates its running statistics inside its node, so a replay updates them too. The
+training flags that such layers read (`Module._mode`) are recorded with the trace: after
+`model.eval()` / `model.train()` changes one, fn is traced again instead of replaying the other mode.
+
 Not seen by a replay (as with jax.jit): Python side effects inside fn other than the optimizer
 calls (a scheduler.step() or a counter inside fn runs at trace time only: keep them outside fn),
 and writes to arrays through `.data` inside fn. Replacing a model's parameter object after tracing
@@ -52,6 +58,7 @@ import numpy as np
 import gpunn.autograd.tensor  # noqa: F401 - the module itself: gpunn.autograd.tensor is also a function's name
 from gpunn.autograd.tensor import Function, Tensor, is_grad_enabled
 from gpunn.kernels import ops as _kops
+from gpunn.nn.module import Module
 from gpunn.optim.optimizer import Optimizer
 
 _tmod = sys.modules["gpunn.autograd.tensor"]
@@ -90,6 +97,7 @@ class _Trace:
         self.holder_of = {}              # id(output Tensor) -> (Tensor, event index)
         self.live = []                   # outside tensors, in first-use order (compared between traces)
         self.optimizers = []
+        self.modes = {}                  # id(module) -> (module, its training flag) read through Module._mode
         self.cause = None
 
     def fail(self, cause):
@@ -241,6 +249,15 @@ def _tracing(tr: _Trace):
                 return orig(self, *a, **k)
         return call
 
+    def mode(orig):
+        @functools.wraps(orig)
+        def read(self):
+            value = orig(self)
+            if _active is not None:
+                _active.modes.setdefault(id(self), (self, value))
+            return value
+        return read
+
     def backward(orig):
         @functools.wraps(orig)
         def bw(self, gradient=None):
@@ -259,6 +276,7 @@ def _tracing(tr: _Trace):
                 patch(Tensor, name, in_place(name, Tensor.__dict__[name]))
         for name in ("step", "zero_grad"):
             patch(Optimizer, name, opt_call(name, Optimizer.__dict__[name]))
+        patch(Module, "_mode", mode(Module.__dict__["_mode"]))
         saved.append((_tmod, "_run_backward", _tmod._run_backward))
         _tmod._run_backward = _traced_run_backward(_tmod._run_backward)
         saved.append((_kops, "_recorder", None))
@@ -353,6 +371,8 @@ class _Program:
         self.guard = [(opt, self._param_ids(opt)) for opt in tr.optimizers]
         # a parameter frozen or unfrozen after tracing changes which gradients the graph computes
         self.live = [(t, t.requires_grad) for t in {id(t): t for t in tr.live}.values()]
+        # train/eval of the layers whose forward depends on it (Dropout, BatchNorm1d): recorded, not replayed
+        self.modes = list(tr.modes.values())
 
     @staticmethod
     def _param_ids(opt):
@@ -362,6 +382,9 @@ class _Program:
         """Whether what the recording assumed still holds (else fn is traced again)."""
         for t, rg in self.live:
             if t.requires_grad != rg:
+                return False
+        for m, training in self.modes:
+            if m.training != training:
                 return False
         return all(self._param_ids(opt) == ids for opt, ids in self.guard)
 

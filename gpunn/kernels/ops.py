@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from gpunn.kernels import dense, losses, optimizers, softmax_ce
+from gpunn.kernels import dense, dropout, losses, normalization, optimizers, softmax_ce
 from gpunn.kernels.activations import (activation_backward_cpu, activation_backward_ref, activation_forward_cpu,
                                        activation_forward_ref)
 
@@ -39,6 +39,10 @@ class Ops:
     mse_backward = staticmethod(losses.mse_backward)
     l1_forward = staticmethod(losses.l1_forward)
     l1_backward = staticmethod(losses.l1_backward)
+    normalization_forward = staticmethod(normalization.normalization_forward)
+    normalization_backward = staticmethod(normalization.normalization_backward)
+    dropout_forward = staticmethod(dropout.dropout_forward)
+    dropout_backward = staticmethod(dropout.dropout_backward)
     sgd_update = staticmethod(optimizers.sgd_update_ref)
     adam_update = staticmethod(optimizers.adam_update_ref)
     rmsprop_update = staticmethod(optimizers.rmsprop_update_ref)

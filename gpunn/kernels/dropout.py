@@ -1,0 +1,22 @@
+"""Inverted dropout: y = x * mask, mask = [u >= p] / (1 - p), u ~ U[0, 1) drawn in x's dtype on x's
+device from the generator given (gpunn.backend.generator_for). p = 1 gives mask = 0 (y = x * 0, as
+PyTorch). The scale is 1 / (1 - p) rounded to x's dtype, the value PyTorch multiplies by.
+Backward: dx = g * mask, the same mask."""
+from __future__ import annotations
+
+from gpunn.backend import get_array_module as _xp
+
+
+def dropout_forward(x, p: float, generator):
+    """(y, mask)."""
+    dt = x.dtype
+    if p >= 1:
+        mask = _xp(x).zeros_like(x)
+    else:
+        u = generator.random(x.shape, dtype=dt)
+        mask = (u >= dt.type(p)).astype(dt) * (dt.type(1) / dt.type(1 - p))
+    return x * mask, mask
+
+
+def dropout_backward(g, mask):
+    return g * mask
