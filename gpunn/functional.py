@@ -1,4 +1,5 @@
-"""Functional API (torch.nn.functional's names): activations, the fused dense layer, losses.
+"""Functional API (torch.nn.functional's names): activations, the fused dense layer, dropout,
+layer and batch normalisation, losses.
 
 Every function checks its inputs first (dtype, device, shapes, label range) and raises an error
 that names the op, what it expected and what it got. Losses never broadcast prediction against
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd import functions as F
-from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype
+from gpunn.autograd.checks import check_float, check_number, check_same_device, check_same_dtype
 from gpunn.autograd.tensor import Tensor
 from gpunn.backend import FLOAT_DTYPES, get_array_module, is_array
 from gpunn.kernels import ACTIVATIONS, activation_code
@@ -173,19 +174,14 @@ def linear(x, weight, bias=None):
 
 # ----------------------------------------------------------------------------- dropout, normalisation
 
-def _where(op: str, name) -> str:
+def layer_label(op: str, name) -> str:
+    """How errors name an op: "batch_norm layer '1'" for a layer at path '1' of its model, else "batch_norm"."""
     return f"{op} layer {name!r}" if name is not None else op
-
-
-def _number(where: str, what: str, value) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{where}: {what} must be a number, got {type(value).__name__}")
-    return float(value)
 
 
 def check_dropout_p(p, where: str = "dropout") -> float:
     """p as a float in [0, 1] (PyTorch's message otherwise)."""
-    p = _number(where, "p", p)
+    p = check_number(where, "p", p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{where}: dropout probability has to be between 0 and 1, but got {p}")
     return p
@@ -200,7 +196,7 @@ def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False,
     input that needs no gradient); inside a recorded graph the result is a new tensor with the same
     values, because gpunn's tape records no in-place operations.
     """
-    where = _where("dropout", name)
+    where = layer_label("dropout", name)
     p = check_dropout_p(p, where)
     x = _tensor(input, where, "input")
     check_float(where, x.data)
@@ -233,7 +229,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     """(x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased var over the last
     len(normalized_shape) dimensions, which must equal normalized_shape; weight and bias (optional)
     have that shape. One graph node."""
-    where = _where("layer_norm", name)
+    where = layer_label("layer_norm", name)
     x = _tensor(input, where, "input")
     check_float(where, x.data)
     shape = normalized_shape_of(normalized_shape, where)
@@ -242,7 +238,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
         raise ValueError(f"{where}: Given normalized_shape={list(shape)}, expected input with shape "
                          f"[*, {', '.join(map(str, shape))}], but got input of size {list(x.shape)}")
     ps = _params(where, x, shape, weight=weight, bias=bias)
-    return F.LayerNorm.apply(x, *ps.values(), ndim=k, eps=_number(where, "eps", eps),
+    return F.LayerNorm.apply(x, *ps.values(), ndim=k, eps=check_number(where, "eps", eps),
                              has_weight="weight" in ps, has_bias="bias" in ps)
 
 
@@ -269,7 +265,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     running = (1 - momentum) * running + momentum * batch statistic (the variance unbiased);
     training=False: the running statistics. One graph node."""
     return batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps, None,
-                              _where("batch_norm", name))
+                              layer_label("batch_norm", name))
 
 
 def batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps,
@@ -288,7 +284,7 @@ def batch_norm_checked(input, running_mean, running_var, weight, bias, training,
                          "(training=False)")
     if momentum is None and num_batches_tracked is None:
         raise TypeError(f"{where}: momentum must be a number")
-    momentum = None if momentum is None else _number(where, "momentum", momentum)
+    momentum = None if momentum is None else check_number(where, "momentum", momentum)
     ps = _params(where, x, (c,), weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if training:
         n = x.numel() // c if c else 0
@@ -299,7 +295,7 @@ def batch_norm_checked(input, running_mean, running_var, weight, bias, training,
     nbt = None if num_batches_tracked is None else num_batches_tracked.data
     return F.BatchNorm.apply(x, *ps.values(), has_weight="weight" in ps, has_bias="bias" in ps,
                              training=bool(training), num_batches_tracked=nbt, momentum=momentum,
-                             eps=_number(where, "eps", eps), **stats)
+                             eps=check_number(where, "eps", eps), **stats)
 
 
 # ----------------------------------------------------------------------------- losses

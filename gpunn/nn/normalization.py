@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn import functional
+from gpunn.autograd.checks import check_number
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import device as resolve_device
 from gpunn.nn.linear import _check_features, _empty_parameter
@@ -26,7 +27,7 @@ class LayerNorm(Module):
                  device=None, dtype=None):
         super().__init__()
         self.normalized_shape = functional.normalized_shape_of(normalized_shape, "LayerNorm")
-        self.eps = functional._number("LayerNorm", "eps", eps)
+        self.eps = check_number("LayerNorm", "eps", eps)
         self.elementwise_affine = bool(elementwise_affine)
         if self.elementwise_affine:
             self.weight = _empty_parameter(self.normalized_shape, dtype, device)
@@ -66,8 +67,8 @@ class BatchNorm1d(Module):
         name = type(self).__name__
         _check_features(name, num_features=num_features)
         self.num_features = int(num_features)
-        self.eps = functional._number(name, "eps", eps)
-        self.momentum = None if momentum is None else functional._number(name, "momentum", momentum)
+        self.eps = check_number(name, "eps", eps)
+        self.momentum = None if momentum is None else check_number(name, "momentum", momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         if self.affine:
@@ -102,11 +103,11 @@ class BatchNorm1d(Module):
         _fill(self.bias, 0)
 
     def forward(self, x):
-        where = f"{type(self).__name__} layer {self._layer_name!r}"
+        where = functional.layer_label("batch_norm", self._layer_name)  # as functional.dense names its layer
         ndim = getattr(x, "ndim", None)
         if ndim not in (2, 3):
             raise ValueError(f"{where}: expected 2D or 3D input (got {ndim}D input of shape "
-                             f"{tuple(getattr(x, 'shape', ()))}); BatchNorm1d takes (N, C) or (N, C, L)")
+                             f"{tuple(getattr(x, 'shape', ()))}); {type(self).__name__} takes (N, C) or (N, C, L)")
         if x.shape[1] != self.num_features:
             raise ValueError(f"{where}: expected {self.num_features} features (input dimension 1), "
                              f"got input of shape {tuple(x.shape)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpunn.autograd.checks import check_number
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import is_array
 
@@ -117,8 +118,10 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     is accepted for PyTorch compatibility and changes nothing. Inside a function given to gn.compile
     the in-place scaling makes that function run eagerly (with a CompileWarning)."""
     grads = _grads(parameters, "clip_grad_norm_")
-    max_norm = _number("clip_grad_norm_", "max_norm", max_norm)
-    norm_type = _number("clip_grad_norm_", "norm_type", norm_type)
+    max_norm = check_number("clip_grad_norm_", "max_norm", max_norm)
+    if isinstance(norm_type, str) and norm_type.lower() in ("inf", "-inf"):  # PyTorch takes "inf" too
+        norm_type = float(norm_type)
+    norm_type = check_number("clip_grad_norm_", "norm_type", norm_type)
     if not grads:
         return Tensor(np.zeros((), dtype=np.float32))
     xp = grads[0].device.xp
@@ -140,18 +143,10 @@ def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
     """Clamp every gradient into [-clip_value, clip_value] in place (into the optimizer's flat
     gradient buffer when there is one), as torch.nn.utils.clip_grad_value_. `foreach` is accepted
     for PyTorch compatibility and changes nothing."""
-    clip_value = _number("clip_grad_value_", "clip_value", clip_value)
+    clip_value = check_number("clip_grad_value_", "clip_value", clip_value)
     grads = _grads(parameters, "clip_grad_value_")
     with no_grad():
         for g in grads:
             v = g.dtype.type(clip_value)
             g.copy_(g.device.xp.clip(g.data, -v, v))
 
-
-def _number(fn: str, what: str, value) -> float:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {what} must be a number, got bool")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: {what} must be a number, got {value!r}") from None
