@@ -202,7 +202,7 @@ def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False,
     check_float(where, x.data)
     if not training:
         return x
-    y = F.Dropout.apply(x, p=p)
+    y = F.Dropout.apply(x, p=p, layer=name)
     if inplace and not y.requires_grad:
         return x.copy_(y)
     return y
@@ -239,7 +239,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
                          f"[*, {', '.join(map(str, shape))}], but got input of size {list(x.shape)}")
     ps = _params(where, x, shape, weight=weight, bias=bias)
     return F.LayerNorm.apply(x, *ps.values(), ndim=k, eps=check_number(where, "eps", eps),
-                             has_weight="weight" in ps, has_bias="bias" in ps)
+                             has_weight="weight" in ps, has_bias="bias" in ps, layer=name)
 
 
 def normalized_shape_of(normalized_shape, where: str = "layer_norm") -> tuple:
@@ -264,14 +264,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     1, and running_mean / running_var (when given) updated in place with
     running = (1 - momentum) * running + momentum * batch statistic (the variance unbiased);
     training=False: the running statistics. One graph node."""
-    return batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps, None,
-                              layer_label("batch_norm", name))
+    return batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps, None, name)
 
 
 def batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                       num_batches_tracked, where):
+                       num_batches_tracked, name):
     """batch_norm, and BatchNorm1d's forward: num_batches_tracked (an int64 0-d Tensor or None) is
     incremented in training; momentum=None then averages cumulatively (factor 1/num_batches_tracked)."""
+    where = layer_label("batch_norm", name)
     x = _tensor(input, where, "input")
     check_float(where, x.data)
     if x.ndim < 2:
@@ -295,7 +295,7 @@ def batch_norm_checked(input, running_mean, running_var, weight, bias, training,
     nbt = None if num_batches_tracked is None else num_batches_tracked.data
     return F.BatchNorm.apply(x, *ps.values(), has_weight="weight" in ps, has_bias="bias" in ps,
                              training=bool(training), num_batches_tracked=nbt, momentum=momentum,
-                             eps=check_number(where, "eps", eps), **stats)
+                             eps=check_number(where, "eps", eps), layer=name, **stats)
 
 
 # ----------------------------------------------------------------------------- losses

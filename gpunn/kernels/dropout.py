@@ -20,3 +20,17 @@ def dropout_forward(x, p: float, generator):
 
 def dropout_backward(g, mask):
     return g * mask
+
+
+def dropout_forward_cost(x, p: float, generator):
+    """Per element: draw, compare, scale, multiply; read x; write y and the mask (the draws' bytes
+    are generated, not read)."""
+    return 4 * x.size, 3 * x.size * x.dtype.itemsize
+
+
+def dropout_backward_cost(g, mask):
+    """g * mask: 1 FLOP per element; read g and the mask; write dx."""
+    return g.size, 3 * g.size * g.dtype.itemsize
+
+
+COSTS = {"dropout_forward": dropout_forward_cost, "dropout_backward": dropout_backward_cost}

@@ -13,7 +13,10 @@ w and b arrive shaped to broadcast against x (or None); dw and db leave with kee
 """
 from __future__ import annotations
 
+import numpy as np
+
 from gpunn.backend import get_array_module as _xp
+from gpunn.kernels.activations import operand_bytes
 
 
 def normalization_forward(x, weight, bias, stat_axes: tuple, eps: float, mean=None, var=None):
@@ -66,3 +69,28 @@ def update_running_stats(running_mean, running_var, mean, var, n: int, factor) -
     unbiased = var.reshape(running_var.shape).astype(dt, copy=False) * dt.type(n / (n - 1))
     running_var *= 1 - f
     running_var += f * unbiased
+
+
+# ----------------------------------------------------------------------------- cost models (the profiler's)
+
+
+def normalization_forward_cost(x, weight, bias, stat_axes: tuple, eps: float, mean=None, var=None):
+    """Per element: mean, centre, square and sum (batch statistics only), scale by rstd, then
+    weight and bias; read x, the parameters and given statistics; write y and xhat."""
+    per = (1 if mean is None else 0) * 3 + 2 + (weight is not None) + (bias is not None)
+    reads = sum(operand_bytes(a) for a in (x, weight, bias, mean, var))
+    return per * x.size, reads + 2 * x.size * x.dtype.itemsize
+
+
+def normalization_backward_cost(g, xhat, rstd, weight, stat_axes: tuple, param_axes: tuple, batch_stats: bool,
+                                need_dx: bool = True, need_dw: bool = True, need_db: bool = True):
+    """Per element: dx 7 FLOPs with batch statistics (gw, two means, products, differences), else 1
+    (+1 for the weight); dw 2; db 1. Read g, xhat, rstd, weight; write dx, dw, db."""
+    per = (((7 if batch_stats else 1) + (weight is not None)) if need_dx else 0) + 2 * need_dw + need_db
+    n_param = g.size // max(1, int(np.prod([g.shape[a] for a in param_axes])))
+    writes = (g.size * need_dx + n_param * (need_dw + need_db)) * g.dtype.itemsize
+    reads = sum(operand_bytes(a) for a in (g, xhat if (need_dx and batch_stats) or need_dw else None, rstd, weight))
+    return per * g.size, reads + writes
+
+
+COSTS = {"normalization_forward": normalization_forward_cost, "normalization_backward": normalization_backward_cost}

@@ -121,7 +121,7 @@ class BatchNorm1d(Module):
         return functional.batch_norm_checked(
             x, self.running_mean if use_running else None, self.running_var if use_running else None,
             self.weight, self.bias, batch_stats, momentum, self.eps,
-            self.num_batches_tracked if track else None, where)
+            self.num_batches_tracked if track else None, self._layer_name)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

@@ -1,7 +1,8 @@
 """LayerNorm, BatchNorm and Dropout as graph nodes, each one node with a hand-written backward
 (the formulas: gpunn/kernels/normalization.py and gpunn/kernels/dropout.py).
 
-Inputs are (x, weight?, bias?): `has_weight` / `has_bias` say which parameters follow x.
+Inputs are (x, weight?, bias?): `has_weight` / `has_bias` say which parameters follow x; `layer`
+is the layer's path in its model (the profiler's label), as for Dense.
 BatchNorm's running statistics are node parameters, not graph inputs: the running update (and
 num_batches_tracked's increment) happens inside forward, so gn.compile's replay of the node
 repeats it. Dropout draws its mask inside forward for the same reason: a replay draws a fresh one.
@@ -44,7 +45,8 @@ class _Normalization(Function):
 class LayerNorm(_Normalization):
     """Statistics over the last `ndim` axes; weight and bias shaped like those axes."""
 
-    def forward(self, x, *params, ndim: int, eps: float, has_weight: bool, has_bias: bool):
+    def forward(self, x, *params, ndim: int, eps: float, has_weight: bool, has_bias: bool, layer=None):
+        self.layer = layer
         lead = x.ndim - ndim
         self.stat_axes = tuple(range(lead, x.ndim))
         self.param_axes = tuple(range(lead))
@@ -59,7 +61,8 @@ class BatchNorm(_Normalization):
     ones (when given) updated in place; else normalised by the running statistics."""
 
     def forward(self, x, *params, has_weight: bool, has_bias: bool, training: bool, running_mean, running_var,
-                num_batches_tracked, momentum, eps: float):
+                num_batches_tracked, momentum, eps: float, layer=None):
+        self.layer = layer
         c = x.shape[1]
         axes = (0,) + tuple(range(2, x.ndim))
         bshape = (1, c) + (1,) * (x.ndim - 2)
@@ -94,7 +97,8 @@ class Dropout(Function):
     saves_inputs = False
     saves_output = False
 
-    def forward(self, x, p: float):
+    def forward(self, x, p: float, layer=None):
+        self.layer = layer
         y, self.mask = ops_for(x).dropout_forward(x, p, generator_for(x))
         return y
 
