@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd import functions as F
-from gpunn.autograd.checks import check_float, check_number, check_same_device, check_same_dtype
+from gpunn.autograd.checks import check_float, check_number, check_same_device, check_same_dtype, defer_check
 from gpunn.autograd.tensor import Tensor
 from gpunn.backend import FLOAT_DTYPES, get_array_module, is_array
 from gpunn.kernels import ACTIVATIONS, activation_code
@@ -71,10 +71,14 @@ for _m in _registry.ACTIVATIONS.values():
 
 
 def __getattr__(name):
-    """The functions of activations registered after import (registry.register_activation)."""
+    """The functions of activations and losses registered after import (registry.register_activation:
+    `<name>`; registry.register_loss with a module: `<name>_loss`)."""
     m = _registry.ACTIVATIONS.get(name)
     if m is not None and m.module:
         return _elementwise(m)
+    loss = _registry.LOSSES.get(name[:-len("_loss")]) if name.endswith("_loss") else None
+    if loss is not None and loss.module:
+        return loss_function(loss)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -347,45 +351,151 @@ def _pair(op, input, target):
     return x, y
 
 
-def binary_cross_entropy_with_logits(input, target, reduction: str = "mean", pos_weight=None):
-    """BCE on logits: (1 - y) x + log(1 + exp(-x)), stable for any x (ATen's formula)."""
-    op = "binary_cross_entropy_with_logits"
-    _check_reduction(op, reduction)
-    x, y = _pair(op, input, target)
-    pw = None
-    if pos_weight is not None:
-        if isinstance(pos_weight, Tensor):
-            pw = pos_weight.data
-        else:
-            pw = get_array_module(x.data).asarray(pos_weight, x.dtype)
-        check_same_device(op, x.data, pw)
-        check_same_dtype(op, x.data, pw, names=("input", "pos_weight"))
+def _legacy_reduction(op, size_average, reduce, reduction):
+    """torch's deprecated size_average/reduce pair mapped to a reduction (as torch does, with a warning)."""
+    if size_average is None and reduce is None:
+        return reduction
+    import warnings
+
+    warnings.warn(f"{op}: size_average and reduce are deprecated, use reduction= instead", DeprecationWarning,
+                  stacklevel=3)
+    if reduce is not None and not reduce:
+        return "none"
+    return "sum" if size_average is not None and not size_average else "mean"
+
+
+def _per_element(op, what, v, x, broadcasts: bool):
+    """A weight or operand as an array of x's device and dtype: the same shape as x, or (when
+    `broadcasts`, as torch's BCE losses allow) any shape that broadcasts to it."""
+    if v is None:
+        return None
+    if isinstance(v, Tensor):
+        v = v.data  # a tensor must match the input's dtype: no silent cast
+    else:
+        if hasattr(v, "detach") and hasattr(v, "numpy"):  # a torch tensor
+            v = v.detach().cpu().numpy()
+        if not is_array(v) or type(v) is type(x.data):  # numbers, lists, arrays of the input's device
+            v = get_array_module(x.data).asarray(v, dtype=x.dtype)
+    check_same_device(op, x.data, v)
+    check_same_dtype(op, x.data, v, names=("input", what))
+    if broadcasts:
         try:
-            ok = np.broadcast_shapes(pw.shape, x.shape) == x.shape
+            ok = np.broadcast_shapes(v.shape, x.shape) == x.shape
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError(f"{op}: pos_weight of shape {pw.shape} must broadcast to the input shape {x.shape} "
-                             "(one weight per class: shape (classes,))")
-    return F.BCEWithLogits.apply(x, y, reduction=reduction, pos_weight=pw)
+            raise ValueError(f"{op}: {what} of shape {v.shape} must broadcast to the input shape {x.shape}")
+    elif v.shape != x.shape:
+        raise ValueError(f"{op}: {what} of shape {v.shape} must have the input's shape {x.shape}")
+    return v
+
+
+def elementwise_loss(name, input, target, reduction: str = "mean", weight=None, operand=None, scalar=None):
+    """Any registered elementwise loss (gpunn/kernels/registry.py `LOSSES`) by name, reduced;
+    `weight` rescales each element's loss, `operand` and `scalar` are the loss's own (its
+    registry entry names them: pos_weight, delta, beta)."""
+    m = _registry.loss(name)
+    op = f"{name}_loss"
+    _check_reduction(op, reduction)
+    x, y = _pair(op, input, target)
+    w = _per_element(op, "weight", weight, x, m.weight_broadcasts)
+    v = _per_element(op, m.operand or "operand", operand, x, True)
+    return F.ElementwiseLoss.apply(x, y, name=name, reduction=reduction, operand=v, scalar=scalar, weight=w)
+
+
+def loss_options(op, member, options: dict):
+    """(operand, scalar) from the keyword options of a registry loss (its entry's operand and
+    scalar names, e.g. delta=...); TypeError naming the valid ones for anything else."""
+    known = [n for n in (member.operand, member.scalar) if n]
+    extra = set(options) - set(known)
+    if extra:
+        raise TypeError(f"{op}: unexpected option(s) {sorted(extra)}; valid: {known or 'none'}")
+    scalar = options.get(member.scalar) if member.scalar else None
+    if scalar is not None:
+        scalar = _positive(op, member.scalar, scalar, strict=False)
+    return (options.get(member.operand) if member.operand else None), scalar
+
+
+def loss_function(member):
+    """functional.<name>_loss(input, target, reduction="mean", weight=None, **options) for a
+    registry loss (options: `loss_options`)."""
+    def fn(input, target, reduction: str = "mean", weight=None, **options):
+        operand, scalar = loss_options(f"{member.name}_loss", member, options)
+        return elementwise_loss(member.name, input, target, reduction, weight, operand=operand, scalar=scalar)
+
+    fn.__name__ = fn.__qualname__ = f"{member.name}_loss"
+    fn.__doc__ = member.doc
+    return fn
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", weight=None):
+    """(input - target)^2 per element, times weight, reduced ("mean" with a weight: sum / sum(weight))."""
+    reduction = _legacy_reduction("mse_loss", size_average, reduce, reduction)
+    return elementwise_loss("mse", input, target, reduction, weight)
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", weight=None):
+    """|input - target| per element, times weight, reduced ("mean" with a weight: sum / sum(weight))."""
+    reduction = _legacy_reduction("l1_loss", size_average, reduce, reduction)
+    return elementwise_loss("l1", input, target, reduction, weight)
+
+
+def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0, weight=None):
+    """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta), d = input - target; delta > 0."""
+    delta = _positive("huber_loss", "delta", delta, strict=True)
+    return elementwise_loss("huber", input, target, reduction, weight, scalar=delta)
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", beta: float = 1.0):
+    """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta, d = input - target; beta >= 0 (0: L1)."""
+    reduction = _legacy_reduction("smooth_l1_loss", size_average, reduce, reduction)
+    beta = _positive("smooth_l1_loss", "beta", beta, strict=False)
+    return elementwise_loss("smooth_l1", input, target, reduction, scalar=beta)
+
+
+def _positive(op, name, v, strict: bool):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: {name} must be a number, got {type(v).__name__}")
+    if v < 0 or (strict and v == 0) or v != v:
+        raise ValueError(f"{op}: {name} must be {'> 0' if strict else '>= 0'}, got {v}")
+    return float(v)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
+    """-(y log x + (1 - y) log(1 - x)) on probabilities x in [0, 1], logarithms clamped at -100
+    (as PyTorch); weight (broadcastable to input) rescales each element."""
+    op = "binary_cross_entropy"
+    reduction = _legacy_reduction(op, size_average, reduce, reduction)
+    x = _tensor(input, op, "input")
+    if is_array(x.data) and x.data.dtype in FLOAT_DTYPES:
+        xp = get_array_module(x.data)
+        outside = xp.logical_not((x.data >= 0) & (x.data <= 1)).any()
+        error = lambda: ValueError(f"{op}: all elements of input should be between 0 and 1 (probabilities; "  # noqa: E731
+                                   "for logits use binary_cross_entropy_with_logits)")
+        if xp is np:
+            if outside:
+                raise error()
+        else:
+            defer_check(outside, error)
+    return elementwise_loss("bce", input, target, reduction, weight)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction: str = "mean", pos_weight=None):
+    """BCE on logits: (1 - y) x + (1 + (p - 1) y) log(1 + exp(-x)), p = pos_weight (broadcastable to
+    input, e.g. one per class), stable for any x (ATen's formula); weight rescales each element."""
+    op = "binary_cross_entropy_with_logits"
+    if isinstance(weight, str):
+        raise TypeError(f"{op}: the third argument is weight (as in PyTorch); pass reduction={weight!r} by name")
+    reduction = _legacy_reduction(op, size_average, reduce, reduction)
+    return elementwise_loss("bce_with_logits", input, target, reduction, weight, operand=pos_weight)
 
 
 bce_with_logits = binary_cross_entropy_with_logits
 
 
-def mse_loss(input, target, reduction: str = "mean"):
-    """(input - target)^2, reduced."""
-    _check_reduction("mse_loss", reduction)
-    return F.MSE.apply(*_pair("mse_loss", input, target), reduction=reduction)
-
-
-def l1_loss(input, target, reduction: str = "mean"):
-    """|input - target|, reduced."""
-    _check_reduction("l1_loss", reduction)
-    return F.L1.apply(*_pair("l1_loss", input, target), reduction=reduction)
-
-
 __all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + [
            "activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
-           "linear", "dropout", "layer_norm", "batch_norm", "cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss",
-           "l1_loss", "ACTIVATIONS", "REDUCTIONS"]
+           "linear", "dropout", "layer_norm", "batch_norm", "cross_entropy", "binary_cross_entropy",
+           "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
+           "elementwise_loss", "ACTIVATIONS", "REDUCTIONS"]

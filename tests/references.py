@@ -126,3 +126,81 @@ def rmsprop_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0
         p -= lr * buf
     else:
         p -= lr * g / avg
+
+
+# ---------------------------------------------------------------------------------- elementwise losses
+# name -> f(x, y, w, a) = (loss, d loss / d x, d loss / d y) per element in float64, derived here
+# from each loss's textbook definition (not from gpunn/kernels/registry.py's forms): w is the
+# loss's per-element operand (pos_weight) or 1, a its scalar option (delta, beta).
+
+def _softplus(t):
+    return np.maximum(t, 0) + np.log1p(np.exp(-np.abs(t)))
+
+
+def _sigmoid64(t):
+    e = np.exp(-np.abs(t))  # exp of a non-positive number: no overflow, and 3.7e-44 at |t| = 100
+    return np.where(t >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _huber(x, y, w, a):
+    d = x - y
+    inside = np.abs(d) < a
+    g = np.clip(d, -a, a)
+    return np.where(inside, 0.5 * d * d, a * (np.abs(d) - 0.5 * a)), g, -g
+
+
+def _smooth_l1(x, y, w, a):
+    d = x - y
+    if a == 0:
+        return np.abs(d), np.sign(d), -np.sign(d)
+    g = np.clip(d / a, -1, 1)
+    return np.where(np.abs(d) < a, 0.5 * d * d / a, np.abs(d) - 0.5 * a), g, -g
+
+
+def _bce(x, y, w, a):
+    with np.errstate(divide="ignore"):
+        lx, l1x = np.maximum(np.log(x), -100), np.maximum(np.log(1 - x), -100)
+        dy = np.log(1 - x) - np.log(x)
+    return -(y * lx + (1 - y) * l1x), (x - y) / np.maximum(x * (1 - x), 1e-12), dy
+
+
+def _bce_with_logits(x, y, w, a):
+    # -(w y log s + (1 - y) log(1 - s)) with s = sigmoid(x): -log s = softplus(-x), -log(1 - s) = softplus(x)
+    s = _sigmoid64(x)
+    return w * y * _softplus(-x) + (1 - y) * _softplus(x), -w * y * (1 - s) + (1 - y) * s, \
+        w * _softplus(-x) - _softplus(x)
+
+
+LOSS_REFS = {
+    "mse": lambda x, y, w, a: ((x - y) ** 2, 2 * (x - y), -2 * (x - y)),
+    "l1": lambda x, y, w, a: (np.abs(x - y), np.sign(x - y), -np.sign(x - y)),
+    "huber": _huber,
+    "smooth_l1": _smooth_l1,
+    "bce": _bce,
+    "bce_with_logits": _bce_with_logits,
+}
+
+# name -> f(torch, x, y, w, a): PyTorch's per-element version (reduction="none")
+TORCH_LOSSES = {
+    "mse": lambda torch, x, y, w, a: torch.nn.functional.mse_loss(x, y, reduction="none"),
+    "l1": lambda torch, x, y, w, a: torch.nn.functional.l1_loss(x, y, reduction="none"),
+    "huber": lambda torch, x, y, w, a: torch.nn.functional.huber_loss(x, y, reduction="none", delta=a),
+    "smooth_l1": lambda torch, x, y, w, a: torch.nn.functional.smooth_l1_loss(x, y, reduction="none", beta=a),
+    "bce": lambda torch, x, y, w, a: torch.nn.functional.binary_cross_entropy(x, y, reduction="none"),
+    "bce_with_logits": lambda torch, x, y, w, a: torch.nn.functional.binary_cross_entropy_with_logits(
+        x, y, reduction="none", pos_weight=w),
+}
+
+
+def loss_inputs(name, shape, dtype, seed=0):
+    """(x, y) in the loss's domain: probabilities for bce, targets in [0, 1] for the BCE losses,
+    ties x == y in the first elements (where L1-type gradients are 0)."""
+    rng = np.random.default_rng(seed)
+    if name == "bce":
+        x = rng.uniform(0.02, 0.98, shape)
+    else:
+        x = rng.standard_normal(shape) * 2
+    y = rng.uniform(0, 1, shape) if name.startswith("bce") else rng.standard_normal(shape)
+    if not name.startswith("bce") and x.size > 1:
+        y.reshape(-1)[:1] = x.reshape(-1)[:1]
+    return x.astype(dtype), y.astype(dtype)

@@ -734,20 +734,58 @@ class TestBCEWithLogits(FunctionTestCase):
         return np_reduce((1 - y) * x + w * log_term, self.reduction)
 
 
-@parameterize(*product(loss=["mse", "l1"], reduction=REDUCTIONS, shape=[("B", 3), ("B",), ("B", 2, 2)]))
+_POINTWISE = {  # name -> (gpunn call with options, float64 reference of d = x - y)
+    "mse": (lambda x, y, **kw: F.mse_loss(x, y, **kw), lambda d: d * d),
+    "l1": (lambda x, y, **kw: F.l1_loss(x, y, **kw), np.abs),
+    "huber": (lambda x, y, **kw: F.huber_loss(x, y, delta=0.8, **kw),
+              lambda d: np.where(np.abs(d) < 0.8, 0.5 * d * d, 0.8 * (np.abs(d) - 0.4))),
+    "smooth_l1": (lambda x, y, **kw: F.smooth_l1_loss(x, y, beta=0.8, **kw),
+                  lambda d: np.where(np.abs(d) < 0.8, 0.5 * d * d / 0.8, np.abs(d) - 0.4)),
+}
+
+
+@parameterize(*[p for p in product(loss=list(_POINTWISE), reduction=REDUCTIONS, shape=[("B", 3), ("B",), ("B", 2, 2)],
+                                    weighted=[False, True]) if not (p["weighted"] and p["loss"] == "smooth_l1")])
 class TestPointwiseLoss(FunctionTestCase):
+    """d = x - y with |d| >= 0.3 (away from L1's kink; Huber and smooth L1 are C1 at |d| = 0.8);
+    with a weight, torch's "mean" divides by the sum of the weights for mse and l1 and by the
+    number of elements for huber (smooth_l1 takes no weight)."""
+
     def inputs(self):
         shape = _shape(self.shape, self.batch)
-        x = self.rng.standard_normal(shape)
-        y = x + away_from_zero(self.rng, shape)  # |x - y| >= 0.3: away from L1's kink
+        x = self.rng.standard_normal(shape) * 1.5
+        y = x + away_from_zero(self.rng, shape)
+        self.w = self.rng.uniform(0.5, 2.0, shape) if self.weighted else None
         return x, y
 
     def forward(self, x, y):
-        return (F.mse_loss if self.loss == "mse" else F.l1_loss)(x, y, reduction=self.reduction)
+        kw = {} if self.w is None else {"weight": self.w.astype(x.dtype)}
+        return _POINTWISE[self.loss][0](x, y, reduction=self.reduction, **kw)
 
     def reference(self, x, y):
-        d = x - y
-        return np_reduce(d * d if self.loss == "mse" else np.abs(d), self.reduction)
+        per = _POINTWISE[self.loss][1](x - y)
+        if self.w is None:
+            return np_reduce(per, self.reduction)
+        per = per * self.w
+        if self.reduction == "mean" and self.loss in ("mse", "l1"):
+            return per.sum() / self.w.sum() if per.size else np.float64("nan")
+        return np_reduce(per, self.reduction)
+
+
+@parameterize(*product(reduction=REDUCTIONS, weighted=[False, True]))
+class TestBinaryCrossEntropy(FunctionTestCase):
+    def inputs(self):
+        x = self.rng.uniform(0.05, 0.95, (self.batch, 3))
+        y = self.rng.uniform(0, 1, (self.batch, 3))  # soft targets: the target gradient is exercised
+        return x, y
+
+    def forward(self, x, y):
+        w = gn.tensor(np.array([0.5, 1.0, 2.0], x.dtype)) if self.weighted else None
+        return F.binary_cross_entropy(x, y, weight=w, reduction=self.reduction)
+
+    def reference(self, x, y):
+        w = np.array([0.5, 1.0, 2.0]) if self.weighted else 1.0
+        return np_reduce(-w * (y * np.log(x) + (1 - y) * np.log(1 - x)), self.reduction)
 
 
 class TestLossTargetWithoutGrad(FunctionTestCase):

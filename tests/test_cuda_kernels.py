@@ -16,7 +16,9 @@ from cuda_util import target, tol  # noqa: F401  (target is a fixture)
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import ACTIVATIONS, dense, losses, needs_preactivation, optimizers, softmax_ce
 from gpunn.kernels import activations_cuda, dense_cuda, losses_cuda, optimizers_cuda, softmax_ce_cuda
+from gpunn.kernels import registry
 from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
+from references import loss_inputs
 
 DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 ACTS = [(n, 0.01) for n in ACTIVATIONS] + [("leaky_relu", -0.5)]
@@ -437,65 +439,56 @@ def test_softmax_block_shapes():
 
 # ------------------------------------------------------------------------------------------ losses
 
+LOSS_LAYOUTS = [(name, kind) for name, m in registry.LOSSES.items()
+                for kind in (("none", "scalar", "per_class", "full") if m.operand else ("none",))]
+
+
 @DTYPES
-@pytest.mark.parametrize("pw_kind", ["none", "scalar", "per_class", "full"])
-def test_bce_with_logits_matches_reference(target, pw_kind, dtype):
+@pytest.mark.parametrize("name, w_kind", LOSS_LAYOUTS)
+def test_loss_kernels_match_the_cpu_kernels(target, name, w_kind, dtype):
+    """Every registered loss, forward and gradients (upstream per element and broadcast), against
+    the CPU kernels made from the same definition (and both against the float64 reference in
+    tests/test_kernels_losses.py)."""
+    m = registry.LOSSES[name]
     rng = np.random.default_rng(4)
-    x = (rng.standard_normal((4, 3)) * 4).astype(dtype)
-    x[0] = [-100.0, 100.0, 0.0]
-    y = rng.uniform(0, 1, (4, 3)).astype(dtype)
-    pw = {"none": None, "scalar": np.array([1.7], dtype), "per_class": rng.uniform(0.5, 2, 3).astype(dtype),
-          "full": rng.uniform(0.5, 2, (4, 3)).astype(dtype)}[pw_kind]
-    g_full = rng.standard_normal((4, 3)).astype(dtype)
-    X, Yt, PW = (target.asarray(a) for a in (x, y, pw))
-    got = target.get(losses_cuda.bce_with_logits_forward(X, Yt, PW))
-    want = losses.bce_with_logits_forward(*r64(x, y, pw))
+    x, y = loss_inputs(name, (4, 3), dtype, seed=4)
+    w = {"none": None, "scalar": np.array([1.7], dtype), "per_class": rng.uniform(0.5, 2, 3).astype(dtype),
+         "full": rng.uniform(0.5, 2, (4, 3)).astype(dtype)}[w_kind]
+    a = 0.7 if m.scalar else None
+    X, Yt, W = (None if v is None else target.asarray(v) for v in (x, y, w))
+    got = target.get(losses_cuda.loss_forward(name, X, Yt, W, a))
     assert got.dtype == dtype
-    np.testing.assert_allclose(got, want, **tol(dtype))
-    for g in (g_full, np.broadcast_to(dtype(0.3), x.shape)):
-        G = target.xp.broadcast_to(target.xp.asarray(dtype(0.3)), x.shape) if g.strides == (0, 0) \
-            else target.asarray(g)
-        got = target.get(losses_cuda.bce_with_logits_backward(G, X, Yt, PW))
-        want = losses.bce_with_logits_backward(g.astype(np.float64), *r64(x, y, pw))
-        np.testing.assert_allclose(got, want, **tol(dtype))
-
-
-@DTYPES
-@pytest.mark.parametrize("kind", ["mse", "l1"])
-def test_mse_and_l1_match_reference(target, kind, dtype):
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((3, 5)).astype(dtype)
-    y = rng.standard_normal((3, 5)).astype(dtype)
-    y[0, :2] = x[0, :2]  # l1's gradient is 0 where x == y
-    g = rng.standard_normal((3, 5)).astype(dtype)
-    X, Yt = target.asarray(x), target.asarray(y)
-    fwd, bwd = getattr(losses_cuda, f"{kind}_forward"), getattr(losses_cuda, f"{kind}_backward")
-    np.testing.assert_allclose(target.get(fwd(X, Yt)), getattr(losses, f"{kind}_forward")(*r64(x, y)), **tol(dtype))
-    got = target.get(bwd(target.asarray(g), X, Yt))
-    np.testing.assert_allclose(got, getattr(losses, f"{kind}_backward")(*r64(g, x, y)), **tol(dtype))
-    if kind == "l1":
-        np.testing.assert_array_equal(got[0, :2], 0)
-    gs = target.xp.broadcast_to(target.xp.asarray(dtype(0.5)), x.shape)
-    got = target.get(bwd(gs, X, Yt))
-    np.testing.assert_allclose(got, getattr(losses, f"{kind}_backward")(0.5, *r64(x, y)), **tol(dtype))
+    np.testing.assert_allclose(got, losses.loss_forward_cpu(name, x, y, w, a), **tol(dtype))
+    g_full = rng.standard_normal((4, 3)).astype(dtype)
+    for wrt in ("input", "target") if m.grad_target else ("input",):
+        for scalar_g in (False, True):
+            g = np.broadcast_to(dtype(0.3), x.shape) if scalar_g else g_full
+            G = target.xp.broadcast_to(target.xp.asarray(dtype(0.3)), x.shape) if scalar_g else target.asarray(g)
+            got = target.get(losses_cuda.loss_backward(name, G, X, Yt, W, a, wrt=wrt))
+            np.testing.assert_allclose(got, losses.loss_backward_cpu(name, g, x, y, w, a, wrt=wrt), **tol(dtype))
 
 
 def test_losses_handle_layouts_nan_and_errors(target):
     x = np.array([[1.0, np.nan], [2.0, -1.0]])
     y = np.array([[1.0, 0.0], [1.0, 1.0]])
-    d = target.get(losses_cuda.l1_backward(target.asarray(np.ones((2, 2))), target.asarray(x), target.asarray(y)))
+    d = target.get(losses_cuda.loss_backward("l1", target.asarray(np.ones((2, 2))), target.asarray(x),
+                                             target.asarray(y)))
     np.testing.assert_array_equal(d, [[0.0, np.nan], [1.0, -1.0]])
     xf = target.asarray(np.asfortranarray(np.arange(6.0).reshape(2, 3)))
     yf = target.asarray(np.zeros((2, 3)))
-    np.testing.assert_array_equal(target.get(losses_cuda.mse_forward(xf, yf)), np.arange(6.0).reshape(2, 3) ** 2)
+    np.testing.assert_array_equal(target.get(losses_cuda.loss_forward("mse", xf, yf)), np.arange(6.0).reshape(2, 3) ** 2)
     with pytest.raises(ValueError, match="target must be"):
-        losses_cuda.mse_forward(target.asarray(np.zeros(3)), target.asarray(np.zeros(4)))
-    with pytest.raises(ValueError, match="pos_weight of shape"):
-        losses_cuda.bce_with_logits_forward(target.asarray(np.zeros((2, 3))), target.asarray(np.zeros((2, 3))),
-                                            target.asarray(np.ones(2)))
+        losses_cuda.loss_forward("mse", target.asarray(np.zeros(3)), target.asarray(np.zeros(4)))
+    with pytest.raises(ValueError, match="operand of shape"):
+        losses_cuda.loss_forward("bce_with_logits", target.asarray(np.zeros((2, 3))), target.asarray(np.zeros((2, 3))),
+                                 target.asarray(np.ones(2)))
     with pytest.raises(ValueError, match="does not broadcast"):
-        losses_cuda.mse_backward(target.asarray(np.ones(4)), target.asarray(np.zeros(3)), target.asarray(np.zeros(3)))
-    assert losses_cuda.mse_forward(target.asarray(np.zeros((0, 2))), target.asarray(np.zeros((0, 2)))).shape == (0, 2)
+        losses_cuda.loss_backward("mse", target.asarray(np.ones(4)), target.asarray(np.zeros(3)),
+                                  target.asarray(np.zeros(3)))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        losses_cuda.loss_forward("mse", target.asarray(np.zeros(3, np.int32)), target.asarray(np.zeros(3, np.int32)))
+    assert losses_cuda.loss_forward("mse", target.asarray(np.zeros((0, 2))),
+                                    target.asarray(np.zeros((0, 2)))).shape == (0, 2)
 
 
 # ------------------------------------------------------------------------------------------ optimizers

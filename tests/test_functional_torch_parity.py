@@ -130,6 +130,38 @@ for _red in ("mean", "sum", "none"):
         lambda x, y, r=_red: TF.binary_cross_entropy_with_logits(
             x, y, reduction=r, pos_weight=torch.tensor([0.5, 2.0, 3.0])),
         [normal(4, 3, scale=3), uniform01(4, 3)])
+_W43 = np.random.default_rng(43).uniform(0.5, 2.0, (4, 3)).astype(np.float32)  # a per-element weight
+for _red in ("mean", "sum", "none"):
+    CASES[f"huber_{_red}"] = (lambda x, y, r=_red: F.huber_loss(x, y, reduction=r, delta=0.5),
+                              lambda x, y, r=_red: TF.huber_loss(x, y, reduction=r, delta=0.5),
+                              [normal(4, 3), normal(4, 3)])
+    CASES[f"smooth_l1_{_red}"] = (lambda x, y, r=_red: F.smooth_l1_loss(x, y, reduction=r, beta=0.5),
+                                  lambda x, y, r=_red: TF.smooth_l1_loss(x, y, reduction=r, beta=0.5),
+                                  [normal(4, 3), normal(4, 3)])
+    CASES[f"binary_cross_entropy_{_red}"] = (lambda x, y, r=_red: F.binary_cross_entropy(x, y, reduction=r),
+                                             lambda x, y, r=_red: TF.binary_cross_entropy(x, y, reduction=r),
+                                             [lambda rng: rng.uniform(0.05, 0.95, (4, 3)).astype(np.float32),
+                                              uniform01(4, 3)])
+    for _name, _g, _t in (("mse", F.mse_loss, TF.mse_loss), ("l1", F.l1_loss, TF.l1_loss),
+                          ("huber", F.huber_loss, TF.huber_loss)):
+        CASES[f"{_name}_weight_{_red}"] = (lambda x, y, r=_red, f=_g: f(x, y, reduction=r, weight=_W43),
+                                           lambda x, y, r=_red, f=_t: f(x, y, reduction=r, weight=torch.tensor(_W43)),
+                                           [normal(4, 3), normal(4, 3)])
+    CASES[f"binary_cross_entropy_weight_{_red}"] = (
+        lambda x, y, r=_red: F.binary_cross_entropy(x, y, weight=_W43[0], reduction=r),
+        lambda x, y, r=_red: TF.binary_cross_entropy(x, y, weight=torch.tensor(_W43[0]), reduction=r),
+        [lambda rng: rng.uniform(0.05, 0.95, (4, 3)).astype(np.float32), uniform01(4, 3)])
+    CASES[f"bce_weight_pos_weight_{_red}"] = (
+        lambda x, y, r=_red: F.binary_cross_entropy_with_logits(x, y, weight=_W43, reduction=r,
+                                                                pos_weight=np.array([0.5, 2.0, 3.0], np.float32)),
+        lambda x, y, r=_red: TF.binary_cross_entropy_with_logits(x, y, weight=torch.tensor(_W43), reduction=r,
+                                                                 pos_weight=torch.tensor([0.5, 2.0, 3.0])),
+        [normal(4, 3, scale=3), uniform01(4, 3)])
+CASES["smooth_l1_beta_0"] = (lambda x, y: F.smooth_l1_loss(x, y, beta=0.0),
+                             lambda x, y: TF.smooth_l1_loss(x, y, beta=0.0), [normal(4, 3), normal(4, 3)])
+CASES["binary_cross_entropy_clamped"] = (F.binary_cross_entropy, TF.binary_cross_entropy,
+                                         [lambda rng: np.array([0.0, 1.0, 1e-30, 0.5], np.float32),
+                                          lambda rng: np.array([1.0, 0.0, 1.0, 0.5], np.float32)])
 CASES["bce_extreme"] = (lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction="none"),
                         lambda x, y: TF.binary_cross_entropy_with_logits(x, y, reduction="none"),
                         [lambda rng: np.array([-1e4, -100, -100, 100, 100, 1e4], np.float32),

@@ -7,6 +7,7 @@ import pytest
 import gpunn as gn
 from gpunn import nn
 from gpunn.kernels import registry
+from torch_util import requires_torch
 
 F32_TOL = dict(rtol=1.3e-6, atol=1e-5)  # PyTorch's assert_close defaults for float32
 ACTIVATION_NAMES = [n for n in registry.ACTIVATIONS if n != "identity"]
@@ -524,6 +525,54 @@ def test_loss_modules_wrap_functional_and_validate_reduction():
             cls(reduction="avg")
     with pytest.raises(ValueError, match="does not\\s+broadcast|differ"):
         nn.MSELoss()(x, gn.tensor(np.zeros((5, 1), np.float32)))
+
+
+@requires_torch
+def test_new_loss_modules_match_torch_modules_and_their_state():
+    """BCELoss, HuberLoss, SmoothL1Loss and the weighted BCE losses as torch's modules: the same
+    values, reprs, and state_dict keys (weight and pos_weight are buffers)."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    p = rng.uniform(0.05, 0.95, (5, 3)).astype(np.float32)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    y = rng.uniform(0, 1, (5, 3)).astype(np.float32)
+    w = np.array([0.5, 1.0, 2.0], np.float32)
+    pw = np.array([1.0, 2.0, 3.0], np.float32)
+    pairs = [
+        (nn.BCELoss(weight=w), torch.nn.BCELoss(weight=torch.tensor(w)), p),
+        (nn.BCELoss(reduction="sum"), torch.nn.BCELoss(reduction="sum"), p),
+        (nn.HuberLoss(delta=0.5), torch.nn.HuberLoss(delta=0.5), x),
+        (nn.SmoothL1Loss(beta=0.25, reduction="none"), torch.nn.SmoothL1Loss(beta=0.25, reduction="none"), x),
+        (nn.BCEWithLogitsLoss(torch.tensor(w), pos_weight=torch.tensor(pw)),
+         torch.nn.BCEWithLogitsLoss(torch.tensor(w), pos_weight=torch.tensor(pw)), x),
+    ]
+    for ours, theirs, inp in pairs:
+        np.testing.assert_allclose(ours(gn.tensor(inp), gn.tensor(y)).numpy(),
+                                   theirs(torch.tensor(inp), torch.tensor(y)).numpy(), rtol=1e-5, atol=1e-6)
+        assert list(ours.state_dict()) == list(theirs.state_dict()), type(ours).__name__
+        assert repr(ours) == repr(theirs)
+    ours = nn.BCEWithLogitsLoss(pos_weight=pw)
+    ours.load_state_dict(torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pw * 2)).state_dict())
+    np.testing.assert_array_equal(ours.pos_weight.numpy(), pw * 2)
+
+
+def test_new_loss_modules_refuse_bad_options():
+    x = gn.tensor(np.full((2, 3), 0.5, np.float32))
+    with pytest.raises(ValueError, match="HuberLoss: delta must be > 0, got 0"):
+        nn.HuberLoss(delta=0)
+    with pytest.raises(ValueError, match="SmoothL1Loss: beta must be >= 0, got -1"):
+        nn.SmoothL1Loss(beta=-1)
+    with pytest.raises(ValueError, match="binary_cross_entropy: all elements of input should be between 0 and 1"):
+        nn.BCELoss()(gn.tensor(np.array([0.5, 1.5], np.float32)), gn.tensor(np.zeros(2, np.float32)))
+    with pytest.raises(ValueError, match=r"mse_loss: weight of shape \(3,\) must have the input's shape \(2, 3\)"):
+        gn.nn.functional.mse_loss(x, x, weight=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="first argument is weight"):
+        nn.BCEWithLogitsLoss("sum")
+    with pytest.warns(DeprecationWarning, match="size_average and reduce are deprecated"):
+        assert nn.MSELoss(size_average=False).reduction == "sum"
+    with pytest.warns(DeprecationWarning):
+        assert nn.L1Loss(reduce=False).reduction == "none"
 
 
 # ----------------------------------------------------------------------------- Perceptron

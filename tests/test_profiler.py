@@ -295,12 +295,11 @@ def test_optimizer_and_loss_costs():
     assert optimizers.rmsprop_update_cost(p, p, p, p, p, 1e-2, momentum=0.9, centered=True) == (1600, 3600)
     x = np.zeros((4, 5), np.float32)
     g = np.broadcast_to(np.float32(0.05), x.shape)
-    assert losses.mse_forward_cost(x, x) == (40, 3 * 80)
-    assert losses.mse_backward_cost(g, x, x) == (60, 3 * 80 + 4)
-    assert losses.l1_backward_cost(g, x, x) == (60, 3 * 80 + 4)
-    assert losses.bce_with_logits_forward_cost(x, x) == (13 * 20, 3 * 80)
-    assert losses.bce_with_logits_forward_cost(x, x, np.ones(5, np.float32)) == (17 * 20, 3 * 80 + 20)
-    assert losses.bce_with_logits_backward_cost(g, x, x) == (7 * 20, 3 * 80 + 4)
+    assert losses.loss_forward_cost("mse", x, x) == (40, 3 * 80)
+    assert losses.loss_backward_cost("mse", g, x, x) == (60, 3 * 80 + 4)
+    assert losses.loss_backward_cost("l1", g, x, x) == (60, 3 * 80 + 4)
+    assert losses.loss_forward_cost("bce_with_logits", x, x, np.ones(5, np.float32)) == (16 * 20, 3 * 80 + 20)
+    assert losses.loss_backward_cost("bce_with_logits", g, x, x, wrt="target") == (13 * 20, 3 * 80 + 4)
     assert activations.activation_forward_cost(x, activations.SIGMOID) == (100, 160)
     assert activations.activation_backward_cost(x, x, None, activations.GELU) == (220, 240)
     assert activations.activation_backward_cost(x, None, None, activations.IDENTITY) == (0, 160)
@@ -576,16 +575,16 @@ def test_gpu_timing_path_with_a_stand_in_cupy(monkeypatch):
         name = "cuda-test"
 
         @staticmethod
-        def mse_forward(x, y):
+        def loss_forward(name, x, y):
             return x
 
     rec = Recorder()
     a = _FakeArray()
     proxy = rec(FakeOps(), a)
     assert proxy.name == "cuda-test"
-    assert proxy.mse_forward(a, a) is a
+    assert proxy.loss_forward("mse", a, a) is a
     with rec.phase("optimizer"):
-        proxy.mse_forward(a, a)
+        proxy.loss_forward("mse", a, a)
     rec.finish()
     first, second = rec.events
     for ev in rec.events:
@@ -595,7 +594,7 @@ def test_gpu_timing_path_with_a_stand_in_cupy(monkeypatch):
     clock = rec._clocks[0]
     assert first.device_start_ns == clock.ref_ns + 250_000  # placed on the host clock after the reference event
     assert second.device_start_ns == first.device_end_ns + 500_000  # the phase's start event lies between
-    assert ranges == [("push", "mse_forward"), ("pop",), ("push", "optimizer"), ("push", "mse_forward"), ("pop",),
+    assert ranges == [("push", "loss_forward"), ("pop",), ("push", "optimizer"), ("push", "loss_forward"), ("pop",),
                       ("pop",)]
     assert synced  # the device was synchronised before the events were read
     assert rec.step_ends and rec._pending == []

@@ -15,8 +15,9 @@ from gpunn.backend.device import (
     gpu_status,
     is_array,
     is_cupy_array,
+    on_host,
 )
 from gpunn.backend.random import generator, generator_for, manual_seed
 
 __all__ = ["FLOAT_DTYPES", "Device", "DeviceError", "cpu", "device", "device_of", "generator", "generator_for",
-           "get_array_module", "gpu_status", "is_array", "is_cupy_array", "manual_seed"]
+           "get_array_module", "gpu_status", "is_array", "is_cupy_array", "manual_seed", "on_host"]

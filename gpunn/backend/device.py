@@ -177,6 +177,25 @@ def is_array(a) -> bool:
     return isinstance(a, np.ndarray) or is_cupy_array(a)
 
 
+def on_host(fn):
+    """`fn` (NumPy in, one NumPy array out) made callable with CuPy arrays: they are copied to the
+    host, fn runs there and its result is copied back. Calls with no CuPy array go straight to fn.
+    For reference paths only (a GPU round trip per call)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if not any(is_cupy_array(a) for a in (*args, *kwargs.values())):
+            return fn(*args, **kwargs)
+        cp = sys.modules["cupy"]
+
+        def host(a):
+            return cp.asnumpy(a) if is_cupy_array(a) else a
+
+        return cp.asarray(fn(*map(host, args), **{k: host(v) for k, v in kwargs.items()}))
+
+    return run
+
+
 def get_array_module(array):
     """numpy for NumPy arrays and scalars (NumPy reductions return scalars), cupy for CuPy arrays;
     TypeError for anything else."""

@@ -5,7 +5,7 @@ delegates to its family's CUDA module:
   dense_forward / dense_backward           dense_dispatch (fused GEMM or cuBLAS + fused epilogue)
   activation_forward / _backward           activations_cuda
   softmax_cross_entropy_forward / _backward  softmax_ce_cuda
-  bce_with_logits_*, mse_*, l1_*           losses_cuda
+  loss_forward / loss_backward             losses_cuda (every registered elementwise loss)
   sgd_update, adam_update, rmsprop_update  optimizers_cuda (one launch per param group)
 Arrays of a dtype the kernels do not take (anything but float32/float64, e.g. float16) go to the
 reference implementation, which runs on CuPy too. Bad calls (mismatched shapes, dtypes, array
@@ -67,14 +67,8 @@ class CudaOps(Ops):
         softmax_ce_cuda.softmax_cross_entropy_forward, softmax_ce.softmax_cross_entropy_forward_ref, 0, "logits"))
     softmax_cross_entropy_backward = staticmethod(_or_reference(
         softmax_ce_cuda.softmax_cross_entropy_backward, softmax_ce.softmax_cross_entropy_backward_ref, 1, "probs"))
-    bce_with_logits_forward = staticmethod(_or_reference(losses_cuda.bce_with_logits_forward,
-                                                         losses.bce_with_logits_forward, 0, "x"))
-    bce_with_logits_backward = staticmethod(_or_reference(losses_cuda.bce_with_logits_backward,
-                                                          losses.bce_with_logits_backward, 1, "x"))
-    mse_forward = staticmethod(_or_reference(losses_cuda.mse_forward, losses.mse_forward, 0, "x"))
-    mse_backward = staticmethod(_or_reference(losses_cuda.mse_backward, losses.mse_backward, 1, "x"))
-    l1_forward = staticmethod(_or_reference(losses_cuda.l1_forward, losses.l1_forward, 0, "x"))
-    l1_backward = staticmethod(_or_reference(losses_cuda.l1_backward, losses.l1_backward, 1, "x"))
+    loss_forward = staticmethod(_or_reference(losses_cuda.loss_forward, losses.loss_forward_ref, 1, "x"))
+    loss_backward = staticmethod(_or_reference(losses_cuda.loss_backward, losses.loss_backward_ref, 2, "x"))
     sgd_update = staticmethod(_or_reference(optimizers_cuda.sgd_update, optimizers.sgd_update_ref, 0, "p"))
     adam_update = staticmethod(_or_reference(optimizers_cuda.adam_update, optimizers.adam_update_ref, 0, "p"))
     rmsprop_update = staticmethod(_or_reference(optimizers_cuda.rmsprop_update, optimizers.rmsprop_update_ref,
@@ -116,7 +110,7 @@ def warmup(xp=None, dtypes=("float32",)):
         labels = xp.asarray(np.array([0, 1, 2, 3, 0], dtype=np.int64))
         _, probs, stats = ops.softmax_cross_entropy_forward(y, labels, -100, "mean")
         ops.softmax_cross_entropy_backward(xp.asarray(dt.type(0.2)), probs, labels, -100, "mean", stats)
-        ops.mse_backward(xp.broadcast_to(xp.asarray(dt.type(0.1)), y.shape), y, y, )
+        ops.loss_backward("mse", xp.broadcast_to(xp.asarray(dt.type(0.1)), y.shape), y, y)
         p = xp.zeros(8, dtype=dt)
         g = xp.ones(8, dtype=dt)
         ops.sgd_update(p, g, xp.zeros(8, dtype=dt), 0.1, momentum=0.9, first_step=True)

@@ -1,8 +1,8 @@
 """Kernel dispatch: one `Ops` interface, one implementation per backend (after Thinc's Ops).
 
 - `Ops` is the reference: plain array expressions that run on NumPy and on CuPy (the unfused
-  path); activations and optimizer updates run the kernels made from the registry's one
-  definition (on the host for CuPy arrays, a path taken only when the GPU kernels cannot run).
+  path); activations, elementwise losses and optimizer updates run the kernels made from the
+  registry's one definition (on the host for CuPy arrays, a path taken only when the GPU kernels cannot run).
 - `CpuOps` overrides the hot paths with NumPy GEMMs + fused Numba epilogues.
 - The GPU backend adds its own subclass; nothing above this module changes.
 
@@ -33,12 +33,8 @@ class Ops:
     activation_backward = staticmethod(activation_backward_ref)
     softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_ref)
     softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_ref)
-    bce_with_logits_forward = staticmethod(losses.bce_with_logits_forward)
-    bce_with_logits_backward = staticmethod(losses.bce_with_logits_backward)
-    mse_forward = staticmethod(losses.mse_forward)
-    mse_backward = staticmethod(losses.mse_backward)
-    l1_forward = staticmethod(losses.l1_forward)
-    l1_backward = staticmethod(losses.l1_backward)
+    loss_forward = staticmethod(losses.loss_forward_ref)
+    loss_backward = staticmethod(losses.loss_backward_ref)
     normalization_forward = staticmethod(normalization.normalization_forward)
     normalization_backward = staticmethod(normalization.normalization_backward)
     dropout_forward = staticmethod(dropout.dropout_forward)
@@ -62,6 +58,8 @@ class CpuOps(Ops):
     activation_backward = staticmethod(activation_backward_cpu)
     softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_cpu)
     softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_cpu)
+    loss_forward = staticmethod(losses.loss_forward_cpu)
+    loss_backward = staticmethod(losses.loss_backward_cpu)
     sgd_update = staticmethod(optimizers.sgd_update_cpu)
     adam_update = staticmethod(optimizers.adam_update_cpu)
     rmsprop_update = staticmethod(optimizers.rmsprop_update_cpu)

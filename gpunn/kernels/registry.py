@@ -21,8 +21,10 @@ float32 and float64 math for float64, on the CPU and the GPU alike, as PyTorch d
   flops / backward_flops: per element, counted with the conventions in gpunn/kernels/activations.py
   module: the torch.nn class name made for it (None: a hand-written class exists, or none wanted)
 
-To add an activation: write its two functions here and one `register_activation(...)` call, then
-its float64 reference in tests/activation_refs.py. docs/extending.md walks through it.
+The families: activations (below), elementwise losses (`register_loss`: loss, input and target
+gradients of (x, y, w, a)) and optimizer updates (`register_optimizer`). To add a member: write
+its functions here and one `register_*` call, then its float64 reference in tests/references.py.
+docs/extending.md walks through each.
 """
 from __future__ import annotations
 
@@ -212,6 +214,196 @@ register_activation("tanh", tanh_forward, tanh_backward, "output", 1, 3, module=
                     doc="tanh(z).")
 
 
+
+# ------------------------------------------------------------------------------------ elementwise losses
+# Family precision policy (CPU and GPU alike): per element in the array's own dtype (float32 math
+# for float32), as PyTorch computes them; the reductions ("sum", "mean") add the per-element losses
+# in the array's dtype with the array library's pairwise (NumPy) or tree (CuPy) summation.
+# Each loss is written as
+#   loss(x, y, w, a) -> the per-element loss of prediction x against target y
+#   grad(x, y, w, a) -> d loss / d x (the kernel multiplies by the upstream gradient)
+#   grad_target(x, y, w, a) -> d loss / d y, or None when the loss depends on x - y only (then
+#   d loss / d y = -d loss / d x and no kernel is needed)
+# w is the loss's per-element operand (BCE-with-logits' pos_weight; ONE for the others) and a its
+# scalar option (Huber's delta, smooth L1's beta; unused otherwise). A user's `weight` (a
+# per-element rescaling) is applied by the autograd node, outside the formula.
+LOG_CLAMP = -100.0  # PyTorch clamps BCE's logarithms at -100 so that a 0 or 1 probability gives a finite loss
+BCE_EPS = 1e-12     # ... and its gradient's denominator x (1 - x) at 1e-12
+
+
+def mse_loss(x, y, w, a):
+    d = x - y
+    return d * d
+
+
+def mse_grad(x, y, w, a):
+    return TWO * (x - y)
+
+
+def l1_loss(x, y, w, a):
+    return abs(x - y)
+
+
+def l1_grad(x, y, w, a):
+    d = x - y
+    if d > ZERO:
+        return ONE
+    if d < ZERO:
+        return -ONE
+    return d * ZERO  # 0 at x == y (as PyTorch), NaN for NaN
+
+
+def huber_loss(x, y, w, a):
+    d = x - y
+    ad = abs(d)
+    if ad < a:
+        return HALF * d * d
+    return a * (ad - HALF * a)
+
+
+def huber_grad(x, y, w, a):
+    d = x - y
+    if d < -a:
+        return -a
+    if d > a:
+        return a
+    return d
+
+
+def smooth_l1_loss(x, y, w, a):
+    d = x - y
+    ad = abs(d)
+    if ad < a:
+        return HALF * d * d / a
+    return ad - HALF * a
+
+
+def smooth_l1_grad(x, y, w, a):
+    d = x - y
+    if abs(d) < a:
+        return d / a
+    if d > ZERO:  # beta == 0 lands here: L1's gradient, 0 at x == y (PyTorch's l1_loss path)
+        return ONE
+    if d < ZERO:
+        return -ONE
+    return d * ZERO
+
+
+def bce_loss(x, y, w, a):
+    lx = log(x)
+    if lx < LOG_CLAMP:
+        lx = LOG_CLAMP
+    l1x = log1p(-x)
+    if l1x < LOG_CLAMP:
+        l1x = LOG_CLAMP
+    return (y - ONE) * l1x - y * lx
+
+
+def bce_grad(x, y, w, a):
+    den = (ONE - x) * x
+    if den < BCE_EPS:
+        den = BCE_EPS
+    return (x - y) / den
+
+
+def bce_grad_target(x, y, w, a):
+    return log((ONE - x) / x)  # -logit(x), unclamped (PyTorch's binary_cross_entropy_target_backward)
+
+
+def bce_with_logits_loss(x, y, w, a):
+    mv = -x if -x > ZERO else ZERO
+    sp = log(exp(-mv) + exp(-x - mv)) + mv  # log(1 + exp(-x)), ATen's stable form
+    return (ONE - y) * x + (ONE + (w - ONE) * y) * sp
+
+
+def bce_with_logits_grad(x, y, w, a):
+    e = exp(-abs(x))
+    s = ONE / (ONE + e) if x >= ZERO else e / (ONE + e)  # sigmoid(x), stable
+    return (ONE + (w - ONE) * y) * s - w * y
+
+
+def bce_with_logits_grad_target(x, y, w, a):
+    mv = -x if -x > ZERO else ZERO
+    sp = log(exp(-mv) + exp(-x - mv)) + mv
+    return (w - ONE) * sp - x
+
+
+@dataclass(frozen=True)
+class Loss:
+    """An elementwise loss: its formulas (see above), FLOPs per element of the forward, the input
+    gradient and the target gradient (the upstream multiply included), and what PyTorch's API
+    around it looks like: the name of its per-element operand `w` (None: w = ONE), of its scalar
+    option `a` with its default, how a weighted "mean" divides ("count": by the number of
+    elements; "weights": by the sum of the weights, as torch's mse_loss and l1_loss do), whether a
+    weight may broadcast, and `module`: the nn class name made for it with
+    `functional.<name>_loss` (None: hand-written ones with torch's exact signatures exist)."""
+    name: str
+    loss: object
+    grad: object
+    grad_target: object
+    flops: tuple
+    operand: str | None = None
+    scalar: str | None = None
+    scalar_default: float = 0.0
+    weighted_mean: str = "count"
+    weight_broadcasts: bool = False
+    module: str | None = None
+    doc: str = ""
+    serial: int = field(default=-1, compare=False)  # never reused: kernels are cached by (name, serial)
+
+
+LOSSES: dict[str, Loss] = {}
+_next_loss_serial = 0
+
+
+def register_loss(name, loss, grad, grad_target, flops, operand=None, scalar=None, scalar_default=0.0,
+                  weighted_mean="count", weight_broadcasts=False, module=None, doc=""):
+    """Add an elementwise loss (see the section's comment). Returns the member."""
+    if name in LOSSES:
+        raise ValueError(f"loss {name!r} is already registered")
+    for f in (loss, grad, grad_target):
+        if f is not None:
+            _check_formula(f)
+            if f.__code__.co_varnames[:f.__code__.co_argcount] != ("x", "y", "w", "a"):
+                raise ValueError(f"{f.__name__} must take (x, y, w, a)")
+    global _next_loss_serial
+    if weighted_mean not in ("count", "weights"):
+        raise ValueError(f"weighted_mean must be 'count' or 'weights', got {weighted_mean!r}")
+    m = Loss(name, loss, grad, grad_target, tuple(int(v) for v in flops), operand, scalar, float(scalar_default),
+             weighted_mean, bool(weight_broadcasts), module, doc or (loss.__doc__ or ""), serial=_next_loss_serial)
+    _next_loss_serial += 1
+    LOSSES[name] = m
+    return m
+
+
+def unregister_loss(name):
+    """Remove a loss (for tests that add a toy member)."""
+    del LOSSES[name]
+
+
+def loss(name) -> Loss:
+    """The registered loss `name`; ValueError listing the valid names otherwise."""
+    try:
+        return LOSSES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None
+
+
+register_loss("mse", mse_loss, mse_grad, None, (2, 3, 0), weighted_mean="weights",
+              doc="(x - y)^2")
+register_loss("l1", l1_loss, l1_grad, None, (2, 3, 0), weighted_mean="weights",
+              doc="|x - y|; gradient sign(x - y), 0 at x == y")
+register_loss("huber", huber_loss, huber_grad, None, (6, 4, 0), scalar="delta", scalar_default=1.0,
+              doc="0.5 d^2 if |d| < delta else delta (|d| - 0.5 delta), d = x - y")
+register_loss("smooth_l1", smooth_l1_loss, smooth_l1_grad, None, (6, 5, 0), scalar="beta", scalar_default=1.0,
+              doc="0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta, d = x - y")
+register_loss("bce", bce_loss, bce_grad, bce_grad_target, (9, 6, 4), weight_broadcasts=True,
+              doc="-(y max(log x, -100) + (1 - y) max(log(1 - x), -100)), x a probability")
+register_loss("bce_with_logits", bce_with_logits_loss, bce_with_logits_grad, bce_with_logits_grad_target,
+              (16, 13, 13), operand="pos_weight", weight_broadcasts=True,
+              doc="(1 - y) x + (1 + (w - 1) y) log(1 + exp(-x)), w = pos_weight (ATen's stable form)")
+
+
 # ------------------------------------------------------------------------------------ optimizer updates
 # Family precision policy (CPU and GPU alike): per element in float64, rounded once to the array's
 # dtype per stored value, and a stored state value is re-read (rounded) before it is used, as an
@@ -355,6 +547,25 @@ def update_loop(member, target: str, update, env: dict):
     exec(compile(update_loop_source(member, target), __file__, "exec"), ns)  # noqa: S102 (our own source)
     return ns[f"{member.name}_{target}_loop" if target == "cpu" else f"{member.name}_kernel"]
 
+
+
+def loop_source(name, params, statement, target: str, size: str, prelude: str = "") -> str:
+    """A kernel that runs `statement` for every element index i < size.shape[0]: a CPU `for` loop
+    (target "cpu") or a CUDA grid-stride loop (target "cuda"). A kernel takes no *args, so the
+    parameters are spelled out."""
+    head = f"def {name}({', '.join(params)}):\n" + (f"    {prelude}\n" if prelude else "")
+    if target == "cpu":
+        return head + f"    for i in range({size}.shape[0]):\n        {statement}\n"
+    return head + ("    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n"
+                   f"    n = {size}.shape[0]\n    while i < n:\n        {statement}\n        i += stride\n")
+
+
+def compile_loop(name, params, statement, target: str, env: dict, size: str = "out", prelude: str = ""):
+    """loop_source compiled under this file's name (so Numba can cache what is made from it), with
+    `env` (e.g. `cuda`, or the names a later `specialise` binds) as its globals."""
+    ns = {"__name__": __name__, **env}
+    exec(compile(loop_source(name, params, statement, target, size, prelude), __file__, "exec"), ns)  # noqa: S102
+    return ns[name]
 
 # ------------------------------------------------------------------------------------ retargeting
 

@@ -10,7 +10,7 @@ import numpy as np
 from gpunn.autograd.checks import defer_check
 from gpunn.autograd.tensor import Function
 from gpunn.backend import get_array_module
-from gpunn.kernels import ops_for
+from gpunn.kernels import ops_for, registry
 
 
 class _LossNode(Function):
@@ -20,31 +20,13 @@ class _LossNode(Function):
     layer = "loss"
 
 
-def _divide(a, n: int, dtype):
-    """a / n for the "mean" reduction; NaN when n == 0 (as PyTorch)."""
-    return a / dtype.type(n) if n else a * dtype.type(float("nan"))
-
-
-def _reduce(losses, reduction):
-    if reduction == "none":
-        return losses
-    total = losses.sum(dtype=losses.dtype)
-    if reduction == "sum":
-        return total
-    return _divide(total, losses.size, losses.dtype)
-
-
-def _upstream(g, reduction, shape, dtype):
-    """The gradient of each unreduced element, given the gradient g of the reduced loss."""
-    if reduction == "none":
-        return g
-    xp = get_array_module(g)
-    if reduction == "mean":
-        n = 1
-        for s in shape:
-            n *= s
-        g = _divide(g, n, dtype)
-    return xp.broadcast_to(g, shape)
+def _divide(a, n, dtype):
+    """a / n for the "mean" reduction (n a count, or a 0-d array: a sum of weights); NaN when n is
+    0 (as PyTorch)."""
+    if isinstance(n, int):
+        return a / dtype.type(n) if n else a * dtype.type(float("nan"))
+    with np.errstate(divide="ignore", invalid="ignore"):  # weights summing to 0: inf or NaN, as PyTorch
+        return a / n
 
 
 def _label_error(op, labels, stats, classes, ignore_index, deferred):
@@ -94,44 +76,49 @@ class CrossEntropy(_LossNode):
             g, self.probs, self.labels, self.ignore, self.reduction, self.stats), None
 
 
-class BCEWithLogits(_LossNode):
-    def forward(self, x, y, reduction="mean", pos_weight=None):
-        self.x, self.y, self.reduction, self.pw = x, y, reduction, pos_weight
-        return _reduce(ops_for(x).bce_with_logits_forward(x, y, pos_weight), reduction)
+class ElementwiseLoss(_LossNode):
+    """Any registered elementwise loss (gpunn/kernels/registry.py `LOSSES`) with its reduction.
+
+    losses = loss(x, y, operand, scalar) per element, times `weight` (a per-element rescaling that
+    broadcasts to x; it receives no gradient); "sum" adds them, "mean" divides the sum by the
+    number of elements, or by the sum of the weights for the losses whose registry entry says
+    weighted_mean="weights" (torch's mse_loss and l1_loss). The target's gradient is the registry's
+    grad_target formula, or minus the input's for the losses of x - y."""
+
+    @property
+    def name(self) -> str:
+        return f"{getattr(self, 'loss_name', 'elementwise')}_loss"
+
+    def forward(self, x, y, name="mse", reduction="mean", operand=None, scalar=None, weight=None):
+        m = registry.loss(name)
+        self.x, self.y, self.loss_name, self.reduction = x, y, name, reduction
+        self.operand, self.scalar, self.weight = operand, scalar, weight
+        self.target_formula = m.grad_target is not None
+        losses = ops_for(x).loss_forward(name, x, y, operand, scalar)
+        self.denominator = x.size
+        if weight is not None:
+            losses = losses * weight
+            if m.weighted_mean == "weights" and reduction == "mean":
+                self.denominator = get_array_module(x).broadcast_to(weight, x.shape).sum(dtype=x.dtype)
+        if reduction == "none":
+            return losses
+        total = losses.sum(dtype=losses.dtype)
+        return total if reduction == "sum" else _divide(total, self.denominator, x.dtype)
 
     def backward(self, g):
-        x, y, pw = self.x, self.y, self.pw
-        gu = _upstream(g, self.reduction, x.shape, x.dtype)
-        gx = ops_for(x).bce_with_logits_backward(gu, x, y, pw) if self.needs_grad[0] else None
-        gy = None
-        if self.needs_grad[1]:
-            # d/dy [(1 - y) x + (1 + (w - 1) y) L] = -x + (w - 1) L, with L = log(1 + exp(-x))
-            if pw is None:
-                gy = -gu * x
-            else:
-                xp = get_array_module(x)
-                mv = xp.maximum(-x, x.dtype.type(0))
-                L = xp.log(xp.exp(-mv) + xp.exp(-x - mv)) + mv
-                gy = gu * (-x + (pw - 1) * L)
-        return gx, gy
-
-
-class _Pointwise(_LossNode):
-    kind = ""
-
-    def forward(self, x, y, reduction="mean"):
-        self.x, self.y, self.reduction = x, y, reduction
-        return _reduce(getattr(ops_for(x), self.kind + "_forward")(x, y), reduction)
-
-    def backward(self, g):
-        gu = _upstream(g, self.reduction, self.x.shape, self.x.dtype)
-        gx = getattr(ops_for(self.x), self.kind + "_backward")(gu, self.x, self.y)
-        return (gx if self.needs_grad[0] else None), (-gx if self.needs_grad[1] else None)
-
-
-class MSE(_Pointwise):
-    kind = "mse"
-
-
-class L1(_Pointwise):
-    kind = "l1"
+        x, y = self.x, self.y
+        xp = get_array_module(x)
+        if self.reduction == "mean":
+            g = _divide(g, self.denominator, x.dtype)
+        gu = g if self.reduction == "none" else xp.broadcast_to(g, x.shape)
+        if self.weight is not None:
+            gu = gu * self.weight
+        ops = ops_for(x)
+        need_x, need_y = self.needs_grad[0], self.needs_grad[1]
+        gx = gy = None
+        if need_x or (need_y and not self.target_formula):
+            gx = ops.loss_backward(self.loss_name, gu, x, y, self.operand, self.scalar)
+        if need_y:
+            gy = (ops.loss_backward(self.loss_name, gu, x, y, self.operand, self.scalar, wrt="target")
+                  if self.target_formula else -gx)
+        return (gx if need_x else None), gy
