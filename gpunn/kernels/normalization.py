@@ -2,7 +2,8 @@
 run on NumPy and CuPy alike (memory-bound and cheap next to the dense layers).
 
 Forward, over the statistics axes S (n = the number of elements they span):
-  mean = sum_S(x) / n;  var = sum_S((x - mean)^2) / n  (biased, two passes: no cancellation)
+  mean = sum_S(x) / n;  var = sum_S((x - mean)^2) / n  (biased; two passes, no cancellation, and
+  the centred values corrected by their own mean, which takes out the rounding of mean)
   rstd = 1 / sqrt(var + eps);  xhat = (x - mean) * rstd;  y = xhat * w + b
   (mean and var given: the running statistics of BatchNorm in eval mode)
 Backward, with gw = g * w (g without a weight):
@@ -26,6 +27,11 @@ def normalization_forward(x, weight, bias, stat_axes: tuple, eps: float, mean=No
     if mean is None:
         mean = x.mean(axis=stat_axes, keepdims=True)
         centred = x - mean
+        # the mean's own rounding (an ulp of |mean|, large next to the spread when x sits far from 0)
+        # is measured on the centred values, which are exact there, and taken out
+        shift = centred.mean(axis=stat_axes, keepdims=True)
+        centred -= shift
+        mean = mean + shift
         var = (centred * centred).mean(axis=stat_axes, keepdims=True)
     else:
         centred = x - mean
