@@ -295,10 +295,9 @@ def batch_norm_checked(input, running_mean, running_var, weight, bias, training,
         if n == 1:
             raise ValueError(f"{where}: Expected more than 1 value per channel when training, got input size "
                              f"{tuple(x.shape)}")
-    stats = {k: ps.pop(k).data if k in ps else None for k in ("running_mean", "running_var")}
-    nbt = None if num_batches_tracked is None else num_batches_tracked.data
+    stats = {k: ps.pop(k, None) for k in ("running_mean", "running_var")}
     return F.BatchNorm.apply(x, *ps.values(), has_weight="weight" in ps, has_bias="bias" in ps,
-                             training=bool(training), num_batches_tracked=nbt, momentum=momentum,
+                             training=bool(training), num_batches_tracked=num_batches_tracked, momentum=momentum,
                              eps=check_number(where, "eps", eps), layer=name, **stats)
 
 

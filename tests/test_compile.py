@@ -331,3 +331,22 @@ def test_fit_compile_with_dropout_batch_norm_and_validation_matches_eager():
     assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
     for k in runs[0][2]:
         np.testing.assert_array_equal(runs[0][2][k].numpy(), runs[1][2][k].numpy(), err_msg=k)
+
+
+def test_batch_norm_replay_updates_the_buffers_a_dtype_round_trip_rebinds():
+    """module.double().float() gives the buffers new arrays under the same Tensors and the same input
+    signature: replays must update those, not the arrays seen while tracing."""
+    states = []
+    for compiled in (False, True):
+        model, o, lf = _regularised()
+        step = _step_fn(model, o, lf)
+        f = gcompile(step, strict=True) if compiled else step
+        gn.manual_seed(3)
+        for s in range(0, 40, 8):
+            f(gn.tensor(X[s:s + 8]), gn.tensor(Y[s:s + 8]))
+            if s == 16:
+                model.double().float()
+        states.append(model.state_dict())
+    assert f.stats["replays"] > 0
+    for k in states[0]:
+        np.testing.assert_array_equal(states[1][k].numpy(), states[0][k].numpy(), err_msg=k)

@@ -58,11 +58,15 @@ class LayerNorm(_Normalization):
 
 class BatchNorm(_Normalization):
     """Per channel (axis 1) over every other axis. training: batch statistics, and the running
-    ones (when given) updated in place; else normalised by the running statistics."""
+    ones (when given) updated in place; else normalised by the running statistics.
+    running_mean, running_var, num_batches_tracked: the buffer Tensors (or None), whose arrays are
+    read here, so a gn.compile replay uses the current ones after a module.to(...)."""
 
     def forward(self, x, *params, has_weight: bool, has_bias: bool, training: bool, running_mean, running_var,
                 num_batches_tracked, momentum, eps: float, layer=None):
         self.layer = layer
+        running_mean, running_var, num_batches_tracked = (
+            None if t is None else t.data for t in (running_mean, running_var, num_batches_tracked))
         c = x.shape[1]
         axes = (0,) + tuple(range(2, x.ndim))
         bshape = (1, c) + (1,) * (x.ndim - 2)
