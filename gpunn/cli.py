@@ -346,6 +346,9 @@ def _add_profile_arguments(p):
     p.add_argument("--compare", action="store_true",
                    help="run the same steps once per kernel choice (CPU: fused, reference; GPU: fused, cublas "
                         "(+ fused epilogue), reference) and print them side by side with ratios")
+    p.add_argument("--compile", action="store_true",
+                   help="profile the step compiled with gn.compile (traced in the warm-up, at least 2 steps): "
+                        "the kernels and launches of its replay, and the Python time left")
     p.add_argument("--remeasure-peaks", action="store_true",
                    help="measure this machine's peak GFLOP/s and GB/s again before profiling instead of using the "
                         "cached figures (a figure is also re-measured when a kernel exceeds 100%% of it)")
@@ -457,17 +460,23 @@ def _profile_mlp(args, dev):
     data = [(gn.tensor(rng.standard_normal((batch, n_in)).astype(np.float32), device=dev),
              gn.tensor(rng.integers(0, n_out, batch), device=dev)) for _ in range(4)]
 
-    def step(i):
-        x, y = data[i % len(data)]
+    def train_step(x, y):
         opt.zero_grad()
-        loss_fn(model(x), y).backward()
+        loss = loss_fn(model(x), y)
+        loss.backward()
         opt.step()
+        return loss
 
-    for i in range(args.warmup):
-        step(i)
+    run = gn.compile(train_step, strict=True) if args.compile else train_step
+    warmup = max(args.warmup, 2) if args.compile else args.warmup  # a trace and its check, then replays
+    for i in range(warmup):
+        run(*data[i % len(data)])
+    before = run.stats["replays"] if args.compile else 0
     with profiler.profile(sync=args.sync) as prof:
         for i in range(args.steps):
-            step(args.warmup + i)
+            run(*data[(warmup + i) % len(data)])
+    if args.compile and run.stats["replays"] - before != args.steps:  # strict=True: a refusal raised already
+        raise UsageError(f"--compile: {run.stats['replays'] - before} of {args.steps} profiled steps were replays")
     return prof
 
 
@@ -525,8 +534,10 @@ def _run_profile(args) -> int:
         from gpunn.profiler import calibrate
 
         print(f"peaks re-measured: {calibrate(str(dev)).describe()}", flush=True)
+    warmup = max(args.warmup, 2) if args.compile else args.warmup
     print(f"model: {'-'.join(map(str, args.layers))} {args.activation}, Adam lr=0.001, cross-entropy; batch "
-          f"{args.batch}; {args.warmup} warm-up + {args.steps} profiled steps; seed {args.seed}", flush=True)
+          f"{args.batch}; {warmup} warm-up + {args.steps} profiled steps"
+          f"{' (compiled: gn.compile replays)' if args.compile else ''}; seed {args.seed}", flush=True)
     if args.compare:
         choices = _kernel_choices(dev)
     else:

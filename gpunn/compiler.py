@@ -37,6 +37,9 @@ BatchNorm1d updates its running statistics inside its node, so a replay updates 
 training flags that such layers read (`Module._mode`) are recorded with the trace: after
 `model.eval()` / `model.train()` changes one, fn is traced again instead of replaying the other mode.
 
+Under the profiler (`gpunn profile --compile`) a signature that is ready replays with its kernels,
+node spans and phases recorded as in eager mode; one that is not runs eagerly.
+
 Not seen by a replay (as with jax.jit): Python side effects inside fn other than the optimizer
 calls (a scheduler.step() or a counter inside fn runs at trace time only: keep them outside fn),
 and writes to arrays through `.data` inside fn. Replacing a model's parameter object after tracing
@@ -391,6 +394,7 @@ class _Program:
     def run(self, arrays):
         slots = [None] * self.n_slots
         nodes = {}
+        rec = _kops._recorder  # a profiler (gpunn profile --compile): it times the replay's kernels
         for i, ev in enumerate(self.events):
             kind = ev[0]
             if kind == "fwd":
@@ -398,7 +402,7 @@ class _Program:
                 ins = [slots[b[1]] if b[0] == "slot" else arrays[b[1]] if b[0] == "arg" else b[1].data
                        for b in binds]
                 fn = cls()
-                out = fn.forward(*ins, **params)
+                out = fn.forward(*ins, **params) if rec is None else rec.node_forward(fn, ins, params)
                 if isinstance(out, np.generic):
                     out = np.asarray(out)
                 slots[k] = out
@@ -410,7 +414,12 @@ class _Program:
                 for t, h in zip(order, holders):
                     if h is not None:
                         t._node = nodes[h]
-                _tmod._run_backward(order, {id(order[-1]): _tmod._unit_seed(slots[k])}, None)
+                seeds = {id(order[-1]): _tmod._unit_seed(slots[k])}
+                if rec is None:
+                    _tmod._run_backward(order, seeds, None)
+                else:
+                    with rec.phase("backward"):
+                        _tmod._run_backward(order, seeds, rec)
             else:
                 _, method, obj, a, kw = ev
                 method(obj, *a, **dict(kw))
@@ -506,10 +515,12 @@ class CompiledFunction:
     def __call__(self, *args, **kwargs):
         flat = _flatten_args(args, kwargs) if kwargs else args
         key = (tuple(map(_arg_key, flat)), tuple(sorted(kwargs)), is_grad_enabled())
-        if _kops._recorder is not None or _active is not None:  # a profiler is on, or fn is nested in a trace
+        entry = self._cache.get(key)
+        if _active is not None or (_kops._recorder is not None and (entry is None or entry[0] != "ready")):
+            # nested in a trace; or a profiler is on and this signature is not ready to replay (tracing
+            # installs its own kernel hook, which would hide the kernels from the profiler): eagerly
             self.stats["eager"] += 1
             return self.fn(*args, **kwargs)
-        entry = self._cache.get(key)
         if entry is not None:
             self._cache.move_to_end(key)
             if entry[0] == "ready":

@@ -146,6 +146,29 @@ def test_array_kinds_are_told_by_type_without_importing_cupy(monkeypatch):
             get_array_module(other)
 
 
+def test_on_host_runs_a_numpy_function_on_device_arrays_and_copies_back(monkeypatch):
+    """The reference path for CuPy arrays when the GPU kernels cannot run: device arrays (positional
+    or keyword) go to the host, the function runs there, its array comes back; NumPy calls pass through."""
+    from gpunn.backend import on_host
+
+    class DeviceArray:  # a stand-in for cupy.ndarray, holding a host array
+        __module__ = "cupy._core.core"
+
+        def __init__(self, a):
+            self.a = np.asarray(a)
+
+    moves = []
+    fake = types.SimpleNamespace(asnumpy=lambda d: moves.append("to host") or d.a,
+                                 asarray=lambda a: moves.append("to device") or DeviceArray(a))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    f = on_host(lambda x, y, scale=1.0, w=None: (x + y) * scale + (0 if w is None else w))
+    out = f(DeviceArray([1.0, 2.0]), np.array([10.0, 20.0]), 2.0, w=DeviceArray([0.5, 0.5]))
+    assert isinstance(out, DeviceArray) and out.a.tolist() == [22.5, 44.5]
+    assert moves == ["to host", "to host", "to device"]
+    moves.clear()
+    assert f(np.ones(2), np.ones(2)).tolist() == [2.0, 2.0] and moves == []
+
+
 def test_tensor_on_an_unusable_gpu_is_refused(no_cupy):
     with pytest.raises(DeviceError, match="CuPy is not installed"):
         gn.tensor([1.0], device="gpu")

@@ -45,6 +45,17 @@ def test_small_profile_prints_the_table(capsys):
     assert "peaks: " in out and "(test; cached in" in out
 
 
+def test_profile_compile_profiles_the_replay(capsys):
+    """--compile: the warm-up traces (at least 2 steps), the profiled steps are replays with the
+    same kernels and launches as eager steps."""
+    assert main(SMALL[:-4] + ["--warmup", "0", "--device", "cpu", "--compile"]) == 0
+    out = capsys.readouterr().out
+    assert "2 warm-up + 3 profiled steps (compiled: gn.compile replays)" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha()}
+    assert rows["dense_forward"][1:3] == ["cpu", "6"] and rows["adam_update"][2] == "3"
+    assert "kernel launches per step: 7 (forward 2, loss 1, backward 3, optimizer 1)" in out
+
+
 def test_group_by_layer_and_sort(capsys):
     assert main(SMALL + ["--group-by", "layer", "--sort", "name"]) == 0
     out = capsys.readouterr().out

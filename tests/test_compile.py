@@ -350,3 +350,23 @@ def test_batch_norm_replay_updates_the_buffers_a_dtype_round_trip_rebinds():
     assert f.stats["replays"] > 0
     for k in states[0]:
         np.testing.assert_array_equal(states[1][k].numpy(), states[0][k].numpy(), err_msg=k)
+
+
+def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phases():
+    """Under gn.profiler a signature not yet ready runs eagerly (a trace would hide the kernels);
+    a ready one replays, recorded like an eager step, with the same result."""
+    from gpunn import profiler
+
+    model, o, lf = _setup()
+    f = gcompile(_step_fn(model, o, lf))
+    x, y = gn.tensor(X[:16]), gn.tensor(Y[:16])
+    with profiler.profile() as eager_prof:
+        f(x, y)
+    assert f.stats == {"traces": 0, "replays": 0, "eager": 1}
+    f(x, y), f(x, y)  # trace, check
+    with profiler.profile() as prof:
+        f(x, y)
+    assert f.stats["replays"] == 1
+    key = lambda p: sorted((e.name, e.phase) for e in p.events)  # noqa: E731
+    assert key(prof) == key(eager_prof)
+    assert prof.launches_per_step() == eager_prof.launches_per_step()

@@ -9,9 +9,10 @@ gradient sink where its owner registered one: gpunn/autograd/grad_sink.py).
 """
 from __future__ import annotations
 
-import contextvars
 import contextlib
+import contextvars
 import functools
+import operator
 
 import numpy as np
 
@@ -150,6 +151,38 @@ class Function:
 
 
 _NUMERIC_KINDS = "biuf"
+
+
+
+def _binary(name: str):
+    """The (a op b, b op a) operator methods of Tensor, calling functions.<name>."""
+    def forward(self, other):
+        return getattr(_F, name)(self, other)
+
+    def reflected(self, other):
+        return getattr(_F, name)(other, self)
+
+    forward.__name__, reflected.__name__ = f"__{name}__", f"__r{name}__"
+    return forward, reflected
+
+
+def _unary(name: str):
+    """The Tensor method x.<name>() (exp, log, sqrt, sin, cos, abs, sign): functions.unary."""
+    def method(self):
+        return _F.unary(name, self)
+
+    method.__name__ = name
+    method.__doc__ = f"torch.{name}, elementwise, with its gradient (integer input computed in float32 where " \
+                     "the result is fractional)."
+    return method
+
+
+def _comparison(op):
+    def compare(self, other):
+        return self._compare(other, op)
+
+    compare.__name__ = f"__{op.__name__}__"
+    return compare
 
 
 class Tensor:
@@ -347,41 +380,17 @@ class Tensor:
                 _run_backward(order, grads, rec)
 
     # ------------------------------------------------------------------ operators
-    def __add__(self, other):
-        return _F.add(self, other)
-
-    def __radd__(self, other):
-        return _F.add(other, self)
-
-    def __sub__(self, other):
-        return _F.sub(self, other)
-
-    def __rsub__(self, other):
-        return _F.sub(other, self)
-
-    def __mul__(self, other):
-        return _F.mul(self, other)
-
-    def __rmul__(self, other):
-        return _F.mul(other, self)
-
-    def __truediv__(self, other):
-        return _F.div(self, other)
-
-    def __rtruediv__(self, other):
-        return _F.div(other, self)
+    __add__, __radd__ = _binary("add")
+    __sub__, __rsub__ = _binary("sub")
+    __mul__, __rmul__ = _binary("mul")
+    __truediv__, __rtruediv__ = _binary("div")
+    __matmul__, __rmatmul__ = _binary("matmul")
 
     def __neg__(self):
         return _F.Neg.apply(self)
 
     def __pow__(self, exponent):
         return _F.pow(self, exponent)
-
-    def __matmul__(self, other):
-        return _F.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return _F.matmul(other, self)
 
     def __getitem__(self, index):
         return _F.getitem(self, index)
@@ -390,23 +399,9 @@ class Tensor:
         o = other.data if isinstance(other, Tensor) else other
         return Tensor(op(self.data, o))
 
-    def __eq__(self, other):  # elementwise, as in PyTorch
-        return self._compare(other, lambda a, b: a == b)
-
-    def __ne__(self, other):
-        return self._compare(other, lambda a, b: a != b)
-
-    def __lt__(self, other):
-        return self._compare(other, lambda a, b: a < b)
-
-    def __le__(self, other):
-        return self._compare(other, lambda a, b: a <= b)
-
-    def __gt__(self, other):
-        return self._compare(other, lambda a, b: a > b)
-
-    def __ge__(self, other):
-        return self._compare(other, lambda a, b: a >= b)
+    # elementwise comparisons, as in PyTorch: bool tensors, no gradient
+    __eq__, __ne__, __lt__, __le__, __gt__, __ge__ = map(
+        _comparison, (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge))
 
     __hash__ = object.__hash__
 
@@ -476,26 +471,7 @@ class Tensor:
     def var(self, dim=None, keepdim=False, *, correction=None, unbiased=None):
         return _F.var(self, dim, keepdim, correction=correction, unbiased=unbiased)
 
-    def exp(self):
-        return _F.unary("exp", self)
-
-    def log(self):
-        return _F.unary("log", self)
-
-    def sqrt(self):
-        return _F.unary("sqrt", self)
-
-    def sin(self):
-        return _F.unary("sin", self)
-
-    def cos(self):
-        return _F.unary("cos", self)
-
-    def abs(self):
-        return _F.unary("abs", self)
-
-    def sign(self):
-        return _F.unary("sign", self)
+    exp, log, sqrt, sin, cos, abs, sign = map(_unary, ("exp", "log", "sqrt", "sin", "cos", "abs", "sign"))
 
     def clamp(self, min=None, max=None):
         return _F.clamp(self, min, max)
@@ -779,30 +755,25 @@ def _modified_error(t, which, node, now, expected):
         f"out-of-place one (x = x + y), or run backward before changing the tensor.")
 
 
+def _alias(op, name, value, alias, alias_value, unset=None, same_ok=False):
+    """`value` (its default: `unset`), or `alias_value` when the caller used the other spelling;
+    TypeError when both are given (unless `same_ok` and they agree as bools)."""
+    if alias_value is None:
+        return value
+    if value is not unset and not (same_ok and bool(value) == bool(alias_value)):
+        raise TypeError(f"{op}() got both {name}={value!r} and {alias}={alias_value!r}; pass one of them")
+    return alias_value
+
+
 def _dim_args(op, dim, keepdim, axis, keepdims):
     """PyTorch's (dim, keepdim) with NumPy's (axis, keepdims) accepted as aliases (PyTorch accepts axis too)."""
-    if axis is not None:
-        if dim is not None:
-            raise TypeError(f"{op}() got both dim={dim!r} and axis={axis!r}; pass one of them")
-        dim = axis
-    if keepdims is not None:
-        if keepdim is not None and bool(keepdim) != bool(keepdims):
-            raise TypeError(f"{op}() got both keepdim={keepdim!r} and keepdims={keepdims!r}; pass one of them")
-        keepdim = keepdims
-    return dim, bool(keepdim)
+    return _alias(op, "dim", dim, "axis", axis), bool(_alias(op, "keepdim", keepdim, "keepdims", keepdims, same_ok=True))
 
 
 def _axis_args(op, axis, keepdims, dim, keepdim):
     """Merge PyTorch's (dim, keepdim) into NumPy's (axis, keepdims); refuse both spellings at once."""
-    if dim is not None:
-        if axis is not None:
-            raise TypeError(f"{op}() got both axis={axis!r} and dim={dim!r}; pass one of them")
-        axis = dim
-    if keepdim is not None:
-        if keepdims is not False and bool(keepdims) != bool(keepdim):
-            raise TypeError(f"{op}() got both keepdims={keepdims!r} and keepdim={keepdim!r}; pass one of them")
-        keepdims = keepdim
-    return axis, bool(keepdims)
+    return (_alias(op, "axis", axis, "dim", dim),
+            bool(_alias(op, "keepdims", keepdims, "keepdim", keepdim, unset=False, same_ok=True)))
 
 
 def _check_gradient(t: Tensor, gradient):

@@ -20,7 +20,7 @@ import numpy as np
 import numba
 from numba import njit
 
-from gpunn.backend import FLOAT_DTYPES
+from gpunn.backend import FLOAT_DTYPES, on_host
 from gpunn.kernels import registry
 from gpunn.kernels.registry import activation_code, check_code, needs_preactivation  # noqa: F401 (re-exported)
 
@@ -151,36 +151,20 @@ def activation_backward_cpu(dy, z, y, code, negative_slope=0.01):
     return dz.reshape(dy.shape)
 
 
-def _on_host(fn):
-    """The reference on any array module: NumPy arrays run the kernels above; other arrays (CuPy,
-    reached only when the GPU kernels cannot run) go through the host and back."""
-
-    def run(*arrays_then_args, n_arrays):
-        arrays = arrays_then_args[:n_arrays]
-        first = next(a for a in arrays if a is not None)
-        if isinstance(first, np.ndarray):
-            return fn(*arrays_then_args)
-        from gpunn.backend import get_array_module
-
-        xp = get_array_module(first)
-        host = [None if a is None else xp.asnumpy(a) for a in arrays]
-        return xp.asarray(fn(*host, *arrays_then_args[n_arrays:]))
-
-    return run
-
-
-_forward_any = _on_host(activation_forward_cpu)
-_backward_any = _on_host(activation_backward_cpu)
+# The `Ops` reference: the same kernels, through the host for CuPy arrays (reached only when the
+# GPU kernels cannot run).
+_forward_any = on_host(activation_forward_cpu)
+_backward_any = on_host(activation_backward_cpu)
 
 
 def activation_forward_ref(z, code: int, negative_slope: float = 0.01):
     """y = act(z) elementwise; a new array of z's shape and dtype (NumPy or CuPy)."""
-    return _forward_any(z, code, negative_slope, n_arrays=1)
+    return _forward_any(z, code, negative_slope)
 
 
 def activation_backward_ref(dy, z, y, code: int, negative_slope: float = 0.01):
     """dz = dy * act'(z), using y where the derivative needs only the output (z may be None then)."""
-    return _backward_any(dy, z, y, code, negative_slope, n_arrays=3)
+    return _backward_any(dy, z, y, code, negative_slope)
 
 
 # ---------------------------------------------------------------------------------------------

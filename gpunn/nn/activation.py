@@ -103,32 +103,32 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class Softmax(Module):
+class _AlongDim(Module):
+    """A module applying `functional.<_fn>(x, dim)`."""
+
+    _fn = ""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return getattr(functional, self._fn)(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Softmax(_AlongDim):
     """exp(x - logsumexp(x)) along dim."""
 
-    def __init__(self, dim: int = -1):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x):
-        return functional.softmax(x, self.dim)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+    _fn = "softmax"
 
 
-class LogSoftmax(Module):
+class LogSoftmax(_AlongDim):
     """x - logsumexp(x) along dim."""
 
-    def __init__(self, dim: int = -1):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x):
-        return functional.log_softmax(x, self.dim)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+    _fn = "log_softmax"
 
 
 class Identity(Module):

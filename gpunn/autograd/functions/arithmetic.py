@@ -116,12 +116,19 @@ class Pow(Function):
         return (g * (a.dtype.type(c) * a ** a.dtype.type(c - 1)),)
 
 
-class Exp(Function):
+class _OfOutput(Function):
+    """y = f(a) whose derivative is a function of y (f names an array-module function); y is saved."""
+
     saves_inputs = False
+    f = ""
 
     def forward(self, a):
-        self.out = get_array_module(a).exp(a)
+        self.out = getattr(get_array_module(a), self.f)(a)
         return self.out
+
+
+class Exp(_OfOutput):
+    f = "exp"
 
     def backward(self, g):
         return (g * self.out,)
@@ -138,26 +145,39 @@ class Log(Function):
         return (g / self.a,)
 
 
-class Sqrt(Function):
-    saves_inputs = False
-
-    def forward(self, a):
-        self.out = get_array_module(a).sqrt(a)
-        return self.out
+class Sqrt(_OfOutput):
+    f = "sqrt"
 
     def backward(self, g):
         return (g / (2 * self.out),)
 
 
-class Abs(Function):
+class _OfInput(Function):
+    """y = f(a) with dy/da = sign * df(a): f and df name array-module functions (NumPy's = CuPy's)."""
+
     saves_output = False
+    f = df = ""
+    sign = 1
 
     def forward(self, a):
         self.a = a
-        return get_array_module(a).abs(a)
+        return getattr(get_array_module(a), self.f)(a)
 
     def backward(self, g):
-        return (g * get_array_module(g).sign(self.a),)
+        d = g * getattr(get_array_module(g), self.df)(self.a)
+        return (d if self.sign > 0 else -d,)
+
+
+class Abs(_OfInput):
+    f, df = "abs", "sign"
+
+
+class Sin(_OfInput):
+    f, df = "sin", "cos"
+
+
+class Cos(_OfInput):
+    f, df, sign = "cos", "sin", -1
 
 
 class Sign(Function):
@@ -170,28 +190,6 @@ class Sign(Function):
 
     def backward(self, g):
         return (get_array_module(g).zeros(self.shape, dtype=g.dtype),)
-
-
-class Sin(Function):
-    saves_output = False
-
-    def forward(self, a):
-        self.a = a
-        return get_array_module(a).sin(a)
-
-    def backward(self, g):
-        return (g * get_array_module(g).cos(self.a),)
-
-
-class Cos(Function):
-    saves_output = False
-
-    def forward(self, a):
-        self.a = a
-        return get_array_module(a).cos(a)
-
-    def backward(self, g):
-        return (-g * get_array_module(g).sin(self.a),)
 
 
 class Clamp(Function):
