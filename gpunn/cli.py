@@ -25,7 +25,7 @@ from gpunn.kernels import registry
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
 DATASETS = ("digits", "xor", "and", "or", "spirals", "moons", "circles")
 
 
@@ -35,7 +35,7 @@ def activation_choices() -> tuple:
 
 DEFAULT_LAYERS = {"digits": [64, 128, 10], "xor": [2, 8, 2], "and": [2, 8, 2], "or": [2, 8, 2],
                   "spirals": [2, 64, 64, 2], "moons": [2, 32, 32, 2], "circles": [2, 32, 32, 2]}
-DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 0.05}
+DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 0.05, "adagrad": 1e-2}
 
 
 class UsageError(Exception):
@@ -221,6 +221,8 @@ def make_optimizer(name, params, lr=None, momentum=0.9, weight_decay=None):
         return optim.RMSprop(params, lr=lr, **extra)
     if name == "sgd":
         return optim.SGD(params, lr=lr, momentum=momentum, **extra)
+    if name == "adagrad":
+        return optim.Adagrad(params, lr=lr, **extra)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 

@@ -25,6 +25,7 @@ OPTIMIZERS = {
     "Adam": (lambda p: gn.optim.Adam(p, lr=1e-3), lambda p: torch.optim.Adam(p, lr=1e-3)),
     "AdamW": (lambda p: gn.optim.AdamW(p, lr=1e-3), lambda p: torch.optim.AdamW(p, lr=1e-3)),
     "RMSprop": (lambda p: gn.optim.RMSprop(p, lr=1e-3), lambda p: torch.optim.RMSprop(p, lr=1e-3)),
+    "Adagrad": (lambda p: gn.optim.Adagrad(p, lr=1e-2), lambda p: torch.optim.Adagrad(p, lr=1e-2)),
 }
 
 

@@ -1,8 +1,9 @@
-"""Float64 references for every registered activation (and array-expression references for the
-optimizer updates, in the array's dtype), written here from the mathematics and
-independent of gpunn's definitions (gpunn/kernels/registry.py), plus PyTorch's equivalent of each
-for the parity tests. Adding an activation to the registry means adding its entry here:
-tests/test_kernels_activations.py fails for any registered activation that has none."""
+"""Float64 references for every registered activation and elementwise loss (and array-expression
+references for the optimizer updates: SGD, Adam, RMSprop in the array's dtype, Adagrad in float64),
+written here from the mathematics and independent of gpunn's definitions
+(gpunn/kernels/registry.py), plus PyTorch's equivalent of each activation and loss for the parity
+tests. Adding a member to the registry means adding its entry here: tests/test_kernels_activations.py,
+tests/test_kernels_optimizers.py (and the losses' tests) fail for any registered member that has none."""
 from __future__ import annotations
 
 import math
@@ -126,6 +127,17 @@ def rmsprop_ref(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0
         p -= lr * buf
     else:
         p -= lr * g / avg
+
+
+def adagrad_ref(p, grad, state_sum, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False, step=1):
+    """torch.optim.Adagrad's step t (from 1) in float64, each stored array rounded once."""
+    g = np.asarray(grad, np.float64) * (-1.0 if maximize else 1.0)
+    p64 = np.asarray(p, np.float64)
+    if weight_decay != 0:
+        g = g + weight_decay * p64
+    state_sum[...] = np.asarray(state_sum, np.float64) + g * g
+    clr = lr / (1 + (step - 1) * lr_decay)
+    p[...] = p64 - clr * g / (np.sqrt(np.asarray(state_sum, np.float64)) + eps)
 
 
 # ---------------------------------------------------------------------------------- elementwise losses

@@ -169,7 +169,8 @@ def test_scheduler_state_round_trip_continues_identically(tmp_path, make):
     lambda p: optim.AdamW(p, lr=0.01, weight_decay=0.05),
     lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
     lambda p: optim.RMSprop(p, lr=0.005, momentum=0.5),
-], ids=["adam", "adamw", "sgd_nesterov", "rmsprop"])
+    lambda p: optim.Adagrad(p, lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+], ids=["adam", "adamw", "sgd_nesterov", "rmsprop", "adagrad"])
 def test_resume_from_checkpoint_is_bit_identical(tmp_path, make_opt):
     X, y = blobs(70)
 

@@ -17,8 +17,8 @@ Y = RNG.integers(0, 3, 40)
 def _setup(opt="adam", seed=0):
     gn.manual_seed(seed)
     model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 3))
-    o = gn.optim.Adam(model.parameters(), lr=1e-2) if opt == "adam" else \
-        gn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    o = {"adam": lambda p: gn.optim.Adam(p, lr=1e-2), "sgd": lambda p: gn.optim.SGD(p, lr=0.1, momentum=0.9),
+         "adagrad": lambda p: gn.optim.Adagrad(p, lr=0.05, lr_decay=0.01)}[opt](model.parameters())
     return model, o, gn.nn.CrossEntropyLoss()
 
 
@@ -48,7 +48,7 @@ def _train(compiled, epochs=4, batch=16, opt="adam", between=None):
     return losses, [p.data.copy() for p in model.parameters()], f
 
 
-@pytest.mark.parametrize("opt", ["adam", "sgd"])
+@pytest.mark.parametrize("opt", ["adam", "sgd", "adagrad"])
 def test_bit_identical_to_eager_with_scheduler_and_short_batch(opt):
     le, pe, _ = _train(False, opt=opt)
     lc, pc, f = _train(True, opt=opt)

@@ -98,7 +98,7 @@ def _mlp(seed, dtype):
     return model.to(dtype) if dtype != np.float32 else model
 
 
-@pytest.mark.parametrize("opt", ["adam", "adamw", "sgd", "rmsprop"])
+@pytest.mark.parametrize("opt", ["adam", "adamw", "sgd", "rmsprop", "adagrad"])
 def test_training_steps_equal_the_cpu(target, monkeypatch, opt):
     """Three steps of an MLP through the CUDA kernels equal the same steps through CpuOps (float64)."""
     from gpunn.cli import make_optimizer

@@ -499,6 +499,7 @@ ADAM_OPTIONS = [dict(), dict(amsgrad=True), dict(weight_decay=0.1), dict(weight_
                 dict(maximize=True, amsgrad=True, weight_decay=0.01, decoupled=True)]
 RMS_OPTIONS = [dict(), dict(centered=True), dict(momentum=0.9), dict(centered=True, momentum=0.5, weight_decay=0.1),
                dict(maximize=True, weight_decay=0.01)]
+ADAGRAD_OPTIONS = [dict(), dict(lr_decay=0.1, weight_decay=0.1), dict(maximize=True, eps=1e-6)]
 
 
 def _opt_tol(dtype):
@@ -556,6 +557,16 @@ def test_rmsprop_update_matches_cpu_kernel(target, kw, dtype):
     _steps(target, dtype, ["square_avg", "momentum_buffer", "grad_avg"],
            lambda a, g, t: run(optimizers_cuda.rmsprop_update, a, g, t),
            lambda a, g, t: run(optimizers.rmsprop_update_cpu, a, g, t))
+
+
+@DTYPES
+@pytest.mark.parametrize("kw", ADAGRAD_OPTIONS, ids=str)
+def test_adagrad_update_matches_cpu_kernel(target, kw, dtype):
+    def run(impl, a, g, t):
+        impl(a[0], g, a[1], 1e-1, step=t, **kw)
+
+    _steps(target, dtype, ["sum"], lambda a, g, t: run(optimizers_cuda.adagrad_update, a, g, t),
+           lambda a, g, t: run(optimizers.adagrad_update_cpu, a, g, t))
 
 
 def test_optimizer_kernels_refuse_bad_calls_and_leave_unused_state_alone(target):

@@ -1,8 +1,15 @@
-"""docs/extending.md's worked example, run: a new activation (SiLU, x * sigmoid(x)) added in ONE
-place, a `register_activation` call with its two scalar formulas, flows through the registry to
-functional, nn (its module and Sequential's fusion), the CLI's choices, the CPU kernels (the
-elementwise ones and the fused dense epilogue), the CUDA kernels in Numba's simulator and the
-cost model; checked here against a float64 reference and PyTorch written in this file."""
+"""docs/extending.md's worked examples, run.
+
+A new activation (SiLU, x * sigmoid(x)) added in ONE place, a `register_activation` call with its
+two scalar formulas, flows through the registry to functional, nn (its module and Sequential's
+fusion), the CLI's choices, the CPU kernels (the elementwise ones and the fused dense epilogue),
+the CUDA kernels in Numba's simulator and the cost model; checked here against a float64
+reference and PyTorch written in this file.
+
+A new optimizer update (Signum: sign-SGD with an optional momentum buffer) added in ONE place, a
+`register_optimizer` call with its update, option mapping and cost, flows to the CPU kernel, the
+reference, the CUDA kernel in Numba's simulator, `ops_for(array).signum_update`, the offline
+compile list and the cost model (the profiler's too); checked against a float64 reference."""
 from __future__ import annotations
 
 import numpy as np
@@ -157,7 +164,134 @@ def test_after_unregister_nothing_is_left():
 
 
 
-def test_debug():
-    import sys
-    import gpunn.nn.activation as a
-    print("DBG", id(a), id(sys.modules["gpunn.nn.activation"]), a.__dict__.get("SiLU"), a.__file__)
+
+# --- an optimizer update: the whole addition (what docs/extending.md shows going into registry.py) --
+
+def signum_update(i, p, grad, momentum_buffer, lr, momentum):
+    g = f64(grad[i])  # noqa: F821  (f64, MOMENTUM: bound per backend and kernel variant)
+    if MOMENTUM:  # noqa: F821
+        momentum_buffer[i] = momentum * f64(momentum_buffer[i]) + (1.0 - momentum) * g  # noqa: F821
+        g = f64(momentum_buffer[i])  # noqa: F821
+    if g > 0.0:
+        p[i] = f64(p[i]) - lr  # noqa: F821
+    elif g < 0.0:
+        p[i] = f64(p[i]) + lr  # noqa: F821
+
+
+def signum_prepare(lr, momentum=0.0):
+    return dict(MOMENTUM=momentum != 0), (lr, momentum)
+
+
+def signum_cost(f):
+    """sign and p -+ lr: 2 FLOPs per element, momentum 3; read p, grad (buffer), write p (buffer)."""
+    return 2 + 3 * f["MOMENTUM"], 3 + 2 * f["MOMENTUM"]
+
+
+@pytest.fixture
+def signum():
+    m = registry.register_optimizer("signum", signum_update, {"momentum_buffer": "MOMENTUM"}, signum_prepare,
+                                    signum_cost, MOMENTUM=(False, True))
+    try:
+        yield m
+    finally:
+        registry.unregister_optimizer("signum")
+
+
+# --- its test case: a float64 reference written from the definition ----------------------------
+
+def signum64(p, g, buf, lr, momentum):
+    p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+    if momentum:
+        buf = momentum * np.asarray(buf, np.float64) + (1 - momentum) * g
+        g = buf
+    return p - lr * np.sign(g), buf
+
+
+def _signum_arrays(dtype, n=23, seed=5):
+    rng = np.random.default_rng(seed)
+    p, g, buf = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    g[:3] = 0.0  # sign(0) = 0: no move
+    return p, g, buf
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_new_optimizer_update_runs_on_the_cpu_and_through_ops(signum, dtype, momentum):
+    from gpunn.kernels import ops_for, use_kernels
+    from gpunn.kernels import optimizers as K
+
+    p, g, buf = _signum_arrays(dtype)
+    want_p, want_buf = signum64(p, g, buf, 0.01, momentum)
+    ops = ops_for(p)
+    assert ops.signum_update is K.signum_update_cpu
+    ops.signum_update(p, g, buf if momentum else None, 0.01, momentum=momentum)
+    np.testing.assert_allclose(p, want_p, **TOL[dtype])
+    if momentum:
+        np.testing.assert_allclose(buf, want_buf, **TOL[dtype])
+    with use_kernels("reference"):
+        q, g, buf = _signum_arrays(dtype)
+        ops_for(q).signum_update(q, g, buf, 0.01, momentum)
+    np.testing.assert_array_equal(q, p)
+    with pytest.raises(ValueError, match="signum_update: momentum_buffer is None, but the options given turn on "
+                                         "MOMENTUM"):
+        ops.signum_update(p, g, None, 0.01, momentum=0.9)
+    # the cost model, the kernels' and the profiler's
+    from gpunn.profiler import COSTS
+
+    assert K.signum_update_cost(p, g, None, 0.01) == (2 * p.size, 3 * p.nbytes)
+    assert COSTS["signum_update"](p, g, buf, 0.01, 0.9) == (5 * p.size, 5 * p.nbytes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_new_optimizer_update_runs_on_the_cuda_kernels(signum, target, dtype):  # noqa: F811
+    from gpunn.kernels import optimizers_cuda
+
+    p, g, buf = _signum_arrays(dtype)
+    want_p, want_buf = signum64(p, g, buf, 0.01, 0.5)
+    dp, dbuf = target.asarray(p), target.asarray(buf)
+    optimizers_cuda.signum_update(dp, target.asarray(g), dbuf, 0.01, 0.5)
+    np.testing.assert_allclose(target.get(dp), want_p, **TOL[dtype])
+    np.testing.assert_allclose(target.get(dbuf), want_buf, **TOL[dtype])
+    listed = [args for getter, args, _ in optimizers_cuda.variants() if args[0] == "signum"]
+    assert len(listed) == 4  # ptxas_report compiles it too: MOMENTUM off/on, float32 and float64
+
+
+def test_a_new_optimizer_update_drives_an_optimizer_and_the_profiler(signum):
+    """An Optimizer subclass (what gpunn/optim/<name>.py holds) steps through ops.signum_update."""
+    from gpunn.optim.optimizer import Optimizer
+    from gpunn.profiler import profile
+
+    class Signum(Optimizer):
+        _state_buffers = {"momentum_buffer": None}
+
+        def __init__(self, params, lr=1e-3, momentum=0.9):
+            super().__init__(params, dict(lr=lr, momentum=momentum))
+
+        def _update(self, group, ops, p, g, state, step):
+            ops.signum_update(p, g, state["momentum_buffer"], group["lr"], group["momentum"])
+
+    w = gn.Parameter(np.array([1.0, -2.0, 3.0], np.float32))
+    opt = Signum([w], lr=0.5)
+    with profile(peaks=False) as prof:
+        (w * w).sum().backward()
+        opt.step()
+    np.testing.assert_allclose(w.numpy(), [0.5, -1.5, 2.5])
+    np.testing.assert_allclose(opt.state[w]["momentum_buffer"], 0.1 * np.array([2.0, -4.0, 6.0]), rtol=1e-6)
+    ev = [e for e in prof.events if e.name == "signum_update"]
+    assert [(e.flops, e.bytes) for e in ev] == [(15, 60)]
+
+
+def test_after_unregister_no_optimizer_update_is_left():
+    """Run after the tests above: the toy update leaves no method, function, cost or variant behind."""
+    from gpunn.kernels import ops_for, optimizers, optimizers_cuda
+    from gpunn.profiler import COSTS
+
+    assert "signum" not in registry.OPTIMIZERS
+    with pytest.raises(AttributeError):
+        ops_for(np.zeros(2)).signum_update  # noqa: B018
+    with pytest.raises(AttributeError):
+        optimizers.signum_update_cpu  # noqa: B018
+    with pytest.raises(AttributeError):
+        optimizers_cuda.signum_update  # noqa: B018
+    assert "signum_update" not in COSTS and "signum_update" not in list(COSTS)
+    assert not any(args[0] == "signum" for _, args, _ in optimizers_cuda.variants())

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpunn.kernels import ops_for, use_kernels
+from gpunn.kernels import ops_for, registry, use_kernels
 from gpunn.kernels import optimizers as K
 import references as R
 
@@ -47,8 +47,10 @@ SGD_OPTS = [dict(momentum=m, dampening=d, nesterov=nv, weight_decay=wd, maximize
             if not (nv and (m == 0 or d != 0))]
 ADAM_OPTS = [dict(weight_decay=wd, decoupled=dc, amsgrad=a, maximize=mx, step=t)
              for wd, dc, a, mx, t in itertools.product([0.0, 0.1], [False, True], [False, True], [False, True], [1, 7])]
-RMS_OPTS = [dict(momentum=m, centered=c, weight_decay=wd, maximize=mx)
+RMSPROP_OPTS = [dict(momentum=m, centered=c, weight_decay=wd, maximize=mx)
             for m, c, wd, mx in itertools.product([0.0, 0.5], [False, True], [0.0, 0.1], [False, True])]
+ADAGRAD_OPTS = [dict(lr_decay=ld, weight_decay=wd, maximize=mx, step=t)
+                for ld, wd, mx, t in itertools.product([0.0, 0.1], [0.0, 0.1], [False, True], [1, 7])]
 
 
 def run_sgd(fn, n, dtype, seed, o):
@@ -78,6 +80,14 @@ def run_rms(fn, n, dtype, seed, o):
     fn(p, g, sq, buf if o["momentum"] else None, gavg if o["centered"] else None, 0.01, 0.9, 1e-8,
        o["weight_decay"], o["momentum"], o["centered"], o["maximize"])
     return bp, bg, bb, bs, ba, g0, b0, a0
+
+
+def run_adagrad(fn, n, dtype, seed, o):
+    p, g, _, s, _ = arrays(n, dtype, seed)
+    (bp, p), (bg, g), (bs, s) = [guarded(a) for a in (p, g, s)]
+    g0 = bg.copy()
+    fn(p, g, s, 0.05, o["lr_decay"], o["weight_decay"], 1e-10, o["maximize"], o["step"])
+    return bp, bg, bs, g0
 
 
 def _close(a, b, dtype, what):
@@ -120,7 +130,7 @@ def test_adam_cpu_equals_ref(dtype, o):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("o", RMS_OPTS, ids=[str(i) for i in range(len(RMS_OPTS))])
+@pytest.mark.parametrize("o", RMSPROP_OPTS, ids=[str(i) for i in range(len(RMSPROP_OPTS))])
 def test_rmsprop_cpu_equals_ref(dtype, o):
     ref = run_rms(R.rmsprop_ref, 29, dtype, 3, o)
     cpu = run_rms(K.rmsprop_update_cpu, 29, dtype, 3, o)
@@ -133,6 +143,28 @@ def test_rmsprop_cpu_equals_ref(dtype, o):
             assert np.array_equal(out[2], out[6]), "momentum_buffer was written without momentum"
         if not o["centered"]:
             assert np.array_equal(out[4], out[7]), "grad_avg was written without centered"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("o", ADAGRAD_OPTS, ids=[str(i) for i in range(len(ADAGRAD_OPTS))])
+def test_adagrad_cpu_equals_float64_ref(dtype, o):
+    ref = run_adagrad(R.adagrad_ref, 31, dtype, 10, o)
+    cpu = run_adagrad(K.adagrad_update_cpu, 31, dtype, 10, o)
+    for name, a, b in zip(("param", "grad", "sum"), ref[:3], cpu[:3]):
+        _close(b, a, dtype, f"adagrad {o}: {name}")
+        _guards_intact(b, name)
+    for out in (ref, cpu):
+        assert np.array_equal(out[1], out[3]), "the gradient was written"
+    assert not np.array_equal(cpu[0], guarded(arrays(31, dtype, 10)[0])[0])  # the params did move
+
+
+def test_every_registered_optimizer_has_a_test_reference():
+    """Adding an optimizer update to the registry means adding its reference to tests/references.py
+    (and its option grid here)."""
+    for name, m in registry.OPTIMIZERS.items():
+        if registry.is_builtin(m):
+            assert callable(getattr(R, f"{name}_ref", None)), f"tests/references.py has no {name}_ref"
+            assert f"{name.upper()}_OPTS" in globals(), f"no option grid for {name}"
 
 
 @settings(max_examples=40, deadline=None)
@@ -242,6 +274,7 @@ def test_bad_arguments_raise_before_any_write(impl, what, edit, match):
         "sgd": lambda: getattr(K, f"sgd_update_{impl}")(p, g, s1, 0.1, 0.9),
         "adam": lambda: getattr(K, f"adam_update_{impl}")(p, g, s1, s2, s3, 0.1, amsgrad=True),
         "rmsprop": lambda: getattr(K, f"rmsprop_update_{impl}")(p, g, s2, s1, s3, 0.1, momentum=0.5, centered=True),
+        "adagrad": lambda: getattr(K, f"adagrad_update_{impl}")(p, g, s1, 0.1, lr_decay=0.1, step=3),
     }
     for name, call in calls.items():
         with pytest.raises(ValueError, match=match):
@@ -253,14 +286,22 @@ def test_bad_arguments_raise_before_any_write(impl, what, edit, match):
 @pytest.mark.parametrize("impl", ["ref", "cpu"])
 def test_missing_buffer_the_options_need_is_refused(impl):
     p, g, s1, s2, s3 = arrays(5, np.float32, 9)
-    with pytest.raises(ValueError, match="momentum.*needs a momentum_buffer"):
+    with pytest.raises(ValueError, match="sgd_update: momentum_buffer is None, but the options given turn on MOMENTUM"):
         getattr(K, f"sgd_update_{impl}")(p, g, None, 0.1, momentum=0.9)
-    with pytest.raises(ValueError, match="amsgrad.*max_exp_avg_sq"):
+    with pytest.raises(ValueError, match="max_exp_avg_sq is None.*AMSGRAD"):
         getattr(K, f"adam_update_{impl}")(p, g, s1, s2, None, 0.1, amsgrad=True)
-    with pytest.raises(ValueError, match="centered.*grad_avg"):
+    with pytest.raises(ValueError, match="exp_avg_sq is None, but adam always uses it"):
+        getattr(K, f"adam_update_{impl}")(p, g, s1, None, None, 0.1)
+    with pytest.raises(ValueError, match="grad_avg is None.*CENTERED"):
         getattr(K, f"rmsprop_update_{impl}")(p, g, s2, None, None, 0.1, centered=True)
-    with pytest.raises(ValueError, match="momentum.*momentum_buffer"):
+    with pytest.raises(ValueError, match="momentum_buffer is None.*MOMENTUM"):
         getattr(K, f"rmsprop_update_{impl}")(p, g, s2, None, None, 0.1, momentum=0.5)
+    with pytest.raises(ValueError, match="state_sum is None, but adagrad always uses it"):
+        getattr(K, f"adagrad_update_{impl}")(p, g, None, 0.1)
+    with pytest.raises(TypeError, match="missing array argument.*state_sum"):
+        getattr(K, f"adagrad_update_{impl}")(p, g)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'betas'"):
+        getattr(K, f"adagrad_update_{impl}")(p, g, s1, 0.1, betas=(0.9, 0.99))
     # and without those options the buffers may be None
     getattr(K, f"sgd_update_{impl}")(p, g, None, 0.1)
     getattr(K, f"adam_update_{impl}")(p, g, s1, s2, None, 0.1)
@@ -271,9 +312,29 @@ def test_missing_buffer_the_options_need_is_refused(impl):
 def test_dispatch_picks_cpu_kernels_unless_reference_is_asked_for():
     x = np.zeros(3, np.float32)
     ops = ops_for(x)
-    assert ops.adam_update is K.adam_update_cpu and ops.sgd_update is K.sgd_update_cpu
-    assert ops.rmsprop_update is K.rmsprop_update_cpu
+    names = list(registry.OPTIMIZERS)
+    assert {"sgd", "adam", "rmsprop", "adagrad"} <= set(names)
+    for name in names:
+        assert getattr(ops, f"{name}_update") is getattr(K, f"{name}_update_cpu") is K.update_cpu(name)
     with use_kernels("reference"):
         ref = ops_for(x)
-        assert ref.adam_update is K.adam_update_ref and ref.rmsprop_update is K.rmsprop_update_ref
-        assert ref.sgd_update is K.sgd_update_ref
+        for name in names:
+            assert getattr(ref, f"{name}_update") is getattr(K, f"{name}_update_ref") is K.update_reference(name)
+
+
+def test_keyword_arrays_and_the_signature_come_from_the_registry():
+    import inspect
+
+    assert str(inspect.signature(K.adagrad_update_cpu)) == \
+        "(p, grad, state_sum, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False, step=1)"
+    outs = []
+    for call in (lambda p, g, s: K.adagrad_update_cpu(p, g, s, 0.1, weight_decay=0.1),
+                 lambda p, g, s: K.adagrad_update_cpu(p=p, grad=g, state_sum=s, lr=0.1, weight_decay=0.1)):
+        p, g, _, s, _ = arrays(6, np.float64, 11)
+        call(p, g, s)
+        outs.append((p, s))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    with pytest.raises(ValueError, match="unknown optimizer update 'nope'; registered: sgd, adam"):
+        K.update_cpu("nope")
+    with pytest.raises(AttributeError, match="nope_update_cpu"):
+        K.nope_update_cpu  # noqa: B018

@@ -274,7 +274,7 @@ def test_non_optimizer_and_non_callable_are_type_errors():
 
 
 def test_works_with_every_optimizer():
-    for cls in (gn.optim.SGD, gn.optim.Adam, gn.optim.AdamW, gn.optim.RMSprop):
+    for cls in (gn.optim.SGD, gn.optim.Adam, gn.optim.AdamW, gn.optim.RMSprop, gn.optim.Adagrad):
         opt = gpunn_opt(cls)
         sched = S.ExponentialLR(opt, gamma=0.5)
         sched.step()

@@ -9,12 +9,13 @@ import pytest
 
 import gpunn as gn
 from gpunn.kernels import ops as ops_module
-from gpunn.kernels import use_kernels
+from gpunn.kernels import registry, use_kernels
 from gpunn.optim.optimizer import Optimizer
 
 SHAPES = [(4, 3), (4,), (2, 2, 2), ()]
 ALL = [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1)), ("AdamW", dict(lr=0.1)),
-       ("RMSprop", dict(lr=0.1, momentum=0.5, centered=True))]
+       ("RMSprop", dict(lr=0.1, momentum=0.5, centered=True)),
+       ("Adagrad", dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.1))]
 
 
 def make_params(seed=0, dtype=np.float32, shapes=SHAPES):
@@ -46,10 +47,10 @@ def snapshot(params):
 
 @pytest.fixture
 def count_kernel_calls(monkeypatch):
-    """Wrap the three optimizer kernels of both CPU Ops classes; returns the call counter."""
+    """Wrap the optimizer kernels of both CPU Ops classes; returns the call counter."""
     calls = {"n": 0}
     for cls in (ops_module.Ops, ops_module.CpuOps):
-        for name in ("sgd_update", "adam_update", "rmsprop_update"):
+        for name in (f"{n}_update" for n, m in registry.OPTIMIZERS.items() if registry.is_builtin(m)):
             fn = cls.__dict__[name].__func__ if hasattr(cls.__dict__[name], "__func__") else cls.__dict__[name]
 
             def wrapped(*a, _fn=fn, **k):
@@ -119,7 +120,10 @@ def test_param_without_grad_is_untouched_and_has_no_state(name, kw):
     before = snapshot(params)
     train(opt, params, steps=3, which=[0, 2, 3])
     assert np.array_equal(params[1].data, before[1])
-    assert params[1] not in opt.state and 1 not in opt.state_dict()["state"]
+    if name == "Adagrad":  # its state exists from construction (as torch's): it stays at step 0
+        assert float(opt.state[params[1]]["step"]) == 0 and float(opt.state_dict()["state"][1]["step"]) == 0
+    else:
+        assert params[1] not in opt.state and 1 not in opt.state_dict()["state"]
     for i in (0, 2, 3):
         assert not np.array_equal(params[i].data, before[i]) or before[i].size == 0
         assert params[i] in opt.state
@@ -265,6 +269,21 @@ def test_rebinding_one_param_to_another_dtype_is_refused_with_names():
         opt.step()
 
 
+def test_adagrad_initial_sum_follows_a_repack_and_a_new_group():
+    """The sum starts at initial_accumulator_value; a parameter rebound (new shape, step 0) before
+    its first step gets a fresh sum at that value; a group added later uses its own value."""
+    params = make_params()
+    opt = gn.optim.Adagrad(params[:3], lr=0.1, initial_accumulator_value=0.3)
+    params[0].data = np.full((2, 2), 5.0, np.float32)
+    for p in params[:3]:
+        p.grad = gn.Tensor(np.ones(p.shape, np.float32))
+    opt.step()
+    np.testing.assert_allclose(opt.state[params[0]]["sum"], np.full((2, 2), 1.3), rtol=1e-6)
+    np.testing.assert_allclose(params[0].data, 5.0 - 0.1 / np.sqrt(1.3), rtol=1e-6)
+    opt.add_param_group({"params": [params[3]], "initial_accumulator_value": 2.0})
+    assert float(opt.state[params[3]]["sum"]) == 2.0 and float(opt.state[params[3]]["step"]) == 0
+
+
 def test_shape_change_after_state_is_refused():
     params = make_params()
     opt = gn.optim.Adam(params, lr=0.1)
@@ -333,6 +352,9 @@ INVALID = [
     ("RMSprop", dict(lr=-0.01), "lr"), ("RMSprop", dict(alpha=-0.5), "alpha"), ("RMSprop", dict(alpha=1.5), "alpha"),
     ("RMSprop", dict(eps=-1.0), "eps"), ("RMSprop", dict(momentum=-0.1), "momentum"),
     ("RMSprop", dict(weight_decay=-0.1), "weight_decay"),
+    ("Adagrad", dict(lr=-0.01), "Invalid learning rate.*lr"), ("Adagrad", dict(lr_decay=-0.1), "lr_decay"),
+    ("Adagrad", dict(weight_decay=-0.1), "weight_decay"), ("Adagrad", dict(eps=-1e-10), "eps"),
+    ("Adagrad", dict(initial_accumulator_value=-1.0), "initial_accumulator_value"),
 ]
 
 
@@ -340,6 +362,11 @@ INVALID = [
 def test_invalid_hyperparameters_raise_value_error_naming_them(name, kw, match):
     with pytest.raises(ValueError, match=match):
         getattr(gn.optim, name)(make_params(), **kw)
+
+
+def test_hyperparameter_of_the_wrong_type_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="lr must be a number, got str"):
+        gn.optim.Adagrad(make_params(), lr="0.1")
 
 
 def test_invalid_group_option_is_refused_too():
@@ -479,7 +506,7 @@ def test_load_torch_style_sgd_state_with_none_buffer():
 # ----------------------------------------------------------------------------- misc
 
 def test_exports_and_repr():
-    for name in ("Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "lr_scheduler"):
+    for name in ("Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler"):
         assert hasattr(gn.optim, name)
     assert issubclass(gn.optim.AdamW, gn.optim.Adam) and issubclass(gn.optim.SGD, Optimizer)
     opt = gn.optim.AdamW(make_params(), lr=0.1)

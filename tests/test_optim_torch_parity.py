@@ -25,7 +25,7 @@ STATE_TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-7,
 SHAPES = [(5, 3), (5,), (2, 3, 4), ()]
 STATE_KEYS = {"SGD": ("momentum_buffer",), "Adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
               "AdamW": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-              "RMSprop": ("square_avg", "momentum_buffer", "grad_avg")}
+              "RMSprop": ("square_avg", "momentum_buffer", "grad_avg"), "Adagrad": ("sum",)}
 
 
 def _problem(dtype, seed=0):
@@ -65,6 +65,14 @@ class Pair:
         loss = sum(((p - t) ** 2 * c * 0.5).sum() + p.tanh().sum()
                    for i, (p, c, t) in enumerate(zip(self.tp, self.tc, self.tt)) if which is None or i in which)
         loss.backward()
+
+    def take_torch_state(self, topt):
+        """gpunn's parameters set to torch's; torch's optimizer state_dict with NumPy arrays."""
+        for g, t in zip(self.gp, self.tp):
+            g.data[...] = self.backend.asarray(t.detach().numpy())
+        tsd = topt.state_dict()
+        return {"state": {i: {k: v.numpy() for k, v in s.items()} for i, s in tsd["state"].items()},
+                "param_groups": tsd["param_groups"]}
 
     def assert_params_close(self, what):
         for i, (g, t) in enumerate(zip(self.gp, self.tp)):
@@ -121,23 +129,30 @@ def _rmsprop_grid():
             for m, c, wd, mx in itertools.product([0.0, 0.5], [False, True], [0.0, 0.1], [False, True])]
 
 
+def _adagrad_grid():
+    return [dict(lr=0.05, lr_decay=ld, weight_decay=wd, initial_accumulator_value=iv, maximize=mx)
+            for ld, wd, iv, mx in itertools.product([0.0, 0.05], [0.0, 0.1], [0.0, 0.1], [False, True])]
+
+
 def _ids(grid):
     return ["-".join(f"{k}={v}" for k, v in kw.items() if k != "lr") for kw in grid]
 
 
 CASES = ([("SGD", kw) for kw in _sgd_grid()] + [("Adam", kw) for kw in _adam_grid()]
-         + [("AdamW", kw) for kw in _adam_grid()] + [("RMSprop", kw) for kw in _rmsprop_grid()])
+         + [("AdamW", kw) for kw in _adam_grid()] + [("RMSprop", kw) for kw in _rmsprop_grid()]
+         + [("Adagrad", kw) for kw in _adagrad_grid()])
 
 
 def test_grid_covers_every_option():
     """The grids hit each option both ways (a guard against a grid that silently shrinks)."""
     for name, opts in (("SGD", ("momentum", "dampening", "nesterov", "weight_decay", "maximize")),
                        ("Adam", ("amsgrad", "weight_decay", "maximize")),
-                       ("RMSprop", ("momentum", "centered", "weight_decay", "maximize"))):
+                       ("RMSprop", ("momentum", "centered", "weight_decay", "maximize")),
+                       ("Adagrad", ("lr_decay", "weight_decay", "initial_accumulator_value", "maximize"))):
         kws = [kw for n, kw in CASES if n == name]
         for opt in opts:
             assert len({bool(kw[opt]) for kw in kws}) == 2, (name, opt)
-    assert len(CASES) == 20 + 16 + 16 + 16
+    assert len(CASES) == 20 + 16 + 16 + 16 + 16
 
 
 @requires_torch
@@ -156,7 +171,9 @@ def test_ten_steps_equal_torch(backend, name, kw):
                                      ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, maximize=True)),
                                      ("Adam", dict(lr=0.05, betas=(0.9, 0.6), amsgrad=True, weight_decay=0.1)),
                                      ("AdamW", dict(lr=0.05, weight_decay=0.1)),
-                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1))])
+                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1)),
+                                     ("Adagrad", dict(lr=0.05, lr_decay=0.05, weight_decay=0.1,
+                                                      initial_accumulator_value=0.1))])
 def test_float64_equal_torch(backend, name, kw):
     pair = Pair(backend, dtype=np.float64)
     with backend.activate():
@@ -167,7 +184,7 @@ def test_float64_equal_torch(backend, name, kw):
 
 
 @requires_torch
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
 def test_defaults_equal_torch(backend, name):
     pair = Pair(backend)
     with backend.activate():
@@ -231,17 +248,24 @@ def test_param_groups_with_different_options_equal_torch(backend):
 @requires_torch
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.05)),
                                      ("AdamW", dict(lr=0.05, amsgrad=True)),
-                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True))])
+                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+                                     ("Adagrad", dict(lr=0.05, initial_accumulator_value=0.1))])
 def test_param_without_grad_is_skipped_like_torch(backend, name, kw):
     """Parameter 1 gets no gradient on even steps, parameter 3 never: PyTorch skips them (no
-    update, no state, no step count); so must gpunn, on its per-parameter fallback path."""
+    update, no state, no step count; Adagrad's state, made at construction, stays at step 0); so
+    must gpunn, on its per-parameter fallback path."""
     pair = Pair(backend)
     never = backend.to_numpy(pair.gp[3].data).copy()
     with backend.activate():
         gopt = getattr(gn.optim, name)(pair.gp, **kw)
         topt = getattr(torch.optim, name)(pair.tp, **kw)
         run_both(pair, gopt, topt, skip=lambda k: {3} | ({1} if k % 2 == 0 else set()))
-    assert pair.gp[3] not in gopt.state and np.array_equal(backend.to_numpy(pair.gp[3].data), never)
+    assert np.array_equal(backend.to_numpy(pair.gp[3].data), never)
+    if name == "Adagrad":
+        assert float(gopt.state[pair.gp[3]]["step"]) == 0
+        np.testing.assert_array_equal(backend.to_numpy(gopt.state[pair.gp[3]]["sum"]), np.float32(0.1))
+    else:
+        assert pair.gp[3] not in gopt.state
     if name != "SGD":
         assert float(gopt.state[pair.gp[1]]["step"]) == 5 and float(gopt.state[pair.gp[0]]["step"]) == 10
 
@@ -249,7 +273,8 @@ def test_param_without_grad_is_skipped_like_torch(backend, name, kw):
 @requires_torch
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
                                      ("Adam", dict(lr=0.05, betas=(0.9, 0.6), amsgrad=True)),
-                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True))])
+                                     ("RMSprop", dict(lr=0.01, momentum=0.5, centered=True)),
+                                     ("Adagrad", dict(lr=0.05, lr_decay=0.05, initial_accumulator_value=0.1))])
 def test_state_dict_round_trip_continues_bit_identically(backend, name, kw):
     """Save after 5 steps, load into a fresh optimizer over copies of the parameters, take 5 more
     steps in both: bit-identical. Both also stay equal to torch doing the same."""
@@ -288,15 +313,52 @@ def test_torch_state_dict_loads_into_gpunn(backend):
             topt.zero_grad()
             pair.torch_backward()
             topt.step()
-        for g, t in zip(pair.gp, pair.tp):
-            g.data[...] = backend.asarray(t.detach().numpy())
-        tsd = topt.state_dict()
-        as_numpy = {"state": {i: {k: v.numpy() for k, v in s.items()} for i, s in tsd["state"].items()},
-                    "param_groups": tsd["param_groups"]}
+        as_numpy = pair.take_torch_state(topt)
         gopt = gn.optim.Adam(pair.gp)
         gopt.load_state_dict(as_numpy)
         assert gopt.param_groups[0]["amsgrad"] is True
         run_both(pair, gopt, topt, steps=6)
+
+
+@requires_torch
+def test_adagrad_state_dict_has_torchs_layout_and_loads_from_torch(backend):
+    """Adagrad's state exists from construction (step 0, sum = initial_accumulator_value), so its
+    state_dict lists every parameter, as torch's does; a torch state_dict (one parameter never
+    stepped) loads into gpunn and both continue alike."""
+    pair = Pair(backend)
+    kw = dict(lr=0.05, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.1)
+    with backend.activate():
+        gopt, topt = gn.optim.Adagrad(pair.gp, **kw), torch.optim.Adagrad(pair.tp, **kw)
+        mine, theirs = gopt.state_dict(), topt.state_dict()
+        assert sorted(mine["state"]) == sorted(theirs["state"]) == [0, 1, 2, 3]
+        for i, entry in theirs["state"].items():
+            assert sorted(mine["state"][i]) == sorted(entry) == ["step", "sum"]
+            assert float(mine["state"][i]["step"]) == 0.0
+            np.testing.assert_array_equal(backend.to_numpy(mine["state"][i]["sum"].data), entry["sum"].numpy())
+        run_both(pair, gopt, topt, steps=4, skip=lambda k: {3})
+        as_numpy = pair.take_torch_state(topt)
+        fresh = gn.optim.Adagrad(pair.gp)
+        fresh.load_state_dict(as_numpy)
+        assert fresh.param_groups[0]["lr_decay"] == 0.05
+        assert [float(fresh.state[p]["step"]) for p in pair.gp] == [4.0, 4.0, 4.0, 0.0]
+        run_both(pair, fresh, topt, steps=6)
+
+
+@requires_torch
+def test_adagrad_with_a_scheduler_equals_torch(backend):
+    """lr changed by StepLR every 3 steps while lr_decay shrinks the step: both libraries alike."""
+    pair = Pair(backend)
+    kw = dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.05)
+    with backend.activate():
+        gopt, topt = gn.optim.Adagrad(pair.gp, **kw), torch.optim.Adagrad(pair.tp, **kw)
+        gs = gn.optim.lr_scheduler.StepLR(gopt, step_size=3, gamma=0.5)
+        ts = torch.optim.lr_scheduler.StepLR(topt, step_size=3, gamma=0.5)
+        for _ in range(10):
+            run_both(pair, gopt, topt, steps=1)
+            gs.step()
+            ts.step()
+            assert gopt.param_groups[0]["lr"] == topt.param_groups[0]["lr"]
+    assert gopt.param_groups[0]["lr"] == 0.1 * 0.5**3
 
 
 @requires_torch

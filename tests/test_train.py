@@ -166,6 +166,23 @@ def test_scheduler_steps_per_epoch_and_per_batch():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 4)  # 2 epochs x 2 steps
 
 
+def test_adagrad_trains_through_fit_eager_and_compiled_alike():
+    """Adagrad (state from construction, lr decayed per step) with a per-batch scheduler: fit and
+    fit(compile=True) give the same losses and weights, and the loss falls."""
+    X, y = blobs(40)
+    runs = []
+    for compiled in (False, True):
+        model = mlp(seed=2)
+        opt = optim.Adagrad(model.parameters(), lr=0.2, lr_decay=0.01, initial_accumulator_value=0.1)
+        sched = optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.7)
+        h = fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=4, batch_size=16, scheduler=sched,
+                scheduler_step="batch", progress=False, seed=1, compile=compiled)
+        runs.append((h["loss"], weights(model)))
+    assert runs[0][0] == runs[1][0] and runs[0][0][-1] < runs[0][0][0]
+    for k, w in runs[0][1].items():
+        np.testing.assert_array_equal(w, runs[1][1][k])
+
+
 def test_on_batch_end_gets_the_rate_the_step_used():
     X, y = blobs(20)
     seen = []

@@ -6,7 +6,8 @@ delegates to its family's CUDA module:
   activation_forward / _backward           activations_cuda
   softmax_cross_entropy_forward / _backward  softmax_ce_cuda
   loss_forward / loss_backward             losses_cuda (every registered elementwise loss)
-  sgd_update, adam_update, rmsprop_update  optimizers_cuda (one launch per param group)
+  <name>_update (sgd, adam, rmsprop, adagrad, every registered optimizer update)
+                                           optimizers_cuda (one launch per param group)
 Arrays of a dtype the kernels do not take (anything but float32/float64, e.g. float16) go to the
 reference implementation, which runs on CuPy too. Bad calls (mismatched shapes, dtypes, array
 types) raise ValueError/TypeError before any launch.
@@ -25,7 +26,7 @@ from gpunn.kernels import activations_cuda, dense, dense_dispatch, losses, losse
 from gpunn.kernels import optimizers_cuda, softmax_ce, softmax_ce_cuda
 from gpunn.kernels.activations import activation_backward_ref, activation_forward_ref
 from gpunn.kernels.cuda_elementwise import supported
-from gpunn.kernels.ops import Ops
+from gpunn.kernels.ops import Ops, optimizer_updates
 
 
 def _or_reference(fast, ref, index: int, name: str):
@@ -52,6 +53,17 @@ def dense_backward(dy, x, W, saved, code: int, negative_slope: float = 0.01,
                                          dW_out=dW_out, db_out=db_out)
 
 
+@functools.lru_cache(maxsize=None)
+def _cached(fast, ref):
+    return _or_reference(fast, ref, 0, "p")
+
+
+def optimizer_update(name: str):
+    """CudaOps' `<name>_update`: the CUDA kernel, or the reference for dtypes the kernels do not take."""
+    return _cached(optimizers_cuda.update(name), optimizers.update_reference(name))
+
+
+@optimizer_updates
 class CudaOps(Ops):
     """Numba CUDA kernels on CuPy arrays (launched on CuPy's current stream); see the module docstring."""
 
@@ -69,10 +81,7 @@ class CudaOps(Ops):
         softmax_ce_cuda.softmax_cross_entropy_backward, softmax_ce.softmax_cross_entropy_backward_ref, 1, "probs"))
     loss_forward = staticmethod(_or_reference(losses_cuda.loss_forward, losses.loss_forward_ref, 1, "x"))
     loss_backward = staticmethod(_or_reference(losses_cuda.loss_backward, losses.loss_backward_ref, 2, "x"))
-    sgd_update = staticmethod(_or_reference(optimizers_cuda.sgd_update, optimizers.sgd_update_ref, 0, "p"))
-    adam_update = staticmethod(_or_reference(optimizers_cuda.adam_update, optimizers.adam_update_ref, 0, "p"))
-    rmsprop_update = staticmethod(_or_reference(optimizers_cuda.rmsprop_update, optimizers.rmsprop_update_ref,
-                                                0, "p"))
+    _optimizer_update = staticmethod(optimizer_update)
 
 
 def gpu_ops():

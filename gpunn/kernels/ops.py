@@ -17,52 +17,80 @@ import os
 
 import numpy as np
 
-from gpunn.kernels import dense, dropout, losses, normalization, optimizers, softmax_ce
+from gpunn.kernels import dense, dropout, losses, normalization, optimizers, registry, softmax_ce
 from gpunn.kernels.activations import (activation_backward_cpu, activation_backward_ref, activation_forward_cpu,
                                        activation_forward_ref)
 
 
+def optimizer_updates(cls):
+    """Class decorator: `cls.<name>_update` for every optimizer update registered with gpunn (the
+    registry's built-in members), made by `cls._optimizer_update(name)`. Members registered later
+    are reached through `Ops.__getattr__` and vanish when unregistered."""
+    for m in registry.OPTIMIZERS.values():
+        if registry.is_builtin(m):
+            setattr(cls, f"{m.name}_update", staticmethod(cls._optimizer_update(m.name)))
+    return cls
+
+
+# Every kernel of the Ops interface: (the reference, the CPU fast path). Optimizer updates are
+# added per registry member (optimizer_updates).
+KERNELS = {
+    "dense_forward": (dense.dense_forward_ref, dense.dense_forward_cpu),
+    "dense_backward": (dense.dense_backward_ref, dense.dense_backward_cpu),
+    "activation_forward": (activation_forward_ref, activation_forward_cpu),
+    "activation_backward": (activation_backward_ref, activation_backward_cpu),
+    "softmax_cross_entropy_forward": (softmax_ce.softmax_cross_entropy_forward_ref,
+                                      softmax_ce.softmax_cross_entropy_forward_cpu),
+    "softmax_cross_entropy_backward": (softmax_ce.softmax_cross_entropy_backward_ref,
+                                       softmax_ce.softmax_cross_entropy_backward_cpu),
+    "loss_forward": (losses.loss_forward_ref, losses.loss_forward_cpu),
+    "loss_backward": (losses.loss_backward_ref, losses.loss_backward_cpu),
+    # array expressions that serve every backend (NumPy and CuPy alike)
+    "normalization_forward": (normalization.normalization_forward,) * 2,
+    "normalization_backward": (normalization.normalization_backward,) * 2,
+    "dropout_forward": (dropout.dropout_forward,) * 2,
+    "dropout_backward": (dropout.dropout_backward,) * 2,
+}
+
+
+def kernels(which: int):
+    """Class decorator: the KERNELS column `which` (0 reference, 1 CPU) as static methods."""
+    def decorate(cls):
+        for name, pair in KERNELS.items():
+            setattr(cls, name, staticmethod(pair[which]))
+        return cls
+
+    return decorate
+
+
+@optimizer_updates
+@kernels(0)
 class Ops:
-    """Reference kernels (NumPy or CuPy arrays). Every backend has exactly these methods."""
+    """Reference kernels (NumPy or CuPy arrays). Every backend has exactly these methods: KERNELS'
+    names and `<name>_update` per registered optimizer update."""
 
     name = "reference"
-
-    dense_forward = staticmethod(dense.dense_forward_ref)
-    dense_backward = staticmethod(dense.dense_backward_ref)
-    activation_forward = staticmethod(activation_forward_ref)
-    activation_backward = staticmethod(activation_backward_ref)
-    softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_ref)
-    softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_ref)
-    loss_forward = staticmethod(losses.loss_forward_ref)
-    loss_backward = staticmethod(losses.loss_backward_ref)
-    normalization_forward = staticmethod(normalization.normalization_forward)
-    normalization_backward = staticmethod(normalization.normalization_backward)
-    dropout_forward = staticmethod(dropout.dropout_forward)
-    dropout_backward = staticmethod(dropout.dropout_backward)
-    sgd_update = staticmethod(optimizers.sgd_update_ref)
-    adam_update = staticmethod(optimizers.adam_update_ref)
-    rmsprop_update = staticmethod(optimizers.rmsprop_update_ref)
+    # `<name>_update` for every registered optimizer update, made by this (see optimizer_updates)
+    _optimizer_update = staticmethod(optimizers.update_reference)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
+    def __getattr__(self, attr):
+        """`<name>_update` of an optimizer update registered after gpunn was imported (those
+        registered with gpunn are class attributes: `optimizer_updates`)."""
+        if attr.endswith("_update") and attr[:-7] in registry.OPTIMIZERS:
+            return type(self)._optimizer_update(attr[:-7])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
+
+@optimizer_updates
+@kernels(1)
 class CpuOps(Ops):
     """CPU fast path: NumPy GEMM + Numba-jitted fused epilogues and optimizer updates."""
 
     name = "cpu"
-
-    dense_forward = staticmethod(dense.dense_forward_cpu)
-    dense_backward = staticmethod(dense.dense_backward_cpu)
-    activation_forward = staticmethod(activation_forward_cpu)
-    activation_backward = staticmethod(activation_backward_cpu)
-    softmax_cross_entropy_forward = staticmethod(softmax_ce.softmax_cross_entropy_forward_cpu)
-    softmax_cross_entropy_backward = staticmethod(softmax_ce.softmax_cross_entropy_backward_cpu)
-    loss_forward = staticmethod(losses.loss_forward_cpu)
-    loss_backward = staticmethod(losses.loss_backward_cpu)
-    sgd_update = staticmethod(optimizers.sgd_update_cpu)
-    adam_update = staticmethod(optimizers.adam_update_cpu)
-    rmsprop_update = staticmethod(optimizers.rmsprop_update_cpu)
+    _optimizer_update = staticmethod(optimizers.update_cpu)
 
 
 KERNEL_CHOICES = ("fused", "reference")

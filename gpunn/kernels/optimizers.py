@@ -13,19 +13,30 @@ Adam:     g = +-grad (+ wd p unless decoupled);  AdamW (decoupled): p *= 1 - lr 
 RMSprop:  g = +-grad + wd p;  s = alpha s + (1 - alpha) g^2
           centered: a = alpha a + (1 - alpha) g;  d = sqrt(s - a^2) + eps;  else d = sqrt(s) + eps
           momentum: buf = mu buf + g / d; p -= lr buf;  else p -= lr g / d
+Adagrad:  g = +-grad + wd p;  sum += g^2;  p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(sum) + eps)
 
-The per-element updates are written once, in gpunn/kernels/registry.py (the family's precision
-policy: float64 arithmetic, rounded once per stored value). `*_cpu` are single-pass Numba loops
-made from them, one per option combination; `*_ref` (the `Ops` reference) runs the same loops (the
-independent check is the tests' float64 reference and PyTorch). Both check their arguments first (`_check`):
-a Numba loop given arrays of different sizes would read and write out of bounds. The grad is
-never written; a state buffer the options do not use (momentum buffer without momentum,
-max_exp_avg_sq without amsgrad, grad_avg without centered) is neither needed nor touched.
+Everything here is made from the registry (gpunn/kernels/registry.py), for EVERY registered
+optimizer `name`, from its one entry: the update (the family's precision policy: float64
+arithmetic, rounded once per stored value), its option mapping `prepare`, its buffers' use
+`state` and its `cost`. Per member:
+  update_cpu(name)        `<name>_update_cpu`: single-pass Numba loops, one per option combination
+  update_reference(name)  `<name>_update_ref` (the `Ops` reference): the same loops, on the host
+                          for CuPy arrays (the independent check is the tests' float64 reference
+                          and PyTorch)
+  update_cost(name)       `<name>_update_cost` (the profiler's (flops, bytes); `COSTS` holds them)
+each with the signature `(p, grad, *state, *prepare's parameters)`. The names `<name>_update_cpu`
+etc. are module attributes (module __getattr__), also for members registered later.
+
+A call is checked before any kernel runs (`split_call`): a Numba loop given arrays of different
+sizes would read and write out of bounds. The grad is never written; a state buffer the options do
+not use (the registry's `state` says which flag uses it) may be None and is never touched.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from numba import njit
@@ -34,20 +45,51 @@ from gpunn.backend import get_array_module as _xp
 from gpunn.kernels import registry
 
 
-def _check(op, p, grad, *state, names=()):
-    """Refuse a bad call before any kernel runs: 1-D C-contiguous float arrays of one size,
-    dtype and array type (state entries that are None are not used by the options given)."""
-    n = p.shape
-    t = type(p)
-    dt = p.dtype
+def member(name: str) -> registry.Optimizer:
+    """The registered optimizer update `name`; ValueError listing the registered ones otherwise."""
+    try:
+        return registry.OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer update {name!r}; registered: {', '.join(registry.OPTIMIZERS)}") from None
+
+
+# ----------------------------------------------------------------------------- calls
+
+def _arrays_and_options(m, args, kwargs):
+    """A call's (p, grad, *state) and the rest, the arrays given by position or by name."""
+    n = len(m.arrays)
+    if len(args) < n:
+        kwargs = dict(kwargs)
+        missing = [a for a in m.arrays[len(args):] if a not in kwargs]
+        if missing:
+            raise TypeError(f"{m.name}_update() missing array argument(s): {', '.join(missing)}")
+        args = (*args, *(kwargs.pop(a) for a in m.arrays[len(args):]))
+    return args[:n], args[n:], kwargs
+
+
+def split_call(m, args, kwargs):
+    """Check a call of `<name>_update` and say which kernel variant it needs: (flags, arrays with
+    None for a buffer the options do not use, float64 scalars). Refuses a bad call before any
+    kernel runs: 1-D C-contiguous float arrays of one size, dtype and array type, and every
+    buffer the options use present."""
+    arrays, options, kwargs = _arrays_and_options(m, args, kwargs)
+    flags, scalars = m.prepare(*options, **kwargs)
+    op = f"{m.name}_update"
+    p = arrays[0]
+    n, t, dt = p.shape, type(p), p.dtype
     if p.ndim != 1 or dt.kind != "f":
         raise ValueError(f"{op}: params must be a 1-D float array, got shape {p.shape} dtype {dt}")
     if not p.flags.c_contiguous:
         raise ValueError(f"{op}: params must be C-contiguous")
-    for name, a in zip(("grad",) + names, (grad,) + state):
+    out = [p]
+    for name, a in zip(m.arrays[1:], arrays[1:]):
+        flag = m.state.get(name)
+        used = name == "grad" or flag is None or flags[flag]
         if a is None:
-            if name == "grad":
-                raise ValueError(f"{op}: grad is None")
+            if used:
+                why = f"the options given turn on {flag}" if flag else f"{m.name} always uses it"
+                raise ValueError(f"{op}: {name} is None, but {why}")
+            out.append(None)
             continue
         if type(a) is not t or a.shape != n or a.dtype != dt:
             raise ValueError(f"{op}: {name} must match params (1-D {t.__name__} of shape {n}, {dt}), "
@@ -55,70 +97,40 @@ def _check(op, p, grad, *state, names=()):
                              f"{getattr(a, 'dtype', '?')}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{op}: {name} must be C-contiguous")
+        out.append(a if used else None)
+    return flags, out, scalars
 
 
-def _need(op, what, a, why):
-    if a is None:
-        raise ValueError(f"{op}: {why} needs a {what} buffer, got None")
+def _signature(m):
+    """`(p, grad, *state, *prepare's parameters)`: the signature of every `<name>_update`."""
+    P = inspect.Parameter
+    opts = inspect.signature(m.prepare).parameters.values()
+    return inspect.Signature([P(a, P.POSITIONAL_OR_KEYWORD) for a in m.arrays] + list(opts))
 
 
-def _check_sgd(op, p, grad, buf, momentum):
-    _check(op, p, grad, buf, names=("momentum_buffer",))
-    if momentum != 0:
-        _need(op, "momentum_buffer", buf, f"momentum={momentum}")
+def named(m, run, name: str, doc: str, module: str = __name__):
+    """`run` as registry member m's function `name`, with the signature of its calls."""
+    run.__name__ = run.__qualname__ = name
+    run.__module__ = module
+    run.__signature__ = _signature(m)
+    run.__doc__ = doc
+    return run
 
 
-def _check_adam(op, p, grad, m, v, vmax, amsgrad):
-    _check(op, p, grad, m, v, vmax, names=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
-    _need(op, "exp_avg", m, "Adam")
-    _need(op, "exp_avg_sq", v, "Adam")
-    if amsgrad:
-        _need(op, "max_exp_avg_sq", vmax, "amsgrad=True")
+def per_member(make):
+    """`make(member)` -> function, as a by-name accessor that makes each member's function once
+    (members compare by identity: one registered again under an old name gets new functions)."""
+    made = {}
 
+    @functools.wraps(make)
+    def get(name: str):
+        m = member(name)
+        f = made.get(m)
+        if f is None:
+            f = made[m] = make(m)
+        return f
 
-def _check_rmsprop(op, p, grad, sq, buf, gavg, momentum, centered):
-    _check(op, p, grad, sq, buf, gavg, names=("square_avg", "momentum_buffer", "grad_avg"))
-    _need(op, "square_avg", sq, "RMSprop")
-    if momentum > 0:
-        _need(op, "momentum_buffer", buf, f"momentum={momentum}")
-    if centered:
-        _need(op, "grad_avg", gavg, "centered=True")
-
-
-
-
-# ----------------------------------------------------------------------------- calls
-# Each `_*_call` checks a call and says which kernel variant and arguments it needs: (registry
-# name, option flags, arrays with None for an unused buffer, float64 scalars). The CPU and the
-# CUDA kernels (optimizers_cuda.py) are both made from the registry's one update per optimizer.
-
-def _sgd_call(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
-              first_step=True):
-    _check_sgd("sgd_update", p, grad, buf, momentum)
-    has_m = momentum != 0
-    flags = dict(MAXIMIZE=bool(maximize), WEIGHT_DECAY=weight_decay != 0, MOMENTUM=has_m,
-                 NESTEROV=bool(nesterov) and has_m, FIRST_STEP=bool(first_step) and has_m)
-    return "sgd", flags, (p, grad, buf if has_m else None), (lr, momentum, dampening, weight_decay)
-
-
-def _adam_call(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False,
-               amsgrad=False, maximize=False, step=1):
-    _check_adam("adam_update", p, grad, m, v, vmax, amsgrad)
-    flags = dict(MAXIMIZE=bool(maximize), WD_MODE=0 if weight_decay == 0 else (2 if decoupled else 1),
-                 AMSGRAD=bool(amsgrad))
-    # step-dependent bias corrections from the host-side step count: no device synchronisation
-    scalars = (beta1, beta2, eps, weight_decay, 1.0 - lr * weight_decay, float(lr) / (1.0 - beta1**step),
-               math.sqrt(1.0 - beta2**step))
-    return "adam", flags, (p, grad, m, v, vmax if amsgrad else None), scalars
-
-
-def _rmsprop_call(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                  centered=False, maximize=False):
-    _check_rmsprop("rmsprop_update", p, grad, sq, buf, gavg, momentum, centered)
-    flags = dict(MAXIMIZE=bool(maximize), WEIGHT_DECAY=weight_decay != 0, CENTERED=bool(centered),
-                 MOMENTUM=momentum > 0)
-    return ("rmsprop", flags, (p, grad, sq, buf if momentum > 0 else None, gavg if centered else None),
-            (lr, alpha, eps, weight_decay, momentum))
+    return get
 
 
 # ----------------------------------------------------------------------------- CPU (Numba)
@@ -126,99 +138,104 @@ def _rmsprop_call(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay
 _CPU_KERNELS: dict = {}
 
 
-def cpu_kernel(name: str, **flags):
-    """The CPU loop of registry optimizer `name` for one combination of its option flags (compiled
-    on first use per dtype, cached on disk)."""
-    key = (name, tuple(sorted(flags.items())))
-    k = _CPU_KERNELS.get(key)
+def _cpu_kernel(m, flags: tuple):
+    k = _CPU_KERNELS.get((m, flags))
     if k is None:
-        member = registry.OPTIMIZERS[name]
-        bound = {**flags, "sqrt": math.sqrt, "f64": float}
-        update = njit(inline="always", error_model="numpy")(registry.rebind(member.update, bound))
-        loop = registry.update_loop(member, "cpu", update, {})
+        if not m.valid(dict(flags)):
+            raise ValueError(f"{m.name}: flag combination {dict(flags)} is not valid (registry `valid`)")
+        bound = {**dict(flags), "sqrt": math.sqrt, "f64": float}
+        update = njit(inline="always", error_model="numpy")(registry.rebind(m.update, bound))
+        loop = registry.update_loop(m, "cpu", update, {})
         # error_model numpy: IEEE inf/nan on x/0 (as NumPy, torch), and the loop vectorises
-        k = _CPU_KERNELS[key] = njit(cache=True, error_model="numpy")(
-            registry.specialise(loop, {"update": update}, name))
+        k = _CPU_KERNELS[(m, flags)] = njit(cache=True, error_model="numpy")(
+            registry.specialise(loop, {"update": update}, m.name))
     return k
 
 
-def _cpu(prepare):
-    """A CPU update function (the signature of `prepare`) made from a `_*_call`."""
+def cpu_kernel(name: str, **flags):
+    """The CPU loop of registry optimizer `name` for one combination of its option flags (compiled
+    on first use per dtype, cached on disk)."""
+    return _cpu_kernel(member(name), tuple(sorted(flags.items())))
 
-    @functools.wraps(prepare)
+
+@per_member
+def update_cpu(m):
+    """`<name>_update_cpu`: the CPU kernel of registry optimizer `m` behind its checked call."""
+
     def run(*args, **kwargs):
-        name, flags, arrays, scalars = prepare(*args, **kwargs)
+        flags, arrays, scalars = split_call(m, args, kwargs)
         p = arrays[0]
         # an unused buffer is never indexed (its flag is off); p stands in so the types agree
-        cpu_kernel(name, **flags)(*(p if a is None else a for a in arrays), *(float(x) for x in scalars))
+        _cpu_kernel(m, tuple(sorted(flags.items())))(*(p if a is None else a for a in arrays),
+                                                     *(float(x) for x in scalars))
 
-    run.__name__ = run.__qualname__ = f"{prepare.__name__[1:-5]}_update"
-    return run
-
-
-sgd_update_cpu = _cpu(_sgd_call)
-adam_update_cpu = _cpu(_adam_call)
-rmsprop_update_cpu = _cpu(_rmsprop_call)
+    return named(m, run, f"{m.name}_update_cpu", f"{m.name}'s update, CPU kernel (Numba).")
 
 
-def _reference(cpu_update):
-    """The `Ops` reference: NumPy arrays run the CPU kernel; other arrays (CuPy, reached only when
-    the GPU kernels cannot run) are updated on the host and copied back."""
+@per_member
+def update_reference(m):
+    """`<name>_update_ref`, the `Ops` reference: NumPy arrays run the CPU kernel; other arrays (CuPy,
+    reached only when the GPU kernels cannot run) are updated on the host and copied back."""
+    cpu_update = update_cpu(m.name)
 
-    @functools.wraps(cpu_update)
-    def run(p, grad, *rest, **kwargs):
+    def run(*args, **kwargs):
+        p = args[0] if args else kwargs.get("p")
         if isinstance(p, np.ndarray):
-            return cpu_update(p, grad, *rest, **kwargs)
+            return cpu_update(*args, **kwargs)
         xp = _xp(p)
-        dev = [a for a in (p, grad, *rest) if hasattr(a, "shape")]
-        host = {id(a): xp.asnumpy(a) for a in dev}
-        cpu_update(*(host.get(id(a), a) for a in (p, grad, *rest)), **kwargs)
-        for a in dev:
-            a[...] = xp.asarray(host[id(a)])
+        values = (*args, *kwargs.values())
+        host = {id(a): xp.asnumpy(a) for a in values if hasattr(a, "shape")}
+        cpu_update(*(host.get(id(a), a) for a in args), **{k: host.get(id(a), a) for k, a in kwargs.items()})
+        for a in values:
+            if id(a) in host:
+                a[...] = xp.asarray(host[id(a)])
 
-    return run
-
-
-sgd_update_ref = _reference(sgd_update_cpu)
-adam_update_ref = _reference(adam_update_cpu)
-rmsprop_update_ref = _reference(rmsprop_update_cpu)
+    return named(m, run, f"{m.name}_update_ref", f"{m.name}'s update, the reference (CPU kernel on the host).")
 
 
 # ----------------------------------------------------------------------------- cost model
-# (flops, bytes) of one call from the sizes alone, for the profiler (conventions: activations.py).
-# FLOPs per element are counted from the kernels above; bytes: every buffer the options use is
-# read once and every buffer the update changes is written once (grad is only read).
+# (flops, bytes) of one call from the sizes alone, for the profiler: the registry's cost(flags)
+# gives FLOPs and arrays moved per element (every buffer the options use is read once and every
+# buffer the update changes is written once; grad is only read).
 
-def sgd_update_cost(p, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
-                    weight_decay=0.0, maximize=False, first_step=True):
-    """p -= lr g: 2; maximize 1, weight decay 2, momentum 3 (0 on the first step: buf = g),
-    nesterov 2 FLOPs per element. Read p, grad (and buf after the first step); write p (and buf)."""
-    per = 2 + (1 if maximize else 0) + (2 if weight_decay != 0 else 0)
-    arrays = 3
-    if momentum != 0:
-        per += (0 if first_step else 3) + (2 if nesterov else 0)
-        arrays += 1 if first_step else 2
-    return per * p.size, arrays * p.size * p.dtype.itemsize
+@per_member
+def update_cost(m):
+    """`<name>_update_cost(*call)` -> (flops, bytes)."""
 
+    def cost(*args, **kwargs):
+        arrays, options, kw = _arrays_and_options(m, args, kwargs)
+        flops, moved = m.cost(m.prepare(*options, **kw)[0])
+        p = arrays[0]
+        return int(flops) * p.size, int(moved) * p.size * p.dtype.itemsize
 
-def adam_update_cost(p, grad, m, v, vmax, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                     decoupled=False, amsgrad=False, maximize=False, step=1):
-    """m 3, v 4, denominator 3, p 3: 13 FLOPs per element; maximize 1, weight decay 2 (decoupled 1),
-    amsgrad 1. Read p, grad, m, v (vmax); write p, m, v (vmax)."""
-    per = 13 + (1 if maximize else 0) + (1 if amsgrad else 0)
-    if weight_decay != 0:
-        per += 1 if decoupled else 2
-    return per * p.size, (9 if amsgrad else 7) * p.size * p.dtype.itemsize
+    return named(m, cost, f"{m.name}_update_cost",
+                 f"(flops, bytes) of a {m.name}_update call: {m.cost.__doc__ or ''}".strip())
 
 
-def rmsprop_update_cost(p, grad, sq, buf, gavg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                        momentum=0.0, centered=False, maximize=False):
-    """square_avg 4, denominator 2, p 3: 9 FLOPs per element (momentum: 11); maximize 1, weight
-    decay 2, centered 5. Read p, grad, square_avg (buf, grad_avg); write p, square_avg (buf, grad_avg)."""
-    per = 9 + (2 if momentum > 0 else 0) + (1 if maximize else 0) + (2 if weight_decay != 0 else 0) \
-        + (5 if centered else 0)
-    arrays = 5 + (2 if momentum > 0 else 0) + (2 if centered else 0)
-    return per * p.size, arrays * p.size * p.dtype.itemsize
+class _Costs(Mapping):
+    """`<name>_update` -> its cost function, for every registered optimizer update (live: members
+    registered later appear, unregistered ones go)."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and key.endswith("_update") and key[:-7] in registry.OPTIMIZERS:
+            return update_cost(key[:-7])
+        raise KeyError(key)
+
+    def __iter__(self):
+        return (f"{n}_update" for n in list(registry.OPTIMIZERS))
+
+    def __len__(self):
+        return len(registry.OPTIMIZERS)
 
 
-COSTS = {"sgd_update": sgd_update_cost, "adam_update": adam_update_cost, "rmsprop_update": rmsprop_update_cost}
+COSTS = _Costs()
+
+_ATTRS = {"_update_cpu": update_cpu, "_update_ref": update_reference, "_update_cost": update_cost}
+
+
+def __getattr__(attr):
+    """`<name>_update_cpu`, `<name>_update_ref`, `<name>_update_cost` of every registered optimizer."""
+    for suffix, get in _ATTRS.items():
+        if attr.endswith(suffix) and attr[:-len(suffix)] in registry.OPTIMIZERS:
+            return get(attr[:-len(suffix)])
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -1,7 +1,8 @@
-"""Fused optimizer updates on the GPU (Numba CUDA): SGD, Adam/AdamW, RMSprop over a param group's
-flat buffers in ONE launch per step. Contract, signatures and semantics: gpunn/kernels/optimizers.py
-(PyTorch's formulas, t from 1, everything updated in place, grad never written, unused state
-buffers neither needed nor touched).
+"""Fused optimizer updates on the GPU (Numba CUDA): every registered update (SGD, Adam/AdamW, RMSprop,
+Adagrad, ...) over a param group's flat buffers in ONE launch per step; `update(name)` (also the
+module attribute `<name>_update`) is made from the registry entry, as the CPU functions are.
+Contract, signatures and semantics: gpunn/kernels/optimizers.py (PyTorch's formulas, t from 1,
+everything updated in place, grad never written, unused state buffers neither needed nor touched).
 
 Each kernel is a grid-stride loop over the flat buffer (256 threads per block, at most 32 blocks
 per SM) around the registry's update for the optimizer (gpunn/kernels/registry.py), the same
@@ -10,7 +11,7 @@ the GPU and CPU results agree to the last bit except where the GPU compiler fuse
 Memory-bound: float64 arithmetic costs nothing measurable on datacenter GPUs.
 
 Options that change the code path (maximize, weight decay on/off or decoupled, momentum on/off,
-nesterov, first step, amsgrad, centered) are compile-time constants: one kernel per combination
+nesterov, first step, amsgrad, centered; the registry's flags) are compile-time constants: one kernel per combination
 in use (usually one or two per run), compiled once with an explicit signature and with fewer
 launch arguments. Learning rate, betas, eps, ... are run-time arguments (schedulers change them
 every step without a recompile). Step-dependent bias corrections are computed on the host from
@@ -20,8 +21,6 @@ before the launch (ValueError, as on the CPU).
 """
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 
 import numpy as np
@@ -29,7 +28,7 @@ import numpy as np
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import registry
 from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, launch
-from gpunn.kernels.optimizers import _adam_call, _rmsprop_call, _sgd_call
+from gpunn.kernels.optimizers import member, named, per_member, split_call
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
@@ -38,40 +37,40 @@ def _cuda():
     return nc.bind_numba_cuda(globals())
 
 
-def _build(name, dt, flags):
-    """The CUDA kernel of registry optimizer `name` for one option combination: its update as a
-    device function (options bound as constants) inside a grid-stride loop; arrays of dt, scalars
-    float64."""
+def _build(m, dt, flags):
+    """The CUDA kernel of registry optimizer m for one option combination: its update as a device
+    function (options bound as constants) inside a grid-stride loop; arrays of dt, scalars float64."""
+    if not m.valid(dict(flags)):
+        raise ValueError(f"{m.name}: flag combination {dict(flags)} is not valid (registry `valid`)")
     _cuda()
     import numba
 
-    member = registry.OPTIMIZERS[name]
     # inlined at the Numba IR level, so the kernel is the loop the update would be written in
     # (an NVVM call left 6-17 more registers in some float32 RMSprop variants)
     update = nc.numba_cuda().jit(device=True, inline="always")(
-        registry.rebind(member.update, {**dict(flags), "sqrt": math.sqrt, "f64": numba.float64}))
-    kernel = registry.update_loop(member, "cuda", update, {"cuda": cuda})
+        registry.rebind(m.update, {**dict(flags), "sqrt": math.sqrt, "f64": numba.float64}))
+    kernel = registry.update_loop(m, "cuda", update, {"cuda": cuda})
     a1 = nc.arr(dt)
-    sig = [a1] * len(member.arrays) + [numba.float64] * (len(member.params) - len(member.arrays))
+    sig = [a1] * len(m.arrays) + [numba.float64] * (len(m.params) - len(m.arrays))
     return nc.jit(nc.void(*sig), kernel)
 
 
+def _kernel(m, dt, flags: tuple):
+    # the member's code in the key: a member registered again under an old name gets new kernels
+    return nc.kernel((m.name, m.code, dt.name) + flags, lambda: _build(m, dt, flags))
+
+
 def kernel(name, dtype, **flags):
-    dt = np.dtype(dtype)
-    fl = tuple(sorted(flags.items()))
-    return nc.kernel((name, dt.name) + fl, lambda: _build(name, dt, fl))
+    """The CUDA kernel of registry optimizer `name` for one combination of its option flags."""
+    return _kernel(member(name), np.dtype(dtype), tuple(sorted(flags.items())))
 
 
 def variants(dtypes=SUPPORTED_DTYPES):
-    """Every kernel of this family (each option combination the update functions can select), as
+    """Every kernel of this family (each valid option combination of each registered update), as
     (getter, arguments, threads per block): for offline compilation (kernels/ptxas_report.py)."""
     for dt in dtypes:
-        for name, member in registry.OPTIMIZERS.items():
-            keys = list(member.flags)
-            for values in itertools.product(*member.flags.values()):
-                flags = dict(zip(keys, values))
-                if name == "sgd" and not flags["MOMENTUM"] and (flags["NESTEROV"] or flags["FIRST_STEP"]):
-                    continue  # nesterov and first-step only exist with momentum (_sgd_call)
+        for name, m in registry.OPTIMIZERS.items():
+            for flags in m.variants():
                 yield _get, (name, dt, tuple(flags.items())), nc.ELEMENTWISE_THREADS
 
 
@@ -79,21 +78,22 @@ def _get(name, dt, flags):
     return kernel(name, dt, **dict(flags))
 
 
-def _gpu(prepare):
-    """A CUDA update function (the signature of `prepare`) made from an optimizers._*_call."""
+@per_member
+def update(m):
+    """`<name>_update` on the GPU: registry optimizer m's kernel behind its checked call (one launch)."""
 
-    @functools.wraps(prepare)
     def run(*args, **kwargs):
-        name, flags, arrays, scalars = prepare(*args, **kwargs)
+        flags, arrays, scalars = split_call(m, args, kwargs)
         p = arrays[0]
-        check_dtype(f"{name}_update", p.dtype)
-        launch(kernel(name, p.dtype, **flags), p.size, p, *(nc.dummy(p) if a is None else a for a in arrays),
-               *(float(x) for x in scalars))
+        check_dtype(f"{m.name}_update", p.dtype)
+        launch(_kernel(m, p.dtype, tuple(sorted(flags.items()))), p.size, p,
+               *(nc.dummy(p) if a is None else a for a in arrays), *(float(x) for x in scalars))
 
-    run.__name__ = run.__qualname__ = f"{prepare.__name__[1:-5]}_update"
-    return run
+    return named(m, run, f"{m.name}_update", f"{m.name}'s update, CUDA kernel (Numba).", __name__)
 
 
-sgd_update = _gpu(_sgd_call)
-adam_update = _gpu(_adam_call)
-rmsprop_update = _gpu(_rmsprop_call)
+def __getattr__(attr):
+    """`<name>_update` of every registered optimizer."""
+    if attr.endswith("_update") and attr[:-7] in registry.OPTIMIZERS:
+        return update(attr[:-7])
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -21,6 +21,11 @@ float32 and float64 math for float64, on the CPU and the GPU alike, as PyTorch d
   flops / backward_flops: per element, counted with the conventions in gpunn/kernels/activations.py
   module: the torch.nn class name made for it (None: a hand-written class exists, or none wanted)
 
+Optimizer updates (family precision policy: float64 per element, rounded once per stored value):
+  update(i, p, grad, *state, *scalars) per element, with its options as UPPERCASE free names,
+  and beside it in `register_optimizer(...)` the option mapping (`prepare`), the buffers' use
+  (`state`), the cost (`cost`) and the valid flag combinations (`valid`); see that section.
+
 The families: activations (below), elementwise losses (`register_loss`: loss, input and target
 gradients of (x, y, w, a)) and optimizer updates (`register_optimizer`). To add a member: write
 its functions here and one `register_*` call, then its float64 reference in tests/references.py.
@@ -29,6 +34,7 @@ docs/extending.md walks through each.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import types
 from dataclasses import dataclass, field
@@ -188,8 +194,9 @@ def register_activation(name, forward, backward, derivative_from, flops, backwar
 
 
 def is_builtin(member) -> bool:
-    """True for the members defined in this module (registered when gpunn is imported)."""
-    return member.forward.__module__ == __name__
+    """True for the members (activations, optimizer updates) defined in this module: those
+    registered when gpunn is imported."""
+    return (member.forward if isinstance(member, Activation) else member.update).__module__ == __name__
 
 
 def unregister_activation(name):
@@ -408,14 +415,22 @@ register_loss("bce_with_logits", bce_with_logits_loss, bce_with_logits_grad, bce
 # Family precision policy (CPU and GPU alike): per element in float64, rounded once to the array's
 # dtype per stored value, and a stored state value is re-read (rounded) before it is used, as an
 # array implementation in the array's dtype would. Each update reads and writes element i of its
-# arrays; the UPPERCASE names are the options that change the code path, bound as compile-time
-# constants per kernel variant (`Optimizer.flags`); the other arguments are run-time scalars
-# (float64), so a scheduler changes them without a recompile. `sqrt` and `f64` (the conversion to
-# float64: `float` on the CPU, numba.float64 on the GPU, as the kernels were written before) are
-# bound per backend.
+# arrays, named as PyTorch names the state; the UPPERCASE names are the options that change the
+# code path, bound as compile-time constants per kernel variant (`Optimizer.flags`); the other
+# arguments are run-time scalars (float64), so a scheduler changes them without a recompile. `sqrt`
+# and `f64` (the conversion to float64: `float` on the CPU, numba.float64 on the GPU) are bound per
+# backend.
+#
+# Beside each update, in its `register_optimizer` call: `prepare(lr, ...options)` maps a call's
+# options to (flags, scalars in the update's order), computing step-dependent values on the host;
+# `state` says which flag makes the update use each buffer (None: always), so an unused buffer may
+# be None and is never touched; `cost(flags)` gives the FLOPs per element and the arrays read or
+# written per element (conventions: gpunn/kernels/activations.py) for the profiler; `valid(flags)`
+# says which flag combinations prepare can produce (kernels/ptxas_report.py compiles those).
 f64 = float
 
-def sgd_update(i, p, grad, buf, lr, momentum, dampening, weight_decay):
+
+def sgd_update(i, p, grad, momentum_buffer, lr, momentum, dampening, weight_decay):
     g = f64(grad[i])
     if MAXIMIZE:  # noqa: F821 (the free UPPERCASE names are the variant's options)
         g = -g
@@ -425,9 +440,9 @@ def sgd_update(i, p, grad, buf, lr, momentum, dampening, weight_decay):
         if FIRST_STEP:  # noqa: F821
             b = g
         else:
-            b = momentum * f64(buf[i]) + (1.0 - dampening) * g
-        buf[i] = b
-        b = f64(buf[i])
+            b = momentum * f64(momentum_buffer[i]) + (1.0 - dampening) * g
+        momentum_buffer[i] = b
+        b = f64(momentum_buffer[i])
         if NESTEROV:  # noqa: F821
             g = g + momentum * b
         else:
@@ -435,7 +450,25 @@ def sgd_update(i, p, grad, buf, lr, momentum, dampening, weight_decay):
     p[i] = f64(p[i]) - lr * g
 
 
-def adam_update(i, p, grad, m, v, vmax, beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt):
+def sgd_prepare(lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+                first_step=True):
+    """first_step: the parameters' first step with momentum (the buffer becomes g, undamped)."""
+    has_m = momentum != 0
+    flags = dict(MAXIMIZE=bool(maximize), WEIGHT_DECAY=weight_decay != 0, MOMENTUM=has_m,
+                 NESTEROV=bool(nesterov) and has_m, FIRST_STEP=bool(first_step) and has_m)
+    return flags, (lr, momentum, dampening, weight_decay)
+
+
+def sgd_cost(f):
+    """p -= lr g: 2; maximize 1, weight decay 2, momentum 3 (0 on the first step: buf = g), nesterov
+    2 FLOPs per element. Read p, grad (and the buffer after the first step); write p (and the buffer)."""
+    flops = 2 + f["MAXIMIZE"] + 2 * f["WEIGHT_DECAY"] + 3 * (f["MOMENTUM"] and not f["FIRST_STEP"]) \
+        + 2 * f["NESTEROV"]
+    return flops, 3 + (0 if not f["MOMENTUM"] else 1 if f["FIRST_STEP"] else 2)
+
+
+def adam_update(i, p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, beta2, eps, weight_decay, decay,
+                step_size, bc2_sqrt):
     """decay = 1 - lr wd (AdamW), step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t)."""
     g = f64(grad[i])
     if MAXIMIZE:  # noqa: F821
@@ -445,52 +478,116 @@ def adam_update(i, p, grad, m, v, vmax, beta1, beta2, eps, weight_decay, decay, 
         pi = pi * decay
     elif WD_MODE == 1:  # noqa: F821
         g += weight_decay * pi
-    mi = f64(m[i])
+    mi = f64(exp_avg[i])
     mi = mi + (1.0 - beta1) * (g - mi)
-    m[i] = mi
-    vi = beta2 * f64(v[i]) + (1.0 - beta2) * g * g
-    v[i] = vi
+    exp_avg[i] = mi
+    vi = beta2 * f64(exp_avg_sq[i]) + (1.0 - beta2) * g * g
+    exp_avg_sq[i] = vi
     if AMSGRAD:  # noqa: F821
-        vs = f64(v[i])
-        if vs > f64(vmax[i]) or vs != vs:  # max(vmax, v) propagating NaN, as torch.maximum
-            vmax[i] = v[i]
-        vi = f64(vmax[i])
+        vs = f64(exp_avg_sq[i])
+        if vs > f64(max_exp_avg_sq[i]) or vs != vs:  # max(vmax, v) propagating NaN, as torch.maximum
+            max_exp_avg_sq[i] = exp_avg_sq[i]
+        vi = f64(max_exp_avg_sq[i])
     else:
-        vi = f64(v[i])
+        vi = f64(exp_avg_sq[i])
     denom = sqrt(vi) / bc2_sqrt + eps
-    p[i] = pi - step_size * f64(m[i]) / denom
+    p[i] = pi - step_size * f64(exp_avg[i]) / denom
 
 
-def rmsprop_update(i, p, grad, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
+def adam_prepare(lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
+                 maximize=False, step=1):
+    """decoupled: AdamW's weight decay; step: the step count t (from 1), kept on the host so the
+    bias corrections need no device synchronisation."""
+    flags = dict(MAXIMIZE=bool(maximize), WD_MODE=0 if weight_decay == 0 else (2 if decoupled else 1),
+                 AMSGRAD=bool(amsgrad))
+    return flags, (beta1, beta2, eps, weight_decay, 1.0 - lr * weight_decay, float(lr) / (1.0 - beta1**step),
+                   math.sqrt(1.0 - beta2**step))
+
+
+def adam_cost(f):
+    """m 3, v 4, denominator 3, p 3: 13 FLOPs per element; maximize 1, weight decay 2 (decoupled 1),
+    amsgrad 1. Read p, grad, m, v (vmax); write p, m, v (vmax)."""
+    return 13 + f["MAXIMIZE"] + f["AMSGRAD"] + (0, 2, 1)[f["WD_MODE"]], 9 if f["AMSGRAD"] else 7
+
+
+def rmsprop_update(i, p, grad, square_avg, momentum_buffer, grad_avg, lr, alpha, eps, weight_decay, momentum):
     g = f64(grad[i])
     if MAXIMIZE:  # noqa: F821
         g = -g
     if WEIGHT_DECAY:  # noqa: F821
         g += weight_decay * f64(p[i])
-    sq[i] = alpha * f64(sq[i]) + (1.0 - alpha) * g * g
-    s = f64(sq[i])
+    square_avg[i] = alpha * f64(square_avg[i]) + (1.0 - alpha) * g * g
+    s = f64(square_avg[i])
     if CENTERED:  # noqa: F821
-        a = f64(gavg[i])
-        gavg[i] = a + (1.0 - alpha) * (g - a)
-        a = f64(gavg[i])
+        a = f64(grad_avg[i])
+        grad_avg[i] = a + (1.0 - alpha) * (g - a)
+        a = f64(grad_avg[i])
         avg = sqrt(s - a * a) + eps
     else:
         avg = sqrt(s) + eps
     if MOMENTUM:  # noqa: F821
-        buf[i] = momentum * f64(buf[i]) + g / avg
-        p[i] = f64(p[i]) - lr * f64(buf[i])
+        momentum_buffer[i] = momentum * f64(momentum_buffer[i]) + g / avg
+        p[i] = f64(p[i]) - lr * f64(momentum_buffer[i])
     else:
         p[i] = f64(p[i]) - lr * g / avg
 
 
-@dataclass(frozen=True)
+def rmsprop_prepare(lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False):
+    flags = dict(MAXIMIZE=bool(maximize), WEIGHT_DECAY=weight_decay != 0, CENTERED=bool(centered),
+                 MOMENTUM=momentum > 0)
+    return flags, (lr, alpha, eps, weight_decay, momentum)
+
+
+def rmsprop_cost(f):
+    """square_avg 4, denominator 2, p 3: 9 FLOPs per element (momentum: 11); maximize 1, weight
+    decay 2, centered 5. Read p, grad, square_avg (buf, grad_avg); write p, square_avg (buf, grad_avg)."""
+    flops = 9 + 2 * f["MOMENTUM"] + f["MAXIMIZE"] + 2 * f["WEIGHT_DECAY"] + 5 * f["CENTERED"]
+    return flops, 5 + 2 * f["MOMENTUM"] + 2 * f["CENTERED"]
+
+
+def adagrad_update(i, p, grad, state_sum, clr, weight_decay, eps):
+    """clr = lr / (1 + (t - 1) lr_decay)."""
+    g = f64(grad[i])
+    if MAXIMIZE:  # noqa: F821
+        g = -g
+    if WEIGHT_DECAY:  # noqa: F821
+        g += weight_decay * f64(p[i])
+    state_sum[i] = f64(state_sum[i]) + g * g
+    std = sqrt(f64(state_sum[i])) + eps
+    p[i] = f64(p[i]) - clr * g / std
+
+
+def adagrad_prepare(lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False, step=1):
+    """step: the step count t (from 1). The sum starts at initial_accumulator_value: the optimizer
+    fills its buffer (torch's Adagrad creates its state when it is constructed)."""
+    return (dict(MAXIMIZE=bool(maximize), WEIGHT_DECAY=weight_decay != 0),
+            (float(lr) / (1.0 + (step - 1) * lr_decay), weight_decay, eps))
+
+
+def adagrad_cost(f):
+    """sum += g^2: 2, std = sqrt(sum) + eps: 2, p -= clr g / std: 3 FLOPs per element; maximize 1,
+    weight decay 2. Read p, grad, sum; write p, sum."""
+    return 7 + f["MAXIMIZE"] + 2 * f["WEIGHT_DECAY"], 5
+
+
+def _all_valid(flags) -> bool:
+    return True
+
+
+@dataclass(frozen=True, eq=False)
 class Optimizer:
-    """An optimizer's per-element update: `update(i, *arrays, *scalars)` with its options `flags`
-    (name -> the values a variant can take)."""
+    """An optimizer's per-element update `update(i, p, grad, *state, *scalars)` with what makes its
+    kernels and calls: `state` (buffer -> the flag that makes the update use it, None: always),
+    `flags` (option -> the values a variant can take), `prepare`, `cost` and `valid` (see above).
+    Compared by identity: kernels are cached per member."""
     name: str
     update: object
-    state: tuple
+    state: dict
     flags: dict
+    prepare: object
+    cost: object
+    valid: object = _all_valid
+    code: int = -1
 
     @property
     def params(self) -> tuple:
@@ -500,31 +597,61 @@ class Optimizer:
     @property
     def arrays(self) -> tuple:
         """The array parameters: p, grad and the state buffers (the rest are float64 scalars)."""
-        return ("p", "grad") + self.state
+        return ("p", "grad") + tuple(self.state)
+
+    def variants(self):
+        """Every valid flag combination, as dicts."""
+        for values in itertools.product(*self.flags.values()):
+            flags = dict(zip(self.flags, values))
+            if self.valid(flags):
+                yield flags
 
 
 OPTIMIZERS: dict[str, Optimizer] = {}
+_next_optimizer_code = 0  # never reused: kernels cached by code stay valid after an unregister
 _TF = (False, True)
 
 
-def register_optimizer(name, update, state, **flags):
-    """Add an optimizer update: `update(i, p, grad, *state, *scalars)`; `state` names its buffers;
-    `flags`: each option name and the values a kernel variant can take."""
+def register_optimizer(name, update, state, prepare, cost, valid=_all_valid, **flags):
+    """Add an optimizer update; gpunn makes from this entry its CPU, reference and CUDA functions
+    `<name>_update(p, grad, *state, *prepare's parameters)`, the `Ops` methods and the cost model.
+
+    update: `update(i, p, grad, *state, *scalars)` (module comment above); state: {buffer: flag
+    or None}, in the update's order; prepare(options) -> (flags, scalars); cost(flags) -> (FLOPs,
+    arrays moved) per element; valid(flags) -> whether prepare can produce that combination;
+    flags: each option and the values a kernel variant can take."""
     if name in OPTIMIZERS:
         raise ValueError(f"optimizer update {name!r} is already registered")
-    m = Optimizer(name, update, tuple(state), {k: tuple(v) for k, v in flags.items()})
+    global _next_optimizer_code
+    m = Optimizer(name, update, dict(state), {k: tuple(v) for k, v in flags.items()}, prepare, cost, valid,
+                  code=_next_optimizer_code)
     if m.params[:len(m.arrays)] != m.arrays:
-        raise ValueError(f"{update.__name__} must take (i, p, grad, {', '.join(m.state)}, scalars...), "
-                         f"got {m.params}")
+        raise ValueError(f"{update.__name__} must take (i, {', '.join(m.arrays)}, scalars...), got {m.params}")
+    for buf, flag in m.state.items():
+        if flag is not None and flag not in m.flags:
+            raise ValueError(f"{name}: state {buf!r} is used with flag {flag!r}, which is not one of its flags "
+                             f"{list(m.flags)}")
+    _next_optimizer_code += 1
     OPTIMIZERS[name] = m
     return m
 
 
-register_optimizer("sgd", sgd_update, ("buf",), MAXIMIZE=_TF, WEIGHT_DECAY=_TF, MOMENTUM=_TF, NESTEROV=_TF,
-                   FIRST_STEP=_TF)
-register_optimizer("adam", adam_update, ("m", "v", "vmax"), MAXIMIZE=_TF, WD_MODE=(0, 1, 2), AMSGRAD=_TF)
-register_optimizer("rmsprop", rmsprop_update, ("sq", "buf", "gavg"), MAXIMIZE=_TF, WEIGHT_DECAY=_TF, CENTERED=_TF,
-                   MOMENTUM=_TF)
+def unregister_optimizer(name):
+    """Remove an optimizer update (for tests that add a toy member); its code is not given out again."""
+    del OPTIMIZERS[name]
+
+
+register_optimizer("sgd", sgd_update, {"momentum_buffer": "MOMENTUM"}, sgd_prepare, sgd_cost,
+                   # nesterov and the first step exist only with momentum (sgd_prepare)
+                   valid=lambda f: f["MOMENTUM"] or not (f["NESTEROV"] or f["FIRST_STEP"]),
+                   MAXIMIZE=_TF, WEIGHT_DECAY=_TF, MOMENTUM=_TF, NESTEROV=_TF, FIRST_STEP=_TF)
+register_optimizer("adam", adam_update, {"exp_avg": None, "exp_avg_sq": None, "max_exp_avg_sq": "AMSGRAD"},
+                   adam_prepare, adam_cost, MAXIMIZE=_TF, WD_MODE=(0, 1, 2), AMSGRAD=_TF)
+register_optimizer("rmsprop", rmsprop_update, {"square_avg": None, "momentum_buffer": "MOMENTUM",
+                                               "grad_avg": "CENTERED"},
+                   rmsprop_prepare, rmsprop_cost, MAXIMIZE=_TF, WEIGHT_DECAY=_TF, CENTERED=_TF, MOMENTUM=_TF)
+register_optimizer("adagrad", adagrad_update, {"state_sum": None}, adagrad_prepare, adagrad_cost,
+                   MAXIMIZE=_TF, WEIGHT_DECAY=_TF)
 
 
 def update_loop_source(member, target: str) -> str:

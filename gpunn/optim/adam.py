@@ -37,9 +37,10 @@ class Adam(Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
 
+    _ranges = (("lr", "learning rate"), ("eps", "epsilon value"))
+
     def _validate(self, o) -> None:
-        check_range("lr", "learning rate", o["lr"])
-        check_range("eps", "epsilon value", o["eps"])
+        super()._validate(o)
         _betas(o["betas"])
         check_range("weight_decay", "weight_decay value", o["weight_decay"])
 

@@ -66,7 +66,7 @@ def _convert(a, like_xp, dtype, device_id=None):
 class _FlatGroup:
     """The flat buffers of one param group: params, grads, state, per-parameter step counts."""
 
-    __slots__ = ("params", "n", "shapes", "bounds", "views", "gviews", "flat", "grad", "bufs",
+    __slots__ = ("params", "n", "shapes", "bounds", "views", "gviews", "flat", "grad", "bufs", "fills",
                  "steps", "uniform", "synced", "xp", "dtype", "device_id", "index")
 
     def __init__(self, params, index: int):
@@ -74,6 +74,7 @@ class _FlatGroup:
         self.n = len(params)
         self.index = index
         self.bufs = {}
+        self.fills = {}  # buffer -> its initial value when not 0 (Adagrad's initial_accumulator_value)
         self.steps = np.zeros(self.n, dtype=np.float64)  # host-side, whatever the device
         self.uniform = True
         self.synced = True
@@ -122,11 +123,11 @@ class _FlatGroup:
                         f"param group {self.index}: parameter {j} changed shape from {o} to {s} after the "
                         "optimizer created state for it; build a new optimizer for the new shapes")
 
-        def alloc():
+        def alloc(fill=0.0):
             if device_id is None:
-                return xp.zeros(off, dtype=dtype)
+                return xp.full(off, fill, dtype=dtype)
             with xp.cuda.Device(device_id):
-                return xp.zeros(off, dtype=dtype)
+                return xp.full(off, fill, dtype=dtype)
 
         flat = alloc()
         grad = alloc()
@@ -138,9 +139,9 @@ class _FlatGroup:
             gviews.append(grad[a:b].reshape(s))
         bufs = {}
         for name, buf in self.bufs.items():
-            nb = alloc()
+            nb = alloc(self.fills.get(name, 0.0))
             for j, ((a, b), (oa, ob)) in enumerate(zip(bounds, self.bounds)):
-                if self.steps[j] != 0:
+                if shapes[j] == self.shapes[j]:  # (a parameter with state cannot change shape)
                     nb[a:b] = _convert(buf[oa:ob], xp, dtype, device_id)
             bufs[name] = nb
         # gradients present now follow their parameters into the new buffer (converted if moved)
@@ -190,16 +191,18 @@ class _FlatGroup:
             self.gviews.append(gv)
         self.synced = False
 
-    def buffer(self, name: str):
-        """The flat state buffer `name`, allocated (zeros) on first use."""
+    def buffer(self, name: str, fill: float = 0.0):
+        """The flat state buffer `name`, allocated on first use and filled with `fill`."""
         buf = self.bufs.get(name)
         if buf is None:
             if self.device_id is None:
-                buf = self.xp.zeros(self.flat.size, dtype=self.dtype)
+                buf = self.xp.full(self.flat.size, fill, dtype=self.dtype)
             else:
                 with self.xp.cuda.Device(self.device_id):
-                    buf = self.xp.zeros(self.flat.size, dtype=self.dtype)
+                    buf = self.xp.full(self.flat.size, fill, dtype=self.dtype)
             self.bufs[name] = buf
+            if fill != 0:
+                self.fills[name] = fill
             self.synced = False
         return buf
 
@@ -288,16 +291,22 @@ def check_range(name: str, what: str, value, low=0.0, high=None, high_open=False
 class Optimizer:
     """Base class of all optimizers (PyTorch's interface; flat buffers inside, see the module doc).
 
-    Subclasses give `defaults`, `_validate(options)` (ValueError naming a bad hyperparameter),
+    Subclasses give `defaults`, `_ranges` and `_validate(options)` (ValueError naming a bad
+    hyperparameter; the base checks `_ranges`),
     `_state_buffers` (every flat state buffer, in PyTorch's state order, mapped to the group
     option that turns it on, or None for always), `_counts_step(group)` (whether a step advances
     the per-parameter step count) and `_update(group, ops, p, g, state, step)` (one fused kernel
     call over 1-D arrays). `_step_in_state` says whether `state[p]` exposes "step" (PyTorch's SGD
-    keeps none).
+    keeps none). `_initial_state` (buffer -> the group option holding its initial value) makes the
+    state exist from construction, step 0 (PyTorch's Adagrad); otherwise a parameter has state
+    from its first step and buffers start at zero.
     """
 
     _state_buffers: dict = {}
     _step_in_state = True
+    _initial_state: dict = {}
+    # (option, what PyTorch's error calls it[, low[, high]]): the ranges the base _validate checks
+    _ranges: tuple = ()
 
     def __init__(self, params, defaults: dict):
         if not isinstance(defaults, dict):
@@ -323,7 +332,8 @@ class Optimizer:
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _validate(self, options: dict) -> None:
-        pass
+        for name, what, *bounds in self._ranges:
+            check_range(name, what, options[name], *bounds)
 
     def _state_names(self, group) -> list:
         """The state buffers this group's options need, in state order."""
@@ -375,6 +385,10 @@ class Optimizer:
         flat = _FlatGroup(params, len(self.param_groups))
         self.param_groups.append(group)
         self._flat.append(flat)
+        if self._initial_state:
+            for name, option in self._initial_state.items():
+                flat.buffer(name, float(group[option]))
+            self._sync_state(group, flat)
 
     # ------------------------------------------------------------------ gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -434,7 +448,7 @@ class Optimizer:
         names = [n for n in self._state_names(group) if n in fg.bufs] + \
                 [n for n in fg.bufs if n not in self._state_names(group)]
         for i, p in enumerate(fg.params):
-            if fg.steps[i] == 0:
+            if fg.steps[i] == 0 and not self._initial_state:
                 self.state.pop(p, None)
                 continue
             a, b = fg.bounds[i]
@@ -461,7 +475,7 @@ class Optimizer:
             g["params"] = list(range(index, index + fg.n))
             groups.append(g)
             for i, p in enumerate(fg.params):
-                if fg.steps[i] != 0:
+                if fg.steps[i] != 0 or self._initial_state:
                     a, b = fg.bounds[i]
                     entry = {}
                     if self._step_in_state:
@@ -575,8 +589,8 @@ class Optimizer:
         for fg in self._flat:
             fg.collect()  # re-pack first if a parameter was rebound, so the layout is current
             fg.steps[:] = 0
-            for buf in fg.bufs.values():
-                buf.fill(0)
+            for name, buf in fg.bufs.items():
+                buf.fill(fg.fills.get(name, 0.0))
         for k, i, step, arrays in staged:
             fg = self._flat[k]
             a, b = fg.bounds[i]

@@ -1,7 +1,7 @@
 """RMSprop (torch.optim.RMSprop's formulas; see gpunn/kernels/optimizers.py)."""
 from __future__ import annotations
 
-from gpunn.optim.optimizer import Optimizer, check_range
+from gpunn.optim.optimizer import Optimizer
 
 __all__ = ["RMSprop"]
 
@@ -25,12 +25,8 @@ class RMSprop(Optimizer):
                         centered=centered, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _validate(self, o) -> None:
-        check_range("lr", "learning rate", o["lr"])
-        check_range("eps", "epsilon value", o["eps"])
-        check_range("momentum", "momentum value", o["momentum"])
-        check_range("weight_decay", "weight_decay value", o["weight_decay"])
-        check_range("alpha", "alpha value", o["alpha"], 0.0, 1.0)
+    _ranges = (("lr", "learning rate"), ("eps", "epsilon value"), ("momentum", "momentum value"),
+               ("weight_decay", "weight_decay value"), ("alpha", "alpha value", 0.0, 1.0))
 
     def _update(self, group, ops, p, g, state, step) -> None:
         momentum = group["momentum"]

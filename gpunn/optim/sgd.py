@@ -2,7 +2,7 @@
 (torch.optim.SGD's formulas; see gpunn/kernels/optimizers.py)."""
 from __future__ import annotations
 
-from gpunn.optim.optimizer import Optimizer, check_range
+from gpunn.optim.optimizer import Optimizer
 
 __all__ = ["SGD"]
 
@@ -27,11 +27,11 @@ class SGD(Optimizer):
                         nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults)
 
+    _ranges = (("lr", "learning rate"), ("momentum", "momentum value"), ("dampening", "dampening value", 0.0, 1.0),
+               ("weight_decay", "weight_decay value"))
+
     def _validate(self, o) -> None:
-        check_range("lr", "learning rate", o["lr"])
-        check_range("momentum", "momentum value", o["momentum"])
-        check_range("dampening", "dampening value", o["dampening"], 0.0, 1.0)
-        check_range("weight_decay", "weight_decay value", o["weight_decay"])
+        super()._validate(o)
         if o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening "
                              f"(nesterov=True with momentum={o['momentum']}, dampening={o['dampening']})")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import ChainMap
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,8 +34,9 @@ from gpunn.kernels.activations import operand_bytes
 __all__ = ["COSTS", "KernelEvent", "Span", "Recorder"]
 
 # Ops method name -> cost(*args, **kwargs) -> (flops, bytes); each family keeps its own beside its kernels.
-COSTS = {**activations.COSTS, **dense.COSTS, **softmax_ce.COSTS, **losses.COSTS, **optimizers.COSTS,
-         **normalization.COSTS, **dropout.COSTS}
+# A live view: the optimizer updates' costs follow the registry (members registered later included).
+COSTS = ChainMap(activations.COSTS, dense.COSTS, softmax_ce.COSTS, losses.COSTS, optimizers.COSTS,
+                 normalization.COSTS, dropout.COSTS)
 
 _now = time.perf_counter_ns
 
