@@ -308,19 +308,16 @@ def _labels(target, n: int, op: str):
     if not is_array(lab):
         lab = np.asarray(lab)
     if lab.dtype.kind not in "iu":
-        raise TypeError(f"{op}: target must hold integer class labels, got dtype {lab.dtype} "
-                        "(for probabilities use a different loss)")
+        raise TypeError(f"{op}: target must hold integer class labels, got dtype {lab.dtype} (class-probability "
+                        "targets are not supported; for independent binary targets use "
+                        "binary_cross_entropy_with_logits)")
     if lab.shape != (n,):
         raise ValueError(f"{op}: target must have shape ({n},) to match input of {n} rows, got {lab.shape}")
     return lab
 
 
-def cross_entropy(input, target, reduction: str = "mean", ignore_index: int = -100):
-    """Softmax cross-entropy from logits (N, C) and integer labels (N,), fused in one node.
-
-    loss_i = logsumexp(x_i) - x_{i, y_i}; "mean" averages over targets != ignore_index.
-    """
-    op = "cross_entropy"
+def _class_loss_args(op, input, target, reduction, ignore_index, weight, what):
+    """The checked (input Tensor, labels, ignore_index, weight array) of a class-label loss."""
     _check_reduction(op, reduction)
     if ignore_index is not None:
         if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
@@ -329,13 +326,58 @@ def cross_entropy(input, target, reduction: str = "mean", ignore_index: int = -1
     x = _tensor(input, op, "input")
     check_float(op, x.data)
     if x.ndim != 2:
-        raise ValueError(f"{op}: input must be logits of shape (batch, classes), got {x.shape}")
+        raise ValueError(f"{op}: input must be {what} of shape (batch, classes), got {x.shape}")
     if x.shape[1] == 0:
-        raise ValueError(f"{op}: input of shape {x.shape} has no classes; logits need at least one column")
+        raise ValueError(f"{op}: input of shape {x.shape} has no classes; it needs at least one column")
     lab = _labels(target, x.shape[0], op)
     check_same_device(op, x.data, lab)
+    if weight is not None:
+        if isinstance(weight, Tensor):
+            if weight.requires_grad:
+                raise ValueError(f"{op}: weight requires grad, but the class weights get no gradient (as in "
+                                 "PyTorch); pass weight.detach()")
+            weight = weight.data
+        if not is_array(weight):
+            raise TypeError(f"{op}: weight must be a Tensor or an array of {x.shape[1]} class weights, got "
+                            f"{type(weight).__name__}")
+        if weight.shape != (x.shape[1],):
+            raise ValueError(f"{op}: weight must be 1-D with one value per class: shape ({x.shape[1]},) for input "
+                             f"of shape {x.shape}, got weight of shape {weight.shape}")
+        check_same_device(op, x.data, weight)
+        check_same_dtype(op, x.data, weight, names=("input", "weight"))
+    return x, lab, ignore_index, weight
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                  reduction: str = "mean", label_smoothing: float = 0.0):
+    """Softmax cross-entropy from logits (N, C) and integer labels (N,), fused in one node.
+
+    loss_i = (1 - eps) w_y (lse_i - x_iy) + (eps / C) sum_j w_j (lse_i - x_ij) (w = weight, 1 when
+    None; eps = label_smoothing in [0, 1]); "mean" divides the sum by the sum of w_y over the
+    targets != ignore_index (their count without weights), as PyTorch. weight (C,) has the input's
+    dtype and device and gets no gradient.
+    """
+    op = "cross_entropy"
+    reduction = _legacy_reduction(op, size_average, reduce, reduction)
+    x, lab, ignore_index, weight = _class_loss_args(op, input, target, reduction, ignore_index, weight, "logits")
+    if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, (int, float, np.number)) \
+            or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     # label values are checked by the kernel itself (F.CrossEntropy): no extra pass, no GPU sync
-    return F.CrossEntropy.apply(x, Tensor(lab), reduction=reduction, ignore_index=ignore_index)
+    return F.CrossEntropy.apply(x, Tensor(lab), reduction=reduction, ignore_index=ignore_index, weight=weight,
+                                label_smoothing=float(label_smoothing))
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+             reduction: str = "mean"):
+    """Negative log-likelihood from log-probabilities (N, C) (e.g. log_softmax's output) and integer
+    labels (N,): loss_i = -w_y input_iy; "mean" divides the sum by the sum of w_y over the targets
+    != ignore_index, as PyTorch. nll_loss(log_softmax(x), y) equals cross_entropy(x, y)."""
+    op = "nll_loss"
+    reduction = _legacy_reduction(op, size_average, reduce, reduction)
+    x, lab, ignore_index, weight = _class_loss_args(op, input, target, reduction, ignore_index, weight,
+                                                    "log-probabilities")
+    return F.NLL.apply(x, Tensor(lab), reduction=reduction, ignore_index=ignore_index, weight=weight)
 
 
 def _pair(op, input, target):
@@ -495,6 +537,6 @@ bce_with_logits = binary_cross_entropy_with_logits
 
 __all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + [
            "activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
-           "linear", "dropout", "layer_norm", "batch_norm", "cross_entropy", "binary_cross_entropy",
+           "linear", "dropout", "layer_norm", "batch_norm", "cross_entropy", "nll_loss", "binary_cross_entropy",
            "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
            "elementwise_loss", "ACTIVATIONS", "REDUCTIONS"]

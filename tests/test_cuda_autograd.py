@@ -71,6 +71,16 @@ def test_cross_entropy_gradcheck(cuda, reduction):
     assert gn.gradcheck(lambda x: Fn.cross_entropy(x, labels, reduction=reduction), [x], **GRAD)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_weight_and_smoothing_gradcheck(cuda, reduction):
+    rng = np.random.default_rng(5)
+    x = T(cuda, rng.standard_normal((4, 5)) * 2)
+    labels = gn.Tensor(cuda.asarray(np.array([1, -100, 4, 0])))
+    w = gn.Tensor(cuda.asarray(rng.uniform(0.2, 3.0, 5)))
+    assert gn.gradcheck(lambda x: Fn.cross_entropy(x, labels, w, reduction=reduction, label_smoothing=0.3), [x],
+                        **GRAD)
+
+
 @pytest.mark.parametrize("pos_weight", [None, "per_class"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_bce_with_logits_gradcheck(cuda, reduction, pos_weight):

@@ -312,7 +312,7 @@ def test_softmax_ce_matches_reference(target, shape, label_dtype, dtype):
         got = target.get(got)
         assert got.dtype == dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, **tol(dtype, c))
-    np.testing.assert_array_equal(target.get(stats), [n, 0, 0])
+    np.testing.assert_array_equal(target.get(stats), [n, 0, 0, c])
 
 
 @pytest.mark.parametrize("ignore_index", [-100, 2])
@@ -331,7 +331,7 @@ def test_softmax_ce_ignore_index_and_scalar_upstream(target, ignore_index):
     ignored = labels == ignore_index
     np.testing.assert_array_equal(target.get(losses_)[ignored], 0)
     np.testing.assert_array_equal(d[ignored], 0)
-    np.testing.assert_array_equal(target.get(stats), [(~ignored).sum(), 0, 1])
+    np.testing.assert_array_equal(target.get(stats), [(~ignored).sum(), 0, 1, 4])
 
 
 def _cpu_and_cuda(target, logits, labels, g, ignore_index, reduction):
@@ -364,7 +364,59 @@ def test_softmax_ce_kernel_equals_the_cpu_path(target, reduction, dtype):
         for c, k in zip(cpu, gpu):
             assert c.shape == k.shape and c.dtype == k.dtype
             np.testing.assert_allclose(k, c, **tol(dtype, 7))
-        np.testing.assert_array_equal(gpu[2], [5, 0, 2])
+        np.testing.assert_array_equal(gpu[2], [5, 0, 2, 5])
+
+
+@DTYPES
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("weighted,smoothing", [(True, 0.0), (False, 0.3), (True, 0.3)],
+                         ids=["weight", "smoothing", "weight+smoothing"])
+def test_softmax_ce_general_kernels_equal_the_cpu_path(target, weighted, smoothing, reduction, dtype):
+    """Class weights and label smoothing (the "general" kernels): loss, probs, stats (divisor =
+    sum of w_y over the counted rows, W = sum of the weights) and gradient equal CpuOps'."""
+    from gpunn.kernels import CpuOps
+
+    rng = np.random.default_rng(13)
+    logits = (rng.standard_normal((7, 5)) * 2).astype(dtype)
+    labels = np.array([3, -100, 0, 4, -100, 1, 2])
+    w = rng.uniform(0.2, 3.0, 5).astype(dtype) if weighted else None
+    g = (rng.standard_normal(7) if reduction == "none" else np.asarray(0.7)).astype(dtype)
+    cpu_f = CpuOps.softmax_cross_entropy_forward(logits, labels, -100, reduction, w, smoothing)
+    cpu_d = CpuOps.softmax_cross_entropy_backward(g, cpu_f[1], labels, -100, reduction, cpu_f[2], w, smoothing)
+    W = None if w is None else target.asarray(w)
+    Y = target.asarray(labels)
+    gpu_f = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(logits), Y, -100, reduction, W, smoothing)
+    gpu_d = softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(g), gpu_f[1], Y, -100, reduction,
+                                                           gpu_f[2], W, smoothing)
+    for c, k in zip((*cpu_f, cpu_d), (*gpu_f, gpu_d)):
+        k = target.get(k)
+        assert c.shape == k.shape and c.dtype == k.dtype
+        np.testing.assert_allclose(k, c, **tol(dtype, 7))
+    divisor = w[labels[labels >= 0]].astype(np.float64).sum() if weighted else 5
+    np.testing.assert_allclose(target.get(gpu_f[2]), [divisor, 0, 2, w.astype(np.float64).sum() if weighted else 5],
+                               rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+def test_softmax_ce_general_kernels_bad_labels_and_all_ignored(target):
+    """With weights: a bad label is never used as an index into them (NaN row, stats[1]); every row
+    ignored gives a NaN mean and zero gradients, as on the CPU."""
+    from gpunn.kernels import CpuOps
+
+    logits = np.random.default_rng(14).standard_normal((5, 3))
+    w = np.array([0.5, 2.0, 1.5])
+    for labels in (np.array([0, 7, 1, -5, 2]), np.full(5, -100)):
+        Y = target.asarray(labels)
+        loss, probs, stats = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(logits), Y, -100, "mean",
+                                                                           target.asarray(w), 0.2)
+        d = softmax_ce_cuda.softmax_cross_entropy_backward(target.asarray(np.asarray(1.0)), probs, Y, -100, "mean",
+                                                           stats, target.asarray(w), 0.2)
+        c_loss, c_probs, c_stats = CpuOps.softmax_cross_entropy_forward(logits, labels, -100, "mean", w, 0.2)
+        c_d = CpuOps.softmax_cross_entropy_backward(np.asarray(1.0), c_probs, labels, -100, "mean", c_stats, w, 0.2)
+        assert np.isnan(target.get(loss)) and np.isnan(c_loss)
+        np.testing.assert_array_equal(target.get(stats), c_stats)
+        np.testing.assert_allclose(target.get(d), c_d, rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(target.get(stats), [0, 0, 1, 4])
+    np.testing.assert_array_equal(target.get(d), 0)
 
 
 def test_softmax_ce_every_row_ignored(target):
@@ -372,7 +424,7 @@ def test_softmax_ce_every_row_ignored(target):
     labels = np.full(5, -100)
     cpu, gpu = _cpu_and_cuda(target, logits, labels, np.asarray(1.0, np.float32), -100, "mean")
     assert np.isnan(gpu[0]) and np.isnan(cpu[0])
-    np.testing.assert_array_equal(gpu[2], [0, 0, 1])
+    np.testing.assert_array_equal(gpu[2], [0, 0, 1, 3])
     np.testing.assert_array_equal(gpu[3], 0)
     np.testing.assert_allclose(gpu[1], cpu[1], **tol(np.float32, 3))
 
@@ -387,7 +439,7 @@ def test_softmax_ce_extreme_logits_and_bad_labels(target, dtype):
     np.testing.assert_allclose(got[:3], [2e4, np.log(3.0), np.log(2.0)], rtol=1e-6)
     assert np.isnan(got[3])
     assert np.isfinite(target.get(probs)).all()
-    np.testing.assert_array_equal(target.get(stats), [4, 4, 0])
+    np.testing.assert_array_equal(target.get(stats), [4, 4, 0, 3])
 
 
 def test_softmax_ce_reports_the_first_bad_label_of_any_block(target):
@@ -396,7 +448,7 @@ def test_softmax_ce_reports_the_first_bad_label_of_any_block(target):
     logits = np.zeros((9, 3))
     labels = np.array([0, 1, 2, -100, 3, 0, -7, 1, 99])
     cpu, gpu = _cpu_and_cuda(target, logits, labels, np.asarray(1.0), -100, "mean")
-    np.testing.assert_array_equal(gpu[2], [8, 5, 4])
+    np.testing.assert_array_equal(gpu[2], [8, 5, 4, 3])
     np.testing.assert_array_equal(gpu[2], cpu[2])
     assert np.isnan(gpu[0])
 
@@ -422,7 +474,7 @@ def test_softmax_ce_refuses_bad_calls(target):
     empty_l, empty_p, empty_s = softmax_ce_cuda.softmax_cross_entropy_forward(target.asarray(np.zeros((0, 4))),
                                                                               target.asarray(np.zeros(0, np.int64)))
     assert empty_l.shape == (0,) and empty_p.shape == (0, 4)
-    np.testing.assert_array_equal(target.get(empty_s), [0, 0, 0])
+    np.testing.assert_array_equal(target.get(empty_s), [0, 0, 0, 4])
 
 
 def test_softmax_block_shapes():

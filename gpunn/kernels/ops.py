@@ -43,6 +43,9 @@ KERNELS = {
                                       softmax_ce.softmax_cross_entropy_forward_cpu),
     "softmax_cross_entropy_backward": (softmax_ce.softmax_cross_entropy_backward_ref,
                                        softmax_ce.softmax_cross_entropy_backward_cpu),
+    # NLL is a gather and a sum: array expressions on every backend
+    "nll_loss_forward": (softmax_ce.nll_loss_forward, softmax_ce.nll_loss_forward),
+    "nll_loss_backward": (softmax_ce.nll_loss_backward, softmax_ce.nll_loss_backward),
     "loss_forward": (losses.loss_forward_ref, losses.loss_forward_cpu),
     "loss_backward": (losses.loss_backward_ref, losses.loss_backward_cpu),
     # array expressions that serve every backend (NumPy and CuPy alike)

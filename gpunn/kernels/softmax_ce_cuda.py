@@ -8,19 +8,27 @@ forward  `softmax_ce_forward_kernel`: one row per group of TX threads, TY rows p
          label outside [0, C). Grid: ceil(N / TY) blocks. Then the LAST block to finish (a
          ticket taken with atomic.inc after a threadfence; the ticket wraps back to 0 by itself,
          so it is never reset) reads every row's label and loss and reduces them in a fixed order:
-         the float64 sum of the row losses -> out[0] (divided by the count for "mean", NaN when 0
-         rows count), and stats = [count of non-ignored rows, 1 + first bad row, 1 + first ignored
-         row]. Deterministic whichever block is last. So the loss, its reduction, the count the
+         the float64 sum of the row losses -> out[0] (divided by the divisor for "mean", NaN when
+         it is 0), and stats = [divisor (the count of non-ignored rows, or the sum of their class
+         weights), 1 + first bad row, 1 + first ignored row, W (sum of the class weights, or C)].
+         Deterministic whichever block is last. So the loss, its reduction, the divisor the
          "mean" backward needs and the label check cost ONE launch and no host synchronisation;
          the caller raises on stats[1] when the host next reads a value (deferred check).
 backward `softmax_ce_backward_kernel`: dlogits = w_i * (p_ij - [j == y_i]), 0 on ignored rows, NaN
          on rows with a bad label; a grid-stride loop over N*C. w_i is grad[i] ("rows"), or one
          value grad[0] ("scalar": a "sum", or a stride-0 view) or grad[0] / stats[0] ("mean",
          read from the forward's stats on the device), so no CuPy launch forms the row weights.
+general  Class weights and label smoothing: separate "general" kernels (three more arguments:
+         weight, weighted, smoothing) made from the same code, so the plain ones keep their
+         arguments and loops. Forward: the loss is (1 - eps) w_y (lse - x_y) + eps/C sum_j w_j
+         (lse - x_j), the sum reduced across the row's threads like the exp sum; the last block
+         also sums w_y into the divisor and the weights into W. Backward: w_i (S_i p_ij - q_ij)
+         with S_i read from W = stats[3] (softmax_ce.py's formulas).
 Limits: logits 2-D float32/float64 (copied to C order if needed), labels 1-D int32/int64 of
-length N (other integer types are converted). The ticket is one uint32 per (device, stream):
-kernels on one stream run in order, so two forwards never hold it at once.
-Compiled once per (dtype, label dtype, block shape) / (dtype, label dtype, mode), explicit signature.
+length N (other integer types are converted), weight (C,) of the logits' dtype and array type.
+The ticket is one uint32 per (device, stream): kernels on one stream run in order, so two
+forwards never hold it at once. Compiled once per (dtype, label dtype, block shape, general) /
+(dtype, label dtype, mode, general), explicit signature.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ import numpy as np
 
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, launch, supported
-from gpunn.kernels.softmax_ce import check_reduction
+from gpunn.kernels.softmax_ce import check_options, check_reduction
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
@@ -53,7 +61,7 @@ def block_shape(c: int, simulator: bool = False) -> tuple[int, int]:
     return 256, 1
 
 
-def _build_forward(dt, lt, tx_, ty_):
+def _build_forward(dt, lt, tx_, ty_, general):
     _cuda()
     import numba
     from numba.core import types
@@ -62,10 +70,23 @@ def _build_forward(dt, lt, tx_, ty_):
     cast = nc.nbtype(dt)
     TX, TY = tx_, ty_
     NT = TX * TY
+    GENERAL = general
     NEG_INF = -math.inf
     NAN = math.nan
+    device = nc.numba_cuda().jit(device=True, inline="always")
 
-    def softmax_ce_forward_kernel(logits, labels, ignore_index, mean, losses, probs, out, stats, ticket):
+    @device
+    def row_sum(sm, ty, tx):
+        """sm[ty, 0] = the sum of sm[ty, :] (a tree, in a fixed order); every thread of the block calls it."""
+        h = TX // 2
+        while h > 0:
+            if tx < h:
+                sm[ty, tx] += sm[ty, tx + h]
+            cuda.syncthreads()
+            h //= 2
+
+    @device
+    def forward(logits, labels, ignore_index, mean, weight, weighted, smoothing, losses, probs, out, stats, ticket):
         sm = cuda.shared.array((TY, TX), f64)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
@@ -104,12 +125,7 @@ def _build_forward(dt, lt, tx_, ty_):
                 j += TX
         sm[ty, tx] = acc
         cuda.syncthreads()
-        h = TX // 2
-        while h > 0:
-            if tx < h:
-                sm[ty, tx] += sm[ty, tx + h]
-            cuda.syncthreads()
-            h //= 2
+        row_sum(sm, ty, tx)
         total = sm[ty, 0]
         if valid:
             inv = cast(1.0 / total)
@@ -117,14 +133,34 @@ def _build_forward(dt, lt, tx_, ty_):
             while j < C:
                 probs[row, j] = probs[row, j] * inv
                 j += TX
-            if tx == 0:
-                lab = labels[row]
-                if lab == ignore_index:
-                    losses[row] = 0
-                elif lab >= 0 and lab < C:
-                    losses[row] = m + math.log(total) - f64(logits[row, lab])
+        smooth = f64(0.0)  # sum_j w_j (lse - x_j), only with label smoothing
+        if GENERAL:
+            if smoothing != 0.0:  # a kernel argument: the same branch for the whole block
+                acc = f64(0.0)
+                if valid:
+                    lse = m + math.log(total)
+                    j = tx
+                    while j < C:
+                        acc += (f64(weight[j]) if weighted else f64(1.0)) * (lse - f64(logits[row, j]))
+                        j += TX
+                cuda.syncthreads()  # every thread has read total from sm
+                sm[ty, tx] = acc
+                cuda.syncthreads()
+                row_sum(sm, ty, tx)
+                smooth = sm[ty, 0]
+        if valid and tx == 0:
+            lab = labels[row]
+            if lab == ignore_index:
+                losses[row] = 0
+            elif lab >= 0 and lab < C:
+                if GENERAL:
+                    wy = f64(weight[lab]) if weighted else f64(1.0)
+                    losses[row] = ((1.0 - smoothing) * wy * (m + math.log(total) - f64(logits[row, lab]))
+                                   + smoothing / C * smooth)
                 else:
-                    losses[row] = NAN
+                    losses[row] = m + math.log(total) - f64(logits[row, lab])
+            else:
+                losses[row] = NAN
 
         # ---- the last block to finish reduces the whole batch (see the module docstring)
         last = cuda.shared.array(1, i32)
@@ -138,11 +174,11 @@ def _build_forward(dt, lt, tx_, ty_):
         if last[0] == 0:
             return
         s_sum = cuda.shared.array(NT, f64)
-        s_cnt = cuda.shared.array(NT, i64)
+        s_div = cuda.shared.array(NT, f64)
         s_bad = cuda.shared.array(NT, i64)
         s_ign = cuda.shared.array(NT, i64)
         s = f64(0.0)
-        cnt = i64(0)
+        div = f64(0.0)
         bad = i64(N)
         ign = i64(N)
         i = t
@@ -152,56 +188,90 @@ def _build_forward(dt, lt, tx_, ty_):
                 if ign == N:
                     ign = i
             else:
-                cnt += 1
                 s += f64(losses[i])
-                if (lab < 0 or lab >= C) and bad == N:
-                    bad = i
+                if lab < 0 or lab >= C:
+                    div += 1.0
+                    if bad == N:
+                        bad = i
+                elif GENERAL and weighted:
+                    div += f64(weight[lab])
+                else:
+                    div += 1.0
             i += NT
         s_sum[t] = s
-        s_cnt[t] = cnt
+        s_div[t] = div
         s_bad[t] = bad
         s_ign[t] = ign
+        w_total = f64(C)
+        if GENERAL:
+            if weighted:  # W = sum_j w_j, reduced in sm (free now) alongside the rows
+                acc = f64(0.0)
+                j = t
+                while j < C:
+                    acc += f64(weight[j])
+                    j += NT
+                sm[ty, tx] = acc
         cuda.syncthreads()
         h = NT // 2
         while h > 0:
             if t < h:
                 s_sum[t] += s_sum[t + h]
-                s_cnt[t] += s_cnt[t + h]
+                s_div[t] += s_div[t + h]
                 if s_bad[t + h] < s_bad[t]:
                     s_bad[t] = s_bad[t + h]
                 if s_ign[t + h] < s_ign[t]:
                     s_ign[t] = s_ign[t + h]
+                if GENERAL:
+                    if weighted:
+                        sm[ty, tx] += sm[(t + h) // TX, (t + h) % TX]
             cuda.syncthreads()
             h //= 2
         if t == 0:
-            cnt = s_cnt[0]
-            stats[0] = cnt
-            stats[1] = s_bad[0] + 1 if s_bad[0] < N else 0
-            stats[2] = s_ign[0] + 1 if s_ign[0] < N else 0
+            div = s_div[0]
+            if GENERAL:
+                if weighted:
+                    w_total = sm[0, 0]
+            stats[0] = div
+            stats[1] = f64(s_bad[0] + 1) if s_bad[0] < N else f64(0.0)
+            stats[2] = f64(s_ign[0] + 1) if s_ign[0] < N else f64(0.0)
+            stats[3] = w_total
             s = s_sum[0]
             if mean:
-                out[0] = s / f64(cnt) if cnt > 0 else NAN
+                out[0] = s / div if div != 0.0 else NAN
             else:
                 out[0] = s
 
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a2, nc.arr(lt, 1), types.int64, types.int32, a1, a2, a1, nc.arr(np.int64, 1),
-                          nc.arr(np.uint32, 1)), softmax_ce_forward_kernel)
+    st, tk, lab_t = nc.arr(np.float64, 1), nc.arr(np.uint32, 1), nc.arr(lt, 1)
+    if GENERAL:
+        def softmax_ce_forward_kernel(logits, labels, ignore_index, mean, weight, weighted, smoothing, losses, probs,
+                                      out, stats, ticket):
+            forward(logits, labels, ignore_index, mean, weight, weighted, smoothing, losses, probs, out, stats, ticket)
+
+        return nc.jit(nc.void(a2, lab_t, types.int64, types.int32, a1, types.int32, types.float64, a1, a2, a1, st,
+                              tk), softmax_ce_forward_kernel)
+
+    def softmax_ce_forward_kernel(logits, labels, ignore_index, mean, losses, probs, out, stats, ticket):
+        # no weights (losses stands in: never read) and no smoothing
+        forward(logits, labels, ignore_index, mean, losses, 0, 0.0, losses, probs, out, stats, ticket)
+
+    return nc.jit(nc.void(a2, lab_t, types.int64, types.int32, a1, a2, a1, st, tk), softmax_ce_forward_kernel)
 
 
 BACKWARD_MODES = ("rows", "scalar", "mean")
 
 
-def _build_backward(dt, lt, mode):
+def _build_backward(dt, lt, mode, general):
     _cuda()
     from numba.core import types
 
     zero, one = dt.type(0), dt.type(1)
     nan = dt.type(math.nan)
     cast = nc.nbtype(dt)
-    ROWS, MEAN = mode == "rows", mode == "mean"
+    ROWS, MEAN, GENERAL = mode == "rows", mode == "mean", general
 
-    def softmax_ce_backward_kernel(grad, probs, labels, ignore_index, stats, d):
+    @nc.numba_cuda().jit(device=True, inline="always")
+    def backward(grad, probs, labels, ignore_index, stats, weight, weighted, smoothing, d):
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         C = probs.shape[1]
@@ -210,9 +280,12 @@ def _build_backward(dt, lt, mode):
         if not ROWS:
             w0 = grad[0]
             if MEAN:
-                cnt = stats[0]
-                # count 0: every row is ignored and w0 is never used (no 0/0 in the simulator)
-                w0 = w0 / cast(cnt) if cnt > 0 else zero
+                div = stats[0]
+                # divisor 0 (every row ignored, or the counted rows' weights sum to 0): NaN, as
+                # PyTorch's, read by no ignored row (and no 0/0 in the simulator)
+                w0 = w0 / cast(div) if div != 0.0 else nan
+        keep = 1.0 - smoothing
+        spread = smoothing / C
         while i < n:
             r = i // C
             j = i - r * C
@@ -224,25 +297,46 @@ def _build_backward(dt, lt, mode):
             else:
                 w = grad[r] if ROWS else w0
                 p = probs[r, j]
-                d[r, j] = w * (p - one) if j == lab else w * p
+                if GENERAL:  # w (S p - q), S and q as in softmax_ce.py
+                    wy = weight[lab] if weighted else one
+                    v = (keep * wy + spread * stats[3]) * p - spread * (weight[j] if weighted else one)
+                    if j == lab:
+                        v -= keep * wy
+                    d[r, j] = w * v
+                else:
+                    d[r, j] = w * (p - one) if j == lab else w * p
             i += stride
 
     a2, a1 = nc.arr(dt, 2), nc.arr(dt, 1)
-    return nc.jit(nc.void(a1, a2, nc.arr(lt, 1), types.int64, nc.arr(np.int64, 1), a2), softmax_ce_backward_kernel)
+    st, lab_t = nc.arr(np.float64, 1), nc.arr(lt, 1)
+    if GENERAL:
+        def softmax_ce_backward_kernel(grad, probs, labels, ignore_index, stats, weight, weighted, smoothing, d):
+            backward(grad, probs, labels, ignore_index, stats, weight, weighted, smoothing, d)
+
+        return nc.jit(nc.void(a1, a2, lab_t, types.int64, st, a1, types.int32, types.float64, a2),
+                      softmax_ce_backward_kernel)
+
+    def softmax_ce_backward_kernel(grad, probs, labels, ignore_index, stats, d):
+        backward(grad, probs, labels, ignore_index, stats, grad, 0, 0.0, d)  # grad stands in for the weights
+
+    return nc.jit(nc.void(a1, a2, lab_t, types.int64, st, a2), softmax_ce_backward_kernel)
 
 
-def forward_kernel(dtype, label_dtype, tx, ty):
+def forward_kernel(dtype, label_dtype, tx, ty, general=False):
+    """general: the kernel that takes class weights and label smoothing (three more arguments)."""
     dt, lt = np.dtype(dtype), np.dtype(label_dtype)
-    return nc.kernel(("softmax_ce_forward", dt.name, lt.name, tx, ty), lambda: _build_forward(dt, lt, tx, ty))
+    return nc.kernel(("softmax_ce_forward", dt.name, lt.name, tx, ty) + (("general",) if general else ()),
+                     lambda: _build_forward(dt, lt, tx, ty, general))
 
 
-def backward_kernel(dtype, label_dtype, mode):
+def backward_kernel(dtype, label_dtype, mode, general=False):
     """mode: "rows" (one upstream gradient per row), "scalar" (one for all), "mean" (one, divided
-    by the forward's count)."""
+    by the forward's divisor); general: with class weights and label smoothing."""
     if mode not in BACKWARD_MODES:
         raise ValueError(f"softmax_ce backward mode must be one of {BACKWARD_MODES}, got {mode!r}")
     dt, lt = np.dtype(dtype), np.dtype(label_dtype)
-    return nc.kernel(("softmax_ce_backward", dt.name, lt.name, mode), lambda: _build_backward(dt, lt, mode))
+    return nc.kernel(("softmax_ce_backward", dt.name, lt.name, mode) + (("general",) if general else ()),
+                     lambda: _build_backward(dt, lt, mode, general))
 
 
 # Class counts that select each of block_shape's GPU block shapes.
@@ -254,11 +348,12 @@ def variants(dtypes=SUPPORTED_DTYPES):
     compilation (kernels/ptxas_report.py) and warm-up."""
     for dt in dtypes:
         for lt in _LABEL_DTYPES:
-            for c in _BLOCK_SHAPE_CLASSES:
-                tx, ty = block_shape(c)
-                yield forward_kernel, (dt, lt, tx, ty), tx * ty
-            for mode in BACKWARD_MODES:
-                yield backward_kernel, (dt, lt, mode), nc.ELEMENTWISE_THREADS
+            for general in (False, True):
+                for c in _BLOCK_SHAPE_CLASSES:
+                    tx, ty = block_shape(c)
+                    yield forward_kernel, (dt, lt, tx, ty, general), tx * ty
+                for mode in BACKWARD_MODES:
+                    yield backward_kernel, (dt, lt, mode, general), nc.ELEMENTWISE_THREADS
 
 
 def _labels(op, labels, n, xp, like):
@@ -303,27 +398,41 @@ def _ticket(like):
     return t
 
 
-def softmax_cross_entropy_forward(logits, labels, ignore_index: int = -100, reduction: str = "none"):
+def _weight(op, weight, like):
+    """(weight array, weighted) for a general kernel: the caller's (checked by check_options, and
+    here for its array type) or a cached stand-in that is never read."""
+    if weight is None:
+        return nc.dummy(like), 0
+    if type(weight) is not type(like):
+        raise ValueError(f"{op}: weight must be a {type(like).__name__} like the logits, got {type(weight).__name__}")
+    return nc.xp_of(like).ascontiguousarray(weight), 1
+
+
+def softmax_cross_entropy_forward(logits, labels, ignore_index: int = -100, reduction: str = "none",
+                                  weight=None, label_smoothing: float = 0.0):
     """(loss, probs, stats) in one launch (softmax_ce.py's contract)."""
     op = "softmax_cross_entropy_forward"
     check_reduction(op, reduction)
     _check_float(op, logits, "logits")
     xp = nc.xp_of(logits)
     n, c = logits.shape
+    general = check_options(op, c, logits.dtype, weight, label_smoothing)
     lab = _labels(op, labels, n, xp, logits)
     x = xp.ascontiguousarray(logits)
     losses = xp.empty(n, dtype=x.dtype)
     probs = xp.empty((n, c), dtype=x.dtype)
     out = xp.empty(1, dtype=x.dtype)
-    stats = xp.empty(3, dtype=np.int64)
+    stats = xp.empty(4, dtype=np.float64)
     if n:
         if c == 0:
             raise ValueError(f"{op}: logits of shape {x.shape} have no classes")
         tx, ty = block_shape(c, simulator=not nc.is_cupy(x))
-        nc.launch(forward_kernel(x.dtype, lab.dtype, tx, ty), math.ceil(n / ty), (tx, ty), x,
-                  x, lab, int(ignore_index), int(reduction == "mean"), losses, probs, out, stats, _ticket(x))
+        options = (*_weight(op, weight, x), float(label_smoothing)) if general else ()
+        nc.launch(forward_kernel(x.dtype, lab.dtype, tx, ty, general), math.ceil(n / ty), (tx, ty), x,
+                  x, lab, int(ignore_index), int(reduction == "mean"), *options, losses, probs, out, stats, _ticket(x))
     else:  # no rows, no launch: host values (an empty batch is no training step)
-        stats = xp.zeros(3, dtype=np.int64)
+        stats = xp.zeros(4, dtype=np.float64)
+        stats[3] = float(c) if weight is None else weight.astype(np.float64).sum()
         out = xp.asarray(np.array([0.0 if reduction == "sum" else math.nan], dtype=x.dtype))
     if reduction == "none":
         return losses, probs, stats
@@ -331,13 +440,14 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index: int = -100, redu
 
 
 def softmax_cross_entropy_backward(grad, probs, labels, ignore_index: int = -100, reduction: str = "none",
-                                   stats=None):
-    """dlogits = w[:, None] * (probs - onehot(labels)), 0 on ignored rows; one launch."""
+                                   stats=None, weight=None, label_smoothing: float = 0.0):
+    """dlogits = g[:, None] * (S p - q), 0 on ignored rows (softmax_ce.py); one launch."""
     op = "softmax_cross_entropy_backward"
-    check_reduction(op, reduction, stats, backward=True)
     _check_float(op, probs, "probs")
-    xp = nc.xp_of(probs)
     n, c = probs.shape
+    general = check_options(op, c, probs.dtype, weight, label_smoothing)
+    check_reduction(op, reduction, stats, backward=True, general=general)
+    xp = nc.xp_of(probs)
     lab = _labels(op, labels, n, xp, probs)
     p = xp.ascontiguousarray(probs)
     g = grad
@@ -355,13 +465,15 @@ def softmax_cross_entropy_backward(grad, probs, labels, ignore_index: int = -100
             raise ValueError(f"{op}: grad must hold one value for reduction={reduction!r}, got shape {tuple(g.shape)}")
         scalar, mode = True, reduction if reduction == "mean" else "scalar"
     g = g.reshape(-1)[:1] if scalar else xp.ascontiguousarray(g)
-    if mode == "mean":
+    if mode == "mean" or general:
         st = stats
-        if type(st) is not type(p) or st.dtype != np.int64 or st.shape != (3,):
-            raise ValueError(f"{op}: stats must be the forward's (3,) int64 array, got "
+        if type(st) is not type(p) or st.dtype != np.float64 or st.shape != (4,):
+            raise ValueError(f"{op}: stats must be the forward's (4,) float64 array, got "
                              f"{type(st).__name__} {getattr(st, 'dtype', '')} {tuple(getattr(st, 'shape', ()))}")
     else:
-        st = nc.dummy(p, np.int64)
+        st = nc.dummy(p, np.float64)
     d = xp.empty_like(p)
-    launch(backward_kernel(p.dtype, lab.dtype, mode), d.size, p, g, p, lab, int(ignore_index), st, d)
+    options = (*_weight(op, weight, p), float(label_smoothing)) if general else ()
+    launch(backward_kernel(p.dtype, lab.dtype, mode, general), d.size, p, g, p, lab, int(ignore_index), st,
+           *options, d)
     return d

@@ -17,7 +17,7 @@ from gpunn.nn import init, parallel, utils
 from gpunn.nn.activation import GELU, Flatten, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from gpunn.nn.container import ModuleDict, ModuleList, Sequential
 from gpunn.nn.linear import Dense, Linear
-from gpunn.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, SmoothL1Loss
+from gpunn.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss
 from gpunn.nn.module import IncompatibleKeys, Module, StateDictError
 from gpunn.nn.normalization import BatchNorm1d, Dropout, LayerNorm
 from gpunn.nn.perceptron import Perceptron
@@ -37,5 +37,5 @@ _sys.modules.setdefault(__name__ + ".functional", functional)
 
 __all__ = ["Module", "Parameter", "Linear", "Dense", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
            "LogSoftmax", "Identity", "Flatten", "Dropout", "LayerNorm", "BatchNorm1d", "Sequential", "ModuleList",
-           "ModuleDict", "Perceptron", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "CrossEntropyLoss", "BCELoss",
-           "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional", "parallel"]
+           "ModuleDict", "Perceptron", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "CrossEntropyLoss", "NLLLoss",
+           "BCELoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional", "parallel"]

@@ -85,16 +85,46 @@ class BCELoss(_WeightedLoss):
         return functional.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 
 
-class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy from logits (N, C) and integer labels (N,); "mean" averages over the
-    targets that are not ignore_index."""
+def _class_weights(op, weight):
+    """A 1-D float class-weight buffer (or None): checked when the module is built."""
+    if weight is not None and (weight.ndim != 1 or weight.dtype.kind != "f"):
+        raise ValueError(f"{op}: weight must be a 1-D float tensor of class weights, got shape {weight.shape} "
+                         f"dtype {weight.dtype}")
+    return weight
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean"):
-        super().__init__(reduction=reduction)
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Softmax cross-entropy from logits (N, C) and integer labels (N,) with optional class weights
+    (the `weight` buffer) and label smoothing (functional.cross_entropy); "mean" divides by the sum
+    of the weights of the targets that are not ignore_index (their count without weights)."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__(weight, size_average, reduce, reduction)
+        _class_weights(type(self).__name__, self.weight)
+        self.ignore_index = int(ignore_index)
+        if isinstance(label_smoothing, bool) or not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, input, target):
+        return functional.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                                        reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood from log-probabilities (N, C) and integer labels (N,) with optional
+    class weights (functional.nll_loss); LogSoftmax then NLLLoss is CrossEntropyLoss."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean"):
+        super().__init__(weight, size_average, reduce, reduction)
+        _class_weights(type(self).__name__, self.weight)
         self.ignore_index = int(ignore_index)
 
     def forward(self, input, target):
-        return functional.cross_entropy(input, target, reduction=self.reduction, ignore_index=self.ignore_index)
+        return functional.nll_loss(input, target, self.weight, ignore_index=self.ignore_index,
+                                   reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_WeightedLoss):

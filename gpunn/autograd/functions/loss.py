@@ -32,10 +32,11 @@ def _divide(a, n, dtype):
 def _label_error(op, labels, stats, classes, ignore_index, deferred):
     """The ValueError for the first bad label that the forward kernel reported in `stats`
     (softmax_ce.STATS). Reads the labels and stats on the host: only called to raise."""
-    st = [int(v) for v in (stats.get() if hasattr(stats, "get") else stats)]
-    rows = [st[1] - 1] if st[1] else []
-    if ignore_index is None and st[2]:  # no ignore_index: the stand-in value -100 is out of range too
-        rows.append(st[2] - 1)
+    st = stats.get() if hasattr(stats, "get") else stats
+    bad, ignored = int(st[1]), int(st[2])  # row numbers + 1 (stats[0] and [3] are sums of weights)
+    rows = [bad - 1] if bad else []
+    if ignore_index is None and ignored:  # no ignore_index: the stand-in value -100 is out of range too
+        rows.append(ignored - 1)
     i = min(rows)
     value = int(labels[i:i + 1].get()[0] if hasattr(labels, "get") else labels[i])
     when = (" (labels on the GPU are checked at the next host synchronisation, so this may be raised "
@@ -44,36 +45,61 @@ def _label_error(op, labels, stats, classes, ignore_index, deferred):
     return ValueError(f"{op}: target[{i}] = {value} is out of range for {classes} classes (valid: {valid}){when}")
 
 
+def _check_labels(op, logits, labels, stats, ignore_index):
+    """Raise (CPU) or queue (GPU, checks.defer_check) the label check of a forward's stats."""
+    if not logits.shape[0]:
+        return
+    flags = (1,) if ignore_index is not None else (1, 2)
+    classes = logits.shape[1]
+
+    def error(deferred):
+        return _label_error(op, labels, stats, classes, ignore_index, deferred)
+
+    if get_array_module(logits) is np:
+        if any(stats[k] for k in flags):
+            raise error(False)
+    else:
+        for k in flags:
+            defer_check(stats[k], lambda: error(True))
+
+
 class CrossEntropy(_LossNode):
-    """Softmax cross-entropy with its reduction, count and label check in the kernel (softmax_ce.py).
+    """Softmax cross-entropy (class weights, label smoothing) with its reduction, divisor and label
+    check in the kernel (softmax_ce.py). The weights are data: they get no gradient (as in PyTorch).
 
     The kernel reports bad labels in its stats. On the CPU the error is raised at once; on the GPU
     reading stats would wait for the GPU, so the check is deferred (checks.defer_check) to the next
     value the host reads: no launch and no synchronisation per step. ignore_index=None (no label is
     ignored) runs the kernels with -100 and counts a -100 label as out of range."""
 
-    def forward(self, logits, labels, reduction="mean", ignore_index=-100):
+    def forward(self, logits, labels, reduction="mean", ignore_index=-100, weight=None, label_smoothing=0.0):
         ign = -100 if ignore_index is None else ignore_index
-        loss, self.probs, self.stats = ops_for(logits).softmax_cross_entropy_forward(logits, labels, ign, reduction)
+        loss, self.probs, self.stats = ops_for(logits).softmax_cross_entropy_forward(
+            logits, labels, ign, reduction, weight, label_smoothing)
         self.labels, self.reduction, self.ignore = labels, reduction, ign
-        if logits.shape[0]:
-            flags = (1,) if ignore_index is not None else (1, 2)
-            classes = logits.shape[1]
-
-            def error(deferred):
-                return _label_error("cross_entropy", labels, self.stats, classes, ignore_index, deferred)
-
-            if get_array_module(logits) is np:
-                if any(self.stats[k] for k in flags):
-                    raise error(False)
-            else:
-                for k in flags:
-                    defer_check(self.stats[k], lambda: error(True))
+        self.weight, self.smoothing = weight, label_smoothing
+        _check_labels("cross_entropy", logits, labels, self.stats, ignore_index)
         return loss
 
     def backward(self, g):
         return ops_for(self.probs).softmax_cross_entropy_backward(
-            g, self.probs, self.labels, self.ignore, self.reduction, self.stats), None
+            g, self.probs, self.labels, self.ignore, self.reduction, self.stats, self.weight, self.smoothing), None
+
+
+class NLL(_LossNode):
+    """Negative log-likelihood of log-probabilities (N, C): -w_y logp_{i,y}, reduced as cross-entropy;
+    the same label check."""
+
+    def forward(self, logp, labels, reduction="mean", ignore_index=-100, weight=None):
+        ign = -100 if ignore_index is None else ignore_index
+        loss, self.stats = ops_for(logp).nll_loss_forward(logp, labels, ign, reduction, weight)
+        self.logp, self.labels, self.reduction, self.ignore, self.weight = logp, labels, reduction, ign, weight
+        _check_labels("nll_loss", logp, labels, self.stats, ignore_index)
+        return loss
+
+    def backward(self, g):
+        return ops_for(self.logp).nll_loss_backward(
+            g, self.logp, self.labels, self.ignore, self.reduction, self.stats, self.weight), None
 
 
 class ElementwiseLoss(_LossNode):
