@@ -317,19 +317,28 @@ def bce_grad_target(x, y, w, a):
     return log((ONE - x) / x)  # -logit(x), unclamped (PyTorch's binary_cross_entropy_target_backward)
 
 
+# `if w == ONE`: the same value as the general form for finite y, which the compiler folds away in
+# the kernels without a pos_weight (w is the constant ONE there; 0 * y is not foldable otherwise).
+
 def bce_with_logits_loss(x, y, w, a):
     mv = -x if -x > ZERO else ZERO
     sp = log(exp(-mv) + exp(-x - mv)) + mv  # log(1 + exp(-x)), ATen's stable form
+    if w == ONE:
+        return (ONE - y) * x + sp
     return (ONE - y) * x + (ONE + (w - ONE) * y) * sp
 
 
 def bce_with_logits_grad(x, y, w, a):
     e = exp(-abs(x))
     s = ONE / (ONE + e) if x >= ZERO else e / (ONE + e)  # sigmoid(x), stable
+    if w == ONE:
+        return s - y
     return (ONE + (w - ONE) * y) * s - w * y
 
 
 def bce_with_logits_grad_target(x, y, w, a):
+    if w == ONE:
+        return -x
     mv = -x if -x > ZERO else ZERO
     sp = log(exp(-mv) + exp(-x - mv)) + mv
     return (w - ONE) * sp - x
