@@ -12,7 +12,8 @@ import builtins as _builtins
 import importlib
 
 from gpunn.backend import Device, DeviceError, device, gpu_status, manual_seed
-from gpunn.autograd import Parameter, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from gpunn.autograd import (Parameter, Tensor, enable_grad, inference_mode, is_grad_enabled, is_inference_mode_enabled,
+                            no_grad, tensor)
 from gpunn.autograd.creation import *  # noqa: F401,F403  (zeros, ones, ..., the dtype names)
 from gpunn.autograd.creation import __all__ as _creation_names
 from gpunn.autograd.torch_functions import *  # noqa: F401,F403  (cat, stack, where, exp, ...)
@@ -43,8 +44,8 @@ def __dir__():
 
 
 __all__ = ["Device", "DeviceError", "device", "gpu_status", "manual_seed", "Parameter", "Tensor",
-           "enable_grad", "is_grad_enabled", "no_grad", "tensor", "functional", "gradcheck",
-           "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils",
+           "enable_grad", "inference_mode", "is_grad_enabled", "is_inference_mode_enabled", "no_grad", "tensor",
+           "functional", "gradcheck", "GradcheckError", "save", "load", "nn", "optim", "data", "datasets", "train", "profiler", "utils",
            "distributed",
            "__version__",
            # `from gpunn import *` must not shadow Python's own bool, int, float, abs, max, min, sum

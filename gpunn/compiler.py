@@ -31,6 +31,12 @@ requires grad, a return value that is not built from tensors, or a second trace 
 the first (Python control flow on values, parameters added or replaced). `strict=True` raises
 `CompileError` instead.
 
+Randomness and modes: Dropout draws its mask inside its node's forward, so each replay draws a
+fresh mask from gpunn's generator (the same draws, in the same order, as eager mode), and
+BatchNorm1d updates its running statistics inside its node, so a replay updates them too. The
+training flags that such layers read (`Module._mode`) are recorded with the trace: after
+`model.eval()` / `model.train()` changes one, fn is traced again instead of replaying the other mode.
+
 Under the profiler (`gpunn profile --compile`) a signature that is ready replays with its kernels,
 node spans and phases recorded as in eager mode; one that is not runs eagerly.
 
@@ -55,6 +61,7 @@ import numpy as np
 import gpunn.autograd.tensor  # noqa: F401 - the module itself: gpunn.autograd.tensor is also a function's name
 from gpunn.autograd.tensor import Function, Tensor, is_grad_enabled
 from gpunn.kernels import ops as _kops
+from gpunn.nn.module import Module
 from gpunn.optim.optimizer import Optimizer
 
 _tmod = sys.modules["gpunn.autograd.tensor"]
@@ -93,6 +100,7 @@ class _Trace:
         self.holder_of = {}              # id(output Tensor) -> (Tensor, event index)
         self.live = []                   # outside tensors, in first-use order (compared between traces)
         self.optimizers = []
+        self.modes = {}                  # id(module) -> (module, its training flag) read through Module._mode
         self.cause = None
 
     def fail(self, cause):
@@ -244,6 +252,15 @@ def _tracing(tr: _Trace):
                 return orig(self, *a, **k)
         return call
 
+    def mode(orig):
+        @functools.wraps(orig)
+        def read(self):
+            value = orig(self)
+            if _active is not None:
+                _active.modes.setdefault(id(self), (self, value))
+            return value
+        return read
+
     def backward(orig):
         @functools.wraps(orig)
         def bw(self, gradient=None):
@@ -262,6 +279,7 @@ def _tracing(tr: _Trace):
                 patch(Tensor, name, in_place(name, Tensor.__dict__[name]))
         for name in ("step", "zero_grad"):
             patch(Optimizer, name, opt_call(name, Optimizer.__dict__[name]))
+        patch(Module, "_mode", mode(Module.__dict__["_mode"]))
         saved.append((_tmod, "_run_backward", _tmod._run_backward))
         _tmod._run_backward = _traced_run_backward(_tmod._run_backward)
         saved.append((_kops, "_recorder", None))
@@ -356,6 +374,8 @@ class _Program:
         self.guard = [(opt, self._param_ids(opt)) for opt in tr.optimizers]
         # a parameter frozen or unfrozen after tracing changes which gradients the graph computes
         self.live = [(t, t.requires_grad) for t in {id(t): t for t in tr.live}.values()]
+        # train/eval of the layers whose forward depends on it (Dropout, BatchNorm1d): recorded, not replayed
+        self.modes = list(tr.modes.values())
 
     @staticmethod
     def _param_ids(opt):
@@ -365,6 +385,9 @@ class _Program:
         """Whether what the recording assumed still holds (else fn is traced again)."""
         for t, rg in self.live:
             if t.requires_grad != rg:
+                return False
+        for m, training in self.modes:
+            if m.training != training:
                 return False
         return all(self._param_ids(opt) == ids for opt, ids in self.guard)
 

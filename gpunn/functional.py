@@ -1,4 +1,5 @@
-"""Functional API (torch.nn.functional's names): activations, the fused dense layer, losses.
+"""Functional API (torch.nn.functional's names): activations, the fused dense layer, dropout,
+layer and batch normalisation, losses.
 
 Every function checks its inputs first (dtype, device, shapes, label range) and raises an error
 that names the op, what it expected and what it got. Losses never broadcast prediction against
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd import functions as F
-from gpunn.autograd.checks import check_float, check_same_device, check_same_dtype, defer_check
+from gpunn.autograd.checks import check_float, check_number, check_same_device, check_same_dtype, defer_check
 from gpunn.autograd.tensor import Tensor
 from gpunn.backend import FLOAT_DTYPES, get_array_module, is_array
 from gpunn.kernels import ACTIVATIONS, activation_code
@@ -173,6 +174,131 @@ def dense(x, weight, bias=None, activation="relu", negative_slope: float = 0.01,
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias."""
     return dense(x, weight, bias, activation=None)
+
+
+# ----------------------------------------------------------------------------- dropout, normalisation
+
+def layer_label(op: str, name) -> str:
+    """How errors name an op: "batch_norm layer '1'" for a layer at path '1' of its model, else "batch_norm"."""
+    return f"{op} layer {name!r}" if name is not None else op
+
+
+def check_dropout_p(p, where: str = "dropout") -> float:
+    """p as a float in [0, 1] (PyTorch's message otherwise)."""
+    p = check_number(where, "p", p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{where}: dropout probability has to be between 0 and 1, but got {p}")
+    return p
+
+
+def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False, *, name: str | None = None):
+    """Inverted dropout: each element is zeroed with probability p, the others scaled by 1/(1-p), so
+    the expectation is unchanged; backward multiplies by the same mask. training=False returns the
+    input itself. The mask comes from gpunn's seeded generator for the input's device (gn.manual_seed).
+
+    inplace=True writes the result into input where no graph is recorded (grad mode off, or an
+    input that needs no gradient); inside a recorded graph the result is a new tensor with the same
+    values, because gpunn's tape records no in-place operations.
+    """
+    where = layer_label("dropout", name)
+    p = check_dropout_p(p, where)
+    x = _tensor(input, where, "input")
+    check_float(where, x.data)
+    if not training:
+        return x
+    y = F.Dropout.apply(x, p=p, layer=name)
+    if inplace and not y.requires_grad:
+        return x.copy_(y)
+    return y
+
+
+def _params(where, x, shape, **named):
+    """The tensors given among `named` (weight, bias, running statistics): on x's device, of x's
+    dtype, of shape `shape`."""
+    out = {}
+    for what, t in named.items():
+        if t is None:
+            continue
+        t = _tensor(t, where, what)
+        check_same_device(where, x.data, t.data)
+        check_same_dtype(where, x.data, t.data, names=("input", what))
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{where}: expected {what} of shape {tuple(shape)} for an input of shape "
+                             f"{tuple(x.shape)}, got {what} of shape {tuple(t.shape)}")
+        out[what] = t
+    return out
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, name: str | None = None):
+    """(x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased var over the last
+    len(normalized_shape) dimensions, which must equal normalized_shape; weight and bias (optional)
+    have that shape. One graph node."""
+    where = layer_label("layer_norm", name)
+    x = _tensor(input, where, "input")
+    check_float(where, x.data)
+    shape = normalized_shape_of(normalized_shape, where)
+    k = len(shape)
+    if x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ValueError(f"{where}: Given normalized_shape={list(shape)}, expected input with shape "
+                         f"[*, {', '.join(map(str, shape))}], but got input of size {list(x.shape)}")
+    ps = _params(where, x, shape, weight=weight, bias=bias)
+    return F.LayerNorm.apply(x, *ps.values(), ndim=k, eps=check_number(where, "eps", eps),
+                             has_weight="weight" in ps, has_bias="bias" in ps, layer=name)
+
+
+def normalized_shape_of(normalized_shape, where: str = "layer_norm") -> tuple:
+    """normalized_shape (an int or a sequence of ints) as a non-empty tuple of positive ints."""
+    dims = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else normalized_shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise TypeError(f"{where}: normalized_shape must be an int or a sequence of ints, "
+                        f"got {type(normalized_shape).__name__}") from None
+    if not dims or any(isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 1
+                       for d in dims):
+        raise ValueError(f"{where}: normalized_shape must be a positive int or a non-empty sequence of "
+                         f"positive ints, got {normalized_shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, name: str | None = None):
+    """Per channel c (dimension 1 of an (N, C, ...) input): (x - mean_c) / sqrt(var_c + eps) *
+    weight_c + bias_c. training=True: the batch's mean and biased variance over every dimension but
+    1, and running_mean / running_var (when given) updated in place with
+    running = (1 - momentum) * running + momentum * batch statistic (the variance unbiased);
+    training=False: the running statistics. One graph node."""
+    return batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps, None, name)
+
+
+def batch_norm_checked(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                       num_batches_tracked, name):
+    """batch_norm, and BatchNorm1d's forward: num_batches_tracked (an int64 0-d Tensor or None) is
+    incremented in training; momentum=None then averages cumulatively (factor 1/num_batches_tracked)."""
+    where = layer_label("batch_norm", name)
+    x = _tensor(input, where, "input")
+    check_float(where, x.data)
+    if x.ndim < 2:
+        raise ValueError(f"{where}: expected an input of shape (N, C) or (N, C, L), got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{where}: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError(f"{where}: running_mean and running_var must be defined in evaluation mode "
+                         "(training=False)")
+    if momentum is None and num_batches_tracked is None:
+        raise TypeError(f"{where}: momentum must be a number")
+    momentum = None if momentum is None else check_number(where, "momentum", momentum)
+    ps = _params(where, x, (c,), weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    if training:
+        n = x.numel() // c if c else 0
+        if n == 1:
+            raise ValueError(f"{where}: Expected more than 1 value per channel when training, got input size "
+                             f"{tuple(x.shape)}")
+    stats = {k: ps.pop(k, None) for k in ("running_mean", "running_var")}
+    return F.BatchNorm.apply(x, *ps.values(), has_weight="weight" in ps, has_bias="bias" in ps,
+                             training=bool(training), num_batches_tracked=num_batches_tracked, momentum=momentum,
+                             eps=check_number(where, "eps", eps), layer=name, **stats)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -411,5 +537,6 @@ bce_with_logits = binary_cross_entropy_with_logits
 
 __all__ = [m.name for m in _registry.ACTIVATIONS.values() if m.module and _registry.is_builtin(m)] + [
            "activation", "leaky_relu", "gelu", "softmax", "log_softmax", "gather", "dense",
-           "linear", "cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "bce_with_logits",
-           "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "elementwise_loss", "ACTIVATIONS", "REDUCTIONS"]
+           "linear", "dropout", "layer_norm", "batch_norm", "cross_entropy", "nll_loss", "binary_cross_entropy",
+           "binary_cross_entropy_with_logits", "bce_with_logits", "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss",
+           "elementwise_loss", "ACTIVATIONS", "REDUCTIONS"]

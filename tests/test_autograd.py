@@ -1030,6 +1030,41 @@ def test_no_grad_as_a_decorator():
     assert not y.requires_grad and gn.is_grad_enabled()
 
 
+def test_inference_mode_as_context_manager_and_decorator():
+    x = gn.tensor([1.0, 2.0], requires_grad=True)
+    with gn.inference_mode():
+        assert not gn.is_grad_enabled() and gn.is_inference_mode_enabled()
+        y = x * 2.0
+        made = gn.ones(2)
+    assert gn.is_grad_enabled() and not gn.is_inference_mode_enabled()
+    assert not y.requires_grad and y.grad_fn is None and not made.requires_grad
+
+    @gn.inference_mode()
+    def f(t):
+        assert gn.is_inference_mode_enabled()
+        return t * 3.0
+
+    @gn.inference_mode
+    def g(t):
+        return t * 3.0
+
+    assert not f(x).requires_grad and not g(x).requires_grad and g.__name__ == "g"
+    with gn.inference_mode(False):  # mode=False changes nothing, as in PyTorch
+        assert gn.is_grad_enabled() and (x * 2.0).requires_grad
+    with pytest.raises(KeyError):
+        with gn.inference_mode():
+            raise KeyError("x")
+    assert gn.is_grad_enabled() and not gn.is_inference_mode_enabled()
+    mode = gn.inference_mode()
+    with mode:
+        with mode:  # one object re-entered (a decorator's object runs again inside itself)
+            pass
+        assert not gn.is_grad_enabled()
+    assert gn.is_grad_enabled()
+    with pytest.raises(TypeError, match="expects a bool"):
+        gn.inference_mode("yes")
+
+
 # --------------------------------------------------------------------------------------- gradcheck itself
 
 class _WrongSquare(gn.autograd.Function):

@@ -248,6 +248,110 @@ def test_in_place_update_inside_fn_falls_back():
     _expect_fallback(manual_sgd, "in-place Tensor.sub_()")
 
 
+# ----------------------------------------------------------------------------- dropout, batch norm, modes
+
+def _regularised(momentum=0.1, seed=0):
+    gn.manual_seed(seed)
+    model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.BatchNorm1d(8, momentum=momentum), gn.nn.ReLU(),
+                             gn.nn.Dropout(0.4), gn.nn.Linear(8, 8), gn.nn.LayerNorm(8), gn.nn.Linear(8, 3))
+    return model, gn.optim.Adam(model.parameters(), lr=1e-2), gn.nn.CrossEntropyLoss()
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_dropout_and_batch_norm_replay_like_eager(momentum):
+    """Each replay draws a fresh dropout mask (the same draws as eager mode) and updates the running
+    statistics: losses, parameters and buffers bit-identical to eager steps."""
+    runs = []
+    for compiled in (False, True):
+        model, o, lf = _regularised(momentum)
+        step = _step_fn(model, o, lf)
+        f = gcompile(step, strict=True) if compiled else step
+        gn.manual_seed(7)
+        losses = [f(gn.tensor(X[s:s + 8]), gn.tensor(Y[s:s + 8])).item() for s in range(0, 40, 8) for _ in (0, 1)]
+        runs.append((losses, model.state_dict(), f))
+    (le, se, _), (lc, sc, f) = runs
+    assert f.stats == {"traces": 2, "replays": 8, "eager": 0}
+    assert lc == le and len(set(lc)) == len(lc)
+    for k in se:
+        np.testing.assert_array_equal(sc[k].numpy(), se[k].numpy(), err_msg=k)
+    assert int(sc["1.num_batches_tracked"]) == 10
+
+
+def test_dropout_mask_is_never_frozen_by_a_replay():
+    drop = gn.nn.Dropout(0.5)
+    f = gcompile(lambda x: drop(x), strict=True)
+    outs = [f(gn.ones(16, 16)).numpy() for _ in range(5)]
+    assert f.stats["replays"] == 3
+    assert all(not np.array_equal(outs[i], outs[j]) for i in range(5) for j in range(i))
+
+
+def test_train_eval_switch_traces_again_instead_of_replaying_the_other_mode():
+    model, _, _ = _regularised()
+    f = gcompile(lambda x: model(x), strict=True)
+    x = gn.tensor(X[:8])
+    for _ in range(3):
+        f(x)
+    assert f.stats == {"traces": 2, "replays": 1, "eager": 0}
+    model.eval()
+    expected = model(x).numpy()  # eval: no dropout, running statistics: deterministic
+    for _ in range(3):
+        np.testing.assert_array_equal(f(x).numpy(), expected)
+    assert f.stats == {"traces": 4, "replays": 2, "eager": 0}
+    model.train()
+    nbt = int(model[1].num_batches_tracked)
+    f(x)
+    assert int(model[1].num_batches_tracked) == nbt + 1  # training again: the running statistics move
+
+
+def test_gradient_clipping_inside_fn_falls_back():
+    model, o, lf = _setup()
+
+    def clipped_step(x, y):
+        o.zero_grad()
+        loss = lf(model(x), y)
+        loss.backward()
+        gn.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        o.step()
+        return loss
+
+    _expect_fallback(clipped_step, "in-place Tensor.mul_()")
+
+
+def test_fit_compile_with_dropout_batch_norm_and_validation_matches_eager():
+    from gpunn.train import fit
+
+    Xf = RNG.standard_normal((64, 6)).astype(np.float32)
+    yf = RNG.integers(0, 3, 64)
+    runs = []
+    for compiled in (False, True):
+        model, o, lf = _regularised()
+        h = fit(model, lf, o, Xf, yf, epochs=3, batch_size=16, seed=3, progress=False, validation=(Xf, yf),
+                compile=compiled)
+        runs.append((h["loss"], h["val_loss"], model.state_dict()))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    for k in runs[0][2]:
+        np.testing.assert_array_equal(runs[0][2][k].numpy(), runs[1][2][k].numpy(), err_msg=k)
+
+
+def test_batch_norm_replay_updates_the_buffers_a_dtype_round_trip_rebinds():
+    """module.double().float() gives the buffers new arrays under the same Tensors and the same input
+    signature: replays must update those, not the arrays seen while tracing."""
+    states = []
+    for compiled in (False, True):
+        model, o, lf = _regularised()
+        step = _step_fn(model, o, lf)
+        f = gcompile(step, strict=True) if compiled else step
+        gn.manual_seed(3)
+        for s in range(0, 40, 8):
+            f(gn.tensor(X[s:s + 8]), gn.tensor(Y[s:s + 8]))
+            if s == 16:
+                model.double().float()
+        states.append(model.state_dict())
+    assert f.stats["replays"] > 0
+    for k in states[0]:
+        np.testing.assert_array_equal(states[1][k].numpy(), states[0][k].numpy(), err_msg=k)
+
+
 def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phases():
     """Under gn.profiler a signature not yet ready runs eagerly (a trace would hide the kernels);
     a ready one replays, recorded like an eager step, with the same result."""

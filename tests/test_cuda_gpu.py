@@ -178,3 +178,46 @@ def test_cross_entropy_mean_over_no_targets_is_nan_on_the_gpu_too(cp):
     loss.backward()
     assert math.isnan(loss.item())
     assert (logits.grad.data == 0).all()  # every row ignored: zero gradient, as on the CPU and in PyTorch
+
+
+def _normalised_step(device):
+    """Three clipped SGD steps of Linear-BatchNorm1d-ReLU-Linear-LayerNorm-Linear in float64: the
+    buffers, parameters and the clipping norm, as NumPy."""
+    rng = np.random.default_rng(5)
+    gn.manual_seed(0)
+    nn = gn.nn
+    model = nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12, momentum=None), nn.ReLU(), nn.Linear(12, 12),
+                          nn.LayerNorm(12), nn.Linear(12, 3)).to(np.float64).to(device)
+    opt = gn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    norms = []
+    for _ in range(3):
+        x = gn.tensor(rng.standard_normal((10, 6)), device=device)
+        opt.zero_grad()
+        (model(x) ** 2).mean().backward()
+        norms.append(gn.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
+        opt.step()
+    return norms, {k: v.cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def test_normalisation_layers_and_clipping_on_the_gpu_equal_the_cpu():
+    n_gpu, s_gpu = _normalised_step("gpu")
+    n_cpu, s_cpu = _normalised_step("cpu")
+    np.testing.assert_allclose(n_gpu, n_cpu, rtol=1e-10)
+    for k in s_cpu:
+        assert s_gpu[k].dtype == s_cpu[k].dtype, k
+        np.testing.assert_allclose(s_gpu[k], s_cpu[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_dropout_on_the_gpu_draws_on_the_device_from_the_seed(cp):
+    x = gn.ones(300, 200, device="gpu")
+    gn.manual_seed(2)
+    a = gn.functional.dropout(x, 0.25)
+    b = gn.functional.dropout(x, 0.25)
+    gn.manual_seed(2)
+    a2 = gn.functional.dropout(x, 0.25)
+    assert isinstance(a.data, cp.ndarray) and a.dtype == np.float32
+    a, b, a2 = a.numpy(), b.numpy(), a2.numpy()
+    np.testing.assert_array_equal(a, a2)
+    assert not np.array_equal(a, b)
+    assert set(np.unique(a)) == {0.0, np.float32(1) / np.float32(0.75)}
+    assert abs((a != 0).mean() - 0.75) < 5 * math.sqrt(0.75 * 0.25 / a.size)

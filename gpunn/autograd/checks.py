@@ -35,6 +35,13 @@ def check_float(op: str, a, name: str = "input") -> None:
         raise TypeError(f"{op}: {name} must be a float tensor (float32 or float64), got dtype {a.dtype}")
 
 
+def check_number(where: str, what: str, value) -> float:
+    """A hyperparameter (p, eps, momentum, max_norm, ...) as a float; bools, strings and arrays refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 def scalar_like(x, like):
     """A Python/NumPy number as a 0-d array of `like`'s dtype (ints and bools keep exactness)."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import operator
 
 import numpy as np
@@ -37,6 +38,49 @@ def no_grad():
         yield
     finally:
         _grad_enabled.reset(token)
+
+
+_inference = contextvars.ContextVar("gpunn_inference_mode", default=False)
+
+
+class inference_mode:
+    """`with gn.inference_mode():`, `@gn.inference_mode()` or `@gn.inference_mode`: PyTorch's name
+    for running without autograd. gpunn has no separate "inference tensors": inside, this is
+    `no_grad` (no graph is recorded and results do not require grad), and `is_inference_mode_enabled()`
+    says True. `inference_mode(False)` changes nothing, as in PyTorch."""
+
+    def __new__(cls, mode=True):
+        if isinstance(mode, bool):
+            return super().__new__(cls)
+        if callable(mode):  # used bare, as @gn.inference_mode
+            return cls(True)(mode)
+        raise TypeError(f"inference_mode expects a bool (or a function to decorate), got {type(mode).__name__}")
+
+    def __init__(self, mode: bool = True):
+        self.mode = mode
+        self._tokens = []
+
+    def __enter__(self):
+        self._tokens.append((_grad_enabled.set(False), _inference.set(True)) if self.mode else None)
+
+    def __exit__(self, *exc):
+        tokens = self._tokens.pop()
+        if tokens is not None:
+            _grad_enabled.reset(tokens[0])
+            _inference.reset(tokens[1])
+
+    def __call__(self, fn):
+        mode = self.mode
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with inference_mode(mode):
+                return fn(*args, **kwargs)
+        return run
+
+
+def is_inference_mode_enabled() -> bool:
+    return _inference.get()
 
 
 @contextlib.contextmanager

@@ -17,8 +17,7 @@ from gpunn.backend.device import (
     is_cupy_array,
     on_host,
 )
-from gpunn.backend.random import generator, manual_seed
+from gpunn.backend.random import generator, generator_for, manual_seed
 
-__all__ = ["FLOAT_DTYPES", "Device", "DeviceError", "cpu", "device", "device_of", "generator", "get_array_module",
-           "gpu_status", "is_array", "is_cupy_array", "manual_seed",
-           "on_host"]
+__all__ = ["FLOAT_DTYPES", "Device", "DeviceError", "cpu", "device", "device_of", "generator", "generator_for",
+           "get_array_module", "gpu_status", "is_array", "is_cupy_array", "manual_seed", "on_host"]

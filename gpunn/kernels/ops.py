@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from gpunn.kernels import dense, losses, optimizers, registry, softmax_ce
+from gpunn.kernels import dense, dropout, losses, normalization, optimizers, registry, softmax_ce
 from gpunn.kernels.activations import (activation_backward_cpu, activation_backward_ref, activation_forward_cpu,
                                        activation_forward_ref)
 
@@ -48,6 +48,11 @@ KERNELS = {
     "nll_loss_backward": (softmax_ce.nll_loss_backward, softmax_ce.nll_loss_backward),
     "loss_forward": (losses.loss_forward_ref, losses.loss_forward_cpu),
     "loss_backward": (losses.loss_backward_ref, losses.loss_backward_cpu),
+    # array expressions that serve every backend (NumPy and CuPy alike)
+    "normalization_forward": (normalization.normalization_forward,) * 2,
+    "normalization_backward": (normalization.normalization_backward,) * 2,
+    "dropout_forward": (dropout.dropout_forward,) * 2,
+    "dropout_backward": (dropout.dropout_backward,) * 2,
 }
 
 

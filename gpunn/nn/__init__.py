@@ -6,7 +6,8 @@
     loss = gn.nn.CrossEntropyLoss()(model(x), y)
 
 `gn.nn.functional` is `gpunn.functional`; `gn.nn.init` holds the initialisers; `gn.nn.utils` has
-parameters_to_vector / vector_to_parameters.
+parameters_to_vector / vector_to_parameters
+and clip_grad_norm_ / clip_grad_value_.
 """
 import sys as _sys
 
@@ -18,6 +19,7 @@ from gpunn.nn.container import ModuleDict, ModuleList, Sequential
 from gpunn.nn.linear import Dense, Linear
 from gpunn.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss
 from gpunn.nn.module import IncompatibleKeys, Module, StateDictError
+from gpunn.nn.normalization import BatchNorm1d, Dropout, LayerNorm
 from gpunn.nn.perceptron import Perceptron
 
 
@@ -34,6 +36,6 @@ def __getattr__(name):  # the module classes of activations and losses registere
 _sys.modules.setdefault(__name__ + ".functional", functional)
 
 __all__ = ["Module", "Parameter", "Linear", "Dense", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "Softmax",
-           "LogSoftmax", "Identity", "Flatten", "Sequential", "ModuleList", "ModuleDict", "Perceptron", "MSELoss", "L1Loss",
-           "HuberLoss", "SmoothL1Loss", "CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional",
-           "parallel"]
+           "LogSoftmax", "Identity", "Flatten", "Dropout", "LayerNorm", "BatchNorm1d", "Sequential", "ModuleList",
+           "ModuleDict", "Perceptron", "MSELoss", "L1Loss", "HuberLoss", "SmoothL1Loss", "CrossEntropyLoss", "NLLLoss",
+           "BCELoss", "BCEWithLogitsLoss", "StateDictError", "IncompatibleKeys", "init", "utils", "functional", "parallel"]

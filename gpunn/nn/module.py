@@ -278,6 +278,11 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
+    def _mode(self) -> bool:
+        """self.training, read through this method by layers whose forward depends on it (Dropout,
+        BatchNorm1d): gn.compile records these reads and traces again when such a mode changes."""
+        return self.training
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget gradients: `p.grad = None` (default) or zero them in place."""
         if set_to_none:

@@ -2,6 +2,7 @@
 
     vec = gn.nn.utils.parameters_to_vector(model.parameters())     # one flat copy of all values
     gn.nn.utils.vector_to_parameters(vec + 0.1 * direction, model.parameters())
+    gn.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)    # after backward, before step
 
 Unlike PyTorch's `vector_to_parameters`, which rebinds each `param.data`, gpunn's copies the
 values IN PLACE: an optimizer keeps its parameters as views into flat buffers, and in-place
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpunn.autograd.checks import check_number
 from gpunn.autograd.tensor import Tensor, no_grad
 from gpunn.backend import is_array
 
-__all__ = ["parameters_to_vector", "vector_to_parameters"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "parameters_to_vector", "vector_to_parameters"]
 
 
 def _param_list(parameters, fn: str) -> list:
@@ -75,3 +77,76 @@ def vector_to_parameters(vec, parameters) -> None:
                 piece = p.device.xp.asarray(piece) if p_on_gpu else piece.get()
             p.data[...] = piece
             offset += n
+
+
+def _grads(parameters, fn: str) -> list:
+    """The .grad Tensors of the parameters that have one (all on one device)."""
+    grads = [p.grad for p in _param_list(parameters, fn) if p.grad is not None]
+    _check_one_device(grads, fn)
+    return grads
+
+
+def _vector_norm(xp, a, p: float):
+    """The p-norm of the flattened array a as a 0-d array (p = inf: max |a|, -inf: min |a|, 0: the
+    number of non-zeros), as torch.linalg.vector_norm."""
+    a = a.reshape(-1)
+    if a.size == 0:
+        return xp.zeros((), dtype=a.dtype)
+    if p == 2:
+        return xp.sqrt((a * a).sum())
+    if p == float("inf"):
+        return xp.abs(a).max()
+    if p == -float("inf"):
+        return xp.abs(a).min()
+    if p == 0:
+        return (a != 0).sum().astype(a.dtype)
+    if p == 1:
+        return xp.abs(a).sum()
+    return (xp.abs(a) ** a.dtype.type(p)).sum() ** a.dtype.type(1 / p)
+
+
+def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach=None) -> Tensor:
+    """Scale every gradient by min(1, max_norm / (total + 1e-6)) in place, where total is the
+    norm_type-norm of the per-parameter gradient norms (the norm of all gradients as one vector);
+    parameters without a gradient are skipped. Returns total as a 0-d Tensor (0 when no parameter
+    has a gradient), as torch.nn.utils.clip_grad_norm_.
+
+    The scaling writes into each `.grad`'s own array, which is the optimizer's flat gradient buffer
+    when an optimizer holds the parameters, so its next step() sees the clipped values. The norm
+    stays on the gradients' device (no host synchronisation unless error_if_nonfinite). `foreach`
+    is accepted for PyTorch compatibility and changes nothing. Inside a function given to gn.compile
+    the in-place scaling makes that function run eagerly (with a CompileWarning)."""
+    grads = _grads(parameters, "clip_grad_norm_")
+    max_norm = check_number("clip_grad_norm_", "max_norm", max_norm)
+    if isinstance(norm_type, str) and norm_type.lower() in ("inf", "-inf"):  # PyTorch takes "inf" too
+        norm_type = float(norm_type)
+    norm_type = check_number("clip_grad_norm_", "norm_type", norm_type)
+    if not grads:
+        return Tensor(np.zeros((), dtype=np.float32))
+    xp = grads[0].device.xp
+    norms = [_vector_norm(xp, g.data, norm_type) for g in grads]
+    dtype = np.result_type(*[n.dtype for n in norms])
+    total = _vector_norm(xp, xp.stack([n.astype(dtype) for n in norms]), norm_type)
+    if error_if_nonfinite and not bool(xp.isfinite(total)):
+        raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so "
+                           "it cannot be clipped. To disable this error and scale the gradients by the non-finite "
+                           "norm anyway, set `error_if_nonfinite=False`")
+    coef = xp.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1))
+    with no_grad():
+        for g in grads:
+            g.mul_(Tensor(xp.asarray(coef, dtype=g.dtype)))
+    return Tensor(xp.asarray(total))
+
+
+def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
+    """Clamp every gradient into [-clip_value, clip_value] in place (into the optimizer's flat
+    gradient buffer when there is one), as torch.nn.utils.clip_grad_value_. `foreach` is accepted
+    for PyTorch compatibility and changes nothing."""
+    clip_value = check_number("clip_grad_value_", "clip_value", clip_value)
+    grads = _grads(parameters, "clip_grad_value_")
+    with no_grad():
+        for g in grads:
+            v = g.dtype.type(clip_value)
+            g.copy_(g.device.xp.clip(g.data, -v, v))
+

@@ -28,14 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpunn.autograd import grad_sink
-from gpunn.kernels import activations, dense, losses, optimizers, softmax_ce
+from gpunn.kernels import activations, dense, dropout, losses, normalization, optimizers, softmax_ce
 from gpunn.kernels.activations import operand_bytes
 
 __all__ = ["COSTS", "KernelEvent", "Span", "Recorder"]
 
 # Ops method name -> cost(*args, **kwargs) -> (flops, bytes); each family keeps its own beside its kernels.
 # A live view: the optimizer updates' costs follow the registry (members registered later included).
-COSTS = ChainMap(activations.COSTS, dense.COSTS, softmax_ce.COSTS, losses.COSTS, optimizers.COSTS)
+COSTS = ChainMap(activations.COSTS, dense.COSTS, softmax_ce.COSTS, losses.COSTS, optimizers.COSTS,
+                 normalization.COSTS, dropout.COSTS)
 
 _now = time.perf_counter_ns
 

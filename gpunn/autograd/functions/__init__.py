@@ -15,6 +15,7 @@ from gpunn.autograd.functions.arithmetic import (Abs, Add, Cast, Clamp, Clone, C
                                                  Maximum, Mul, Neg, Pow, Sign, Sin, Sqrt, Sub, Where)
 from gpunn.autograd.functions.dense import Dense
 from gpunn.autograd.functions.loss import NLL, CrossEntropy, ElementwiseLoss
+from gpunn.autograd.functions.normalization import BatchNorm, Dropout, LayerNorm
 from gpunn.autograd.functions.reduction import Max, Mean, Sum
 from gpunn.autograd.functions.shape import Cat, Gather, GetItem, Reshape, Transpose
 from gpunn.autograd.tensor import Tensor
