@@ -134,6 +134,11 @@ def test_clipping_reaches_the_optimizers_flat_gradient_buffer(opt_name):
     opt = getattr(gn.optim, opt_name)(m.parameters(), lr=0.1)
     _grads_after_backward(m)
     assert gn.autograd.grad_sink_of(m[0].weight) is m[0].weight.grad.data  # the gradient lives in the buffer
+    from gpunn.nn.utils import _one_buffer
+
+    grads = [p.grad for p in m.parameters()]
+    assert _one_buffer(grads) is grads[0].data.base  # every gradient of the group: one pass over the buffer
+    assert _one_buffer(grads[1:]) is None  # a subset: per parameter, the others untouched
     clip_grad_norm_(m.parameters(), 0.5)
     clip_grad_value_(m.parameters(), 0.05)
     opt.step()

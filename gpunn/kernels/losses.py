@@ -14,7 +14,7 @@ Precision: the family's policy, elementwise in the array's own dtype on every ba
 This module holds what the CPU and the CUDA kernels share: the loop each kernel is (one statement
 inside a CPU `for` or a CUDA grid-stride loop, `registry.loop_source`), the operand layout, the
 argument checks and the one routine that runs a call (`run_loss`, given a backend's kernel
-getter). The CPU kernels: one Numba loop per (loss, direction, dtype, operand layout), the
+getter for a registry member). The CPU kernels: one Numba loop per (loss, direction, dtype, operand layout), the
 formula inlined, cached on disk under a name carrying a hash of the definition.
 """
 from __future__ import annotations
@@ -85,8 +85,7 @@ def check_pair(op, x, y):
         raise ValueError(f"{op}: target must be a {type(x).__name__} of shape {tuple(x.shape)} and dtype "
                          f"{x.dtype}, got {type(y).__name__} {tuple(getattr(y, 'shape', ()))} "
                          f"{getattr(y, 'dtype', '?')}")
-    xp = get_array_module(x)
-    return xp.ascontiguousarray(x).reshape(-1), xp.ascontiguousarray(y).reshape(-1)
+    return x.reshape(-1), y.reshape(-1)  # a view when C-contiguous, else a C-ordered copy
 
 
 def operand_layout(op, v, x):
@@ -116,10 +115,12 @@ def upstream_layout(op, g, x):
     """(layout, flat g) for an upstream gradient broadcastable to x: SCALAR when every element is
     the same one (a stride-0 view, e.g. the gradient of a "mean": read once, no copy), else EACH."""
     xp = get_array_module(x)
-    if not hasattr(g, "shape"):
+    if not hasattr(g, "shape") or isinstance(g, np.generic):  # a number, or NumPy's scalar of a reduction
         g = xp.asarray(g, dtype=x.dtype)
     if type(g) is not type(x):
         raise ValueError(f"{op}: the upstream gradient must be a {type(x).__name__}, got {type(g).__name__}")
+    if g.size == 1 and g.ndim <= x.ndim and x.size:  # one value (a reduced loss's gradient): no broadcast view
+        return SCALAR, g.reshape(1) if g.dtype == x.dtype else g.reshape(1).astype(x.dtype)
     try:
         gb = xp.broadcast_to(g, x.shape)
     except ValueError:
@@ -137,7 +138,8 @@ def run_loss(kernel_for, placeholder, launch, name, direction, g, x, y, operand,
     an operand the kernel never reads. Returns the per-element result, x's shape."""
     m = registry.loss(name)
     op = f"{name}_{'forward' if direction == 'forward' else 'backward'}"
-    formula(name, direction)  # refuse a missing gradient before anything runs
+    if direction != "forward" and (direction != "input" or m.grad_target is None):
+        formula(name, direction)  # refuse a missing gradient before anything runs
     xf, yf = check_pair(op, x, y)
     w_layout, w, c = operand_layout(op, operand, x)
     a = float(m.scalar_default if scalar is None else scalar)
@@ -147,7 +149,7 @@ def run_loss(kernel_for, placeholder, launch, name, direction, g, x, y, operand,
         g_layout, gf = upstream_layout(op, g, x)
         args = (gf,) + args
     out = get_array_module(x).empty_like(xf)
-    launch(kernel_for(name, direction, x.dtype, w_layout, g_layout), out.size, *args, out)
+    launch(kernel_for(m, direction, x.dtype, w_layout, g_layout), out.size, *args, out)
     return out.reshape(x.shape)
 
 
@@ -160,12 +162,12 @@ def _inline(f, dt):
     return njit(inline="always", error_model="numpy")(registry.retarget(f, registry.CPU_MATH, dt))
 
 
-def cpu_kernel(name, direction, dtype, w_layout, g_layout):
-    """The CPU loop of loss `name` for one direction, dtype and operand layouts."""
-    dt = np.dtype(dtype)
-    key = (name, registry.loss(name).serial, direction, dt, w_layout, g_layout)
+def cpu_kernel(member, direction, dtype, w_layout, g_layout):
+    """The CPU loop of registry loss `member` for one direction, dtype and operand layouts."""
+    key = (member.serial, direction, dtype, w_layout, g_layout)
     k = _CPU_KERNELS.get(key)
     if k is None:
+        name, dt = member.name, np.dtype(dtype)
         template = loop(direction, "cpu", {})
         bound = {"T": numba.from_dtype(dt), "formula": _inline(formula(name, direction), dt),
                  "w_at": _inline(ACCESSORS[w_layout], dt), "g_at": _inline(ACCESSORS[g_layout], dt)}

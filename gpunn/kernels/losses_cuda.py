@@ -44,13 +44,16 @@ def _build(name, direction, dt, w_layout, g_layout):
     return nc.jit(nc.void(*(sig if direction == "forward" else (a1,) + sig)), kernel)
 
 
-def kernel(name, direction, dtype, w_layout, g_layout):
-    """The kernel of loss `name` for one direction ("forward", "input", "target"), dtype and layouts."""
+def kernel(member, direction, dtype, w_layout, g_layout):
+    """The kernel of registry loss `member` (or its name) for one direction ("forward", "input",
+    "target"), dtype and operand layouts."""
+    if isinstance(member, str):
+        member = registry.loss(member)
     dt = np.dtype(dtype)
     if direction == "forward":
         g_layout = losses.EACH  # unused: one kernel per forward, whatever the caller passed
-    return nc.kernel(("loss", name, registry.loss(name).serial, direction, dt.name, w_layout, g_layout),
-                     lambda: _build(name, direction, dt, w_layout, g_layout))
+    return nc.kernel(("loss", member.name, member.serial, direction, dt.name, w_layout, g_layout),
+                     lambda: _build(member.name, direction, dt, w_layout, g_layout))
 
 
 def variants(dtypes=SUPPORTED_DTYPES):

@@ -86,6 +86,24 @@ def _grads(parameters, fn: str) -> list:
     return grads
 
 
+def _address(a) -> int:
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def _one_buffer(grads):
+    """The 1-D C-contiguous array that the gradients' arrays tile exactly, each a distinct view of
+    it (an optimizer's flat gradient buffer when every parameter it holds has a gradient), or None.
+    Clipping it scales or clamps every gradient in one pass instead of one per parameter."""
+    base = grads[0].data.base
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    if any(g.data.base is not base for g in grads) or sum(int(g.data.size) for g in grads) != base.size:
+        return None
+    if len({_address(g.data) for g in grads}) != len(grads):
+        return None
+    return base
+
+
 def _vector_norm(xp, a, p: float):
     """The p-norm of the flattened array a as a 0-d array (p = inf: max |a|, -inf: min |a|, 0: the
     number of non-zeros), as torch.linalg.vector_norm."""
@@ -125,14 +143,22 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     if not grads:
         return Tensor(np.zeros((), dtype=np.float32))
     xp = grads[0].device.xp
-    norms = [_vector_norm(xp, g.data, norm_type) for g in grads]
-    dtype = np.result_type(*[n.dtype for n in norms])
-    total = _vector_norm(xp, xp.stack([n.astype(dtype) for n in norms]), norm_type)
+    flat = _one_buffer(grads)
+    if flat is not None:  # one pass over the optimizer's flat gradient buffer (the same norm)
+        total = _vector_norm(xp, flat, norm_type)
+        dtype = total.dtype
+    else:
+        norms = [_vector_norm(xp, g.data, norm_type) for g in grads]
+        dtype = np.result_type(*[n.dtype for n in norms])
+        total = _vector_norm(xp, xp.stack([n.astype(dtype) for n in norms]), norm_type)
     if error_if_nonfinite and not bool(xp.isfinite(total)):
         raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so "
                            "it cannot be clipped. To disable this error and scale the gradients by the non-finite "
                            "norm anyway, set `error_if_nonfinite=False`")
     coef = xp.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1))
+    if flat is not None:
+        flat *= coef.astype(flat.dtype)
+        return Tensor(xp.asarray(total))
     with no_grad():
         for g in grads:
             g.mul_(Tensor(xp.asarray(coef, dtype=g.dtype)))
@@ -145,6 +171,11 @@ def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
     for PyTorch compatibility and changes nothing."""
     clip_value = check_number("clip_grad_value_", "clip_value", clip_value)
     grads = _grads(parameters, "clip_grad_value_")
+    flat = _one_buffer(grads) if grads else None
+    if flat is not None:  # one pass over the optimizer's flat gradient buffer
+        v = flat.dtype.type(clip_value)
+        grads[0].device.xp.clip(flat, -v, v, out=flat)
+        return
     with no_grad():
         for g in grads:
             v = g.dtype.type(clip_value)

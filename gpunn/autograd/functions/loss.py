@@ -133,10 +133,9 @@ class ElementwiseLoss(_LossNode):
 
     def backward(self, g):
         x, y = self.x, self.y
-        xp = get_array_module(x)
         if self.reduction == "mean":
             g = _divide(g, self.denominator, x.dtype)
-        gu = g if self.reduction == "none" else xp.broadcast_to(g, x.shape)
+        gu = g  # "mean"/"sum": one value, which the kernels read once for every element
         if self.weight is not None:
             gu = gu * self.weight
         ops = ops_for(x)
