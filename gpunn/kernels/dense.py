@@ -87,22 +87,9 @@ def bias_act_epilogue(z, b, has_bias, slope, y):
 def act_grad_colsum(dy, s, slope, dz, db, want_db):
     """dz = dy * act'(s); db = column sums of dz (float64 accumulation, row order).
 
-    FUSED (bound per activation): one pass that also accumulates db, for derivatives without
-    transcendental functions, whose pass is memory-bound (measured 27 -> 19 us for tanh' over
-    256x512 float32). A derivative with exp/erf/tanh keeps two passes: the float64 accumulator in
-    its loop would halve the SIMD width of the float32 math (GELU's: 137 -> 217 us)."""
-    if want_db and FUSED:  # noqa: F821 (bound per activation)
-        n, m = dy.shape
-        a = T(slope)  # noqa: F821 (bound per dtype)
-        acc = np.zeros(m, dtype=np.float64)
-        for i in range(n):
-            for j in range(m):
-                d = dact(dy[i, j], s[i, j], a)  # noqa: F821 (bound per activation)
-                dz[i, j] = d
-                acc[j] += d
-        for j in range(m):
-            db[j] = acc[j]
-        return
+    Two passes. One pass that also accumulates db was faster alone for tanh'/sigmoid'/relu' over
+    256x512 float32 (27 -> 19 us) but made the 32-64-64-64-1 MLP's training step slower end to end
+    with OpenBLAS on 2 threads (785 -> 880 us per step, 2026-11-29), so it is not used."""
     dact_loop(dy.reshape(-1), s.reshape(-1), slope, dz.reshape(-1))  # noqa: F821 (bound per activation)
     if want_db:
         _colsum(dz, db)
@@ -120,8 +107,7 @@ def _epilogue(template, code, dtype):
         if template is bias_act_epilogue:
             k = cpu_kernel(template, code, dtype, act_loop=cpu_kernel(activation_forward_loop, code, dtype))
         else:
-            k = cpu_kernel(template, code, dtype, dact_loop=cpu_kernel(activation_backward_loop, code, dtype),
-                           FUSED=not registry.uses_transcendentals(registry.activation(code).backward))
+            k = cpu_kernel(template, code, dtype, dact_loop=cpu_kernel(activation_backward_loop, code, dtype))
         _EPILOGUES[key] = k
     return k
 

@@ -756,11 +756,6 @@ def rebind(f, bound: dict, name: str | None = None):
     return new
 
 
-def uses_transcendentals(f) -> bool:
-    """True when the formula f calls one of the TRANSCENDENTALS (its cost is then its math, not memory)."""
-    return any(n in TRANSCENDENTALS for n in f.__code__.co_names)
-
-
 def retarget(f, math_module, dtype):
     """The formula f with the transcendental functions taken from `math_module` and every float
     constant it names made a scalar of `dtype` (see the module docstring)."""
