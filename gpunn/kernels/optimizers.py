@@ -167,7 +167,7 @@ def update_cpu(m):
         p = arrays[0]
         # an unused buffer is never indexed (its flag is off); p stands in so the types agree
         _cpu_kernel(m, tuple(sorted(flags.items())))(*(p if a is None else a for a in arrays),
-                                                     *(float(x) for x in scalars))
+                                                     *map(float, scalars))
 
     return named(m, run, f"{m.name}_update_cpu", f"{m.name}'s update, CPU kernel (Numba).")
 

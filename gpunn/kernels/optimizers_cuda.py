@@ -87,7 +87,7 @@ def update(m):
         p = arrays[0]
         check_dtype(f"{m.name}_update", p.dtype)
         launch(_kernel(m, p.dtype, tuple(sorted(flags.items()))), p.size, p,
-               *(nc.dummy(p) if a is None else a for a in arrays), *(float(x) for x in scalars))
+               *(nc.dummy(p) if a is None else a for a in arrays), *map(float, scalars))
 
     return named(m, run, f"{m.name}_update", f"{m.name}'s update, CUDA kernel (Numba).", __name__)
 

@@ -33,6 +33,7 @@ docs/extending.md walks through each.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -608,12 +609,12 @@ class Optimizer:
     valid: object = _all_valid
     code: int = -1
 
-    @property
+    @functools.cached_property
     def params(self) -> tuple:
         c = self.update.__code__
         return c.co_varnames[1:c.co_argcount]
 
-    @property
+    @functools.cached_property  # read on every call of the update
     def arrays(self) -> tuple:
         """The array parameters: p, grad and the state buffers (the rest are float64 scalars)."""
         return ("p", "grad") + tuple(self.state)
