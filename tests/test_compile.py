@@ -316,6 +316,16 @@ def test_gradient_clipping_inside_fn_falls_back():
 
     _expect_fallback(clipped_step, "in-place Tensor.mul_()")
 
+    def value_clipped_step(x, y):
+        o.zero_grad()
+        loss = lf(model(x), y)
+        loss.backward()
+        gn.nn.utils.clip_grad_value_(model.parameters(), 0.01)  # the flat-buffer path: one copy_
+        o.step()
+        return loss
+
+    _expect_fallback(value_clipped_step, "in-place Tensor.copy_()")
+
 
 def test_fit_compile_with_dropout_batch_norm_and_validation_matches_eager():
     from gpunn.train import fit

@@ -156,8 +156,9 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
                            "it cannot be clipped. To disable this error and scale the gradients by the non-finite "
                            "norm anyway, set `error_if_nonfinite=False`")
     coef = xp.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1))
-    if flat is not None:
-        flat *= coef.astype(flat.dtype)
+    if flat is not None:  # through Tensor.mul_, so gn.compile sees the in-place write (and falls back)
+        with no_grad():
+            Tensor(flat).mul_(Tensor(xp.asarray(coef, dtype=flat.dtype)))
         return Tensor(xp.asarray(total))
     with no_grad():
         for g in grads:
@@ -172,9 +173,10 @@ def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
     clip_value = check_number("clip_grad_value_", "clip_value", clip_value)
     grads = _grads(parameters, "clip_grad_value_")
     flat = _one_buffer(grads) if grads else None
-    if flat is not None:  # one pass over the optimizer's flat gradient buffer
+    if flat is not None:  # over the optimizer's flat gradient buffer, through Tensor.copy_ (seen by gn.compile)
         v = flat.dtype.type(clip_value)
-        grads[0].device.xp.clip(flat, -v, v, out=flat)
+        with no_grad():
+            Tensor(flat).copy_(Tensor(grads[0].device.xp.clip(flat, -v, v)))
         return
     with no_grad():
         for g in grads:
