@@ -355,50 +355,62 @@ def _to_torch(a):
     return torch.from_numpy(np.array(a, copy=True))
 
 
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+TOLS = {np.float32: (F32_TOL, GRAD_TOL), np.float64: (dict(rtol=1e-12, atol=1e-12), dict(rtol=1e-11, atol=1e-11))}
+
+
 @requires_torch
+@DTYPES
 @pytest.mark.parametrize("kind", ["both", "no_bias", "no_affine"])
 @pytest.mark.parametrize("shape,normalized", [((5, 7), (7,)), ((4, 3, 6), (3, 6))])
-def test_layer_norm_matches_torch(kind, shape, normalized):
+def test_layer_norm_matches_torch(kind, shape, normalized, dtype):
     kw = {"both": {}, "no_bias": {"bias": False}, "no_affine": {"elementwise_affine": False}}[kind]
     rng = np.random.default_rng(0)
-    tl = torch.nn.LayerNorm(normalized, **kw)
+    ftol, gtol = TOLS[dtype]
+    tl = torch.nn.LayerNorm(normalized, **kw).to(torch.float64 if dtype == np.float64 else torch.float32)
     if tl.weight is not None:
         with torch.no_grad():
             tl.weight.copy_(_to_torch(rng.standard_normal(normalized).astype(np.float32)))
             if tl.bias is not None:
                 tl.bias.copy_(_to_torch(rng.standard_normal(normalized).astype(np.float32)))
     gl = nn.LayerNorm(normalized, **kw)
+    if dtype == np.float64:
+        gl.double()
     gl.load_state_dict(tl.state_dict())
     assert repr(gl) == repr(tl)
-    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
-    g = rng.standard_normal(shape).astype(np.float32)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
     xt = _to_torch(x).requires_grad_()
     yt = tl(xt)
     yt.backward(_to_torch(g))
     xg = gn.tensor(x, requires_grad=True)
     yg = gl(xg)
     yg.backward(gn.tensor(g))
-    np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), **F32_TOL)
-    np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), **GRAD_TOL)
+    np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), **ftol)
+    np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), **gtol)
     for name, p in gl.named_parameters():
-        np.testing.assert_allclose(p.grad.numpy(), getattr(tl, name).grad.numpy(), **GRAD_TOL)
+        np.testing.assert_allclose(p.grad.numpy(), getattr(tl, name).grad.numpy(), **gtol)
 
 
 @requires_torch
+@DTYPES
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("shape", [(8, 4), (5, 4, 3)])
-def test_batch_norm_matches_torch_in_training_and_eval(momentum, shape):
+def test_batch_norm_matches_torch_in_training_and_eval(momentum, shape, dtype):
     rng = np.random.default_rng(1)
-    tb = torch.nn.BatchNorm1d(4, momentum=momentum)
+    ftol, gtol = TOLS[dtype]
+    tb = torch.nn.BatchNorm1d(4, momentum=momentum).to(torch.float64 if dtype == np.float64 else torch.float32)
     with torch.no_grad():
         tb.weight.copy_(_to_torch(rng.standard_normal(4).astype(np.float32)))
         tb.bias.copy_(_to_torch(rng.standard_normal(4).astype(np.float32)))
     gb = nn.BatchNorm1d(4, momentum=momentum)
+    if dtype == np.float64:
+        gb.double()
     gb.load_state_dict(tb.state_dict())
     assert repr(gb) == repr(tb)
     for step in range(3):
-        x = (rng.standard_normal(shape) * 2 + step).astype(np.float32)
-        g = rng.standard_normal(shape).astype(np.float32)
+        x = (rng.standard_normal(shape) * 2 + step).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
         xt = _to_torch(x).requires_grad_()
         tb.zero_grad()
         yt = tb(xt)
@@ -407,16 +419,16 @@ def test_batch_norm_matches_torch_in_training_and_eval(momentum, shape):
         gb.zero_grad()
         yg = gb(xg)
         yg.backward(gn.tensor(g))
-        np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), **F32_TOL)
-        np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), **GRAD_TOL)
+        np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), **ftol)
+        np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), **gtol)
         for name, p in gb.named_parameters():
-            np.testing.assert_allclose(p.grad.numpy(), getattr(tb, name).grad.numpy(), **GRAD_TOL)
+            np.testing.assert_allclose(p.grad.numpy(), getattr(tb, name).grad.numpy(), **gtol)
     for key, value in tb.state_dict().items():
-        np.testing.assert_allclose(gb.state_dict()[key].numpy(), value.numpy(), **F32_TOL)
+        np.testing.assert_allclose(gb.state_dict()[key].numpy(), value.numpy(), **ftol)
     tb.eval()
     gb.eval()
-    x = rng.standard_normal(shape).astype(np.float32)
-    np.testing.assert_allclose(gb(gn.tensor(x)).numpy(), tb(_to_torch(x)).detach().numpy(), **F32_TOL)
+    x = rng.standard_normal(shape).astype(dtype)
+    np.testing.assert_allclose(gb(gn.tensor(x)).numpy(), tb(_to_torch(x)).detach().numpy(), **ftol)
 
 
 @requires_torch
