@@ -91,6 +91,23 @@ def test_clip_grad_norm_scales_all_gradients_by_one_factor(norm_type):
         np.testing.assert_allclose(p_.grad.numpy(), g * coef, rtol=1e-5, atol=1e-7)
 
 
+@requires_torch
+def test_clip_grad_norm_order_0_counts_parameters_as_torch():
+    """norm_type=0: torch's norm of the per-parameter norms counts the parameters with a non-zero
+    gradient (not the elements), also when the gradients tile an optimizer's flat buffer."""
+    m = _model()
+    gn.optim.SGD(m.parameters(), lr=0.1)  # the gradients become views of one flat buffer
+    before = _grads_after_backward(m)
+    tm = [torch.tensor(g, requires_grad=True) for g in before]
+    for t, g in zip(tm, before):
+        t.grad = torch.tensor(g)
+    want = torch.nn.utils.clip_grad_norm_(tm, 0.5, norm_type=0)
+    got = clip_grad_norm_(m.parameters(), 0.5, norm_type=0)
+    assert got.item() == want.item() == len(before)
+    for t, p_ in zip(tm, m.parameters()):
+        np.testing.assert_allclose(p_.grad.numpy(), t.grad.numpy(), rtol=1e-6)
+
+
 def test_clip_grad_norm_leaves_small_gradients_and_skips_missing_ones():
     m = _model()
     m[2].bias.requires_grad_(False)

@@ -144,7 +144,9 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
         return Tensor(np.zeros((), dtype=np.float32))
     xp = grads[0].device.xp
     flat = _one_buffer(grads)
-    if flat is not None:  # one pass over the optimizer's flat gradient buffer (the same norm)
+    if flat is not None and norm_type != 0:
+        # one pass over the optimizer's flat gradient buffer: the same norm as the norm of the
+        # per-parameter norms, except for p = 0, where that counts parameters, not elements
         total = _vector_norm(xp, flat, norm_type)
         dtype = total.dtype
     else:
@@ -156,14 +158,16 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
                            "it cannot be clipped. To disable this error and scale the gradients by the non-finite "
                            "norm anyway, set `error_if_nonfinite=False`")
     coef = xp.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1))
-    if flat is not None:  # through Tensor.mul_, so gn.compile sees the in-place write (and falls back)
-        with no_grad():
-            Tensor(flat).mul_(Tensor(xp.asarray(coef, dtype=flat.dtype)))
-        return Tensor(xp.asarray(total))
-    with no_grad():
-        for g in grads:
+    with no_grad():  # through Tensor.mul_, so gn.compile sees the in-place write (and falls back)
+        for g in _write_targets(grads, flat):
             g.mul_(Tensor(xp.asarray(coef, dtype=g.dtype)))
     return Tensor(xp.asarray(total))
+
+
+def _write_targets(grads, flat) -> list:
+    """The tensors a clip writes into: the flat buffer as one tensor when the gradients tile it
+    (one pass), else each gradient."""
+    return grads if flat is None else [Tensor(flat)]
 
 
 def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
@@ -172,14 +176,8 @@ def clip_grad_value_(parameters, clip_value: float, foreach=None) -> None:
     for PyTorch compatibility and changes nothing."""
     clip_value = check_number("clip_grad_value_", "clip_value", clip_value)
     grads = _grads(parameters, "clip_grad_value_")
-    flat = _one_buffer(grads) if grads else None
-    if flat is not None:  # over the optimizer's flat gradient buffer, through Tensor.copy_ (seen by gn.compile)
-        v = flat.dtype.type(clip_value)
-        with no_grad():
-            Tensor(flat).copy_(Tensor(grads[0].device.xp.clip(flat, -v, v)))
-        return
-    with no_grad():
-        for g in grads:
+    with no_grad():  # through Tensor.copy_, so gn.compile sees the in-place write (and falls back)
+        for g in _write_targets(grads, _one_buffer(grads) if grads else None):
             v = g.dtype.type(clip_value)
             g.copy_(g.device.xp.clip(g.data, -v, v))
 
