@@ -495,11 +495,11 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction: str
 
 
 def _positive(op, name, v, strict: bool):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{op}: {name} must be a number, got {type(v).__name__}")
-    if v < 0 or (strict and v == 0) or v != v:
+    """A loss option (delta, beta) as a float > 0 (strict) or >= 0."""
+    f = check_number(op, name, v)
+    if f < 0 or (strict and f == 0) or f != f:
         raise ValueError(f"{op}: {name} must be {'> 0' if strict else '>= 0'}, got {v}")
-    return float(v)
+    return f
 
 
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction: str = "mean"):

@@ -133,13 +133,14 @@ def upstream_layout(op, g, x):
 
 
 def run_loss(kernel_for, placeholder, launch, name, direction, g, x, y, operand, scalar):
-    """One call on one backend: check, lay out the operands, launch `kernel_for(name, direction,
-    dtype, w_layout, g_layout)` through `launch(kernel, n, *args)`; `placeholder(x)` stands in for
-    an operand the kernel never reads. Returns the per-element result, x's shape."""
+    """One call on one backend: check, lay out the operands, launch `kernel_for(member, direction,
+    dtype, w_layout, g_layout)` (member: the registry entry) through `launch(kernel, n, *args)`;
+    `placeholder(x)` stands in for an operand the kernel never reads. Returns the per-element
+    result, x's shape."""
     m = registry.loss(name)
     op = f"{name}_{'forward' if direction == 'forward' else 'backward'}"
-    if direction != "forward" and (direction != "input" or m.grad_target is None):
-        formula(name, direction)  # refuse a missing gradient before anything runs
+    if direction not in ("forward", "input"):
+        formula(name, direction)  # refuse an unknown direction or a missing target gradient first
     xf, yf = check_pair(op, x, y)
     w_layout, w, c = operand_layout(op, operand, x)
     a = float(m.scalar_default if scalar is None else scalar)
