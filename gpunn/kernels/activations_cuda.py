@@ -2,7 +2,8 @@
 and the element-wise activation kernels behind `CudaOps.activation_forward/backward`.
 
 What it computes: the registry's definitions (gpunn/kernels/registry.py), the same bytecode the
-CPU kernels are made from, with `math` (libdevice on the GPU) for the transcendental functions:
+CPU kernels are made from, with `cuda_math` (libdevice, plus a sigmoid) for the transcendental
+functions:
   y = act(z);  dz = dy * act'(.) from s, where s is z or y as the activation needs (`needs_preactivation`).
 Precision: the activation family's policy, arithmetic in the array's own dtype (float32 math for
 float32: CUDA's erff/tanhf/expf are within 2 ulp; float64 for float64).
@@ -15,14 +16,13 @@ are not; empty arrays are handled without a launch.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import registry
 from gpunn.kernels.activations import IDENTITY, saved_operand
-from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, flat, launch
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, cuda_math, flat, launch
 from gpunn.kernels.registry import check_code
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
@@ -36,7 +36,7 @@ def _device(code: int, dtype, which: str):
     check_code(code)
     dt = np.dtype(dtype)
     f = getattr(registry.activation(code), which)
-    return nc.kernel((f"{which}_device", code, dt.name), lambda: nc.device_jit(registry.retarget(f, math, dt)))
+    return nc.kernel((f"{which}_device", code, dt.name), lambda: nc.device_jit(registry.retarget(f, cuda_math(dt), dt)))
 
 
 def act_device(code: int, dtype):

@@ -54,8 +54,10 @@ DIRECTIONS = {"forward": "loss", "input": "grad", "target": "grad_target"}  # ->
 
 # One statement per direction; `formula`, `w_at`, `g_at` and `T` are bound per kernel.
 _PARAMS = {"forward": ("x", "y", "w", "c", "a", "out"), "backward": ("g", "x", "y", "w", "c", "a", "out")}
+# The upstream gradient multiplies last: loaded after the formula, it is not live across its exps
+# (sm_90 ptxas, BCE-with-logits input gradient: 46 -> 42 registers in float64 with a per-class weight).
 _STATEMENTS = {"forward": "out[i] = formula(x[i], y[i], w_at(w, i, c), s)",
-               "backward": "out[i] = g_at(g, i, c) * formula(x[i], y[i], w_at(w, i, c), s)"}
+               "backward": "out[i] = formula(x[i], y[i], w_at(w, i, c), s) * g_at(g, i, c)"}
 
 
 def loop(direction: str, target: str, env: dict):

@@ -4,21 +4,20 @@ the loop each kernel is: gpunn/kernels/losses.py; the formulas: the registry's `
 Each call is ONE launch of a grid-stride kernel over the flattened arrays (256 threads per block,
 at most 32 blocks per SM), where an array-expression version issues one CuPy kernel per operation
 (BCE-with-logits forward 8, backward 6). Memory-bound: the win is launches and passes, not FLOPs.
-The kernel is the registry's formula (the bytecode the CPU kernels are made from) with CUDA's
-`math` (libdevice) and every constant in the array's dtype: float32 math for float32.
+The kernel is the registry's formula (the bytecode the CPU kernels are made from) with
+`cuda_math` (libdevice, plus a sigmoid) and every constant in the array's dtype: float32 math for float32.
 One kernel per (loss, direction, dtype, operand layout, upstream layout), compiled once with an
 explicit signature. Limits: float32/float64 (CudaOps sends other dtypes to the reference); x and y
 of one shape, dtype and array type; non-contiguous operands are copied to C order first.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from gpunn.backend import numba_cuda as nc
 from gpunn.kernels import losses, registry
-from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, launch
+from gpunn.kernels.cuda_elementwise import SUPPORTED_DTYPES, check_dtype, cuda_math, launch
 
 cuda = None  # numba.cuda once a kernel is built: kernels reach it as this global (nc.bind_numba_cuda)
 
@@ -28,7 +27,7 @@ def _cuda():
 
 
 def _device(f, dt):
-    return nc.device_jit(registry.retarget(f, math, dt))
+    return nc.device_jit(registry.retarget(f, cuda_math(dt), dt))
 
 
 def _build(name, direction, dt, w_layout, g_layout):
