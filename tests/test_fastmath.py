@@ -101,6 +101,17 @@ def test_sigmoid_float32_within_2_ulp_exact_at_1000_without_warnings():
     np.testing.assert_array_equal(s, [1, 0, 1, 0])
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_cpu_activation_kernels_are_as_accurate_as_their_primitive(name):
+    """The CPU sigmoid and tanh activations (the registry's formulas through CPU_MATH) keep their
+    primitive's float32 bound: the formula adds no rounding of its own."""
+    from gpunn.kernels import ACTIVATIONS, CpuOps
+
+    x = sweep32(-110.0, 40.0, 8_000_000, 1_000_000) if name == "sigmoid" else sweep32(-12.0, 12.0, 8_000_000, 1_000_000)
+    check32(lambda v: CpuOps().activation_forward(v, ACTIVATIONS[name]), sigmoid_ref if name == "sigmoid" else np.tanh,
+            x, 2.0)
+
+
 def test_erf_float32_within_2_ulp_against_math_erf():
     x = sweep32(-5.0, 5.0, 1_000_000, 100_000)
     check32(fm.erf, np.vectorize(math.erf, otypes=[np.float64]), x, 2.0)
