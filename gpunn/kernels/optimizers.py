@@ -74,31 +74,36 @@ def split_call(m, args, kwargs):
     buffer the options use present."""
     arrays, options, kwargs = _arrays_and_options(m, args, kwargs)
     flags, scalars = m.prepare(*options, **kwargs)
-    op = f"{m.name}_update"
     p = arrays[0]
     n, t, dt = p.shape, type(p), p.dtype
     if p.ndim != 1 or dt.kind != "f":
-        raise ValueError(f"{op}: params must be a 1-D float array, got shape {p.shape} dtype {dt}")
+        raise ValueError(f"{m.name}_update: params must be a 1-D float array, got shape {p.shape} dtype {dt}")
     if not p.flags.c_contiguous:
-        raise ValueError(f"{op}: params must be C-contiguous")
+        raise ValueError(f"{m.name}_update: params must be C-contiguous")
     out = [p]
-    for name, a in zip(m.arrays[1:], arrays[1:]):
-        flag = m.state.get(name)
-        used = name == "grad" or flag is None or flags[flag]
+    for (name, flag), a in zip(_buffer_flags(m), arrays[1:]):
+        used = flag is None or flags[flag]
         if a is None:
             if used:
                 why = f"the options given turn on {flag}" if flag else f"{m.name} always uses it"
-                raise ValueError(f"{op}: {name} is None, but {why}")
+                raise ValueError(f"{m.name}_update: {name} is None, but {why}")
             out.append(None)
             continue
-        if type(a) is not t or a.shape != n or a.dtype != dt:
-            raise ValueError(f"{op}: {name} must match params (1-D {t.__name__} of shape {n}, {dt}), "
+        if type(a) is not t or a.shape != n or (a.dtype is not dt and a.dtype != dt):
+            raise ValueError(f"{m.name}_update: {name} must match params (1-D {t.__name__} of shape {n}, {dt}), "
                              f"got {type(a).__name__} of shape {getattr(a, 'shape', '?')}, "
                              f"{getattr(a, 'dtype', '?')}")
         if not a.flags.c_contiguous:
-            raise ValueError(f"{op}: {name} must be C-contiguous")
+            raise ValueError(f"{m.name}_update: {name} must be C-contiguous")
         out.append(a if used else None)
     return flags, out, scalars
+
+
+@functools.lru_cache(maxsize=None)
+def _buffer_flags(m):
+    """(name, the flag that turns it on or None: always used) for each array after p; the grad is
+    always used."""
+    return tuple((name, None if name == "grad" else m.state.get(name)) for name in m.arrays[1:])
 
 
 def _signature(m):
@@ -152,6 +157,19 @@ def _cpu_kernel(m, flags: tuple):
     return k
 
 
+_BY_FLAG_VALUES: dict = {}
+
+
+def _cpu_kernel_for(m, flags: dict):
+    """_cpu_kernel for `prepare`'s flags dict, looked up by its items in prepare's own key order
+    (no sort on every step)."""
+    key = (m, *flags.items())
+    k = _BY_FLAG_VALUES.get(key)
+    if k is None:
+        k = _BY_FLAG_VALUES[key] = _cpu_kernel(m, tuple(sorted(flags.items())))
+    return k
+
+
 def cpu_kernel(name: str, **flags):
     """The CPU loop of registry optimizer `name` for one combination of its option flags (compiled
     on first use per dtype, cached on disk)."""
@@ -166,8 +184,7 @@ def update_cpu(m):
         flags, arrays, scalars = split_call(m, args, kwargs)
         p = arrays[0]
         # an unused buffer is never indexed (its flag is off); p stands in so the types agree
-        _cpu_kernel(m, tuple(sorted(flags.items())))(*(p if a is None else a for a in arrays),
-                                                     *map(float, scalars))
+        _cpu_kernel_for(m, flags)(*[p if a is None else a for a in arrays], *map(float, scalars))
 
     return named(m, run, f"{m.name}_update_cpu", f"{m.name}'s update, CPU kernel (Numba).")
 
