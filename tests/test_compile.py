@@ -56,7 +56,7 @@ def test_bit_identical_to_eager_with_scheduler_and_short_batch(opt):
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
     # two signatures (batch 16 and the short batch 8), each traced twice, the rest replayed
-    assert f.stats == {"traces": 4, "replays": 8, "eager": 0}
+    assert f.stats == {"traces": 4, "replays": 8, "kernel_replays": 8, "eager": 0}
 
 
 def test_state_changes_between_steps_are_read_at_replay():
@@ -73,7 +73,7 @@ def test_state_changes_between_steps_are_read_at_replay():
     le, pe, _ = _train(False, between=poke)
     saved.clear()
     lc, pc, f = _train(True, between=poke)
-    assert f.stats["replays"] > 0
+    assert f.stats["kernel_replays"] > 0
     assert lc == le
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
@@ -270,7 +270,7 @@ def test_dropout_and_batch_norm_replay_like_eager(momentum):
         losses = [f(gn.tensor(X[s:s + 8]), gn.tensor(Y[s:s + 8])).item() for s in range(0, 40, 8) for _ in (0, 1)]
         runs.append((losses, model.state_dict(), f))
     (le, se, _), (lc, sc, f) = runs
-    assert f.stats == {"traces": 2, "replays": 8, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 8, "kernel_replays": 0, "eager": 0}  # Dropout, BatchNorm: node by node
     assert lc == le and len(set(lc)) == len(lc)
     for k in se:
         np.testing.assert_array_equal(sc[k].numpy(), se[k].numpy(), err_msg=k)
@@ -291,12 +291,12 @@ def test_train_eval_switch_traces_again_instead_of_replaying_the_other_mode():
     x = gn.tensor(X[:8])
     for _ in range(3):
         f(x)
-    assert f.stats == {"traces": 2, "replays": 1, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 1, "kernel_replays": 0, "eager": 0}
     model.eval()
     expected = model(x).numpy()  # eval: no dropout, running statistics: deterministic
     for _ in range(3):
         np.testing.assert_array_equal(f(x).numpy(), expected)
-    assert f.stats == {"traces": 4, "replays": 2, "eager": 0}
+    assert f.stats == {"traces": 4, "replays": 2, "kernel_replays": 0, "eager": 0}
     model.train()
     nbt = int(model[1].num_batches_tracked)
     f(x)
@@ -372,7 +372,7 @@ def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phase
     x, y = gn.tensor(X[:16]), gn.tensor(Y[:16])
     with profiler.profile() as eager_prof:
         f(x, y)
-    assert f.stats == {"traces": 0, "replays": 0, "eager": 1}
+    assert f.stats == {"traces": 0, "replays": 0, "kernel_replays": 0, "eager": 1}
     f(x, y), f(x, y)  # trace, check
     with profiler.profile() as prof:
         f(x, y)
@@ -380,3 +380,65 @@ def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phase
     key = lambda p: sorted((e.name, e.phase) for e in p.events)  # noqa: E731
     assert key(prof) == key(eager_prof)
     assert prof.launches_per_step() == eager_prof.launches_per_step()
+
+
+def test_a_step_with_a_node_that_does_its_own_array_work_replays_node_by_node():
+    """MSE's node reduces with NumPy outside a kernel: its step replays node by node (as eagerly
+    as the node itself), bit-identical to eager, and `explain` names the node."""
+    runs = []
+    for compiled in (False, True):
+        gn.manual_seed(0)
+        model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1))
+        o = gn.optim.Adam(model.parameters(), lr=1e-2)
+        lf = gn.nn.MSELoss()
+        step = _step_fn(model, o, lf)
+        f = gcompile(step) if compiled else step
+        t = Y.astype(np.float32).reshape(-1, 1)
+        losses = [f(gn.tensor(X[:16]), gn.tensor(t[:16])).item() for _ in range(5)]
+        runs.append((losses, [p.data.copy() for p in model.parameters()], f))
+    (le, pe, _), (lc, pc, f) = runs
+    assert lc == le
+    for a, b in zip(pc, pe):
+        np.testing.assert_array_equal(a, b)
+    assert f.stats == {"traces": 2, "replays": 3, "kernel_replays": 0, "eager": 0}
+    why = f.explain(gn.tensor(X[:16]), gn.tensor(Y[:16].astype(np.float32).reshape(-1, 1)))
+    assert why.startswith("nodes: ") and "mse_loss" in why
+
+
+def test_explain_says_how_each_signature_runs():
+    model, o, lf = _setup()
+    f = gcompile(_step_fn(model, o, lf))
+    x, y = gn.tensor(X[:16]), gn.tensor(Y[:16])
+    assert f.explain(x, y) == "tracing"
+    f(x, y), f(x, y)
+    assert f.explain(x, y) == "kernels"
+    assert f.explain(gn.tensor(X[:8]), gn.tensor(Y[:8])) == "tracing"
+
+
+def test_bad_labels_raise_in_a_kernel_replay_as_in_eager():
+    model, o, lf = _setup()
+    f = gcompile(_step_fn(model, o, lf))
+    for _ in range(3):
+        f(gn.tensor(X[:16]), gn.tensor(Y[:16]))
+    assert f.stats["kernel_replays"] == 1
+    bad = Y[:16].copy()
+    bad[5] = 3
+    with pytest.raises(ValueError, match=r"target\[5\] = 3 is out of range for 3 classes"):
+        f(gn.tensor(X[:16]), gn.tensor(bad))
+    assert f.stats["kernel_replays"] == 2
+
+
+def test_a_parameter_array_rebound_after_tracing_replays_as_eager():
+    """The kernel program holds each parameter's array: rebinding `.data` sends the step back to
+    the node-level replay, which reads the tensor afresh (as eager does)."""
+    def rebind(e, s, model, o):
+        if e == 1 and s == 16:
+            w = model[0].weight
+            w.data = w.data.copy()
+
+    le, pe, _ = _train(False, between=rebind)
+    lc, pc, f = _train(True, between=rebind)
+    assert lc == le
+    for a, b in zip(pc, pe):
+        np.testing.assert_array_equal(a, b)
+    assert 0 < f.stats["kernel_replays"] < f.stats["replays"]

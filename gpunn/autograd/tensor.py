@@ -111,6 +111,11 @@ class Function:
     saves_inputs = True
     saves_output = True
     _saved_versions: tuple = ()
+    # gn.compile may replay this node's kernels without the node (gpunn/compiler.py) only if its
+    # forward and backward do all their array work through `ops_for(...)` kernels (views and shape
+    # logic aside), read no array value into a Python number that a kernel then takes, and write
+    # no array outside a kernel. A class that keeps that promise says so.
+    kernel_replay = False
 
     @classmethod
     def apply(cls, *inputs: "Tensor", **params) -> "Tensor":

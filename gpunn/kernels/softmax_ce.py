@@ -158,7 +158,10 @@ def _row_weights(op, grad, n, reduction, stats, dtype, xp, general=False):
             g = g / dtype.type(d) if d else np.full(1, np.nan, dtype)
         else:
             g = xp.where(stats[:1] != 0, g / stats[:1].astype(dtype), np.nan)
-    return xp.broadcast_to(g.astype(dtype, copy=False), (n,))
+    g = g.astype(dtype, copy=False)
+    if xp is np:  # the same stride-0 view as broadcast_to, without its argument handling (a step's glue)
+        return np.ndarray((n,), dtype, buffer=g, strides=(0,))
+    return xp.broadcast_to(g, (n,))
 
 
 def _backward_ref(op, grad, shape, dtype, labels, ignore_index, reduction, stats, weight, label_smoothing,

@@ -12,6 +12,8 @@ from gpunn.kernels import ops_for
 
 
 class Dense(Function):
+    kernel_replay = True  # one kernel each way; reshapes and the leaves' gradient sinks besides
+
     def forward(self, x, W, b=None, code=1, negative_slope=0.01, layer=None):
         self.layer = layer
         self.lead = x.shape[:-1]

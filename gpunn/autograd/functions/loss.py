@@ -72,6 +72,8 @@ class CrossEntropy(_LossNode):
     value the host reads: no launch and no synchronisation per step. ignore_index=None (no label is
     ignored) runs the kernels with -100 and counts a -100 label as out of range."""
 
+    kernel_replay = True  # one kernel each way, and the label check of the forward's stats
+
     def forward(self, logits, labels, reduction="mean", ignore_index=-100, weight=None, label_smoothing=0.0):
         ign = -100 if ignore_index is None else ignore_index
         loss, self.probs, self.stats = ops_for(logits).softmax_cross_entropy_forward(
@@ -89,6 +91,8 @@ class CrossEntropy(_LossNode):
 class NLL(_LossNode):
     """Negative log-likelihood of log-probabilities (N, C): -w_y logp_{i,y}, reduced as cross-entropy;
     the same label check."""
+
+    kernel_replay = True  # one kernel each way, and the label check of the forward's stats
 
     def forward(self, logp, labels, reduction="mean", ignore_index=-100, weight=None):
         ign = -100 if ignore_index is None else ignore_index
