@@ -23,18 +23,19 @@ objects, graph recording, the topological sort.
 Bit-identical to eager: the same kernels run on the same buffers in the same order.
 
 Kernel by kernel. When every node of the step is kernel-replayable (`Function.kernel_replay`: the
-fused dense layer, cross-entropy and NLL; a node that does array work of its own, e.g. MSE's
-reduction, Dropout, BatchNorm, is not), the replay goes one level down (`_KernelProgram`): the
-kernels those nodes called (`ops_for(...)` methods, recorded while tracing), with their arguments
-bound once, the leaves' gradient accumulation and the optimizer calls; no Function objects and no
-backward walk (64-128-10 with Adam on one core, 2026-11-29: 113 -> 96 us a step). Each argument of each kernel is
-resolved from the two traces: the step's own arguments, an earlier kernel's result, a view of
-either (the same layout on both traces), or an array that is the same object on both (a
-parameter, a gradient sink, a cached constant), bound as it is; anything else (an array made
-outside the recorded kernels) keeps the step node by node. The bound parameter arrays and gradient
-sinks are checked before each kernel replay; after a change (`p.data = ...`) the step replays node
-by node, reading the tensors afresh. `explain(*args)` says which way a signature runs and why.
-NumPy arrays only (a GPU step replays node by node).
+fused dense layer, cross-entropy, NLL and the elementwise losses; a node that does array work of
+its own, e.g. Dropout, BatchNorm or a Tensor operator, is not), the replay goes one level down
+(`_KernelProgram`): the kernels those nodes called (`ops_for(...)` methods, recorded while
+tracing, and the glue functions they mark `autograd.tensor.replayed`) with their arguments bound
+once, the leaves' gradient accumulation and the optimizer calls; no Function objects and no
+backward walk. Each argument of each kernel is resolved from the two traces: the step's own
+arguments, an earlier kernel's result, a view of either (the same layout on both traces), or an
+array that is the same object on both (a parameter, a gradient sink, a cached constant), bound as
+it is; anything else (an array made outside the recorded kernels) keeps the step node by node.
+The bound parameter arrays and gradient sinks are checked before each kernel replay; after a
+change (`p.data = ...`) the step replays node by node, reading the tensors afresh.
+`explain(*args)` says which way a signature runs and why. NumPy arrays only (a GPU step replays
+node by node).
 
 What cannot be replayed is detected while tracing and the signature then runs eagerly, with one
 `CompileWarning` naming the cause (never a wrong result): a host read of a tensor inside fn
@@ -246,11 +247,6 @@ def _in_node(node):
         tr.node = outer
 
 
-# Functions a kernel-replayable node calls besides its kernels, replayed with them: the label check
-# of a loss's stats (it raises, or on the GPU queues, the bad-label error).
-_REPLAYED_CALLS = (("gpunn.autograd.functions.loss", "_check_labels"),)
-
-
 @contextlib.contextmanager
 def _recorded():
     global _depth
@@ -378,7 +374,7 @@ def _tracing(tr: _Trace):
         for name in ("step", "zero_grad"):
             patch(Optimizer, name, opt_call(name, Optimizer.__dict__[name]))
         patch(Module, "_mode", mode(Module.__dict__["_mode"]))
-        for module, name in _REPLAYED_CALLS:
+        for module, name in _tmod.REPLAYED_CALLS:  # the nodes' array glue (autograd.tensor.replayed)
             mod = sys.modules[module]
             orig = getattr(mod, name)
             saved.append((mod, name, orig))
@@ -599,6 +595,13 @@ def _resolve(v1, v2, r1: _Roles, r2: _Roles):
     return ("c", v2)
 
 
+def _resolve_arg(label, which, v1, v2, r1, r2):
+    try:
+        return _resolve(v1, v2, r1, r2)
+    except _NotKernelReplayable as err:
+        raise _NotKernelReplayable(f"{label}, argument {which}: {err}") from None
+
+
 def _value(spec, arrays, res):
     kind = spec[0]
     if kind == "c":
@@ -643,10 +646,11 @@ class _KernelProgram:
                             getattr(fn, "__self__", None) is not getattr(e1[1], "__self__", None) or \
                             kwargs.keys() != e1[3].keys():
                         raise _NotKernelReplayable("the two traces differ in their kernel calls")
-                    a = [_resolve(x, y, r1, r2) for x, y in zip(e1[2], args)] if len(args) == len(e1[2]) else None
-                    if a is None:
+                    if len(args) != len(e1[2]):
                         raise _NotKernelReplayable("the two traces differ in their kernel calls")
-                    kw = {name: _resolve(e1[3][name], kwargs[name], r1, r2) for name in kwargs}
+                    label = getattr(fn, "__name__", "a kernel")
+                    a = [_resolve_arg(label, i, x, y, r1, r2) for i, (x, y) in enumerate(zip(e1[2], args))]
+                    kw = {name: _resolve_arg(label, name, e1[3][name], kwargs[name], r1, r2) for name in kwargs}
                     r1.add(k, e1[4])
                     r2.add(k, result)
                     steps.append(_bound_call(fn, a, kw, k))

@@ -383,26 +383,51 @@ def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phase
 
 
 def test_a_step_with_a_node_that_does_its_own_array_work_replays_node_by_node():
-    """MSE's node reduces with NumPy outside a kernel: its step replays node by node (as eagerly
-    as the node itself), bit-identical to eager, and `explain` names the node."""
+    """Dropout draws its mask in its node, outside a kernel: that step replays node by node,
+    bit-identical to eager, and `explain` names the node."""
     runs = []
     for compiled in (False, True):
         gn.manual_seed(0)
-        model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1))
+        model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Dropout(0.3), gn.nn.Linear(8, 3))
         o = gn.optim.Adam(model.parameters(), lr=1e-2)
-        lf = gn.nn.MSELoss()
-        step = _step_fn(model, o, lf)
+        step = _step_fn(model, o, gn.nn.CrossEntropyLoss())
         f = gcompile(step) if compiled else step
-        t = Y.astype(np.float32).reshape(-1, 1)
-        losses = [f(gn.tensor(X[:16]), gn.tensor(t[:16])).item() for _ in range(5)]
+        losses = [f(gn.tensor(X[:16]), gn.tensor(Y[:16])).item() for _ in range(5)]
         runs.append((losses, [p.data.copy() for p in model.parameters()], f))
     (le, pe, _), (lc, pc, f) = runs
     assert lc == le
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
     assert f.stats == {"traces": 2, "replays": 3, "kernel_replays": 0, "eager": 0}
-    why = f.explain(gn.tensor(X[:16]), gn.tensor(Y[:16].astype(np.float32).reshape(-1, 1)))
-    assert why.startswith("nodes: ") and "mse_loss" in why
+    why = f.explain(gn.tensor(X[:16]), gn.tensor(Y[:16]))
+    assert why.startswith("nodes: ") and "Dropout" in why
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber", "bce_with_logits"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+def test_elementwise_loss_steps_replay_kernel_by_kernel_as_eager(loss, weighted):
+    """The elementwise losses' glue (weights, reduction, the upstream gradient) is replayed with
+    their kernels: bit-identical to eager, every replay kernel by kernel."""
+    t = (Y[:16] % 2).astype(np.float32).reshape(-1, 1)
+    w = np.linspace(0.5, 1.5, 16, dtype=np.float32).reshape(-1, 1) if weighted else None
+    fns = {"mse": lambda a, b: gn.functional.mse_loss(a, b, weight=w),
+           "l1": lambda a, b: gn.functional.l1_loss(a, b, weight=w),
+           "huber": lambda a, b: gn.functional.huber_loss(a, b, weight=w),
+           "bce_with_logits": lambda a, b: gn.functional.binary_cross_entropy_with_logits(a, b, weight=w)}
+    runs = []
+    for compiled in (False, True):
+        gn.manual_seed(0)
+        model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1))
+        o = gn.optim.Adam(model.parameters(), lr=1e-2)
+        step = _step_fn(model, o, fns[loss])
+        f = gcompile(step, strict=True) if compiled else step
+        losses = [f(gn.tensor(X[s:s + 16]), gn.tensor(t)).item() for s in (0, 8, 16, 24, 0, 8)]
+        runs.append((losses, [p.data.copy() for p in model.parameters()], f))
+    (le, pe, _), (lc, pc, f) = runs
+    assert lc == le
+    for a, b in zip(pc, pe):
+        np.testing.assert_array_equal(a, b)
+    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 4, "eager": 0}
 
 
 def test_explain_says_how_each_signature_runs():

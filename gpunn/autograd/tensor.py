@@ -92,6 +92,19 @@ def enable_grad():
         _grad_enabled.reset(token)
 
 
+# Array glue of kernel-replayable nodes (see Function.kernel_replay) that is not a kernel: functions
+# of their array arguments only, which gn.compile records and replays with the kernels. As
+# (module, name), since the compiler swaps the module's attribute while it traces.
+REPLAYED_CALLS: list = []
+
+
+def replayed(fn):
+    """Mark fn (a module-level function that its node calls by its module name) as array glue that
+    gn.compile's kernel-level replay repeats: its result depends on its arguments alone."""
+    REPLAYED_CALLS.append((fn.__module__, fn.__name__))
+    return fn
+
+
 class Function:
     """One differentiable op. Subclasses implement `forward(*arrays, **params)` and `backward(grad)`.
 

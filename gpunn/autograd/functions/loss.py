@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.autograd.checks import defer_check
-from gpunn.autograd.tensor import Function
+from gpunn.autograd.tensor import Function, replayed
 from gpunn.backend import get_array_module
 from gpunn.kernels import ops_for, registry
 
@@ -45,6 +45,7 @@ def _label_error(op, labels, stats, classes, ignore_index, deferred):
     return ValueError(f"{op}: target[{i}] = {value} is out of range for {classes} classes (valid: {valid}){when}")
 
 
+@replayed
 def _check_labels(op, logits, labels, stats, ignore_index):
     """Raise (CPU) or queue (GPU, checks.defer_check) the label check of a forward's stats."""
     if not logits.shape[0]:
@@ -106,6 +107,42 @@ class NLL(_LossNode):
             g, self.logp, self.labels, self.ignore, self.reduction, self.stats, self.weight), None
 
 
+# ElementwiseLoss's glue around its kernels, replayed with them by gn.compile.
+
+@replayed
+def _weighted(losses, weight):
+    return losses * weight
+
+
+@replayed
+def _weight_total(weight, shape, dtype):
+    """The sum of the weights broadcast to the input's shape: "mean"'s divisor for weighted_mean="weights"."""
+    return get_array_module(weight).broadcast_to(weight, shape).sum(dtype=dtype)
+
+
+@replayed
+def _reduce(losses, reduction, denominator, dtype):
+    if reduction == "none":
+        return losses
+    total = losses.sum(dtype=losses.dtype)
+    # a 0-d array, never a NumPy scalar: what the node returns is the array a replay rebuilds
+    return get_array_module(losses).asarray(total if reduction == "sum" else _divide(total, denominator, dtype))
+
+
+@replayed
+def _upstream(g, reduction, denominator, weight, dtype):
+    """The upstream gradient of each element: g ("mean": g / the divisor; "mean"/"sum": one value,
+    which the kernels read once for every element), times the weights; an array, as g is."""
+    if reduction == "mean":
+        g = get_array_module(g).asarray(_divide(g, denominator, dtype))
+    return g if weight is None else g * weight
+
+
+@replayed
+def _negate(a):
+    return -a
+
+
 class ElementwiseLoss(_LossNode):
     """Any registered elementwise loss (gpunn/kernels/registry.py `LOSSES`) with its reduction.
 
@@ -114,6 +151,8 @@ class ElementwiseLoss(_LossNode):
     number of elements, or by the sum of the weights for the losses whose registry entry says
     weighted_mean="weights" (torch's mse_loss and l1_loss). The target's gradient is the registry's
     grad_target formula, or minus the input's for the losses of x - y."""
+
+    kernel_replay = True  # its kernels and the glue functions above
 
     @property
     def name(self) -> str:
@@ -127,21 +166,14 @@ class ElementwiseLoss(_LossNode):
         losses = ops_for(x).loss_forward(name, x, y, operand, scalar)
         self.denominator = x.size
         if weight is not None:
-            losses = losses * weight
+            losses = _weighted(losses, weight)
             if m.weighted_mean == "weights" and reduction == "mean":
-                self.denominator = get_array_module(x).broadcast_to(weight, x.shape).sum(dtype=x.dtype)
-        if reduction == "none":
-            return losses
-        total = losses.sum(dtype=losses.dtype)
-        return total if reduction == "sum" else _divide(total, self.denominator, x.dtype)
+                self.denominator = _weight_total(weight, x.shape, x.dtype)
+        return _reduce(losses, reduction, self.denominator, x.dtype)
 
     def backward(self, g):
         x, y = self.x, self.y
-        if self.reduction == "mean":
-            g = _divide(g, self.denominator, x.dtype)
-        gu = g  # "mean"/"sum": one value, which the kernels read once for every element
-        if self.weight is not None:
-            gu = gu * self.weight
+        gu = _upstream(g, self.reduction, self.denominator, self.weight, x.dtype)
         ops = ops_for(x)
         need_x, need_y = self.needs_grad[0], self.needs_grad[1]
         gx = gy = None
@@ -149,5 +181,5 @@ class ElementwiseLoss(_LossNode):
             gx = ops.loss_backward(self.loss_name, gu, x, y, self.operand, self.scalar)
         if need_y:
             gy = (ops.loss_backward(self.loss_name, gu, x, y, self.operand, self.scalar, wrt="target")
-                  if self.target_formula else -gx)
+                  if self.target_formula else _negate(gx))
         return (gx if need_x else None), gy
