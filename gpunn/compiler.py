@@ -527,7 +527,7 @@ class _Program:
             else:
                 _, method, obj, a, kw = ev
                 method(obj, *a, **dict(kw))
-        return _build(self.out_spec, slots, arrays)
+        return _build_out(self.out_spec, arrays, slots)
 
 
 class _NotKernelReplayable(Exception):
@@ -700,7 +700,7 @@ class _KernelProgram:
             else:
                 _, method, obj, a, kw = st
                 method(obj, *a, **kw)
-        return _build_kernel_out(self.out, arrays, res)
+        return _build_out(self.out, arrays, res)
 
 
 def _bound_call(fn, a, kw, k):
@@ -728,15 +728,17 @@ def _kernel_out(v1, v2, r1, r2):
     raise _NotKernelReplayable("fn's return value differs between the two traces")
 
 
-def _build_kernel_out(spec, arrays, res):
+def _build_out(spec, arrays, res):
+    """fn's return value from a replay: spec from `_spec` (node level: res are the node outputs) or
+    `_kernel_out` (kernel level: res are the kernels' results)."""
     kind = spec[0]
     if kind == "tensor":
         return Tensor(_value(spec[1], arrays, res))
     if kind == "none":
         return None
     if kind == "seq":
-        return spec[1](_build_kernel_out(s, arrays, res) for s in spec[2])
-    return {k: _build_kernel_out(s, arrays, res) for k, s in spec[1]}
+        return spec[1](_build_out(s, arrays, res) for s in spec[2])
+    return {k: _build_out(s, arrays, res) for k, s in spec[1]}
 
 
 def _spec(value, tr: _Trace):
@@ -748,29 +750,16 @@ def _spec(value, tr: _Trace):
         if k is None:
             k = tr.slots.get(id(value.data))
         if k is not None:
-            return ("slot", k)
+            return ("tensor", ("res", k, None))
         i = tr.args.get(id(value.data))
         if i is not None:
-            return ("arg", i)
+            return ("tensor", ("arg", i))
         raise _Unreplayable("fn returns a tensor that no recorded operation produced")
     if isinstance(value, (tuple, list)):
         return ("seq", type(value), tuple(_spec(v, tr) for v in value))
     if isinstance(value, dict):
         return ("dict", tuple((k, _spec(v, tr)) for k, v in value.items()))
     raise _Unreplayable(f"fn returns a {type(value).__name__}, not tensors (return the tensor; read it outside fn)")
-
-
-def _build(spec, slots, arrays):
-    kind = spec[0]
-    if kind == "slot":
-        return Tensor(slots[spec[1]])
-    if kind == "arg":
-        return Tensor(arrays[spec[1]])
-    if kind == "none":
-        return None
-    if kind == "seq":
-        return spec[1](_build(s, slots, arrays) for s in spec[2])
-    return {k: _build(s, slots, arrays) for k, s in spec[1]}
 
 
 class CompiledFunction:

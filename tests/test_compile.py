@@ -382,22 +382,29 @@ def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phase
     assert prof.launches_per_step() == eager_prof.launches_per_step()
 
 
-def test_a_step_with_a_node_that_does_its_own_array_work_replays_node_by_node():
-    """Dropout draws its mask in its node, outside a kernel: that step replays node by node,
-    bit-identical to eager, and `explain` names the node."""
+def _eager_then_compiled(layers, loss_fn, batches):
+    """Train a fresh Sequential(*layers()) with Adam on `batches` ((x, y) arrays) eagerly, then
+    compiled (strict); assert equal losses and parameters bit for bit; return the compiled step."""
     runs = []
     for compiled in (False, True):
         gn.manual_seed(0)
-        model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Dropout(0.3), gn.nn.Linear(8, 3))
-        o = gn.optim.Adam(model.parameters(), lr=1e-2)
-        step = _step_fn(model, o, gn.nn.CrossEntropyLoss())
-        f = gcompile(step) if compiled else step
-        losses = [f(gn.tensor(X[:16]), gn.tensor(Y[:16])).item() for _ in range(5)]
+        model = gn.nn.Sequential(*layers())
+        step = _step_fn(model, gn.optim.Adam(model.parameters(), lr=1e-2), loss_fn)
+        f = gcompile(step, strict=True) if compiled else step
+        losses = [f(gn.tensor(x), gn.tensor(y)).item() for x, y in batches]
         runs.append((losses, [p.data.copy() for p in model.parameters()], f))
     (le, pe, _), (lc, pc, f) = runs
     assert lc == le
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
+    return f
+
+
+def test_a_step_with_a_node_that_does_its_own_array_work_replays_node_by_node():
+    """Dropout draws its mask in its node, outside a kernel: that step replays node by node,
+    bit-identical to eager, and `explain` names the node."""
+    f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Dropout(0.3), gn.nn.Linear(8, 3)),
+                             gn.nn.CrossEntropyLoss(), [(X[:16], Y[:16])] * 5)
     assert f.stats == {"traces": 2, "replays": 3, "kernel_replays": 0, "eager": 0}
     why = f.explain(gn.tensor(X[:16]), gn.tensor(Y[:16]))
     assert why.startswith("nodes: ") and "Dropout" in why
@@ -414,19 +421,8 @@ def test_elementwise_loss_steps_replay_kernel_by_kernel_as_eager(loss, weighted)
            "l1": lambda a, b: gn.functional.l1_loss(a, b, weight=w),
            "huber": lambda a, b: gn.functional.huber_loss(a, b, weight=w),
            "bce_with_logits": lambda a, b: gn.functional.binary_cross_entropy_with_logits(a, b, weight=w)}
-    runs = []
-    for compiled in (False, True):
-        gn.manual_seed(0)
-        model = gn.nn.Sequential(gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1))
-        o = gn.optim.Adam(model.parameters(), lr=1e-2)
-        step = _step_fn(model, o, fns[loss])
-        f = gcompile(step, strict=True) if compiled else step
-        losses = [f(gn.tensor(X[s:s + 16]), gn.tensor(t)).item() for s in (0, 8, 16, 24, 0, 8)]
-        runs.append((losses, [p.data.copy() for p in model.parameters()], f))
-    (le, pe, _), (lc, pc, f) = runs
-    assert lc == le
-    for a, b in zip(pc, pe):
-        np.testing.assert_array_equal(a, b)
+    f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1)), fns[loss],
+                             [(X[s:s + 16], t) for s in (0, 8, 16, 24, 0, 8)])
     assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 4, "eager": 0}
 
 
