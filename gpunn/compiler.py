@@ -541,12 +541,11 @@ class _Roles:
         self.of = {k: ("arg", i) for k, i in tr.args.items()}
 
     def add(self, k, result):
-        if isinstance(result, (tuple, list)):
-            for j, r in enumerate(result):
-                if _is_array(r):
-                    self.of.setdefault(id(r), ("res", k, j))
-        elif _is_array(result):
-            self.of.setdefault(id(result), ("res", k, None))
+        for j, r in enumerate(result) if isinstance(result, (tuple, list)) else ((None, result),):
+            if _is_array(r):
+                self.of.setdefault(id(r), ("res", k, j))
+                if getattr(r, "base", None) is not None:  # a kernel that returns a view (a reshape) of its output
+                    self.of.setdefault(id(r.base), ("base", k, j))
 
     def root(self, a):
         """(role, root array) of the nearest array a views that has a role, else (None, None)."""
@@ -611,6 +610,9 @@ def _value(spec, arrays, res):
     if kind == "res":
         out = res[spec[1]]
         return out if spec[2] is None else out[spec[2]]
+    if kind == "base":
+        out = res[spec[1]]
+        return (out if spec[2] is None else out[spec[2]]).base
     if kind == "view":
         base = _value(spec[1], arrays, res)
         return np.ndarray(spec[3], spec[2], buffer=base, offset=spec[5], strides=spec[4])
@@ -636,6 +638,7 @@ class _KernelProgram:
             return None, cause
         r1, r2 = _Roles(tr1), _Roles(tr2)
         steps, sinks = [], {}
+        arg_strides = [getattr(a, "strides", None) for a in tr2.arg_arrays]
         try:
             for k, (e1, e2) in enumerate(zip(tr1.kprog, tr2.kprog)):
                 if e1[0] != e2[0]:
@@ -668,7 +671,20 @@ class _KernelProgram:
         # what the constants assume: each parameter's array and each leaf's gradient sink unchanged
         guards = [(t, t.data, None) for t in {id(t): t for t in tr2.live}.values()]
         guards += [(t, None, sink) for t, sink in sinks.values()]
-        return cls(steps, len(tr2.kprog), out, guards), None
+        prog = cls(steps, len(tr2.kprog), out, guards)
+        # a view of an argument is rebuilt with the traced layout: a call whose argument is laid out
+        # otherwise (a Fortran-order or strided array of the same shape) replays node by node
+        prog.arg_layouts = tuple({(spec[1][1], arg_strides[spec[1][1]]) for spec in _specs(steps)
+                                  if spec[0] == "view" and spec[1][0] == "arg"})
+        return prog, None
+
+    def layout_ok(self, arrays) -> bool:
+        """Whether the arguments a view is rebuilt from are laid out as when traced."""
+        for i, strides in self.arg_layouts:
+            a = arrays[i]
+            if a.strides != strides or not a.flags.c_contiguous:
+                return False
+        return True
 
     def guard_ok(self) -> bool:
         for t, data, sink in self.guards:
@@ -701,6 +717,19 @@ class _KernelProgram:
                 _, method, obj, a, kw = st
                 method(obj, *a, **kw)
         return _build_out(self.out, arrays, res)
+
+
+def _specs(steps):
+    """Every argument spec of a kernel program's steps, views' sources included."""
+    for st in steps:
+        specs = [sp for _, sp in st[3]] + [sp for _, sp in st[5]] if st[0] == "k" else [st[2]] if st[0] == "acc" else []
+        while specs:
+            sp = specs.pop()
+            yield sp
+            if sp[0] == "view":
+                specs.append(sp[1])
+            elif sp[0] == "seq":
+                specs.extend(sp[2])
 
 
 def _bound_call(fn, a, kw, k):
@@ -815,6 +844,7 @@ class CompiledFunction:
     def _trace(self, flat, args, kwargs):
         arrays = _arrays(flat)
         tr = _Trace({id(a): i for i, a in enumerate(arrays) if a is not None})
+        tr.arg_arrays = arrays
         for a in flat:
             if isinstance(a, Tensor) and a.requires_grad:
                 tr.fail("an argument requires grad (its gradient would not reach the new argument)")
@@ -845,10 +875,11 @@ class CompiledFunction:
                 if prog.guard_ok():
                     self.stats["replays"] += 1
                     kp = prog.kernels
-                    if kp is not None and _kops._recorder is None and kp.guard_ok():
+                    arrays = _arrays(flat)
+                    if kp is not None and _kops._recorder is None and kp.guard_ok() and kp.layout_ok(arrays):
                         self.stats["kernel_replays"] += 1
-                        return kp.run(_arrays(flat))
-                    return prog.run(_arrays(flat))
+                        return kp.run(arrays)
+                    return prog.run(arrays)
                 entry = None  # parameters changed (optimizer's list, requires_grad): trace afresh
             elif entry[0] == "eager":
                 self.stats["eager"] += 1

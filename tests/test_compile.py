@@ -463,3 +463,30 @@ def test_a_parameter_array_rebound_after_tracing_replays_as_eager():
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
     assert 0 < f.stats["kernel_replays"] < f.stats["replays"]
+
+
+def test_inference_of_a_dense_model_replays_kernel_by_kernel_with_fresh_outputs():
+    model, _, _ = _setup()
+
+    @gcompile
+    def predict(x):
+        with gn.no_grad():
+            return model(x)
+
+    outs = []
+    for i in range(5):
+        x = gn.tensor(X[i * 8:(i + 1) * 8])
+        outs.append(predict(x))
+        np.testing.assert_array_equal(outs[-1].numpy(), model(x).numpy())
+    assert predict.stats["kernel_replays"] == 3
+    assert len({o.data.ctypes.data for o in outs[2:]}) == 3  # each replay's output is its own array
+
+
+def test_a_three_dimensional_input_replays_as_eager():
+    """Dense flattens leading axes with views, rebuilt on each replay's arrays; a call whose input
+    is laid out otherwise than when traced (same shape, Fortran order) replays node by node."""
+    x3 = X[:24].reshape(4, 6, 6)
+    f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 3)),
+                             lambda out, y: gn.functional.mse_loss(out, y),
+                             [(x3, np.zeros((4, 6, 3), np.float32))] * 4 + [(np.asfortranarray(x3), np.zeros((4, 6, 3), np.float32))])
+    assert f.stats["replays"] == 3 and f.stats["kernel_replays"] == 2  # the Fortran-order call: node by node
