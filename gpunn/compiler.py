@@ -28,7 +28,9 @@ its own, e.g. Dropout, BatchNorm or a Tensor operator, is not), the replay goes 
 (`_KernelProgram`): the kernels those nodes called (`ops_for(...)` methods, recorded while
 tracing, and the glue functions they mark `autograd.tensor.replayed`) with their arguments bound
 once, the leaves' gradient accumulation and the optimizer calls; no Function objects and no
-backward walk. Each argument of each kernel is resolved from the two traces: the step's own
+backward walk. A node's claim on a leaf's gradient sink is made again at replay time, so whether a
+gradient is written into the sink or added to the one already there (no zero_grad between two
+calls) is decided as in eager mode. Each argument of each kernel is resolved from the two traces: the step's own
 arguments, an earlier kernel's result, a view of either (the same layout on both traces), or an
 array that is the same object on both (a parameter, a gradient sink, a cached constant), bound as
 it is; anything else (an array made outside the recorded kernels) keeps the step node by node.
@@ -74,6 +76,7 @@ from collections import OrderedDict
 import numpy as np
 
 import gpunn.autograd.tensor  # noqa: F401 - the module itself: gpunn.autograd.tensor is also a function's name
+from gpunn.autograd import grad_sink as _sink
 from gpunn.autograd.tensor import Function, Tensor, is_grad_enabled
 from gpunn.kernels import ops as _kops
 from gpunn.nn.module import Module
@@ -120,6 +123,8 @@ class _Trace:
         # The same step one level down, for the kernel-level replay (_KernelProgram): in order,
         # ("k", fn, args, kwargs, result)  a kernel (an Ops method) or a replayed check, called by a node
         # ("acc", tensor, grad)             a leaf accumulating its gradient
+        # ("claim", tensor, sink)           a node asking for a leaf's gradient sink (Function.grad_sink)
+        # ("pass", "begin" | "end")        a backward walk's bounds (the sinks' claims are per walk)
         # ("call", method, obj, args, kw)   Optimizer.step / zero_grad, as in `events`
         self.kprog = []
         self.kcause = None               # why the step cannot be replayed kernel by kernel (node-level then)
@@ -289,8 +294,13 @@ def _traced_run_backward(orig):
             if any(h is None and t._node is not None for h, t in zip(holders, order)):
                 tr.fail("backward() reaches a graph node built outside the compiled function")
             tr.events.append(("bwd", k, tuple(order), holders))
-        with _recorded():
-            return orig(order, grads, rec)
+            tr.kprog.append(("pass", "begin"))
+        try:
+            with _recorded():
+                return orig(order, grads, rec)
+        finally:
+            if tr is not None:
+                tr.kprog.append(("pass", "end"))
     return run_backward
 
 
@@ -346,6 +356,16 @@ def _tracing(tr: _Trace):
             return value
         return read
 
+    def grad_sink(orig):
+        @functools.wraps(orig)
+        def claim(self, i):
+            sink = orig(self, i)
+            t = _active
+            if t is not None and t.node is self and not t.in_call:
+                t.kprog.append(("claim", self.inputs[i], sink))
+            return sink
+        return claim
+
     def replayed_call(orig):
         @functools.wraps(orig)
         def call(*a, **k):
@@ -365,6 +385,7 @@ def _tracing(tr: _Trace):
 
     try:
         patch(Function, "apply", _traced_apply(Function.__dict__["apply"]))
+        patch(Function, "grad_sink", grad_sink(Function.__dict__["grad_sink"]))
         patch(Tensor, "backward", backward(Tensor.__dict__["backward"]))
         for name in _HOST_READS:
             patch(Tensor, name, host_read(name, Tensor.__dict__[name]))
@@ -541,9 +562,11 @@ class _Roles:
         self.of = {k: ("arg", i) for k, i in tr.args.items()}
 
     def add(self, k, result):
+        """Call k's result: its arrays now come from it (also one that an earlier call produced or
+        that is an argument: at replay time it is this call's output that later calls receive)."""
         for j, r in enumerate(result) if isinstance(result, (tuple, list)) else ((None, result),):
             if _is_array(r):
-                self.of.setdefault(id(r), ("res", k, j))
+                self.of[id(r)] = ("res", k, j)
                 if getattr(r, "base", None) is not None:  # a kernel that returns a view (a reshape) of its output
                     self.of.setdefault(id(r.base), ("base", k, j))
 
@@ -657,6 +680,16 @@ class _KernelProgram:
                     r1.add(k, e1[4])
                     r2.add(k, result)
                     steps.append(_bound_call(fn, a, kw, k))
+                elif e2[0] == "claim":
+                    # claimed again at replay time: whether the leaf has a .grad then decides (as in
+                    # eager mode) between writing into its sink and adding to the gradient there
+                    if e1[1] is not e2[1] or (e1[2] is None) != (e2[2] is None):
+                        raise _NotKernelReplayable("the two traces claim different gradient sinks")
+                    r1.add(k, e1[2])
+                    r2.add(k, e2[2])
+                    steps.append(("claim", e2[1], k))
+                elif e2[0] == "pass":
+                    steps.append(("pass", e2[1]))
                 elif e2[0] == "acc":
                     if e1[1] is not e2[1]:
                         raise _NotKernelReplayable("the two traces accumulate different leaves")
@@ -694,28 +727,41 @@ class _KernelProgram:
 
     def run(self, arrays):
         res = [None] * self.n
-        for st in self.steps:
-            kind = st[0]
-            if kind == "k":
-                _, fn, args, dyn, kwargs, kdyn, k = st
-                if dyn:
-                    args = list(args)
-                    for i, spec in dyn:
-                        if spec[0] == "res":  # the common case, inline
-                            out = res[spec[1]]
-                            args[i] = out if spec[2] is None else out[spec[2]]
-                        else:
-                            args[i] = _value(spec, arrays, res)
-                if kdyn:
-                    kwargs = dict(kwargs)
-                    for name, spec in kdyn:
-                        kwargs[name] = _value(spec, arrays, res)
-                res[k] = fn(*args, **kwargs)
-            elif kind == "acc":
-                st[1](_value(st[2], arrays, res))
-            else:
-                _, method, obj, a, kw = st
-                method(obj, *a, **kw)
+        token = None  # the backward walk's sink claims (grad_sink.begin_pass), open between its bounds
+        try:
+            for st in self.steps:
+                kind = st[0]
+                if kind == "k":
+                    _, fn, args, dyn, kwargs, kdyn, k = st
+                    if dyn:
+                        args = list(args)
+                        for i, spec in dyn:
+                            if spec[0] == "res":  # the common case, inline
+                                out = res[spec[1]]
+                                args[i] = out if spec[2] is None else out[spec[2]]
+                            else:
+                                args[i] = _value(spec, arrays, res)
+                    if kdyn:
+                        kwargs = dict(kwargs)
+                        for name, spec in kdyn:
+                            kwargs[name] = _value(spec, arrays, res)
+                    res[k] = fn(*args, **kwargs)
+                elif kind == "acc":
+                    st[1](_value(st[2], arrays, res))
+                elif kind == "claim":
+                    res[st[2]] = _sink.claim(st[1])
+                elif kind == "pass":
+                    if st[1] == "begin":
+                        token = _sink.begin_pass()
+                    else:
+                        _sink.end_pass(token)
+                        token = None
+                else:
+                    _, method, obj, a, kw = st
+                    method(obj, *a, **kw)
+        finally:
+            if token is not None:  # a kernel raised inside the walk
+                _sink.end_pass(token)
         return _build_out(self.out, arrays, res)
 
 

@@ -490,3 +490,32 @@ def test_a_three_dimensional_input_replays_as_eager():
                              lambda out, y: gn.functional.mse_loss(out, y),
                              [(x3, np.zeros((4, 6, 3), np.float32))] * 4 + [(np.asfortranarray(x3), np.zeros((4, 6, 3), np.float32))])
     assert f.stats["replays"] == 3 and f.stats["kernel_replays"] == 2  # the Fortran-order call: node by node
+
+
+def test_gradient_accumulation_across_calls_replays_as_eager():
+    """zero_grad outside the step and not before every call: whether a leaf's gradient is written
+    into its sink or added to the one there is decided at replay time, as in eager mode."""
+    def run(compiled):
+        model, o, lf = _setup()
+
+        def step(x, y):
+            loss = lf(model(x), y)
+            loss.backward()
+            return loss
+
+        f = gcompile(step, strict=True) if compiled else step
+        losses = []
+        for i in range(9):
+            if i in (0, 1, 4, 7):
+                o.zero_grad()
+            losses.append(f(gn.tensor(X[i:i + 8]), gn.tensor(Y[i:i + 8])).item())
+            if i in (3, 6, 8):
+                o.step()
+        return losses, [p.data.copy() for p in model.parameters()], [p.grad.numpy().copy() for p in model.parameters()], f
+
+    le, pe, ge, _ = run(False)
+    lc, pc, gc, f = run(True)
+    assert lc == le
+    for a, b in zip(pc + gc, pe + ge):
+        np.testing.assert_array_equal(a, b)
+    assert f.stats["replays"] == 7
