@@ -721,8 +721,8 @@ class _KernelProgram:
 
     def guard_ok(self) -> bool:
         for t, data, sink in self.guards:
-            if (t.data is not data) if sink is None else (t._grad_sink is not sink):
-                return False
+            if (t.data is not data) if sink is None else (t._grad_sink is not sink or t._post_hooks):
+                return False  # a hook registered since tracing runs in the engine's walk (node by node)
         return True
 
     def run(self, arrays):

@@ -519,3 +519,15 @@ def test_gradient_accumulation_across_calls_replays_as_eager():
     for a, b in zip(pc + gc, pe + ge):
         np.testing.assert_array_equal(a, b)
     assert f.stats["replays"] == 7
+
+
+def test_a_post_accumulate_hook_registered_after_tracing_still_runs():
+    model, o, lf = _setup()
+    f = gcompile(_step_fn(model, o, lf))
+    for _ in range(3):
+        f(gn.tensor(X[:16]), gn.tensor(Y[:16]))
+    assert f.stats["kernel_replays"] == 1
+    seen = []
+    model[0].weight.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.numpy().copy()))
+    f(gn.tensor(X[:16]), gn.tensor(Y[:16]))
+    assert len(seen) == 1 and f.stats["kernel_replays"] == 1  # the engine's walk ran it
