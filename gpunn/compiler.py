@@ -189,11 +189,8 @@ class _KernelWatch:
             return ops
         if _depth == 0:
             tr.fail(f"a {ops.name} kernel ran outside any graph node or optimizer call")
-        if tr.node is None or tr.in_call:  # an optimizer's kernels (replayed through its step()), or nested
-            return ops
-        if not type(tr.node).kernel_replay:
-            tr.kfail(f"{tr.node.name} nodes do array work of their own (Function.kernel_replay)")
-            return ops
+        if tr.node is None or tr.in_call or not type(tr.node).kernel_replay:
+            return ops  # an optimizer's kernels (replayed through its step()), nested, or node by node anyway
         return _RecordingOps(ops, tr)
 
     @staticmethod
@@ -245,6 +242,8 @@ def _in_node(node):
     if tr is None:
         yield
         return
+    if not type(node).kernel_replay:  # whatever it does, with kernels or not, is not in the kernel program
+        tr.kfail(f"{node.name} nodes do array work of their own (Function.kernel_replay)")
     outer, tr.node = tr.node, node
     try:
         yield

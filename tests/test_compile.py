@@ -531,3 +531,11 @@ def test_a_post_accumulate_hook_registered_after_tracing_still_runs():
     model[0].weight.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.numpy().copy()))
     f(gn.tensor(X[:16]), gn.tensor(Y[:16]))
     assert len(seen) == 1 and f.stats["kernel_replays"] == 1  # the engine's walk ran it
+
+
+def test_a_loss_written_with_tensor_operators_replays_node_by_node_as_eager():
+    t = (Y[:16] % 2).astype(np.float32).reshape(-1, 1)
+    f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1)),
+                             lambda out, y: ((out - y) ** 2).mean(), [(X[:16], t)] * 4)
+    assert f.stats == {"traces": 2, "replays": 2, "kernel_replays": 0, "eager": 0}
+    assert "nodes do array work of their own" in f.explain(gn.tensor(X[:16]), gn.tensor(t))
