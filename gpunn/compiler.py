@@ -568,6 +568,8 @@ class _Roles:
                 self.of[id(r)] = ("res", k, j)
                 if getattr(r, "base", None) is not None:  # a kernel that returns a view (a reshape) of its output
                     self.of.setdefault(id(r.base), ("base", k, j))
+            elif not isinstance(r, _PLAIN):  # an object a later call takes (a generator): this call's, at replay
+                self.of[id(r)] = ("res", k, j)
 
     def root(self, a):
         """(role, root array) of the nearest array a views that has a role, else (None, None)."""
@@ -578,6 +580,17 @@ class _Roles:
                 return r, b
             b = getattr(b, "base", None)
         return None, None
+
+
+# Results that are values, not objects with an identity of their own (small ints, True, None are
+# shared): equal values on both traces are constants.
+_PLAIN = (type(None), bool, int, str, tuple, np.dtype)
+
+
+def _owner(a):
+    while getattr(a, "base", None) is not None:
+        a = a.base
+    return a
 
 
 def _address(a) -> int:
@@ -599,6 +612,11 @@ def _resolve(v1, v2, r1: _Roles, r2: _Roles):
         if v1 is v2:
             return ("c", v2)  # lives outside the step (a parameter, a gradient sink, a cached constant)
         (role1, b1), (role2, b2) = r1.root(v1), r2.root(v2)
+        if role1 is None and role2 is None:
+            o1, o2 = _owner(v1), _owner(v2)
+            if o1 is o2 and o2 is not v2 and (v1.dtype, v1.shape, v1.strides, _address(v1)) == \
+                    (v2.dtype, v2.shape, v2.strides, _address(v2)):
+                return ("c", v2)  # a view of an array that lives outside the step (a reshaped parameter)
         if role2 is None or role1 != role2:
             raise _NotKernelReplayable("an array made outside the recorded kernels feeds one of them")
         layout1 = (v1.dtype, v1.shape, v1.strides, _address(v1) - _address(b1))
@@ -606,6 +624,11 @@ def _resolve(v1, v2, r1: _Roles, r2: _Roles):
         if layout1 != layout2 or not b2.flags.c_contiguous:
             raise _NotKernelReplayable("a view differs between the two traces")
         return ("view", role2) + layout2
+    role1, role2 = r1.of.get(id(v1)), r2.of.get(id(v2))
+    if role1 is not None or role2 is not None:  # an earlier call's non-array result
+        if role1 != role2:
+            raise _NotKernelReplayable("a value comes from different places on the two traces")
+        return role2
     if isinstance(v2, (tuple, list)) and type(v1) is type(v2) and len(v1) == len(v2):
         parts = tuple(_resolve(a, b, r1, r2) for a, b in zip(v1, v2))
         if all(p[0] == "c" for p in parts):

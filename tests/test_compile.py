@@ -401,13 +401,36 @@ def _eager_then_compiled(layers, loss_fn, batches):
 
 
 def test_a_step_with_a_node_that_does_its_own_array_work_replays_node_by_node():
-    """Dropout draws its mask in its node, outside a kernel: that step replays node by node,
+    """BatchNorm updates its running statistics outside a kernel: that step replays node by node,
     bit-identical to eager, and `explain` names the node."""
-    f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Dropout(0.3), gn.nn.Linear(8, 3)),
+    f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.BatchNorm1d(8), gn.nn.Tanh(), gn.nn.Linear(8, 3)),
                              gn.nn.CrossEntropyLoss(), [(X[:16], Y[:16])] * 5)
     assert f.stats == {"traces": 2, "replays": 3, "kernel_replays": 0, "eager": 0}
     why = f.explain(gn.tensor(X[:16]), gn.tensor(Y[:16]))
-    assert why.startswith("nodes: ") and "Dropout" in why
+    assert why.startswith("nodes: ") and "BatchNorm" in why
+
+
+def test_dropout_and_layer_norm_replay_kernel_by_kernel_with_the_generator_of_the_moment():
+    """Dropout's mask comes from the generator current at replay time: re-seeding between steps
+    (manual_seed makes a new generator) gives the masks eager mode draws."""
+    runs = []
+    for compiled in (False, True):
+        gn.manual_seed(0)
+        model = gn.nn.Sequential(gn.nn.Linear(6, 16), gn.nn.LayerNorm(16), gn.nn.GELU(), gn.nn.Dropout(0.3),
+                                 gn.nn.Linear(16, 3))
+        step = _step_fn(model, gn.optim.Adam(model.parameters(), lr=1e-2), gn.nn.CrossEntropyLoss())
+        f = gcompile(step, strict=True) if compiled else step
+        losses = []
+        for i in range(6):
+            if i == 4:
+                gn.manual_seed(123)
+            losses.append(f(gn.tensor(X[:16]), gn.tensor(Y[:16])).item())
+        runs.append((losses, [p.data.copy() for p in model.parameters()], f))
+    (le, pe, _), (lc, pc, f) = runs
+    assert lc == le and len(set(lc)) == len(lc)
+    for a, b in zip(pc, pe):
+        np.testing.assert_array_equal(a, b)
+    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 4, "eager": 0}
 
 
 @pytest.mark.parametrize("loss", ["mse", "l1", "huber", "bce_with_logits"])

@@ -13,6 +13,8 @@ from gpunn.kernels import needs_preactivation, ops_for
 
 
 class Activation(Function):
+    kernel_replay = True  # one kernel each way
+
     def forward(self, z, code, negative_slope=0.01):
         self.code, self.slope = code, negative_slope
         y = ops_for(z).activation_forward(z, code, negative_slope)

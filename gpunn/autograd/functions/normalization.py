@@ -9,10 +9,13 @@ repeats it. Dropout draws its mask inside forward for the same reason: a replay 
 """
 from __future__ import annotations
 
-from gpunn.autograd.tensor import Function
+from gpunn.autograd.tensor import REPLAYED_CALLS, Function
 from gpunn.backend import generator_for, get_array_module
 from gpunn.kernels import ops_for
 from gpunn.kernels.normalization import update_running_stats
+
+# Dropout's generator is looked up again by a kernel replay (manual_seed replaces the generator).
+REPLAYED_CALLS.append((__name__, "generator_for"))
 
 
 class _Normalization(Function):
@@ -44,6 +47,8 @@ class _Normalization(Function):
 
 class LayerNorm(_Normalization):
     """Statistics over the last `ndim` axes; weight and bias shaped like those axes."""
+
+    kernel_replay = True  # its two kernels and reshapes
 
     def forward(self, x, *params, ndim: int, eps: float, has_weight: bool, has_bias: bool, layer=None):
         self.layer = layer
@@ -100,6 +105,7 @@ class Dropout(Function):
 
     saves_inputs = False
     saves_output = False
+    kernel_replay = True  # its two kernels; the generator is looked up again at every replay
 
     def forward(self, x, p: float, layer=None):
         self.layer = layer
