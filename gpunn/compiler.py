@@ -23,8 +23,9 @@ objects, graph recording, the topological sort.
 Bit-identical to eager: the same kernels run on the same buffers in the same order.
 
 Kernel by kernel. When every node of the step is kernel-replayable (`Function.kernel_replay`: the
-fused dense layer, cross-entropy, NLL and the elementwise losses; a node that does array work of
-its own, e.g. Dropout, BatchNorm or a Tensor operator, is not), the replay goes one level down
+fused dense layer, standalone activations, LayerNorm, Dropout, cross-entropy, NLL and the
+elementwise losses; a node that does array work of its own, e.g. BatchNorm's running statistics or
+a Tensor operator, is not), the replay goes one level down
 (`_KernelProgram`): the kernels those nodes called (`ops_for(...)` methods, recorded while
 tracing, and the glue functions they mark `autograd.tensor.replayed`) with their arguments bound
 once, the leaves' gradient accumulation and the optimizer calls; no Function objects and no
