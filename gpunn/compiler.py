@@ -55,8 +55,9 @@ BatchNorm1d updates its running statistics inside its node, so a replay updates 
 training flags that such layers read (`Module._mode`) are recorded with the trace: after
 `model.eval()` / `model.train()` changes one, fn is traced again instead of replaying the other mode.
 
-Under the profiler (`gpunn profile --compile`) a signature that is ready replays with its kernels,
-node spans and phases recorded as in eager mode; one that is not runs eagerly.
+Under the profiler (`gpunn profile --compile`) a signature that is ready replays (at either level)
+with its kernels, node spans, layers and phases recorded as in eager mode; one that is not runs
+eagerly.
 
 Not seen by a replay (as with jax.jit): Python side effects inside fn other than the optimizer
 calls (a scheduler.step() or a counter inside fn runs at trace time only: keep them outside fn),
@@ -122,14 +123,16 @@ class _Trace:
         self.modes = {}                  # id(module) -> (module, its training flag) read through Module._mode
         self.cause = None
         # The same step one level down, for the kernel-level replay (_KernelProgram): in order,
-        # ("k", fn, args, kwargs, result)  a kernel (an Ops method) or a replayed check, called by a node
+        # ("k", fn, args, kwargs, result, ((ops, name) or None, node, direction))  a kernel (an Ops
+        #                                   method) or a replayed glue function, called by a node
         # ("acc", tensor, grad)             a leaf accumulating its gradient
-        # ("claim", tensor, sink)           a node asking for a leaf's gradient sink (Function.grad_sink)
+        # ("claim", tensor, sink, (node, direction))  a node asking for a leaf's gradient sink
         # ("pass", "begin" | "end")        a backward walk's bounds (the sinks' claims are per walk)
         # ("call", method, obj, args, kw)   Optimizer.step / zero_grad, as in `events`
         self.kprog = []
         self.kcause = None               # why the step cannot be replayed kernel by kernel (node-level then)
         self.node = None                 # the node whose forward or backward is running
+        self.direction = None            # "forward" or "backward": which of the two
         self.in_call = 0                 # > 0 inside a recorded kernel call (its own kernels are not recorded)
 
     def fail(self, cause):
@@ -140,14 +143,15 @@ class _Trace:
         if self.kcause is None:
             self.kcause = cause
 
-    def call(self, fn, args, kwargs):
-        """fn(*args, **kwargs), recorded as one step of the kernel program."""
+    def call(self, fn, args, kwargs, kernel=None):
+        """fn(*args, **kwargs), recorded as one step of the kernel program. kernel: (Ops object,
+        method name) when fn is a kernel, for a profiled replay to call it through the profiler."""
         self.in_call += 1
         try:
             result = fn(*args, **kwargs)
         finally:
             self.in_call -= 1
-        self.kprog.append(("k", fn, args, kwargs, result))
+        self.kprog.append(("k", fn, args, kwargs, result, (kernel, self.node, self.direction)))
         self.keep.append((args, kwargs, result))
         return result
 
@@ -196,12 +200,12 @@ class _KernelWatch:
 
     @staticmethod
     def node_forward(fn, arrays, params):
-        with _in_node(fn):
+        with _in_node(fn, "forward"):
             return fn.forward(*arrays, **params)
 
     @staticmethod
     def node_backward(node, grad):
-        with _in_node(node):
+        with _in_node(node, "backward"):
             return node.backward(grad)
 
     @staticmethod
@@ -234,22 +238,23 @@ class _RecordingOps:
         if not callable(attr):
             return attr
         tr = self._tr
-        return lambda *args, **kwargs: tr.call(attr, args, kwargs)
+        return lambda *args, **kwargs: tr.call(attr, args, kwargs, (self._ops, name))
 
 
 @contextlib.contextmanager
-def _in_node(node):
+def _in_node(node, direction):
     tr = _active
     if tr is None:
         yield
         return
     if not type(node).kernel_replay:  # whatever it does, with kernels or not, is not in the kernel program
         tr.kfail(f"{node.name} nodes do array work of their own (Function.kernel_replay)")
-    outer, tr.node = tr.node, node
+    outer = tr.node, tr.direction
+    tr.node, tr.direction = node, direction
     try:
         yield
     finally:
-        tr.node = outer
+        tr.node, tr.direction = outer
 
 
 @contextlib.contextmanager
@@ -362,7 +367,7 @@ def _tracing(tr: _Trace):
             sink = orig(self, i)
             t = _active
             if t is not None and t.node is self and not t.in_call:
-                t.kprog.append(("claim", self.inputs[i], sink))
+                t.kprog.append(("claim", self.inputs[i], sink, (self, t.direction)))
             return sink
         return claim
 
@@ -690,7 +695,7 @@ class _KernelProgram:
                 if e1[0] != e2[0]:
                     raise _NotKernelReplayable("the two traces differ in their kernel calls")
                 if e2[0] == "k":
-                    _, fn, args, kwargs, result = e2
+                    _, fn, args, kwargs, result, meta = e2
                     if getattr(fn, "__func__", fn) is not getattr(e1[1], "__func__", e1[1]) or \
                             getattr(fn, "__self__", None) is not getattr(e1[1], "__self__", None) or \
                             kwargs.keys() != e1[3].keys():
@@ -702,7 +707,7 @@ class _KernelProgram:
                     kw = {name: _resolve_arg(label, name, e1[3][name], kwargs[name], r1, r2) for name in kwargs}
                     r1.add(k, e1[4])
                     r2.add(k, result)
-                    steps.append(_bound_call(fn, a, kw, k))
+                    steps.append(_bound_call(fn, a, kw, k) + (meta,))
                 elif e2[0] == "claim":
                     # claimed again at replay time: whether the leaf has a .grad then decides (as in
                     # eager mode) between writing into its sink and adding to the gradient there
@@ -710,7 +715,7 @@ class _KernelProgram:
                         raise _NotKernelReplayable("the two traces claim different gradient sinks")
                     r1.add(k, e1[2])
                     r2.add(k, e2[2])
-                    steps.append(("claim", e2[1], k))
+                    steps.append(("claim", e2[1], k, e2[3]))
                 elif e2[0] == "pass":
                     steps.append(("pass", e2[1]))
                 elif e2[0] == "acc":
@@ -749,26 +754,17 @@ class _KernelProgram:
         return True
 
     def run(self, arrays):
+        rec = _kops._recorder
+        if rec is not None:
+            return self._run_profiled(arrays, rec)
         res = [None] * self.n
         token = None  # the backward walk's sink claims (grad_sink.begin_pass), open between its bounds
         try:
             for st in self.steps:
                 kind = st[0]
                 if kind == "k":
-                    _, fn, args, dyn, kwargs, kdyn, k = st
-                    if dyn:
-                        args = list(args)
-                        for i, spec in dyn:
-                            if spec[0] == "res":  # the common case, inline
-                                out = res[spec[1]]
-                                args[i] = out if spec[2] is None else out[spec[2]]
-                            else:
-                                args[i] = _value(spec, arrays, res)
-                    if kdyn:
-                        kwargs = dict(kwargs)
-                        for name, spec in kdyn:
-                            kwargs[name] = _value(spec, arrays, res)
-                    res[k] = fn(*args, **kwargs)
+                    args, kwargs = _call_args(st, arrays, res)
+                    res[st[6]] = st[1](*args, **kwargs)
                 elif kind == "acc":
                     st[1](_value(st[2], arrays, res))
                 elif kind == "claim":
@@ -786,6 +782,106 @@ class _KernelProgram:
             if token is not None:  # a kernel raised inside the walk
                 _sink.end_pass(token)
         return _build_out(self.out, arrays, res)
+
+    def _run_profiled(self, arrays, rec):
+        """run() under the profiler, recorded as an eager step is: each kernel through the profiler's
+        Ops proxy, inside a span of the node that called it while tracing (forward or backward, with
+        its phase and layer), the walk inside the "backward" phase, the leaves' gradients through
+        its accumulate_grad, the optimizer's own step() marking the "optimizer" phase."""
+        res = [None] * self.n
+        steps, i, n = self.steps, 0, len(self.steps)
+        walk = None
+        try:
+            while i < n:
+                st = steps[i]
+                kind = st[0]
+                if kind in ("k", "claim") and _node_of(st) is not None:
+                    j = i + 1
+                    while j < n and steps[j][0] in ("k", "claim") and _node_of(steps[j]) == _node_of(st):
+                        j += 1
+                    group, (node, direction) = steps[i:j], _node_of(st)
+                    span = _NodeSpan(node, lambda g=group: [self._profiled_step(s, arrays, res, rec) for s in g])
+                    if direction == "forward":
+                        rec.node_forward(span, (), {})
+                    else:
+                        rec.node_backward(span, None)
+                    i = j
+                    continue
+                if kind == "pass":
+                    if st[1] == "begin":
+                        walk = contextlib.ExitStack()
+                        walk.enter_context(rec.phase("backward"))
+                        walk.callback(_sink.end_pass, _sink.begin_pass())
+                    else:
+                        walk.close()
+                        walk = None
+                elif kind == "acc":
+                    rec.accumulate_grad(st[1].__self__, _value(st[2], arrays, res))
+                else:
+                    self._profiled_step(st, arrays, res, rec)
+                i += 1
+        finally:
+            if walk is not None:
+                walk.close()
+        return _build_out(self.out, arrays, res)
+
+    @staticmethod
+    def _profiled_step(st, arrays, res, rec):
+        kind = st[0]
+        if kind == "k":
+            args, kwargs = _call_args(st, arrays, res)
+            kernel = st[7][0]
+            fn = st[1] if kernel is None else getattr(rec(kernel[0], _first_array(args)), kernel[1])
+            res[st[6]] = fn(*args, **kwargs)
+        elif kind == "claim":
+            res[st[2]] = _sink.claim(st[1])
+        else:
+            _, method, obj, a, kw = st
+            method(obj, *a, **kw)
+
+
+class _NodeSpan:
+    """What the profiler's node hooks see of a recorded node in a profiled kernel replay: its name,
+    phase, layer and inputs, and its recorded kernels as forward()/backward()."""
+
+    def __init__(self, node, run):
+        self.name, self.phase, self.layer, self.inputs = node.name, node.phase, node.layer, node.inputs
+        self._run = run
+
+    def forward(self):
+        self._run()
+
+    def backward(self, grad):
+        self._run()
+
+
+def _node_of(st):
+    """(node, direction) that made a kernel step or a claim while tracing, or None."""
+    if st[0] == "k":
+        return st[7][1:] if st[7][1] is not None else None
+    return st[3]
+
+
+def _first_array(args):
+    return next((a for a in args if _is_array(a)), None)
+
+
+def _call_args(st, arrays, res):
+    """A kernel step's (args, kwargs), the constants in place and the rest resolved."""
+    _, fn, args, dyn, kwargs, kdyn, k = st[:7]
+    if dyn:
+        args = list(args)
+        for i, spec in dyn:
+            if spec[0] == "res":  # the common case, inline
+                out = res[spec[1]]
+                args[i] = out if spec[2] is None else out[spec[2]]
+            else:
+                args[i] = _value(spec, arrays, res)
+    if kdyn:
+        kwargs = dict(kwargs)
+        for name, spec in kdyn:
+            kwargs[name] = _value(spec, arrays, res)
+    return args, kwargs
 
 
 def _specs(steps):
@@ -945,7 +1041,7 @@ class CompiledFunction:
                     self.stats["replays"] += 1
                     kp = prog.kernels
                     arrays = _arrays(flat)
-                    if kp is not None and _kops._recorder is None and kp.guard_ok() and kp.layout_ok(arrays):
+                    if kp is not None and kp.guard_ok() and kp.layout_ok(arrays):
                         self.stats["kernel_replays"] += 1
                         return kp.run(arrays)
                     return prog.run(arrays)

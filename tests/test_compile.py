@@ -376,9 +376,11 @@ def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phase
     f(x, y), f(x, y)  # trace, check
     with profiler.profile() as prof:
         f(x, y)
-    assert f.stats["replays"] == 1
-    key = lambda p: sorted((e.name, e.phase) for e in p.events)  # noqa: E731
+    assert f.stats["replays"] == f.stats["kernel_replays"] == 1  # profiled kernel by kernel
+    key = lambda p: sorted((e.name, e.phase, e.layer) for e in p.events)  # noqa: E731
     assert key(prof) == key(eager_prof)
+    spans = lambda p: sorted((s.kind, s.name, s.phase, s.layer) for s in p.spans)  # noqa: E731
+    assert spans(prof) == spans(eager_prof)
     assert prof.launches_per_step() == eager_prof.launches_per_step()
 
 
