@@ -23,22 +23,22 @@ objects, graph recording, the topological sort.
 Bit-identical to eager: the same kernels run on the same buffers in the same order.
 
 Kernel by kernel. When every node of the step is kernel-replayable (`Function.kernel_replay`: the
-fused dense layer, standalone activations, LayerNorm, Dropout, cross-entropy, NLL and the
-elementwise losses; a node that does array work of its own, e.g. BatchNorm's running statistics or
-a Tensor operator, is not), the replay goes one level down
-(`_KernelProgram`): the kernels those nodes called (`ops_for(...)` methods, recorded while
-tracing, and the glue functions they mark `autograd.tensor.replayed`) with their arguments bound
-once, the leaves' gradient accumulation and the optimizer calls; no Function objects and no
-backward walk. A node's claim on a leaf's gradient sink is made again at replay time, so whether a
-gradient is written into the sink or added to the one already there (no zero_grad between two
-calls) is decided as in eager mode. Each argument of each kernel is resolved from the two traces: the step's own
-arguments, an earlier kernel's result, a view of either (the same layout on both traces), or an
-array that is the same object on both (a parameter, a gradient sink, a cached constant), bound as
-it is; anything else (an array made outside the recorded kernels) keeps the step node by node.
-The bound parameter arrays and gradient sinks are checked before each kernel replay; after a
-change (`p.data = ...`) the step replays node by node, reading the tensors afresh.
-`explain(*args)` says which way a signature runs and why. NumPy arrays only (a GPU step replays
-node by node).
+fused dense layer, standalone activations, LayerNorm, BatchNorm, Dropout, cross-entropy, NLL and
+the elementwise losses; a node that does array work of its own, e.g. a Tensor operator, is not),
+the replay goes one level down (`_KernelProgram`): the kernels those nodes called (`ops_for(...)`
+methods, recorded while tracing, and the glue functions they mark `autograd.tensor.replayed`) with
+their arguments bound once, the leaves' gradient accumulation and the optimizer calls; no Function
+objects and no backward walk. A node's claim on a leaf's gradient sink is made again at replay
+time, so whether a gradient is written into the sink or added to the one already there (no
+zero_grad between two calls) is decided as in eager mode. Each argument of each kernel is resolved
+from the two traces: the step's own arguments, an earlier call's result, a view of either (the same
+layout on both traces), or an object that is the same on both (a parameter, a buffer, a gradient
+sink, a cached constant), bound as it is; anything else (an array made outside the recorded calls)
+keeps the step node by node. The bound parameter and buffer arrays, the gradient sinks, the
+absence of post-accumulate hooks and the layout of any argument a view is rebuilt from are checked
+before each kernel replay; when one has changed (`p.data = ...`) that call replays node by node,
+reading the tensors afresh. `explain(*args)` says which way a signature runs and why. NumPy arrays
+only (a GPU step replays node by node).
 
 What cannot be replayed is detected while tracing and the signature then runs eagerly, with one
 `CompileWarning` naming the cause (never a wrong result): a host read of a tensor inside fn
@@ -119,6 +119,7 @@ class _Trace:
         self.keep = []                   # every traced object, kept alive so ids stay unique
         self.holder_of = {}              # id(output Tensor) -> (Tensor, event index)
         self.live = []                   # outside tensors, in first-use order (compared between traces)
+        self.param_tensors = []          # tensors among the parameters of kernel-replayable nodes
         self.optimizers = []
         self.modes = {}                  # id(module) -> (module, its training flag) read through Module._mode
         self.cause = None
@@ -275,6 +276,8 @@ def _traced_apply(orig):
         if tr is None:
             return out
         binds = tuple(tr.bind(t) for t in inputs)
+        if cls.kernel_replay:  # tensors among its parameters (BatchNorm's buffers): their arrays are bound
+            tr.param_tensors.extend(v for v in params.values() if isinstance(v, Tensor))
         node = out._node
         k = tr.slot(out)
         ev = ("fwd", cls, params, binds, node is not None, k,
@@ -730,7 +733,7 @@ class _KernelProgram:
         except _NotKernelReplayable as err:
             return None, str(err)
         # what the constants assume: each parameter's array and each leaf's gradient sink unchanged
-        guards = [(t, t.data, None) for t in {id(t): t for t in tr2.live}.values()]
+        guards = [(t, t.data, None) for t in {id(t): t for t in tr2.live + tr2.param_tensors}.values()]
         guards += [(t, None, sink) for t, sink in sinks.values()]
         prog = cls(steps, len(tr2.kprog), out, guards)
         # a view of an argument is rebuilt with the traced layout: a call whose argument is laid out

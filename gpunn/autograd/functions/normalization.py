@@ -9,7 +9,7 @@ repeats it. Dropout draws its mask inside forward for the same reason: a replay 
 """
 from __future__ import annotations
 
-from gpunn.autograd.tensor import REPLAYED_CALLS, Function
+from gpunn.autograd.tensor import REPLAYED_CALLS, Function, replayed
 from gpunn.backend import generator_for, get_array_module
 from gpunn.kernels import ops_for
 from gpunn.kernels.normalization import update_running_stats
@@ -67,6 +67,8 @@ class BatchNorm(_Normalization):
     running_mean, running_var, num_batches_tracked: the buffer Tensors (or None), whose arrays are
     read here, so a gn.compile replay uses the current ones after a module.to(...)."""
 
+    kernel_replay = True  # its kernels and _track_running_stats (gn.compile guards the buffers' arrays)
+
     def forward(self, x, *params, has_weight: bool, has_bias: bool, training: bool, running_mean, running_var,
                 num_batches_tracked, momentum, eps: float, layer=None):
         self.layer = layer
@@ -87,17 +89,25 @@ class BatchNorm(_Normalization):
         if n == 0:  # an empty batch: an empty output; the running statistics stay (as PyTorch)
             xp = get_array_module(x)
             y, self.xhat, self.rstd = xp.empty_like(x), xp.empty_like(x), xp.ones(bshape, dtype=x.dtype)
+            mean = var = None
         else:
             y, self.xhat, self.rstd, mean, var = ops.normalization_forward(x, self.w, b, axes, eps)
         if running_mean is not None:
-            factor = momentum
-            if num_batches_tracked is not None:
-                num_batches_tracked += 1
-                if momentum is None:  # cumulative average: 1 / batches seen, computed on the device
-                    factor = 1 / num_batches_tracked.astype(running_mean.dtype)
-            if n > 1:
-                update_running_stats(running_mean, running_var, mean, var, n, factor)
+            _track_running_stats(running_mean, running_var, num_batches_tracked, mean, var, n, momentum)
         return y
+
+
+@replayed
+def _track_running_stats(running_mean, running_var, num_batches_tracked, mean, var, n, momentum):
+    """BatchNorm's running statistics updated in place from one batch's (n > 1 values a channel),
+    num_batches_tracked counted; momentum None: the cumulative average (1 / batches seen)."""
+    factor = momentum
+    if num_batches_tracked is not None:
+        num_batches_tracked += 1
+        if momentum is None:  # computed on the device
+            factor = 1 / num_batches_tracked.astype(running_mean.dtype)
+    if n > 1:
+        update_running_stats(running_mean, running_var, mean, var, n, factor)
 
 
 class Dropout(Function):
