@@ -757,90 +757,87 @@ class _KernelProgram:
         return True
 
     def run(self, arrays):
-        rec = _kops._recorder
-        if rec is not None:
-            return self._run_profiled(arrays, rec)
         res = [None] * self.n
-        token = None  # the backward walk's sink claims (grad_sink.begin_pass), open between its bounds
-        try:
-            for st in self.steps:
-                kind = st[0]
-                if kind == "k":
-                    args, kwargs = _call_args(st, arrays, res)
-                    res[st[6]] = st[1](*args, **kwargs)
-                elif kind == "acc":
-                    st[1](_value(st[2], arrays, res))
-                elif kind == "claim":
-                    res[st[2]] = _sink.claim(st[1])
-                elif kind == "pass":
-                    if st[1] == "begin":
-                        token = _sink.begin_pass()
-                    else:
-                        _sink.end_pass(token)
-                        token = None
-                else:
-                    _, method, obj, a, kw = st
-                    method(obj, *a, **kw)
-        finally:
-            if token is not None:  # a kernel raised inside the walk
-                _sink.end_pass(token)
+        rec = _kops._recorder
+        if rec is None:
+            _run_steps(self.steps, arrays, res, None)
+        else:
+            self._run_profiled(arrays, res, rec)
         return _build_out(self.out, arrays, res)
 
-    def _run_profiled(self, arrays, rec):
+    def _run_profiled(self, arrays, res, rec):
         """run() under the profiler, recorded as an eager step is: each kernel through the profiler's
         Ops proxy, inside a span of the node that called it while tracing (forward or backward, with
         its phase and layer), the walk inside the "backward" phase, the leaves' gradients through
         its accumulate_grad, the optimizer's own step() marking the "optimizer" phase."""
-        res = [None] * self.n
         steps, i, n = self.steps, 0, len(self.steps)
-        walk = None
-        try:
+        walk = contextlib.ExitStack()
+        with walk:
             while i < n:
                 st = steps[i]
-                kind = st[0]
-                if kind in ("k", "claim") and _node_of(st) is not None:
-                    j = i + 1
-                    while j < n and steps[j][0] in ("k", "claim") and _node_of(steps[j]) == _node_of(st):
+                j = i + 1
+                node = _node_of(st)
+                if node is not None:  # the node's kernels and claims, in its span
+                    while j < n and _node_of(steps[j]) == node:
                         j += 1
-                    group, (node, direction) = steps[i:j], _node_of(st)
-                    span = _NodeSpan(node, lambda g=group: [self._profiled_step(s, arrays, res, rec) for s in g])
-                    if direction == "forward":
+                    span = _NodeSpan(node[0], lambda g=steps[i:j]: _run_steps(g, arrays, res, rec))
+                    if node[1] == "forward":
                         rec.node_forward(span, (), {})
                     else:
                         rec.node_backward(span, None)
-                    i = j
-                    continue
-                if kind == "pass":
-                    if st[1] == "begin":
-                        walk = contextlib.ExitStack()
-                        walk.enter_context(rec.phase("backward"))
-                        walk.callback(_sink.end_pass, _sink.begin_pass())
-                    else:
-                        walk.close()
-                        walk = None
-                elif kind == "acc":
-                    rec.accumulate_grad(st[1].__self__, _value(st[2], arrays, res))
+                elif st[0] == "pass" and st[1] == "begin":
+                    walk.enter_context(rec.phase("backward"))
+                    walk.callback(_sink.end_pass, _sink.begin_pass())
+                elif st[0] == "pass":
+                    walk.close()
                 else:
-                    self._profiled_step(st, arrays, res, rec)
-                i += 1
-        finally:
-            if walk is not None:
-                walk.close()
-        return _build_out(self.out, arrays, res)
+                    _run_steps((st,), arrays, res, rec)
+                i = j
 
-    @staticmethod
-    def _profiled_step(st, arrays, res, rec):
-        kind = st[0]
-        if kind == "k":
-            args, kwargs = _call_args(st, arrays, res)
-            kernel = st[7][0]
-            fn = st[1] if kernel is None else getattr(rec(kernel[0], _first_array(args)), kernel[1])
-            res[st[6]] = fn(*args, **kwargs)
-        elif kind == "claim":
-            res[st[2]] = _sink.claim(st[1])
-        else:
-            _, method, obj, a, kw = st
-            method(obj, *a, **kw)
+
+def _run_steps(steps, arrays, res, rec):
+    """Run kernel-program steps, their results into res; rec: the profiler (None: none), through
+    which the kernels and the leaves' accumulation then go."""
+    token = None  # the backward walk's sink claims (grad_sink.begin_pass), open between its bounds
+    try:
+        for st in steps:
+            kind = st[0]
+            if kind == "k":
+                _, fn, args, dyn, kwargs, kdyn, k, meta = st
+                if dyn:
+                    args = list(args)
+                    for i, spec in dyn:
+                        if spec[0] == "res":  # the common case, inline
+                            out = res[spec[1]]
+                            args[i] = out if spec[2] is None else out[spec[2]]
+                        else:
+                            args[i] = _value(spec, arrays, res)
+                if kdyn:
+                    kwargs = dict(kwargs)
+                    for name, spec in kdyn:
+                        kwargs[name] = _value(spec, arrays, res)
+                if rec is not None and meta[0] is not None:
+                    fn = getattr(rec(meta[0][0], _first_array(args)), meta[0][1])
+                res[k] = fn(*args, **kwargs)
+            elif kind == "acc":
+                if rec is None:
+                    st[1](_value(st[2], arrays, res))
+                else:
+                    rec.accumulate_grad(st[1].__self__, _value(st[2], arrays, res))
+            elif kind == "claim":
+                res[st[2]] = _sink.claim(st[1])
+            elif kind == "pass":
+                if st[1] == "begin":
+                    token = _sink.begin_pass()
+                else:
+                    _sink.end_pass(token)
+                    token = None
+            else:
+                _, method, obj, a, kw = st
+                method(obj, *a, **kw)
+    finally:
+        if token is not None:  # a kernel raised inside the walk
+            _sink.end_pass(token)
 
 
 class _NodeSpan:
@@ -862,29 +859,11 @@ def _node_of(st):
     """(node, direction) that made a kernel step or a claim while tracing, or None."""
     if st[0] == "k":
         return st[7][1:] if st[7][1] is not None else None
-    return st[3]
+    return st[3] if st[0] == "claim" else None
 
 
 def _first_array(args):
     return next((a for a in args if _is_array(a)), None)
-
-
-def _call_args(st, arrays, res):
-    """A kernel step's (args, kwargs), the constants in place and the rest resolved."""
-    _, fn, args, dyn, kwargs, kdyn, k = st[:7]
-    if dyn:
-        args = list(args)
-        for i, spec in dyn:
-            if spec[0] == "res":  # the common case, inline
-                out = res[spec[1]]
-                args[i] = out if spec[2] is None else out[spec[2]]
-            else:
-                args[i] = _value(spec, arrays, res)
-    if kdyn:
-        kwargs = dict(kwargs)
-        for name, spec in kdyn:
-            kwargs[name] = _value(spec, arrays, res)
-    return args, kwargs
 
 
 def _specs(steps):
