@@ -677,7 +677,7 @@ class _KernelProgram:
     """A step replayed one level down: the kernels the kernel-replayable nodes called, with their
     arguments bound (constants fixed, the rest taken from the step's arguments and earlier results),
     the leaves' gradient accumulation and the optimizer calls. No Function objects, no backward
-    walk. Built from both traces, which must agree call for call; `KernelProgram.build` says why not."""
+    walk. Built from both traces, which must agree call for call; `build` says why not when they do not."""
 
     def __init__(self, steps, n, out, guards):
         self.steps, self.n, self.out, self.guards = steps, n, out, guards
