@@ -610,42 +610,45 @@ def _resolve(v1, v2, r1: _Roles, r2: _Roles):
     """How a replay gets the value that was v1 on the first trace and v2 on the second:
     ("c", value) a constant, ("arg", i), ("res", k, j), ("view", source, dtype, shape, strides,
     offset), ("seq", type, parts). Raises _NotKernelReplayable when there is no such way."""
-    if _is_array(v2) or _is_array(v1):
-        if type(v2) is not np.ndarray or type(v1) is not np.ndarray:
-            raise _NotKernelReplayable("kernel-level replay takes NumPy arrays only")
-        role1, role2 = r1.of.get(id(v1)), r2.of.get(id(v2))
-        if role1 is not None or role2 is not None:
-            if role1 != role2:
-                raise _NotKernelReplayable("an array comes from different places on the two traces")
-            return role2
-        if v1 is v2:
-            return ("c", v2)  # lives outside the step (a parameter, a gradient sink, a cached constant)
-        (role1, b1), (role2, b2) = r1.root(v1), r2.root(v2)
-        if role1 is None and role2 is None:
-            o1, o2 = _owner(v1), _owner(v2)
-            if o1 is o2 and o2 is not v2 and (v1.dtype, v1.shape, v1.strides, _address(v1)) == \
-                    (v2.dtype, v2.shape, v2.strides, _address(v2)):
-                return ("c", v2)  # a view of an array that lives outside the step (a reshaped parameter)
-        if role2 is None or role1 != role2:
-            raise _NotKernelReplayable("an array made outside the recorded kernels feeds one of them")
-        layout1 = (v1.dtype, v1.shape, v1.strides, _address(v1) - _address(b1))
-        layout2 = (v2.dtype, v2.shape, v2.strides, _address(v2) - _address(b2))
-        if layout1 != layout2 or not b2.flags.c_contiguous:
-            raise _NotKernelReplayable("a view differs between the two traces")
-        return ("view", role2) + layout2
+    array = _is_array(v2) or _is_array(v1)  # a Tensor counts too: kernels take arrays, never Tensors
+    if array and (type(v2) is not np.ndarray or type(v1) is not np.ndarray):
+        raise _NotKernelReplayable("kernel-level replay takes NumPy arrays only")
     role1, role2 = r1.of.get(id(v1)), r2.of.get(id(v2))
-    if role1 is not None or role2 is not None:  # an earlier call's non-array result
+    if role1 is not None or role2 is not None:  # an argument, or an earlier call's result
         if role1 != role2:
-            raise _NotKernelReplayable("a value comes from different places on the two traces")
+            raise _NotKernelReplayable(f"{'an array' if array else 'a value'} comes from different places "
+                                       "on the two traces")
         return role2
+    if array:
+        return _resolve_view(v1, v2, r1, r2)
     if isinstance(v2, (tuple, list)) and type(v1) is type(v2) and len(v1) == len(v2):
         parts = tuple(_resolve(a, b, r1, r2) for a, b in zip(v1, v2))
         if all(p[0] == "c" for p in parts):
             return ("c", v2)
         return ("seq", type(v2), parts)
-    if isinstance(v2, Tensor) or not _same(v1, v2):
+    if not _same(v1, v2):
         raise _NotKernelReplayable("a kernel's argument differs between the two traces")
     return ("c", v2)
+
+
+def _resolve_view(v1, v2, r1: _Roles, r2: _Roles):
+    """_resolve for a NumPy array with no role of its own: the same object on both traces, a view
+    of one that lives outside the step, or a view of an argument or result."""
+    if v1 is v2:
+        return ("c", v2)  # lives outside the step (a parameter, a gradient sink, a cached constant)
+    (role1, b1), (role2, b2) = r1.root(v1), r2.root(v2)
+    if role1 is None and role2 is None:
+        o1, o2 = _owner(v1), _owner(v2)
+        if o1 is o2 and o2 is not v2 and (v1.dtype, v1.shape, v1.strides, _address(v1)) == \
+                (v2.dtype, v2.shape, v2.strides, _address(v2)):
+            return ("c", v2)  # a view of an array that lives outside the step (a reshaped parameter)
+    if role2 is None or role1 != role2:
+        raise _NotKernelReplayable("an array made outside the recorded kernels feeds one of them")
+    layout1 = (v1.dtype, v1.shape, v1.strides, _address(v1) - _address(b1))
+    layout2 = (v2.dtype, v2.shape, v2.strides, _address(v2) - _address(b2))
+    if layout1 != layout2 or not b2.flags.c_contiguous:
+        raise _NotKernelReplayable("a view differs between the two traces")
+    return ("view", role2) + layout2
 
 
 def _resolve_arg(label, which, v1, v2, r1, r2):
