@@ -354,8 +354,7 @@ def softmax_cross_entropy_backward_cpu(grad, probs, labels, ignore_index: int = 
     general = weight is not None or label_smoothing != 0.0
     if general:
         check_options(op, probs.shape[1], probs.dtype, weight, label_smoothing)
-    if general:  # a divisor from class weights may be tiny or 0: IEEE results, no warnings
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # a divisor from class weights may be 0
             g = _row_weights(op, grad, n, reduction, stats, probs.dtype, np, general)
     else:  # the divisor is a row count (0 is handled in _row_weights): no floating-point state to set
         g = _row_weights(op, grad, n, reduction, stats, probs.dtype, np, general)
