@@ -98,6 +98,13 @@ def _guards_intact(big, what, sentinel=-777.0):
     assert np.all(big[:GUARD] == sentinel) and np.all(big[-GUARD:] == sentinel), f"{what}: wrote outside its array"
 
 
+def _match_within_guards(got, want, names, dtype, what):
+    """Each named array of `got` close to `want`'s, and nothing written outside its array."""
+    for name, a, b in zip(names, want, got):
+        _close(b, a, dtype, f"{what}: {name}")
+        _guards_intact(b, name)
+
+
 # ----------------------------------------------------------------------------- cpu == ref
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
@@ -105,9 +112,7 @@ def _guards_intact(big, what, sentinel=-777.0):
 def test_sgd_cpu_equals_ref(dtype, o):
     ref = run_sgd(R.sgd_ref, 37, dtype, 1, o)
     cpu = run_sgd(K.sgd_update_cpu, 37, dtype, 1, o)
-    for name, a, b in zip(("param", "grad", "momentum_buffer"), ref[:3], cpu[:3]):
-        _close(b, a, dtype, f"sgd {o}: {name}")
-        _guards_intact(b, name)
+    _match_within_guards(cpu, ref, ("param", "grad", "momentum_buffer"), dtype, f"sgd {o}")
     for out in (ref, cpu):
         assert np.array_equal(out[1], out[3]), "the gradient was written"
         if not o["momentum"]:
@@ -120,9 +125,7 @@ def test_sgd_cpu_equals_ref(dtype, o):
 def test_adam_cpu_equals_ref(dtype, o):
     ref = run_adam(R.adam_ref, 41, dtype, 2, o)
     cpu = run_adam(K.adam_update_cpu, 41, dtype, 2, o)
-    for name, a, b in zip(("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ref[:5], cpu[:5]):
-        _close(b, a, dtype, f"adam {o}: {name}")
-        _guards_intact(b, name)
+    _match_within_guards(cpu, ref, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), dtype, f"adam {o}")
     for out in (ref, cpu):
         assert np.array_equal(out[1], out[5]), "the gradient was written"
         if not o["amsgrad"]:
@@ -134,9 +137,8 @@ def test_adam_cpu_equals_ref(dtype, o):
 def test_rmsprop_cpu_equals_ref(dtype, o):
     ref = run_rms(R.rmsprop_ref, 29, dtype, 3, o)
     cpu = run_rms(K.rmsprop_update_cpu, 29, dtype, 3, o)
-    for name, a, b in zip(("param", "grad", "momentum_buffer", "square_avg", "grad_avg"), ref[:5], cpu[:5]):
-        _close(b, a, dtype, f"rmsprop {o}: {name}")
-        _guards_intact(b, name)
+    _match_within_guards(cpu, ref, ("param", "grad", "momentum_buffer", "square_avg", "grad_avg"), dtype,
+                         f"rmsprop {o}")
     for out in (ref, cpu):
         assert np.array_equal(out[1], out[5]), "the gradient was written"
         if not o["momentum"]:
@@ -150,9 +152,7 @@ def test_rmsprop_cpu_equals_ref(dtype, o):
 def test_adagrad_cpu_equals_float64_ref(dtype, o):
     ref = run_adagrad(R.adagrad_ref, 31, dtype, 10, o)
     cpu = run_adagrad(K.adagrad_update_cpu, 31, dtype, 10, o)
-    for name, a, b in zip(("param", "grad", "sum"), ref[:3], cpu[:3]):
-        _close(b, a, dtype, f"adagrad {o}: {name}")
-        _guards_intact(b, name)
+    _match_within_guards(cpu, ref, ("param", "grad", "sum"), dtype, f"adagrad {o}")
     for out in (ref, cpu):
         assert np.array_equal(out[1], out[3]), "the gradient was written"
     assert not np.array_equal(cpu[0], guarded(arrays(31, dtype, 10)[0])[0])  # the params did move

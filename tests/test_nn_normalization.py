@@ -359,6 +359,23 @@ DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float3
 TOLS = {np.float32: (F32_TOL, GRAD_TOL), np.float64: (dict(rtol=1e-12, atol=1e-12), dict(rtol=1e-11, atol=1e-11))}
 
 
+def _match_torch_forward_backward(gm, tm, x, g, ftol, gtol):
+    """One forward of x and backward of g through gpunn module gm and torch module tm (their
+    gradients zeroed first): the outputs, the input's and every parameter's gradients agree."""
+    xt = _to_torch(x).requires_grad_()
+    tm.zero_grad()
+    yt = tm(xt)
+    yt.backward(_to_torch(g))
+    xg = gn.tensor(x, requires_grad=True)
+    gm.zero_grad()
+    yg = gm(xg)
+    yg.backward(gn.tensor(g))
+    np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), **ftol)
+    np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), **gtol)
+    for name, p in gm.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), getattr(tm, name).grad.numpy(), **gtol)
+
+
 @requires_torch
 @DTYPES
 @pytest.mark.parametrize("kind", ["both", "no_bias", "no_affine"])
@@ -379,17 +396,7 @@ def test_layer_norm_matches_torch(kind, shape, normalized, dtype):
     gl.load_state_dict(tl.state_dict())
     assert repr(gl) == repr(tl)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
-    g = rng.standard_normal(shape).astype(dtype)
-    xt = _to_torch(x).requires_grad_()
-    yt = tl(xt)
-    yt.backward(_to_torch(g))
-    xg = gn.tensor(x, requires_grad=True)
-    yg = gl(xg)
-    yg.backward(gn.tensor(g))
-    np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), **ftol)
-    np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), **gtol)
-    for name, p in gl.named_parameters():
-        np.testing.assert_allclose(p.grad.numpy(), getattr(tl, name).grad.numpy(), **gtol)
+    _match_torch_forward_backward(gl, tl, x, rng.standard_normal(shape).astype(dtype), ftol, gtol)
 
 
 @requires_torch
@@ -410,19 +417,7 @@ def test_batch_norm_matches_torch_in_training_and_eval(momentum, shape, dtype):
     assert repr(gb) == repr(tb)
     for step in range(3):
         x = (rng.standard_normal(shape) * 2 + step).astype(dtype)
-        g = rng.standard_normal(shape).astype(dtype)
-        xt = _to_torch(x).requires_grad_()
-        tb.zero_grad()
-        yt = tb(xt)
-        yt.backward(_to_torch(g))
-        xg = gn.tensor(x, requires_grad=True)
-        gb.zero_grad()
-        yg = gb(xg)
-        yg.backward(gn.tensor(g))
-        np.testing.assert_allclose(yg.numpy(), yt.detach().numpy(), **ftol)
-        np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), **gtol)
-        for name, p in gb.named_parameters():
-            np.testing.assert_allclose(p.grad.numpy(), getattr(tb, name).grad.numpy(), **gtol)
+        _match_torch_forward_backward(gb, tb, x, rng.standard_normal(shape).astype(dtype), ftol, gtol)
     for key, value in tb.state_dict().items():
         np.testing.assert_allclose(gb.state_dict()[key].numpy(), value.numpy(), **ftol)
     tb.eval()
