@@ -112,7 +112,8 @@ class _Trace:
     ("call", method, obj, args)                                       Optimizer.step / zero_grad"""
 
     def __init__(self, arg_arrays):
-        self.args = arg_arrays           # id(array) -> argument position
+        self.arg_arrays = arg_arrays     # each argument's array, or None (what a replay binds)
+        self.args = {id(a): i for i, a in enumerate(arg_arrays) if a is not None}  # id(array) -> position
         self.events = []
         self.slots = {}                  # id(output array) -> slot index
         self.tensor_slot = {}            # id(output Tensor) -> slot index
@@ -993,8 +994,7 @@ class CompiledFunction:
 
     def _trace(self, flat, args, kwargs):
         arrays = _arrays(flat)
-        tr = _Trace({id(a): i for i, a in enumerate(arrays) if a is not None})
-        tr.arg_arrays = arrays
+        tr = _Trace(arrays)
         for a in flat:
             if isinstance(a, Tensor) and a.requires_grad:
                 tr.fail("an argument requires grad (its gradient would not reach the new argument)")
