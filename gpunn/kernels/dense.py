@@ -75,13 +75,22 @@ def dense_backward_ref(dy, x, W, saved, code: int, negative_slope: float = 0.01,
 # Epilogue templates: `act_loop` / `dact_loop` are bound per activation and dtype (activations.cpu_kernel).
 
 def bias_act_epilogue(z, b, has_bias, slope, y):
-    """z += b (in place); y = act(z). y may be z itself. Two cache-resident passes."""
+    """z += b (in place); y = act(z) in one pass. y may be z itself. z, y: C-contiguous (n, m)."""
+    if not has_bias:
+        act_loop(z.reshape(-1), slope, y.reshape(-1))  # noqa: F821 (bound per activation)
+        return
     n, m = z.shape
-    if has_bias:
+    a = T(slope)  # noqa: F821 (bound per dtype)
+    if y.ctypes.data == z.ctypes.data:  # one array indexed, as in activation_forward_loop
         for i in range(n):
             for j in range(m):
-                z[i, j] += b[j]
-    act_loop(z.reshape(-1), slope, y.reshape(-1))  # noqa: F821 (bound per activation)
+                z[i, j] = act(z[i, j] + b[j], a)  # noqa: F821 (bound per activation)
+    else:
+        for i in range(n):
+            for j in range(m):
+                v = z[i, j] + b[j]
+                z[i, j] = v
+                y[i, j] = act(v, a)  # noqa: F821 (bound per activation)
 
 
 def act_grad_colsum(dy, s, slope, dz, db, want_db):
