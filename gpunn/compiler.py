@@ -37,8 +37,8 @@ sink, a cached constant), bound as it is; anything else (an array made outside t
 keeps the step node by node. The bound parameter and buffer arrays, the gradient sinks, the
 absence of post-accumulate hooks and the layout of any argument a view is rebuilt from are checked
 before each kernel replay; when one has changed (`p.data = ...`) that call replays node by node,
-reading the tensors afresh. `explain(*args)` says which way a signature runs and why. NumPy arrays
-only (a GPU step replays node by node).
+reading the tensors afresh. `explain(*args)` says which way a signature runs and why. NumPy and
+CuPy arrays alike: on the GPU a replay launches the eager step's kernels, no more.
 
 What cannot be replayed is detected while tracing and the signature then runs eagerly, with one
 `CompileWarning` naming the cause (never a wrong result): a host read of a tensor inside fn
@@ -604,7 +604,17 @@ def _owner(a):
 
 
 def _address(a) -> int:
-    return a.__array_interface__["data"][0]
+    """The address of a's first element (host or device)."""
+    if type(a) is np.ndarray:
+        return a.__array_interface__["data"][0]
+    return a.__cuda_array_interface__["data"][0]
+
+
+def _view_of(base, dtype, shape, strides, offset):
+    """The view of base (C-contiguous, NumPy or CuPy) with this layout, offset bytes in."""
+    if type(base) is np.ndarray:
+        return np.ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
+    return type(base)(shape, dtype, memptr=base.data + offset, strides=strides)
 
 
 def _resolve(v1, v2, r1: _Roles, r2: _Roles):
@@ -612,8 +622,10 @@ def _resolve(v1, v2, r1: _Roles, r2: _Roles):
     ("c", value) a constant, ("arg", i), ("res", k, j), ("view", source, dtype, shape, strides,
     offset), ("seq", type, parts). Raises _NotKernelReplayable when there is no such way."""
     array = _is_array(v2) or _is_array(v1)  # a Tensor counts too: kernels take arrays, never Tensors
-    if array and (type(v2) is not np.ndarray or type(v1) is not np.ndarray):
-        raise _NotKernelReplayable("kernel-level replay takes NumPy arrays only")
+    if array and (isinstance(v1, Tensor) or isinstance(v2, Tensor)):
+        raise _NotKernelReplayable("a kernel takes a Tensor (kernels take arrays)")
+    if array and type(v1) is not type(v2):
+        raise _NotKernelReplayable("an argument is a different type of array on the two traces")
     role1, role2 = r1.of.get(id(v1)), r2.of.get(id(v2))
     if role1 is not None or role2 is not None:  # an argument, or an earlier call's result
         if role1 != role2:
@@ -673,7 +685,7 @@ def _value(spec, arrays, res):
         return (out if spec[2] is None else out[spec[2]]).base
     if kind == "view":
         base = _value(spec[1], arrays, res)
-        return np.ndarray(spec[3], spec[2], buffer=base, offset=spec[5], strides=spec[4])
+        return _view_of(base, spec[2], spec[3], spec[4], spec[5])
     return spec[1](_value(p, arrays, res) for p in spec[2])
 
 

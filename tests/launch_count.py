@@ -50,8 +50,13 @@ def _unwrap_all(args):
     return _unwrap(args)
 
 
-def _wrap(r):
+def _wrap(r, inputs=()):
+    """A result as a stand-in array: a view of one of the stand-in `inputs` gets that input's owner
+    as its `base`, as CuPy's views do."""
     if isinstance(r, np.ndarray):
+        for i in inputs:
+            if isinstance(i, ndarray) and np.shares_memory(r, i._a):
+                return ndarray(r, i.base if i.base is not None else i)
         return ndarray(r)
     if isinstance(r, np.generic):  # CuPy reductions give 0-d arrays, never host scalars
         return ndarray(np.asarray(r))
@@ -70,10 +75,10 @@ def _run(name, fn, args, kwargs, owner=None):
     in-place operator or an `out=` argument writes, so it is always a launch)."""
     uargs, ukw = _unwrap_all(args), _unwrap_all(kwargs)
     r = fn(*uargs, **ukw)
-    flat = [a for a in [owner, *uargs, *ukw.values()] if isinstance(a, np.ndarray)]
+    flat = [a for a in [_unwrap(owner), *uargs, *ukw.values()] if isinstance(a, np.ndarray)]
     if name.startswith("__i") or "out" in ukw or not _is_view(r, flat):
         _counter.launches.append(name)
-    return _wrap(r)
+    return _wrap(r, [a for a in [owner, *args, *kwargs.values()] if isinstance(a, ndarray)])
 
 
 class _Device:
@@ -102,15 +107,39 @@ class _Flags:
         return self._a.flags.f_contiguous
 
 
+class _MemoryPointer:
+    """CuPy's MemoryPointer, as far as gpunn uses it: an owner's memory plus a byte offset."""
+
+    def __init__(self, owner, offset):
+        self.owner, self.offset = owner, offset
+        self.ptr = owner._a.__array_interface__["data"][0] + offset
+
+    def __add__(self, nbytes):
+        return _MemoryPointer(self.owner, self.offset + nbytes)
+
+
 class ndarray:
-    """A CuPy-like array over a NumPy array (see the module docstring)."""
+    """A CuPy-like array over a NumPy array (see the module docstring). Views know their owner
+    (`base`) and an array can be made over another's memory (`ndarray(shape, dtype, memptr=,
+    strides=)`), as in CuPy."""
 
     __module__ = "cupy"
-    __slots__ = ("_a",)
+    __slots__ = ("_a", "_base")
     __array_priority__ = 100
 
-    def __init__(self, a):
-        self._a = a
+    def __init__(self, a, dtype=None, memptr=None, strides=None, base=None):
+        if memptr is not None:  # CuPy's ndarray(shape, dtype, memptr=..., strides=...): a view, free
+            owner = memptr.owner
+            a = np.ndarray(a, dtype, buffer=owner._a, offset=memptr.offset, strides=strides)
+            base = owner
+        elif isinstance(dtype, ndarray):  # ndarray(view, owner): made by _wrap
+            base = dtype
+        self._a, self._base = a, base
+
+    base = property(lambda self: self._base)
+    data = property(lambda self: _MemoryPointer(self if self._base is None else self._base,
+                                                self._a.__array_interface__["data"][0]
+                                                - (self if self._base is None else self._base)._a.__array_interface__["data"][0]))
 
     # free: metadata and views
     shape = property(lambda self: self._a.shape)
@@ -122,7 +151,13 @@ class ndarray:
     itemsize = property(lambda self: self._a.itemsize)
     flags = property(lambda self: _Flags(self._a))
     device = property(lambda self: _Device())
-    T = property(lambda self: ndarray(self._a.T))
+    T = property(lambda self: _wrap(self._a.T, [self]))
+
+    @property
+    def __cuda_array_interface__(self):  # CuPy's arrays have it (gpunn tells device arrays by it)
+        ai = self._a.__array_interface__
+        return {"shape": ai["shape"], "typestr": ai["typestr"], "data": ai["data"], "strides": ai["strides"],
+                "version": 3}
 
     def __len__(self):
         return len(self._a)
@@ -134,15 +169,15 @@ class ndarray:
         attr = getattr(self._a, name)
         if not callable(attr):
             return attr
-        return lambda *a, **k: _run(name, attr, a, k, self._a)
+        return lambda *a, **k: _run(name, attr, a, k, self)
 
     def reshape(self, *shape, **kw):
-        return _run("reshape(copy)", self._a.reshape, shape, kw, self._a)
+        return _run("reshape(copy)", self._a.reshape, shape, kw, self)
 
     def astype(self, dtype, copy=True, **kw):
         if np.dtype(dtype) == self._a.dtype and not copy:
             return self
-        return _run(f"astype({np.dtype(dtype)})", self._a.astype, (dtype,), kw, self._a)
+        return _run(f"astype({np.dtype(dtype)})", self._a.astype, (dtype,), kw, self)
 
     def fill(self, value):
         _counter.launches.append("memset" if value == 0 and self._a.flags.c_contiguous else "fill")
@@ -155,7 +190,7 @@ class ndarray:
             r = self._a[(index if isinstance(index, tuple) else (index,)) + (Ellipsis,)]
         if not _is_view(r, [self._a]):
             _counter.launches.append("getitem(copy)")
-        return ndarray(r) if isinstance(r, np.ndarray) else r
+        return _wrap(r, [self]) if isinstance(r, np.ndarray) else r
 
     def __setitem__(self, index, value):
         _counter.launches.append("setitem")
@@ -228,7 +263,7 @@ def _zeros_like(x, *a, **k):
 
 
 def _free(fn):
-    return lambda *a, **k: _wrap(fn(*_unwrap_all(a), **_unwrap_all(k)))
+    return lambda *a, **k: _wrap(fn(*_unwrap_all(a), **_unwrap_all(k)), [*a, *k.values()])
 
 
 def _ascontiguousarray(a, dtype=None):

@@ -96,3 +96,83 @@ def test_a_bad_label_costs_no_launch_and_is_reported_when_the_loss_is_read(monke
         good = gn.functional.cross_entropy(logits, gn.Tensor(cp.asarray(y)))
         rows = gn.functional.cross_entropy(logits, gn.Tensor(cp.asarray(y)), reduction="none")
         np.testing.assert_allclose(good.item(), rows.numpy().sum() / 7, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------- gn.compile on the GPU path
+
+def _gpu_case(kind, seed=0):
+    """(model, loss, X, target) for one kind of step, on the host (moved to the stand-in by the test)."""
+    gn.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((8, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 8)
+    if kind == "mse":
+        model, loss, y = (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.ReLU(), gn.nn.Linear(6, 1)), gn.nn.MSELoss(),
+                          rng.standard_normal((8, 1)).astype(np.float32))
+    elif kind == "batchnorm-dropout":
+        model, loss, y = (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.BatchNorm1d(6), gn.nn.GELU(), gn.nn.Dropout(0.3),
+                                           gn.nn.Linear(6, 3)), gn.nn.CrossEntropyLoss(), labels)
+    elif kind == "layernorm":
+        model, loss, y = (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.LayerNorm(6), gn.nn.Tanh(), gn.nn.Linear(6, 3)),
+                          gn.nn.CrossEntropyLoss(label_smoothing=0.1), labels)
+    else:  # bce
+        model, loss, y = (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.Sigmoid(), gn.nn.Linear(6, 3)),
+                          gn.nn.BCEWithLogitsLoss(), (rng.random((8, 3)) > 0.5).astype(np.float32))
+    return model, loss, X, y
+
+
+def _to_standin(cp, model):
+    for t in list(model.parameters()) + list(model.buffers()):
+        t.data = cp.asarray(t.data)
+
+
+@pytest.mark.parametrize("kind", ["mse", "batchnorm-dropout", "layernorm", "bce"])
+def test_a_compiled_gpu_step_replays_its_kernels_with_the_eager_launches_and_bits(monkeypatch, kind):
+    """gn.compile on the GPU path (stand-in CuPy arrays, kernels in the simulator): from the third call
+    the step replays kernel by kernel, with exactly an eager step's launches and no host
+    synchronisation, and its losses and parameters equal an eager GPU model's bit for bit while the
+    learning rate changes every step (read at replay time) and Dropout draws a fresh mask."""
+    eager_model, loss_fn, X, y = _gpu_case(kind)
+    model, _, _, _ = _gpu_case(kind)
+    with counting_gpu(monkeypatch) as (cp, counter):
+        _to_standin(cp, eager_model)
+        _to_standin(cp, model)
+        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
+        opt = gn.optim.Adam(model.parameters(), lr=0.01)
+
+        def step(x, t):
+            opt.zero_grad()
+            loss = loss_fn(model(x), t)
+            loss.backward()
+            opt.step()
+            return loss
+
+        compiled = gn.compile(step, strict=True)
+        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        for i in range(5):
+            for o in (eager_opt, opt):
+                o.param_groups[0]["lr"] = 0.01 / (i + 1)
+            gn.manual_seed(100 + i)
+            counter.reset()
+            eager_loss = _step_on(eager_model, eager_opt, loss_fn, x, t)
+            eager_launches = list(counter.launches)
+            gn.manual_seed(100 + i)
+            counter.reset()
+            loss = compiled(x, t)
+            if i >= 2:
+                assert compiled.explain(x, t) == "kernels"
+                assert counter.launches == eager_launches and counter.syncs == []
+            assert loss.data.get().tobytes() == eager_loss.data.get().tobytes()
+            for p, q in zip(model.parameters(), eager_model.parameters()):
+                assert p.data.get().tobytes() == q.data.get().tobytes()
+        for b, c in zip(model.buffers(), eager_model.buffers()):
+            assert b.data.get().tobytes() == c.data.get().tobytes()
+        assert compiled.stats["kernel_replays"] == 3
+
+
+def _step_on(model, opt, loss_fn, x, t):
+    opt.zero_grad()
+    loss = loss_fn(model(x), t)
+    loss.backward()
+    opt.step()
+    return loss
