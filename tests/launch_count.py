@@ -38,6 +38,34 @@ class Counter:
 _counter = Counter()
 
 
+class _Capture:
+    """A stream capture in progress: device operations issued while it lasts are recorded, as CUDA
+    records them into a graph, and run only when the graph is launched."""
+
+    def __init__(self):
+        self.ops = []
+
+
+_capture = None  # the capture in progress, or None
+
+
+def _issue(name, run):
+    """One device operation: counted and run now, or recorded while a capture is on."""
+    if _capture is not None:
+        _capture.ops.append(run)
+    else:
+        _counter.launches.append(name)
+        run()
+
+
+def _sync(name):
+    """A host read of device data: counted; refused while a capture is on (as CUDA refuses it)."""
+    if _capture is not None:
+        raise RuntimeError(f"stand-in CuPy: {name}() waits for the device, which is not permitted while a "
+                           "stream is capturing (cudaErrorStreamCaptureUnsupported)")
+    _counter.syncs.append(name)
+
+
 def _unwrap(a):
     return a._a if isinstance(a, ndarray) else a
 
@@ -70,14 +98,29 @@ def _is_view(result, inputs) -> bool:
     return isinstance(result, np.ndarray) and any(np.shares_memory(result, i) for i in inputs)
 
 
+_IN_PLACE = set()  # the in-place operators (__iadd__, ...), filled below
+
+
 def _run(name, fn, args, kwargs, owner=None):
     """Run a NumPy operation on unwrapped operands; one launch unless the result is a view (an
-    in-place operator or an `out=` argument writes, so it is always a launch)."""
+    in-place operator or an `out=` argument writes, so it is always a launch). While a capture is
+    on, a write is only recorded, and a new result is allocated now and recomputed into the same
+    memory at each launch of the graph."""
     uargs, ukw = _unwrap_all(args), _unwrap_all(kwargs)
-    r = fn(*uargs, **ukw)
+    if name in _IN_PLACE or "out" in ukw:
+        _issue(name, lambda: fn(*uargs, **ukw))
+        return args[0] if name in _IN_PLACE else kwargs["out"]
+    r = fn(*uargs, **ukw)  # reads only
+    if isinstance(r, np.generic):  # CuPy reductions give 0-d arrays, never host scalars
+        r = np.asarray(r)
     flat = [a for a in [_unwrap(owner), *uargs, *ukw.values()] if isinstance(a, np.ndarray)]
-    if name.startswith("__i") or "out" in ukw or not _is_view(r, flat):
-        _counter.launches.append(name)
+    if not _is_view(r, flat):
+        if _capture is not None:
+            if not isinstance(r, np.ndarray):
+                raise NotImplementedError(f"stand-in CuPy: {name} under a capture")
+            _capture.ops.append(lambda: np.copyto(r, fn(*uargs, **ukw)))
+        else:
+            _counter.launches.append(name)
     return _wrap(r, [a for a in [owner, *args, *kwargs.values()] if isinstance(a, ndarray)])
 
 
@@ -180,8 +223,8 @@ class ndarray:
         return _run(f"astype({np.dtype(dtype)})", self._a.astype, (dtype,), kw, self)
 
     def fill(self, value):
-        _counter.launches.append("memset" if value == 0 and self._a.flags.c_contiguous else "fill")
-        self._a.fill(value)
+        a = self._a
+        _issue("memset" if value == 0 and a.flags.c_contiguous else "fill", lambda: a.fill(value))
 
     def __getitem__(self, index):
         index = _unwrap_all(index)
@@ -189,36 +232,40 @@ class ndarray:
         if isinstance(r, np.generic):  # CuPy: an integer index gives a 0-d view, not a scalar
             r = self._a[(index if isinstance(index, tuple) else (index,)) + (Ellipsis,)]
         if not _is_view(r, [self._a]):
-            _counter.launches.append("getitem(copy)")
+            if _capture is not None:
+                a = self._a
+                _capture.ops.append(lambda: np.copyto(r, a[index]))
+            else:
+                _counter.launches.append("getitem(copy)")
         return _wrap(r, [self]) if isinstance(r, np.ndarray) else r
 
     def __setitem__(self, index, value):
-        _counter.launches.append("setitem")
-        self._a[_unwrap_all(index)] = _unwrap(value)
+        a, index, value = self._a, _unwrap_all(index), _unwrap(value)
+        _issue("setitem", lambda: a.__setitem__(index, value))
 
     # host reads: synchronise
     def get(self):
-        _counter.syncs.append("get")
+        _sync("get")
         return self._a.copy()
 
     def item(self):
-        _counter.syncs.append("item")
+        _sync("item")
         return self._a.item()
 
     def tolist(self):
-        _counter.syncs.append("tolist")
+        _sync("tolist")
         return self._a.tolist()
 
     def __bool__(self):
-        _counter.syncs.append("bool")
+        _sync("bool")
         return bool(self._a)
 
     def __float__(self):
-        _counter.syncs.append("float")
+        _sync("float")
         return float(self._a)
 
     def __int__(self):
-        _counter.syncs.append("int")
+        _sync("int")
         return int(self._a)
 
     __index__ = __int__
@@ -238,6 +285,8 @@ for _op in ("add", "sub", "mul", "truediv", "floordiv", "pow", "mod", "matmul", 
         _name = _form % _op
         if hasattr(np.ndarray, _name):
             setattr(ndarray, _name, _binary(_name))
+            if _form == "__i%s__":
+                _IN_PLACE.add(_name)
 for _name in ("__neg__", "__abs__", "__invert__", "__pos__"):
     setattr(ndarray, _name, (lambda f, n: lambda self: _run(n, f, (self,), {}))(getattr(np.ndarray, _name), _name))
 
@@ -248,18 +297,22 @@ def _ensure(a, dtype=None):
         if dtype is None or np.dtype(dtype) == a.dtype:
             return a
         return a.astype(dtype)
+    if _capture is not None:  # the graph would keep reading the host buffer of this one call
+        raise RuntimeError("stand-in CuPy: a host-to-device copy inside a stream capture")
     _counter.launches.append("host_to_device")
     return ndarray(np.array(a, dtype=dtype))
 
 
 def _zeros(*a, **k):
-    _counter.launches.append("memset")
-    return ndarray(np.zeros(*_unwrap_all(a), **_unwrap_all(k)))
+    r = np.zeros(*_unwrap_all(a), **_unwrap_all(k))
+    _issue("memset", lambda: r.fill(0))
+    return ndarray(r)
 
 
 def _zeros_like(x, *a, **k):
-    _counter.launches.append("memset")
-    return ndarray(np.zeros_like(_unwrap(x), *a, **k))
+    r = np.zeros_like(_unwrap(x), *a, **k)
+    _issue("memset", lambda: r.fill(0))
+    return ndarray(r)
 
 
 def _free(fn):
@@ -272,8 +325,71 @@ def _ascontiguousarray(a, dtype=None):
     return _run("ascontiguousarray(copy)", np.ascontiguousarray, (_ensure(a),), {"dtype": dtype})
 
 
+class _Graph:
+    """cupy.cuda.Graph: the operations recorded by a capture; launch() runs them, one launch."""
+
+    def __init__(self, ops):
+        self._ops = ops
+
+    def launch(self, stream=None):
+        _counter.launches.append("graph")
+        for op in self._ops:
+            op()
+
+
+class _Stream:
+    """cupy.cuda.Stream: a current-stream stack (`with stream:`) and capture (begin/end_capture)."""
+
+    _stack: list = []
+
+    def __init__(self, null=False, non_blocking=False):
+        self.ptr = 0 if null else id(self)
+
+    def __enter__(self):
+        _Stream._stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _Stream._stack.pop()
+        return False
+
+    def begin_capture(self, mode=None):
+        global _capture
+        if self.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if _capture is not None:
+            raise RuntimeError("stand-in CuPy: a capture is already on")
+        _capture = _Capture()
+
+    def end_capture(self):
+        global _capture
+        graph, _capture = _Graph(_capture.ops), None
+        return graph
+
+    def is_capturing(self):
+        return _capture is not None
+
+    def synchronize(self):
+        _sync("synchronize")
+
+
+_NULL_STREAM = _Stream(null=True)
+
+
 def _stream():
-    return types.SimpleNamespace(ptr=0, synchronize=lambda: _counter.syncs.append("synchronize"))
+    return _Stream._stack[-1] if _Stream._stack else _NULL_STREAM
+
+
+class _MemoryPool:
+    """cupy.cuda.MemoryPool: NumPy owns the stand-in's memory; an array lives while referenced."""
+
+    def malloc(self, nbytes):
+        raise NotImplementedError("stand-in CuPy: arrays are NumPy's")
+
+
+@contextlib.contextmanager
+def _using_allocator(allocator=None):
+    yield
 
 
 def _module():
@@ -288,7 +404,8 @@ def _module():
     m.zeros = _zeros
     m.zeros_like = _zeros_like
     m.ascontiguousarray = _ascontiguousarray
-    m.cuda = types.SimpleNamespace(Device=_Device, get_current_stream=_stream)
+    m.cuda = types.SimpleNamespace(Device=_Device, get_current_stream=_stream, Stream=_Stream, Graph=_Graph,
+                                   MemoryPool=_MemoryPool, using_allocator=_using_allocator)
     for name in ("float16", "float32", "float64", "int32", "int64", "uint32", "uint64", "bool_", "intp",
                  "dtype", "newaxis", "inf", "nan", "pi", "e"):
         setattr(m, name, getattr(np, name))
@@ -324,9 +441,9 @@ def counting_gpu(monkeypatch):
     real_launch = nc.launch
 
     def launch(kernel, grid, block, like, *args):
-        _counter.launches.append(getattr(kernel, "__name__", None) or getattr(getattr(kernel, "py_func", None),
-                                                                            "__name__", repr(kernel)))
-        real_launch(kernel, grid, block, _unwrap(like), *[_unwrap(a) for a in args])
+        name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "py_func", None), "__name__", repr(kernel))
+        like, args = _unwrap(like), [_unwrap(a) for a in args]
+        _issue(name, lambda: real_launch(kernel, grid, block, like, *args))
 
     monkeypatch.setattr(nc, "launch", launch)
     _counter.reset()
@@ -336,3 +453,6 @@ def counting_gpu(monkeypatch):
     finally:
         checks._pending.clear()
         _counter.reset()
+        global _capture
+        _capture = None
+        _Stream._stack.clear()
