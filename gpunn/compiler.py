@@ -38,7 +38,9 @@ keeps the step node by node. The bound parameter and buffer arrays, the gradient
 absence of post-accumulate hooks and the layout of any argument a view is rebuilt from are checked
 before each kernel replay; when one has changed (`p.data = ...`) that call replays node by node,
 reading the tensors afresh. `explain(*args)` says which way a signature runs and why. NumPy and
-CuPy arrays alike: on the GPU a replay launches the eager step's kernels, no more.
+CuPy arrays alike: on the GPU a replay launches the eager step's kernels, no more; with
+`cuda_graph=True` a GPU step's forward and backward become one CUDA graph launch
+(gpunn/compiler_graph.py).
 
 What cannot be replayed is detected while tracing and the signature then runs eagerly, with one
 `CompileWarning` naming the cause (never a wrong result): a host read of a tensor inside fn
@@ -500,6 +502,8 @@ class _Program:
 
     kernels = None
     kernel_cause = None
+    graph = None        # compiler_graph.CudaGraphReplay (cuda_graph=True, a GPU step that can be one)
+    graph_cause = None  # why not, when cuda_graph=True
 
     def __init__(self, tr: _Trace, out_spec):
         self.events = tr.events
@@ -957,9 +961,11 @@ def _spec(value, tr: _Trace):
 class CompiledFunction:
     """fn traced per input signature and replayed (see the module doc). `cache_size` recordings are
     kept (least recently used dropped first); `strict=True` raises CompileError where the default
-    falls back to eager with a CompileWarning. `stats` counts traces, replays and eager calls."""
+    falls back to eager with a CompileWarning; `cuda_graph=True` replays a GPU step as one CUDA graph
+    where it can (gpunn/compiler_graph.py). `stats` counts traces, replays (kernel by kernel, of which
+    as a graph) and eager calls."""
 
-    def __init__(self, fn, cache_size: int = 8, strict: bool = False):
+    def __init__(self, fn, cache_size: int = 8, strict: bool = False, cuda_graph: bool = False):
         if not callable(fn):
             raise TypeError(f"gn.compile needs a callable, got {type(fn).__name__}")
         if not isinstance(cache_size, int) or cache_size < 1:
@@ -967,10 +973,11 @@ class CompiledFunction:
         self.fn = fn
         self.cache_size = cache_size
         self.strict = strict
+        self.cuda_graph = bool(cuda_graph)
         # signature -> ("trace", _Trace, out_spec, value) | ("ready", _Program) | ("eager", cause)
         self._cache = OrderedDict()
         # replays: all of them; kernel_replays: those that ran kernel by kernel (_KernelProgram)
-        self.stats = {"traces": 0, "replays": 0, "kernel_replays": 0, "eager": 0}
+        self.stats = {"traces": 0, "replays": 0, "kernel_replays": 0, "graph_replays": 0, "eager": 0}
         functools.update_wrapper(self, fn)
         try:
             self.__signature__ = inspect.signature(fn)
@@ -978,7 +985,8 @@ class CompiledFunction:
             pass
 
     def explain(self, *args, **kwargs) -> str:
-        """How a call with these arguments runs now: "kernels" (replayed kernel by kernel),
+        """How a call with these arguments runs now: "graph" (one CUDA graph launch, cuda_graph=True),
+        "kernels" (replayed kernel by kernel; with cuda_graph=True "kernels: no CUDA graph: <why>"),
         "nodes: <why not kernels>", "eager: <why>", or "tracing" (not traced twice yet)."""
         flat = _flatten_args(args, kwargs) if kwargs else args
         entry = self._cache.get((tuple(map(_arg_key, flat)), tuple(sorted(kwargs)), is_grad_enabled()))
@@ -989,7 +997,14 @@ class CompiledFunction:
         prog = entry[1]
         if prog.kernels is None:
             return f"nodes: {prog.kernel_cause}"
-        return "kernels" if prog.kernels.guard_ok() else "nodes: a parameter's array or gradient sink changed"
+        if not prog.kernels.guard_ok():
+            return "nodes: a parameter's array or gradient sink changed"
+        if not self.cuda_graph:
+            return "kernels"
+        g = prog.graph
+        if g is None or g.disabled is not None:
+            return f"kernels: no CUDA graph: {prog.graph_cause if g is None else g.disabled}"
+        return "graph"
 
     def _give_up(self, key, cause):
         if self.strict:
@@ -1040,6 +1055,12 @@ class CompiledFunction:
                     arrays = _arrays(flat)
                     if kp is not None and kp.guard_ok() and kp.layout_ok(arrays):
                         self.stats["kernel_replays"] += 1
+                        g = prog.graph
+                        if g is not None and g.disabled is None and _kops._recorder is None:
+                            if g.warm:
+                                self.stats["graph_replays"] += 1
+                                return g.run(arrays)
+                            g.warm = True
                         return kp.run(arrays)
                     return prog.run(arrays)
                 entry = None  # parameters changed (optimizer's list, requires_grad): trace afresh
@@ -1058,13 +1079,20 @@ class CompiledFunction:
             else:
                 prog = _Program(tr, spec)
                 prog.kernels, prog.kernel_cause = _KernelProgram.build(entry[1], entry[3], tr, value)
+                if self.cuda_graph:
+                    if prog.kernels is None:
+                        prog.graph_cause = f"the step does not replay kernel by kernel ({prog.kernel_cause})"
+                    else:
+                        from gpunn.compiler_graph import CudaGraphReplay  # it builds on this module
+                        prog.graph, prog.graph_cause = CudaGraphReplay.plan(prog.kernels, tr)
                 self._store(key, ("ready", prog))
         return value
 
 
-def compile(fn=None, *, cache_size: int = 8, strict: bool = False):  # noqa: A001 - PyTorch's name
+def compile(fn=None, *, cache_size: int = 8, strict: bool = False, cuda_graph: bool = False):  # noqa: A001 - PyTorch's name
     """`gn.compile(fn)` or `@gn.compile(strict=True)`: fn traced per input signature and replayed
-    without an autograd graph (see gpunn/compiler.py)."""
+    without an autograd graph (see gpunn/compiler.py). cuda_graph=True: a GPU step that can be is
+    replayed as one CUDA graph (gpunn/compiler_graph.py; not yet run on a GPU, so off by default)."""
     if fn is None:
-        return lambda f: CompiledFunction(f, cache_size=cache_size, strict=strict)
-    return CompiledFunction(fn, cache_size=cache_size, strict=strict)
+        return lambda f: CompiledFunction(f, cache_size=cache_size, strict=strict, cuda_graph=cuda_graph)
+    return CompiledFunction(fn, cache_size=cache_size, strict=strict, cuda_graph=cuda_graph)

@@ -56,7 +56,7 @@ def test_bit_identical_to_eager_with_scheduler_and_short_batch(opt):
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
     # two signatures (batch 16 and the short batch 8), each traced twice, the rest replayed
-    assert f.stats == {"traces": 4, "replays": 8, "kernel_replays": 8, "eager": 0}
+    assert f.stats == {"traces": 4, "replays": 8, "kernel_replays": 8, "graph_replays": 0, "eager": 0}
 
 
 def test_state_changes_between_steps_are_read_at_replay():
@@ -270,7 +270,7 @@ def test_dropout_and_batch_norm_replay_like_eager(momentum):
         losses = [f(gn.tensor(X[s:s + 8]), gn.tensor(Y[s:s + 8])).item() for s in range(0, 40, 8) for _ in (0, 1)]
         runs.append((losses, model.state_dict(), f))
     (le, se, _), (lc, sc, f) = runs
-    assert f.stats == {"traces": 2, "replays": 8, "kernel_replays": 8, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 8, "kernel_replays": 8, "graph_replays": 0, "eager": 0}
     assert lc == le and len(set(lc)) == len(lc)
     for k in se:
         np.testing.assert_array_equal(sc[k].numpy(), se[k].numpy(), err_msg=k)
@@ -291,12 +291,12 @@ def test_train_eval_switch_traces_again_instead_of_replaying_the_other_mode():
     x = gn.tensor(X[:8])
     for _ in range(3):
         f(x)
-    assert f.stats == {"traces": 2, "replays": 1, "kernel_replays": 1, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 1, "kernel_replays": 1, "graph_replays": 0, "eager": 0}
     model.eval()
     expected = model(x).numpy()  # eval: no dropout, running statistics: deterministic
     for _ in range(3):
         np.testing.assert_array_equal(f(x).numpy(), expected)
-    assert f.stats == {"traces": 4, "replays": 2, "kernel_replays": 2, "eager": 0}
+    assert f.stats == {"traces": 4, "replays": 2, "kernel_replays": 2, "graph_replays": 0, "eager": 0}
     model.train()
     nbt = int(model[1].num_batches_tracked)
     f(x)
@@ -372,7 +372,7 @@ def test_a_ready_replay_runs_under_the_profiler_with_the_eager_kernels_and_phase
     x, y = gn.tensor(X[:16]), gn.tensor(Y[:16])
     with profiler.profile() as eager_prof:
         f(x, y)
-    assert f.stats == {"traces": 0, "replays": 0, "kernel_replays": 0, "eager": 1}
+    assert f.stats == {"traces": 0, "replays": 0, "kernel_replays": 0, "graph_replays": 0, "eager": 1}
     f(x, y), f(x, y)  # trace, check
     with profiler.profile() as prof:
         f(x, y)
@@ -407,7 +407,7 @@ def test_batch_norm_replays_kernel_by_kernel_as_eager():
     arrays of the moment (a dtype round trip rebinds them: that call replays node by node)."""
     f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.BatchNorm1d(8), gn.nn.Tanh(), gn.nn.Linear(8, 3)),
                              gn.nn.CrossEntropyLoss(), [(X[:16], Y[:16])] * 5)
-    assert f.stats == {"traces": 2, "replays": 3, "kernel_replays": 3, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 3, "kernel_replays": 3, "graph_replays": 0, "eager": 0}
     assert f.explain(gn.tensor(X[:16]), gn.tensor(Y[:16])) == "kernels"
 
 
@@ -431,7 +431,7 @@ def test_dropout_and_layer_norm_replay_kernel_by_kernel_with_the_generator_of_th
     assert lc == le and len(set(lc)) == len(lc)
     for a, b in zip(pc, pe):
         np.testing.assert_array_equal(a, b)
-    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 4, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 4, "graph_replays": 0, "eager": 0}
 
 
 @pytest.mark.parametrize("loss", ["mse", "l1", "huber", "bce_with_logits"])
@@ -447,7 +447,7 @@ def test_elementwise_loss_steps_replay_kernel_by_kernel_as_eager(loss, weighted)
            "bce_with_logits": lambda a, b: gn.functional.binary_cross_entropy_with_logits(a, b, weight=w)}
     f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1)), fns[loss],
                              [(X[s:s + 16], t) for s in (0, 8, 16, 24, 0, 8)])
-    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 4, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 4, "graph_replays": 0, "eager": 0}
 
 
 def test_explain_says_how_each_signature_runs():
@@ -561,7 +561,7 @@ def test_a_loss_written_with_tensor_operators_replays_node_by_node_as_eager():
     t = (Y[:16] % 2).astype(np.float32).reshape(-1, 1)
     f = _eager_then_compiled(lambda: (gn.nn.Linear(6, 8), gn.nn.Tanh(), gn.nn.Linear(8, 1)),
                              lambda out, y: ((out - y) ** 2).mean(), [(X[:16], t)] * 4)
-    assert f.stats == {"traces": 2, "replays": 2, "kernel_replays": 0, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 2, "kernel_replays": 0, "graph_replays": 0, "eager": 0}
     assert "nodes do array work of their own" in f.explain(gn.tensor(X[:16]), gn.tensor(t))
 
 
@@ -609,4 +609,14 @@ def test_batch_norm_buffers_rebound_alone_are_followed_by_the_replay():
         states.append(model.state_dict())
     for k in states[0]:
         np.testing.assert_array_equal(states[1][k].numpy(), states[0][k].numpy(), err_msg=k)
-    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 2, "eager": 0}
+    assert f.stats == {"traces": 2, "replays": 4, "kernel_replays": 2, "graph_replays": 0, "eager": 0}
+
+
+def test_cuda_graph_on_host_arrays_replays_kernel_by_kernel_and_says_why():
+    model, o, lf = _setup()
+    f = gcompile(_step_fn(model, o, lf), cuda_graph=True)
+    x, y = gn.tensor(X[:16]), gn.tensor(Y[:16])
+    for _ in range(4):
+        f(x, y)
+    assert f.explain(x, y) == "kernels: no CUDA graph: its arrays are on the host (CUDA graphs are for GPU steps)"
+    assert f.stats == {"traces": 2, "replays": 2, "kernel_replays": 2, "graph_replays": 0, "eager": 0}

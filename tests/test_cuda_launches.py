@@ -176,3 +176,141 @@ def _step_on(model, opt, loss_fn, x, t):
     loss.backward()
     opt.step()
     return loss
+
+
+def test_the_standin_records_a_capture_and_runs_it_at_each_launch(monkeypatch):
+    """The stand-in's capture is CUDA's: operations issued while it lasts run only when the graph is
+    launched, each launch runs them all again on the same memory, and host reads are refused."""
+    with counting_gpu(monkeypatch) as (cp, counter):
+        a = cp.zeros(3, dtype=np.float32)
+        b = cp.asarray(np.arange(3.0, dtype=np.float32))
+        s = cp.cuda.Stream(non_blocking=True)
+        counter.reset()
+        with s:
+            s.begin_capture()
+            a += b
+            c = a * 2
+            with pytest.raises(RuntimeError, match="capturing"):
+                float(c.sum())
+            g = s.end_capture()
+        assert counter.launches == [] and a.get().tolist() == [0, 0, 0]
+        g.launch()
+        g.launch()
+        assert counter.launches == ["graph", "graph"]
+        assert a.get().tolist() == [0, 2, 4] and c.get().tolist() == [0, 4, 8]
+
+
+def _graph_step(model, opt, loss_fn):
+    def step(x, t):
+        opt.zero_grad()
+        loss = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+@pytest.mark.parametrize("kind", ["mse", "layernorm", "bce", "batchnorm"])
+def test_a_cuda_graph_replay_launches_one_graph_and_matches_eager_bit_for_bit(monkeypatch, kind):
+    """gn.compile(cuda_graph=True) on the GPU path: the second kernel replay captures the step's forward
+    and backward into one graph; from then on a step is one copy per argument, one graph launch,
+    the optimizer's one fused launch and the loss's copy, with no host synchronisation. Losses,
+    parameters and buffers equal an eager GPU model's bit for bit while the learning rate changes
+    every step and Adam's bias corrections move with the step count: nothing per step is frozen
+    into the graph. The returned losses keep their own step's value."""
+    if kind == "batchnorm":
+        def case():
+            gn.manual_seed(0)
+            rng = np.random.default_rng(0)
+            return (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.BatchNorm1d(6), gn.nn.ReLU(), gn.nn.Linear(6, 3)),
+                    gn.nn.CrossEntropyLoss(), rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8))
+    else:
+        def case():
+            return _gpu_case(kind)
+    eager_model, loss_fn, X, y = case()
+    model, _, _, _ = case()
+    rng = np.random.default_rng(1)
+    with counting_gpu(monkeypatch) as (cp, counter):
+        _to_standin(cp, eager_model)
+        _to_standin(cp, model)
+        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
+        opt = gn.optim.Adam(model.parameters(), lr=0.01)
+        compiled = gn.compile(_graph_step(model, opt, loss_fn), strict=True, cuda_graph=True)
+        losses, eager_losses = [], []
+        for i in range(7):
+            xs = X + np.float32(0.1 * i) * rng.standard_normal(X.shape).astype(np.float32)
+            x, t = gn.Tensor(cp.asarray(xs)), gn.Tensor(cp.asarray(y))
+            for o in (eager_opt, opt):
+                o.param_groups[0]["lr"] = 0.01 / (i + 1)
+            counter.reset()
+            eager_losses.append(_step_on(eager_model, eager_opt, loss_fn, x, t))
+            eager_launches = list(counter.launches)
+            counter.reset()
+            losses.append(compiled(x, t))
+            if i >= 4:  # traced twice, one kernel replay, the capture; then graph launches
+                assert compiled.explain(x, t) == "graph"
+                label_check = ["copy"] if kind in ("layernorm", "batchnorm") else []  # cross-entropy's flags
+                assert counter.launches == ["setitem", "setitem", "graph"] + label_check + ["adam_kernel", "copy"]
+                assert counter.syncs == [] and len(eager_launches) > len(counter.launches) + 2
+            for p, q in zip(model.parameters(), eager_model.parameters()):
+                assert p.data.get().tobytes() == q.data.get().tobytes(), i
+        assert [a.data.get().tobytes() for a in losses] == [a.data.get().tobytes() for a in eager_losses]
+        for b, c in zip(model.buffers(), eager_model.buffers()):
+            assert b.data.get().tobytes() == c.data.get().tobytes()
+        assert compiled.stats["graph_replays"] == 4
+
+
+def test_a_bad_label_after_the_capture_is_still_reported_with_its_own_step(monkeypatch):
+    """The graph overwrites its label flags at every launch, so each step's deferred check reads a
+    snapshot of its own: an out-of-range label in one step is reported at the next host read even
+    after later, good steps, naming that step's row and value."""
+    model, X, y = _model_and_data(2)
+    with counting_gpu(monkeypatch) as (cp, counter):
+        _to_standin(cp, model)
+        opt = gn.optim.Adam(model.parameters(), lr=0.01)
+        compiled = gn.compile(_graph_step(model, opt, gn.nn.CrossEntropyLoss()), cuda_graph=True)
+        x = gn.Tensor(cp.asarray(X))
+        for _ in range(5):
+            compiled(x, gn.Tensor(cp.asarray(y)))
+        assert compiled.explain(x, gn.Tensor(cp.asarray(y))) == "graph"
+        bad = y.copy()
+        bad[6] = 7
+        compiled(x, gn.Tensor(cp.asarray(bad)))
+        loss = compiled(x, gn.Tensor(cp.asarray(y)))
+        with pytest.raises(ValueError, match=r"^cross_entropy: target\[6\] = 7 is out of range for 3 classes"):
+            loss.item()
+        assert compiled.stats["graph_replays"] == 4
+
+
+def test_steps_a_graph_cannot_hold_keep_their_kernel_replay_and_say_why(monkeypatch):
+    """Dropout draws from a generator at every call, and a step that leaves zero_grad to its caller
+    may meet a .grad it must add into: neither is captured, both still replay kernel by kernel."""
+    with counting_gpu(monkeypatch) as (cp, counter):
+        model, loss_fn, X, y = _gpu_case("batchnorm-dropout")
+        _to_standin(cp, model)
+        opt = gn.optim.SGD(model.parameters(), lr=0.1)
+        dropout = gn.compile(_graph_step(model, opt, loss_fn), cuda_graph=True)
+        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        for _ in range(4):
+            dropout(x, t)
+        assert dropout.explain(x, t).startswith("kernels: no CUDA graph: a kernel takes an object made at every call")
+
+        model, loss_fn, X, y = _gpu_case("mse")
+        _to_standin(cp, model)
+        opt = gn.optim.SGD(model.parameters(), lr=0.1)
+
+        def no_zero_grad(x, t):
+            loss = loss_fn(model(x), t)
+            loss.backward()
+            opt.step()
+            return loss
+
+        acc = gn.compile(no_zero_grad, cuda_graph=True)
+        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        for _ in range(4):
+            opt.zero_grad()
+            acc(x, t)
+        assert acc.explain(x, t).startswith("kernels: no CUDA graph: a leaf's gradient is not reset by "
+                                            "optimizer.zero_grad()")
+        assert dropout.stats["graph_replays"] == acc.stats["graph_replays"] == 0
+        assert dropout.stats["kernel_replays"] == acc.stats["kernel_replays"] == 2

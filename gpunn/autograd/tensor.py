@@ -98,11 +98,18 @@ def enable_grad():
 REPLAYED_CALLS: list = []
 
 
-def replayed(fn):
+def replayed(fn=None, *, host_only: bool = False):
     """Mark fn (a module-level function that its node calls by its module name) as array glue that
-    gn.compile's kernel-level replay repeats: its result depends on its arguments alone."""
-    REPLAYED_CALLS.append((fn.__module__, fn.__name__))
-    return fn
+    gn.compile's kernel-level replay repeats: its result depends on its arguments alone.
+    `@replayed(host_only=True)`: fn does no device work (it queues a deferred check), so a CUDA-graph
+    replay runs it again after each launch, on a snapshot of the step's device arrays."""
+
+    def mark(f):
+        REPLAYED_CALLS.append((f.__module__, f.__name__))
+        f.host_only = host_only
+        return f
+
+    return mark if fn is None else mark(fn)
 
 
 class Function:

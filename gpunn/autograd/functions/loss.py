@@ -45,18 +45,18 @@ def _label_error(op, labels, stats, classes, ignore_index, deferred):
     return ValueError(f"{op}: target[{i}] = {value} is out of range for {classes} classes (valid: {valid}){when}")
 
 
-@replayed
-def _check_labels(op, logits, labels, stats, ignore_index):
-    """Raise (CPU) or queue (GPU, checks.defer_check) the label check of a forward's stats."""
-    if not logits.shape[0]:
+@replayed(host_only=True)
+def _check_labels(op, rows, classes, labels, stats, ignore_index):
+    """Raise (CPU) or queue (GPU, checks.defer_check) the label check of a forward's stats, over
+    `rows` labels of `classes` classes. It reads stats and labels only to build the error."""
+    if not rows:
         return
     flags = (1,) if ignore_index is not None else (1, 2)
-    classes = logits.shape[1]
 
     def error(deferred):
         return _label_error(op, labels, stats, classes, ignore_index, deferred)
 
-    if get_array_module(logits) is np:
+    if get_array_module(stats) is np:
         if any(stats[k] for k in flags):
             raise error(False)
     else:
@@ -81,7 +81,7 @@ class CrossEntropy(_LossNode):
             logits, labels, ign, reduction, weight, label_smoothing)
         self.labels, self.reduction, self.ignore = labels, reduction, ign
         self.weight, self.smoothing = weight, label_smoothing
-        _check_labels("cross_entropy", logits, labels, self.stats, ignore_index)
+        _check_labels("cross_entropy", logits.shape[0], logits.shape[1], labels, self.stats, ignore_index)
         return loss
 
     def backward(self, g):
@@ -99,7 +99,7 @@ class NLL(_LossNode):
         ign = -100 if ignore_index is None else ignore_index
         loss, self.stats = ops_for(logp).nll_loss_forward(logp, labels, ign, reduction, weight)
         self.logp, self.labels, self.reduction, self.ignore, self.weight = logp, labels, reduction, ign, weight
-        _check_labels("nll_loss", logp, labels, self.stats, ignore_index)
+        _check_labels("nll_loss", logp.shape[0], logp.shape[1], labels, self.stats, ignore_index)
         return loss
 
     def backward(self, g):
