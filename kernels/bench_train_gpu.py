@@ -4,7 +4,9 @@ The same MLP (hidden layers with ReLU, identical initial weights), the same data
 device), the same loss and Adam (lr 1e-3); each step is zero_grad, forward, loss, backward, step,
 with no host synchronisation inside a round (each library's own per-step syncs, if any, count).
 Rounds alternate which library goes first; the figure that matters is the median over rounds of
-gpunn samples/s divided by PyTorch samples/s. TF32 is off on both sides.
+gpunn samples/s divided by PyTorch samples/s. A third column runs gpunn's step through
+gn.compile(cuda_graph=True) (its own copy of the model: forward and backward as one CUDA graph
+launch). TF32 is off on both sides.
 
     PYTHONPATH=. python kernels/bench_train_gpu.py [--quick] [--json out.json]
 
@@ -102,6 +104,33 @@ def run_gpunn(cp, model, opt, loss_fn, X, y, batch, steps):
     return samples_per_second(batch, steps, time.perf_counter() - t0), float(loss.item())
 
 
+def graph_step(model, opt, loss_fn):
+    """The same step through gn.compile(cuda_graph=True): one CUDA graph launch for forward and
+    backward, then the optimizer's own launch (gpunn/compiler_graph.py)."""
+    import gpunn as gn
+
+    def step(x, t):
+        opt.zero_grad()
+        loss = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return gn.compile(step, cuda_graph=True)
+
+
+def run_graph(cp, step, X, y, batch, steps):
+    import gpunn as gn
+
+    cp.cuda.get_current_stream().synchronize()
+    t0 = time.perf_counter()
+    for s in range(steps):
+        i = (s * batch) % (X.shape[0] - batch + 1)
+        loss = step(gn.Tensor(X[i:i + batch]), gn.Tensor(y[i:i + batch]))
+    cp.cuda.get_current_stream().synchronize()
+    return samples_per_second(batch, steps, time.perf_counter() - t0), float(loss.item())
+
+
 def run_torch(torch, model, opt, loss_fn, X, y, batch, steps):
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -142,16 +171,22 @@ def bench(quick=False, rounds=5, only=None, log=print, deadline=None):
         gopt = gn.optim.Adam(gm.parameters(), lr=1e-3)
         gl = gn.nn.CrossEntropyLoss() if loss == "ce" else gn.nn.MSELoss()
         run_gpunn(cp, gm, gopt, gl, X, y, batch, 3)  # warm-up: kernels compile, the pool settles
-        g_rates, t_rates, losses = [], [], {}
+        gm2, _ = build(widths, None)
+        gstep = graph_step(gm2, gn.optim.Adam(gm2.parameters(), lr=1e-3), gl)
+        run_graph(cp, gstep, X, y, batch, 6)  # warm-up: two traces, one kernel replay, the capture
+        g_rates, t_rates, c_rates, losses = [], [], [], {}
         if tm is not None:
             Xt, yt = torch.as_tensor(Xh, device="cuda"), torch.as_tensor(yh, device="cuda")
             topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
             tl = torch.nn.CrossEntropyLoss() if loss == "ce" else torch.nn.MSELoss()
             run_torch(torch, tm, topt, tl, Xt, yt, batch, 3)
         for r in range(rounds):
-            order = ("gpunn", "torch") if r % 2 == 0 else ("torch", "gpunn")
+            order = ("gpunn", "graph", "torch") if r % 2 == 0 else ("torch", "graph", "gpunn")
             for who in order:
-                if who == "gpunn":
+                if who == "graph":
+                    rate, losses["graph"] = run_graph(cp, gstep, X, y, batch, steps)
+                    c_rates.append(rate)
+                elif who == "gpunn":
                     rate, losses["gpunn"] = run_gpunn(cp, gm, gopt, gl, X, y, batch, steps)
                     g_rates.append(rate)
                 elif tm is not None:
@@ -159,12 +194,17 @@ def bench(quick=False, rounds=5, only=None, log=print, deadline=None):
                     t_rates.append(rate)
         row = summarize(name, batch, steps, g_rates, t_rates)
         row["last_loss"] = losses
+        row["graph_samples_per_s"] = statistics.median(c_rates)
+        row["graph_explain"] = gstep.explain(gn.Tensor(X[:batch]), gn.Tensor(y[:batch]))
+        if t_rates:
+            row["graph_over_torch_median"] = statistics.median(c / t for c, t in zip(c_rates, t_rates))
         rows.append(row)
         ratio = f"  ratio {row['ratio_median']:.2f}x (min {row['ratio_min']:.2f}, max {row['ratio_max']:.2f})" \
             if "ratio_median" in row else ""
         torch_rate = f"  torch {row['torch_samples_per_s']:11.0f}/s" if row["torch_samples_per_s"] else ""
-        log(f"{name:30s} batch {batch:5d}  gpunn {row['gpunn_samples_per_s']:11.0f}/s{torch_rate}{ratio}")
-        del X, y, gm, gopt
+        graph = f"  graph {row['graph_samples_per_s']:11.0f}/s ({row['graph_explain']})"
+        log(f"{name:30s} batch {batch:5d}  gpunn {row['gpunn_samples_per_s']:11.0f}/s{torch_rate}{ratio}{graph}")
+        del X, y, gm, gopt, gm2, gstep
         cp.get_default_memory_pool().free_all_blocks()
     return {"device": nc.device_name(), "torch": torch.__version__ if torch else None, "cupy": cp.__version__,
             "python": platform.python_version(), "quick": quick, "rounds": rounds,

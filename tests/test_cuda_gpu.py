@@ -135,6 +135,44 @@ def test_a_step_compiles_nothing_new_after_the_first(cp):
     assert len(nc.compile_log()) == n
 
 
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["kernels", "graph"])
+def test_a_compiled_gpu_step_equals_eager_and_with_cuda_graph_launches_one_graph(cp, cuda_graph):
+    """gn.compile on a real GPU: the kernel replay, and the CUDA-graph capture and launches, give the
+    eager step's losses and parameters while the learning rate changes every step (the optimizer
+    reads it afresh), and a returned loss keeps its own step's value."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((5, 64, 8)).astype(np.float32)
+    y = rng.integers(0, 4, (5, 64))
+    models, opts = [], []
+    for _ in range(2):
+        gn.manual_seed(0)
+        models.append(gn.nn.Sequential(gn.nn.Dense(8, 16, activation="gelu"), gn.nn.LayerNorm(16),
+                                       gn.nn.Linear(16, 4)).to("gpu"))
+        opts.append(gn.optim.Adam(models[-1].parameters(), lr=1e-2))
+    loss_fn = gn.nn.CrossEntropyLoss()
+
+    def step(model, opt, x, t):
+        opt.zero_grad()
+        loss = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = gn.compile(lambda x, t: step(models[1], opts[1], x, t), strict=True, cuda_graph=cuda_graph)
+    eager_losses, losses = [], []
+    for i in range(8):
+        x, t = gn.Tensor(cp.asarray(X[i % 5])), gn.Tensor(cp.asarray(y[i % 5]))
+        for o in opts:
+            o.param_groups[0]["lr"] = 1e-2 / (i + 1)
+        eager_losses.append(step(models[0], opts[0], x, t))
+        losses.append(compiled(x, t))
+    assert compiled.explain(x, t) == ("graph" if cuda_graph else "kernels")
+    assert compiled.stats["graph_replays"] == (4 if cuda_graph else 0)
+    np.testing.assert_allclose([v.item() for v in losses], [v.item() for v in eager_losses], rtol=1e-6)
+    for p, q in zip(models[1].parameters(), models[0].parameters()):
+        np.testing.assert_allclose(p.data.get(), q.data.get(), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("loss_name", ["cross_entropy", "mse", "bce"])
 def test_a_training_step_never_waits_for_the_gpu(cp, loss_name):
     """Forward, loss (label check and mean count included), backward and the optimizer step queue
