@@ -924,17 +924,18 @@ def _kernel_out(v1, v2, r1, r2):
     raise _NotKernelReplayable("fn's return value differs between the two traces")
 
 
-def _build_out(spec, arrays, res):
+def _build_out(spec, arrays, res, value=None):
     """fn's return value from a replay: spec from `_spec` (node level: res are the node outputs) or
-    `_kernel_out` (kernel level: res are the kernels' results)."""
+    `_kernel_out` (kernel level: res are the kernels' results); value(array spec) -> the array of a
+    returned tensor, when not `_value`'s (a CUDA graph's replay returns copies)."""
     kind = spec[0]
     if kind == "tensor":
-        return Tensor(_value(spec[1], arrays, res))
+        return Tensor(_value(spec[1], arrays, res) if value is None else value(spec[1]))
     if kind == "none":
         return None
     if kind == "seq":
-        return spec[1](_build_out(s, arrays, res) for s in spec[2])
-    return {k: _build_out(s, arrays, res) for k, s in spec[1]}
+        return spec[1](_build_out(s, arrays, res, value) for s in spec[2])
+    return {k: _build_out(s, arrays, res, value) for k, s in spec[1]}
 
 
 def _spec(value, tr: _Trace):
@@ -1058,8 +1059,9 @@ class CompiledFunction:
                         g = prog.graph
                         if g is not None and g.disabled is None and _kops._recorder is None:
                             if g.warm:
-                                self.stats["graph_replays"] += 1
-                                return g.run(arrays)
+                                out = g.run(arrays)
+                                self.stats["graph_replays"] += g.launched
+                                return out
                             g.warm = True
                         return kp.run(arrays)
                     return prog.run(arrays)

@@ -243,6 +243,13 @@ class ndarray:
         a, index, value = self._a, _unwrap_all(index), _unwrap(value)
         _issue("setitem", lambda: a.__setitem__(index, value))
 
+    def set(self, arr, stream=None):
+        """A host-to-device copy of arr's values as they are now (CuPy's ndarray.set)."""
+        if _capture is not None:
+            raise RuntimeError("stand-in CuPy: a host-to-device copy inside a stream capture")
+        a, snap = self._a, np.array(arr, dtype=self._a.dtype).reshape(self._a.shape)
+        _issue("host_to_device", lambda: np.copyto(a, snap))
+
     # host reads: synchronise
     def get(self):
         _sync("get")

@@ -621,6 +621,31 @@ def test_adagrad_update_matches_cpu_kernel(target, kw, dtype):
            lambda a, g, t: run(optimizers.adagrad_update_cpu, a, g, t))
 
 
+@DTYPES
+def test_staged_update_kernels_compute_what_the_scalar_ones_do_bit_for_bit(target, dtype):
+    """For every registered update and option combination, the kernel a CUDA graph captures (its
+    scalars read from a float64 device array, gpunn/compiler_graph.py) writes the same bits as the
+    update's own kernel given the same scalars as arguments."""
+    from gpunn.kernels.cuda_elementwise import launch
+
+    rng = np.random.default_rng(8)
+    n = 8
+    for m in registry.OPTIMIZERS.values():
+        for flags in m.variants():
+            flags = tuple(sorted(flags.items()))
+            scalars = rng.uniform(0.1, 0.9, len(m.params) - len(m.arrays))
+            start = [rng.standard_normal(n).astype(dtype) for _ in m.arrays[:2]]
+            # state in [0.5, 1], a mean gradient in [0.25, 0.5]: RMSprop's centred variance stays positive
+            start += [(rng.uniform(0.5, 1.0, n) * (0.5 if name == "grad_avg" else 1.0)).astype(dtype)
+                      for name in m.arrays[2:]]
+            plain, staged = [target.asarray(a.copy()) for a in start], [target.asarray(a.copy()) for a in start]
+            launch(optimizers_cuda._kernel(m, np.dtype(dtype), flags), n, plain[0], *plain, *map(float, scalars))
+            launch(optimizers_cuda.staged_kernel(m, dtype, flags), n, staged[0], *staged,
+                   target.asarray(scalars.astype(np.float64)))
+            for name, a, b in zip(m.arrays, plain, staged):
+                assert target.get(a).tobytes() == target.get(b).tobytes(), (m.name, flags, name)
+
+
 def test_optimizer_kernels_refuse_bad_calls_and_leave_unused_state_alone(target):
     p = target.asarray(np.ones(5, np.float32))
     g = target.asarray(np.ones(5, np.float32))

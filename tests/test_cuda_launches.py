@@ -139,22 +139,14 @@ def test_a_compiled_gpu_step_replays_its_kernels_with_the_eager_launches_and_bit
         _to_standin(cp, model)
         eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
         opt = gn.optim.Adam(model.parameters(), lr=0.01)
-
-        def step(x, t):
-            opt.zero_grad()
-            loss = loss_fn(model(x), t)
-            loss.backward()
-            opt.step()
-            return loss
-
-        compiled = gn.compile(step, strict=True)
+        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True)
         x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
         for i in range(5):
             for o in (eager_opt, opt):
                 o.param_groups[0]["lr"] = 0.01 / (i + 1)
             gn.manual_seed(100 + i)
             counter.reset()
-            eager_loss = _step_on(eager_model, eager_opt, loss_fn, x, t)
+            eager_loss = _step_fn(eager_model, eager_opt, loss_fn)(x, t)
             eager_launches = list(counter.launches)
             gn.manual_seed(100 + i)
             counter.reset()
@@ -170,12 +162,16 @@ def test_a_compiled_gpu_step_replays_its_kernels_with_the_eager_launches_and_bit
         assert compiled.stats["kernel_replays"] == 3
 
 
-def _step_on(model, opt, loss_fn, x, t):
-    opt.zero_grad()
-    loss = loss_fn(model(x), t)
-    loss.backward()
-    opt.step()
-    return loss
+def _step_fn(model, opt, loss_fn, zero_grad=True):
+    """The PyTorch-style training step (zero_grad=False: the caller resets the gradients)."""
+    def step(x, t):
+        if zero_grad:
+            opt.zero_grad()
+        loss = loss_fn(model(x), t)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
 
 
 def test_the_standin_records_a_capture_and_runs_it_at_each_launch(monkeypatch):
@@ -200,24 +196,14 @@ def test_the_standin_records_a_capture_and_runs_it_at_each_launch(monkeypatch):
         assert a.get().tolist() == [0, 2, 4] and c.get().tolist() == [0, 4, 8]
 
 
-def _graph_step(model, opt, loss_fn):
-    def step(x, t):
-        opt.zero_grad()
-        loss = loss_fn(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
-
-
 @pytest.mark.parametrize("kind", ["mse", "layernorm", "bce", "batchnorm"])
 def test_a_cuda_graph_replay_launches_one_graph_and_matches_eager_bit_for_bit(monkeypatch, kind):
-    """gn.compile(cuda_graph=True) on the GPU path: the second kernel replay captures the step's forward
-    and backward into one graph; from then on a step is one copy per argument, one graph launch,
-    the optimizer's one fused launch and the loss's copy, with no host synchronisation. Losses,
-    parameters and buffers equal an eager GPU model's bit for bit while the learning rate changes
-    every step and Adam's bias corrections move with the step count: nothing per step is frozen
-    into the graph. The returned losses keep their own step's value."""
+    """gn.compile(cuda_graph=True) on the GPU path: the second kernel replay captures the whole step
+    (forward, backward, Adam's update) into one graph; from then on a step is one copy per argument,
+    the upload of the optimizer's scalars, one graph launch and the loss's copy, with no host
+    synchronisation. Losses, parameters and buffers equal an eager GPU model's bit for bit while the
+    learning rate changes every step and Adam's bias corrections move with the step count: nothing
+    per step is frozen into the graph. The returned losses keep their own step's value."""
     if kind == "batchnorm":
         def case():
             gn.manual_seed(0)
@@ -235,7 +221,7 @@ def test_a_cuda_graph_replay_launches_one_graph_and_matches_eager_bit_for_bit(mo
         _to_standin(cp, model)
         eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
         opt = gn.optim.Adam(model.parameters(), lr=0.01)
-        compiled = gn.compile(_graph_step(model, opt, loss_fn), strict=True, cuda_graph=True)
+        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True, cuda_graph=True)
         losses, eager_losses = [], []
         for i in range(7):
             xs = X + np.float32(0.1 * i) * rng.standard_normal(X.shape).astype(np.float32)
@@ -243,14 +229,14 @@ def test_a_cuda_graph_replay_launches_one_graph_and_matches_eager_bit_for_bit(mo
             for o in (eager_opt, opt):
                 o.param_groups[0]["lr"] = 0.01 / (i + 1)
             counter.reset()
-            eager_losses.append(_step_on(eager_model, eager_opt, loss_fn, x, t))
+            eager_losses.append(_step_fn(eager_model, eager_opt, loss_fn)(x, t))
             eager_launches = list(counter.launches)
             counter.reset()
             losses.append(compiled(x, t))
             if i >= 4:  # traced twice, one kernel replay, the capture; then graph launches
                 assert compiled.explain(x, t) == "graph"
                 label_check = ["copy"] if kind in ("layernorm", "batchnorm") else []  # cross-entropy's flags
-                assert counter.launches == ["setitem", "setitem", "graph"] + label_check + ["adam_kernel", "copy"]
+                assert counter.launches == ["setitem", "setitem", "host_to_device", "graph"] + label_check + ["copy"]
                 assert counter.syncs == [] and len(eager_launches) > len(counter.launches) + 2
             for p, q in zip(model.parameters(), eager_model.parameters()):
                 assert p.data.get().tobytes() == q.data.get().tobytes(), i
@@ -268,7 +254,7 @@ def test_a_bad_label_after_the_capture_is_still_reported_with_its_own_step(monke
     with counting_gpu(monkeypatch) as (cp, counter):
         _to_standin(cp, model)
         opt = gn.optim.Adam(model.parameters(), lr=0.01)
-        compiled = gn.compile(_graph_step(model, opt, gn.nn.CrossEntropyLoss()), cuda_graph=True)
+        compiled = gn.compile(_step_fn(model, opt, gn.nn.CrossEntropyLoss()), cuda_graph=True)
         x = gn.Tensor(cp.asarray(X))
         for _ in range(5):
             compiled(x, gn.Tensor(cp.asarray(y)))
@@ -289,7 +275,7 @@ def test_steps_a_graph_cannot_hold_keep_their_kernel_replay_and_say_why(monkeypa
         model, loss_fn, X, y = _gpu_case("batchnorm-dropout")
         _to_standin(cp, model)
         opt = gn.optim.SGD(model.parameters(), lr=0.1)
-        dropout = gn.compile(_graph_step(model, opt, loss_fn), cuda_graph=True)
+        dropout = gn.compile(_step_fn(model, opt, loss_fn), cuda_graph=True)
         x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
         for _ in range(4):
             dropout(x, t)
@@ -299,13 +285,7 @@ def test_steps_a_graph_cannot_hold_keep_their_kernel_replay_and_say_why(monkeypa
         _to_standin(cp, model)
         opt = gn.optim.SGD(model.parameters(), lr=0.1)
 
-        def no_zero_grad(x, t):
-            loss = loss_fn(model(x), t)
-            loss.backward()
-            opt.step()
-            return loss
-
-        acc = gn.compile(no_zero_grad, cuda_graph=True)
+        acc = gn.compile(_step_fn(model, opt, loss_fn, zero_grad=False), cuda_graph=True)
         x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
         for _ in range(4):
             opt.zero_grad()
@@ -314,3 +294,32 @@ def test_steps_a_graph_cannot_hold_keep_their_kernel_replay_and_say_why(monkeypa
                                             "optimizer.zero_grad()")
         assert dropout.stats["graph_replays"] == acc.stats["graph_replays"] == 0
         assert dropout.stats["kernel_replays"] == acc.stats["kernel_replays"] == 2
+
+
+def test_an_update_that_needs_another_kernel_variant_runs_the_kernel_replay_then_is_captured_again(monkeypatch):
+    """Switching Adam's weight decay on changes its kernel variant: the call that finds this undoes the
+    optimizer's step count, runs the kernel replay, and the next call captures the step again; every
+    step equals eager bit for bit."""
+    eager_model, loss_fn, X, y = _gpu_case("mse")
+    model, _, _, _ = _gpu_case("mse")
+    with counting_gpu(monkeypatch) as (cp, counter):
+        _to_standin(cp, eager_model)
+        _to_standin(cp, model)
+        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
+        opt = gn.optim.Adam(model.parameters(), lr=0.01)
+        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True, cuda_graph=True)
+        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        used = []
+        for i in range(9):
+            if i == 5:
+                for o in (eager_opt, opt):
+                    o.param_groups[0]["weight_decay"] = 0.1
+            before = compiled.stats["graph_replays"]
+            loss = compiled(x, t)
+            used.append(compiled.stats["graph_replays"] - before)
+            eager_loss = _step_fn(eager_model, eager_opt, loss_fn)(x, t)
+            assert loss.data.get().tobytes() == eager_loss.data.get().tobytes(), i
+            for p, q in zip(model.parameters(), eager_model.parameters()):
+                assert p.data.get().tobytes() == q.data.get().tobytes(), i
+        assert used == [0, 0, 0, 1, 1, 0, 1, 1, 1]
+        assert opt.state_dict()["state"][0]["step"] == eager_opt.state_dict()["state"][0]["step"] == 9

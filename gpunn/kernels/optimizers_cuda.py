@@ -37,9 +37,10 @@ def _cuda():
     return nc.bind_numba_cuda(globals())
 
 
-def _build(m, dt, flags):
+def _build(m, dt, flags, staged=False):
     """The CUDA kernel of registry optimizer m for one option combination: its update as a device
-    function (options bound as constants) inside a grid-stride loop; arrays of dt, scalars float64."""
+    function (options bound as constants) inside a grid-stride loop; arrays of dt, scalars float64
+    (staged: one float64 device array of them, read by each thread)."""
     if not m.valid(dict(flags)):
         raise ValueError(f"{m.name}: flag combination {dict(flags)} is not valid (registry `valid`)")
     _cuda()
@@ -49,15 +50,16 @@ def _build(m, dt, flags):
     # (an NVVM call left 6-17 more registers in some float32 RMSprop variants)
     update = nc.numba_cuda().jit(device=True, inline="always")(
         registry.rebind(m.update, {**dict(flags), "sqrt": math.sqrt, "f64": numba.float64}))
-    kernel = registry.update_loop(m, "cuda", update, {"cuda": cuda})
+    kernel = registry.update_loop(m, "cuda_staged" if staged else "cuda", update, {"cuda": cuda})
     a1 = nc.arr(dt)
-    sig = [a1] * len(m.arrays) + [numba.float64] * (len(m.params) - len(m.arrays))
-    return nc.jit(nc.void(*sig), kernel)
+    scalars = [nc.arr(np.float64)] if staged else [numba.float64] * (len(m.params) - len(m.arrays))
+    return nc.jit(nc.void(*([a1] * len(m.arrays) + scalars)), kernel)
 
 
-def _kernel(m, dt, flags: tuple):
+def _kernel(m, dt, flags: tuple, staged=False):
     # the member's code in the key: a member registered again under an old name gets new kernels
-    return nc.kernel((m.name, m.code, dt.name) + flags, lambda: _build(m, dt, flags))
+    return nc.kernel((m.name, m.code, dt.name) + flags + (("staged",) if staged else ()),
+                     lambda: _build(m, dt, flags, staged))
 
 
 def kernel(name, dtype, **flags):
@@ -66,16 +68,29 @@ def kernel(name, dtype, **flags):
 
 
 def variants(dtypes=SUPPORTED_DTYPES):
-    """Every kernel of this family (each valid option combination of each registered update), as
-    (getter, arguments, threads per block): for offline compilation (kernels/ptxas_report.py)."""
+    """Every kernel of this family (each valid option combination of each registered update, with
+    its scalars as arguments and staged), as (getter, arguments, threads per block): for offline
+    compilation (kernels/ptxas_report.py)."""
     for dt in dtypes:
         for name, m in registry.OPTIMIZERS.items():
             for flags in m.variants():
-                yield _get, (name, dt, tuple(flags.items())), nc.ELEMENTWISE_THREADS
+                for staged in (False, True):
+                    yield _get, (name, dt, tuple(flags.items()), staged), nc.ELEMENTWISE_THREADS
 
 
-def _get(name, dt, flags):
-    return kernel(name, dt, **dict(flags))
+def _get(name, dt, flags, staged=False):
+    return _kernel(member(name), np.dtype(dt), tuple(sorted(flags)), staged)
+
+
+# gn.compile's CUDA-graph replay (gpunn/compiler_graph.py) sets this while it captures or replays a
+# step: stage(m, dtype, flags, arrays, scalars) then takes each update call in place of its launch.
+stage = None
+
+
+def staged_kernel(m, dtype, flags: tuple):
+    """The kernel of registry optimizer m (flags: sorted (name, value) pairs) that reads its scalars
+    from a float64 device array: what a CUDA graph captures, so that they change between launches."""
+    return _kernel(m, np.dtype(dtype), flags, staged=True)
 
 
 @per_member
@@ -86,8 +101,11 @@ def update(m):
         flags, arrays, scalars = split_call(m, args, kwargs)
         p = arrays[0]
         check_dtype(f"{m.name}_update", p.dtype)
-        launch(_kernel(m, p.dtype, tuple(sorted(flags.items()))), p.size, p,
-               *(nc.dummy(p) if a is None else a for a in arrays), *map(float, scalars))
+        arrays = [nc.dummy(p) if a is None else a for a in arrays]
+        if stage is not None:
+            stage(m, p.dtype, tuple(sorted(flags.items())), arrays, [float(s) for s in scalars])
+            return
+        launch(_kernel(m, p.dtype, tuple(sorted(flags.items()))), p.size, p, *arrays, *map(float, scalars))
 
     return named(m, run, f"{m.name}_update", f"{m.name}'s update, CUDA kernel (Numba).", __name__)
 

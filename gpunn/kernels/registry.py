@@ -682,17 +682,25 @@ register_optimizer("adagrad", adagrad_update, {"state_sum": None}, adagrad_prepa
                    MAXIMIZE=_TF, WEIGHT_DECAY=_TF)
 
 
+_UPDATE_LOOPS = {"cpu": "{m}_cpu_loop", "cuda": "{m}_kernel", "cuda_staged": "{m}_staged_kernel"}
+
+
 def update_loop_source(member, target: str) -> str:
-    """The loop that applies member.update to every element: a CPU `for` loop or a CUDA
-    grid-stride loop, with the update's own parameters (a kernel takes no *args)."""
+    """The loop that applies member.update to every element: a CPU `for` loop ("cpu") or a CUDA
+    grid-stride loop ("cuda"), with the update's own parameters (a kernel takes no *args); or
+    ("cuda_staged") the CUDA loop taking the update's scalars as one float64 device array, in the
+    update's order, so that a captured CUDA graph reads them afresh at every launch."""
     args = ", ".join(member.params)
-    name = f"{member.name}_{target}_loop" if target == "cpu" else f"{member.name}_kernel"
+    name = _UPDATE_LOOPS[target].format(m=member.name)
     if target == "cpu":
-        body = "    for i in range(p.shape[0]):\n        update(i, {a})\n"
-    else:
-        body = ("    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n    n = p.shape[0]\n"
-                "    while i < n:\n        update(i, {a})\n        i += stride\n")
-    return f"def {name}({args}):\n" + body.format(a=args)
+        return f"def {name}({args}):\n    for i in range(p.shape[0]):\n        update(i, {args})\n"
+    head = f"def {name}({args}):\n"
+    if target == "cuda_staged":
+        scalars = member.params[len(member.arrays):]
+        head = f"def {name}({', '.join(member.arrays)}, staged_scalars):\n" + "".join(
+            f"    {s} = staged_scalars[{k}]\n" for k, s in enumerate(scalars))
+    return head + ("    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n    n = p.shape[0]\n"
+                   f"    while i < n:\n        update(i, {args})\n        i += stride\n")
 
 
 def update_loop(member, target: str, update, env: dict):
@@ -700,7 +708,7 @@ def update_loop(member, target: str, update, env: dict):
     and `env` (e.g. `cuda`) as its globals."""
     ns = {"__name__": __name__, "update": update, **env}
     exec(compile(update_loop_source(member, target), __file__, "exec"), ns)  # noqa: S102 (our own source)
-    return ns[f"{member.name}_{target}_loop" if target == "cpu" else f"{member.name}_kernel"]
+    return ns[_UPDATE_LOOPS[target].format(m=member.name)]
 
 
 
