@@ -58,6 +58,10 @@ class _HostSideDiffers(Exception):
     """This call's host bookkeeping does not match the capture's: run the kernel replay instead."""
 
 
+class _TooManyScalars(_HostSideDiffers):
+    """The step's optimizer updates take more scalars than the graph's buffer holds."""
+
+
 def _is_zero_grad_to_none(st) -> bool:
     _, method, _, args, kwargs = st
     return getattr(method, "__name__", "") == "zero_grad" and bool(args[0] if args else kwargs.get("set_to_none", True))
@@ -117,24 +121,34 @@ class CudaGraphReplay:
         if self.graph is None:
             return self._capture(arrays)
         _run_steps(self.prefix, arrays, [], None)
-        saved = [(fg, fg.steps.copy(), fg.uniform, fg.synced) for opt in self.optimizers for fg in opt._flat]
+        saved = self._step_counts()
         try:
             self._host_side()
         except _HostSideDiffers:
-            for fg, steps, uniform, synced in saved:  # the optimizers' step() runs again in the replay
-                fg.steps[...] = steps
-                fg.uniform, fg.synced = uniform, synced
             self.graph = None  # captured again at the next call, as the step is now
-            self.launched = False
-            return self.kp.run(arrays)  # its zero_grad resets what the host side set
+            return self._kernel_replay(arrays, saved)
         for i, static in self.statics.items():
             static[...] = arrays[i]
         return self._launch(arrays)
+
+    def _step_counts(self):
+        """The optimizers' host state that their step() advances, for `_kernel_replay`."""
+        return [(fg, fg.steps.copy(), fg.uniform, fg.synced) for opt in self.optimizers for fg in opt._flat]
+
+    def _kernel_replay(self, arrays, saved):
+        """This call as a kernel replay, after a host side that went part of the way: the optimizers'
+        step counts go back (their step() runs again), and the replay's zero_grad resets the rest."""
+        for fg, steps, uniform, synced in saved:
+            fg.steps[...] = steps
+            fg.uniform, fg.synced = uniform, synced
+        self.launched = False
+        return self.kp.run(arrays)
 
     def _capture(self, arrays):
         xp = self.xp
         checks.flush_checks()  # a flush reads the device, which a capture does not permit
         _run_steps(self.prefix, arrays, [], None)
+        saved = self._step_counts()
         self.statics = {i: a.copy() for i, a in enumerate(arrays) if a is not None and not _is_host(a)}
         bound = [self.statics.get(i, a) for i, a in enumerate(arrays)]
         self.host_scalars = np.zeros(SCALAR_SLOTS)
@@ -145,14 +159,19 @@ class CudaGraphReplay:
         self.stream = xp.cuda.Stream(non_blocking=True)
         self.res = res = [None] * self.kp.n
         queued = len(checks._pending)
-        with xp.cuda.using_allocator(self.pool.malloc), self.stream:
-            self.stream.begin_capture()
-            optimizers_cuda.stage = self._capture_update
-            try:
-                _run_steps(self.body, bound, res, None)
-            finally:
-                optimizers_cuda.stage = None
-                graph = self.stream.end_capture()
+        try:
+            with xp.cuda.using_allocator(self.pool.malloc), self.stream:
+                self.stream.begin_capture()
+                optimizers_cuda.stage = self._capture_update
+                try:
+                    _run_steps(self.body, bound, res, None)
+                finally:
+                    optimizers_cuda.stage = None
+                    graph = self.stream.end_capture()
+        except _TooManyScalars:
+            del checks._pending[queued:]
+            self.disabled = f"its optimizer updates take more than {SCALAR_SLOTS} scalars"
+            return self._kernel_replay(arrays, saved)
         del checks._pending[queued:]  # they read the graph's flags: queued again on snapshots (_launch)
         self.bound = bound
         self.claims = {st[2]: res[st[2]] for st in self.body if st[0] == "claim"}
@@ -161,23 +180,18 @@ class CudaGraphReplay:
                 t = st[1].__self__
                 if t.grad is None or t.grad.data is not t._grad_sink:
                     self.disabled = "a leaf's gradient does not land in its gradient sink"
-        if self.disabled is None and self.overflow:
-            self.disabled = f"its optimizer updates take more than {SCALAR_SLOTS} scalars"
         self.graph = graph
         out = self._launch(arrays)  # this call's own step: the capture ran nothing on the device
         if self.disabled is not None:
             self.graph = None
         return out
 
-    overflow = False
-
     def _capture_update(self, m, dtype, flags, arrays, scalars):
         """optimizers_cuda.stage while capturing: the staged kernel, reading its scalars from its
         slot of the device buffer, launched (so captured) on the update's arrays."""
         slot = sum(u[5] for u in self.updates)
         if slot + len(scalars) > SCALAR_SLOTS:
-            self.overflow = True
-            slot = 0  # the graph is dropped after this call's launch (`disabled`); slot 0 keeps it valid
+            raise _TooManyScalars
         self.host_scalars[slot:slot + len(scalars)] = scalars
         self.updates.append((m, dtype, flags, [_where(a) for a in arrays], slot, len(scalars)))
         launch(optimizers_cuda.staged_kernel(m, dtype, flags), arrays[0].size, arrays[0], *arrays,

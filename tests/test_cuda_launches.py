@@ -323,3 +323,28 @@ def test_an_update_that_needs_another_kernel_variant_runs_the_kernel_replay_then
                 assert p.data.get().tobytes() == q.data.get().tobytes(), i
         assert used == [0, 0, 0, 1, 1, 0, 1, 1, 1]
         assert opt.state_dict()["state"][0]["step"] == eager_opt.state_dict()["state"][0]["step"] == 9
+
+
+def test_a_step_whose_updates_overflow_the_scalar_buffer_keeps_its_kernel_replay(monkeypatch):
+    """Found while capturing: that call undoes the optimizer's step count and replays kernel by kernel,
+    equal to eager, and the signature stays at the kernel replay with the reason in explain."""
+    from gpunn import compiler_graph
+
+    monkeypatch.setattr(compiler_graph, "SCALAR_SLOTS", 4)  # Adam's update takes more
+    eager_model, loss_fn, X, y = _gpu_case("mse")
+    model, _, _, _ = _gpu_case("mse")
+    with counting_gpu(monkeypatch) as (cp, counter):
+        _to_standin(cp, eager_model)
+        _to_standin(cp, model)
+        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
+        opt = gn.optim.Adam(model.parameters(), lr=0.01)
+        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True, cuda_graph=True)
+        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        for i in range(6):
+            loss = compiled(x, t)
+            eager_loss = _step_fn(eager_model, eager_opt, loss_fn)(x, t)
+            assert loss.data.get().tobytes() == eager_loss.data.get().tobytes(), i
+        for p, q in zip(model.parameters(), eager_model.parameters()):
+            assert p.data.get().tobytes() == q.data.get().tobytes()
+        assert compiled.explain(x, t) == "kernels: no CUDA graph: its optimizer updates take more than 4 scalars"
+        assert compiled.stats["graph_replays"] == 0 and compiled.stats["kernel_replays"] == 4
