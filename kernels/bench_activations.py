@@ -4,7 +4,8 @@ gpunn vs its own bias+ReLU pass and vs PyTorch's ops for the same work.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python kernels/bench_activations.py [--shape 256x512] [--json out.json]
 
 Forward: gpunn's one Numba pass z += b; y = act(z) (gpunn.kernels.dense.bias_act_epilogue, what
-dense_forward_cpu runs after its GEMM); PyTorch: act(z + b). Backward: gpunn's one pass
+dense_forward_cpu runs after its GEMM: in place, y is z, except for GELU, whose backward needs z);
+PyTorch: act(z + b). Backward: gpunn's one pass
 dz = dy * act'(z or y) with db = column sums of dz (act_grad_colsum); PyTorch: the activation's
 backward op (aten.gelu_backward, tanh_backward, sigmoid_backward, threshold_backward) then
 dz.sum(0). float32. The bias is zero so that the input keeps its values from call to call (the
@@ -92,7 +93,7 @@ def main(argv=None):
     for name in NAMES:
         code = ACTIVATIONS[name]
         z = z0.copy()
-        y = np.empty_like(z)
+        y = np.empty_like(z) if needs_preactivation(code) else z  # in place where dense_forward_cpu is
         s = z if needs_preactivation(code) else activation_forward_ref(z, code)
         dz, db = np.empty_like(z), np.empty(m, np.float32)
         fwd_k, bwd_k = _epilogue(bias_act_epilogue, code, z.dtype), _epilogue(act_grad_colsum, code, z.dtype)

@@ -246,7 +246,11 @@ def test_a_new_optimizer_update_runs_on_the_cuda_kernels(signum, target, dtype):
     np.testing.assert_allclose(target.get(dp), want_p, **TOL[dtype])
     np.testing.assert_allclose(target.get(dbuf), want_buf, **TOL[dtype])
     listed = [args for getter, args, _ in optimizers_cuda.variants() if args[0] == "signum"]
-    assert len(listed) == 4  # ptxas_report compiles it too: MOMENTUM off/on, float32 and float64
+    # ptxas_report compiles it too: MOMENTUM off/on, float32 and float64, scalars as arguments and staged
+    # (read from a device array, what gn.compile's CUDA graph captures)
+    assert sorted((a[1].name, a[2], a[3]) for a in listed) == sorted(
+        (dt, (("MOMENTUM", momentum),), staged) for dt in ("float32", "float64") for momentum in (False, True)
+        for staged in (False, True))
 
 
 def test_a_new_optimizer_update_drives_an_optimizer_and_the_profiler(signum):
