@@ -174,7 +174,11 @@ class CudaGraphReplay:
             return self._kernel_replay(arrays, saved)
         del checks._pending[queued:]  # they read the graph's flags: queued again on snapshots (_launch)
         self.bound = bound
-        self.claims = {st[2]: res[st[2]] for st in self.body if st[0] == "claim"}
+        # what a call does on the host instead, in the body's order (run by _run_steps, as "call"s)
+        self.host_program = [
+            ("call", CudaGraphReplay._claim, self, (st[1], res[st[2]]), {}) if st[0] == "claim"
+            else ("call", CudaGraphReplay._set_grad, self, (st[1].__self__,), {}) if st[0] == "acc"
+            else st for st in self.body if st[0] != "k"]
         for st in self.body:  # each leaf's gradient landed in its sink (written there, or copied)
             if st[0] == "acc":
                 t = st[1].__self__
@@ -197,30 +201,20 @@ class CudaGraphReplay:
         launch(optimizers_cuda.staged_kernel(m, dtype, flags), arrays[0].size, arrays[0], *arrays,
                self.scalars[slot:slot + len(scalars)])
 
+    def _claim(self, t, sink):
+        """A node's claim on leaf t's gradient sink, which must give what it gave the capture."""
+        if _sink.claim(t) is not sink:
+            raise _HostSideDiffers
+
+    def _set_grad(self, t):
+        """Leaf t's gradient: the graph writes it into t's sink (or copies it there)."""
+        if t.grad is not None:
+            raise _HostSideDiffers
+        t.grad = Tensor(t._grad_sink)
+
     def _host_side(self):
         """This call's host bookkeeping, as the capture did it, with no device work: the sinks'
         claims and the leaves' .grad, then the optimizers' step() with every update staged."""
-        token = None
-        try:
-            for st in self.body:
-                kind = st[0]
-                if kind == "claim":
-                    if _sink.claim(st[1]) is not self.claims[st[2]]:
-                        raise _HostSideDiffers
-                elif kind == "acc":  # the graph writes the gradient into the leaf's sink
-                    t = st[1].__self__
-                    if t.grad is not None:
-                        raise _HostSideDiffers
-                    t.grad = Tensor(t._grad_sink)
-                elif kind == "pass":
-                    if st[1] == "begin":
-                        token = _sink.begin_pass()
-                    else:
-                        _sink.end_pass(token)
-                        token = None
-        finally:
-            if token is not None:
-                _sink.end_pass(token)
         calls = iter(self.updates)
 
         def stage(m, dtype, flags, arrays, scalars):
@@ -231,7 +225,7 @@ class CudaGraphReplay:
 
         optimizers_cuda.stage = stage
         try:
-            _run_steps([st for st in self.body if st[0] == "call"], self.bound, [], None)
+            _run_steps(self.host_program, self.bound, [], None)
         finally:
             optimizers_cuda.stage = None
         if next(calls, None) is not None:

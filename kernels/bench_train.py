@@ -121,15 +121,15 @@ def run_gpunn(model, opt, loss_fn, X, y, batch):
     return n / (time.perf_counter() - t0)
 
 
-def compiled_step(model, opt, loss_fn):
-    """gpunn's step through gn.compile (traced on the first two calls of each batch shape)."""
+def compiled_step(model, opt, loss_fn, **options):
+    """gpunn's step through gn.compile(**options) (traced on the first two calls of each batch shape)."""
     def step(x, y):
         opt.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         return loss
-    return gn.compile(step)
+    return gn.compile(step, **options)
 
 
 def run_gpunn_compiled(step, X, y, batch):

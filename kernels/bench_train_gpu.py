@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # kernels/ is a folder of scripts
 from bench_dense_gpu import run_main, torch_cuda  # noqa: E402
+from bench_train import compiled_step  # noqa: E402
 
 # (name, widths, batch, loss, steps per round, steps per round with --quick)
 SHAPES = [
@@ -104,21 +105,6 @@ def run_gpunn(cp, model, opt, loss_fn, X, y, batch, steps):
     return samples_per_second(batch, steps, time.perf_counter() - t0), float(loss.item())
 
 
-def graph_step(model, opt, loss_fn):
-    """The same step through gn.compile(cuda_graph=True): one CUDA graph launch for forward and
-    backward, then the optimizer's own launch (gpunn/compiler_graph.py)."""
-    import gpunn as gn
-
-    def step(x, t):
-        opt.zero_grad()
-        loss = loss_fn(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return gn.compile(step, cuda_graph=True)
-
-
 def run_graph(cp, step, X, y, batch, steps):
     import gpunn as gn
 
@@ -172,7 +158,8 @@ def bench(quick=False, rounds=5, only=None, log=print, deadline=None):
         gl = gn.nn.CrossEntropyLoss() if loss == "ce" else gn.nn.MSELoss()
         run_gpunn(cp, gm, gopt, gl, X, y, batch, 3)  # warm-up: kernels compile, the pool settles
         gm2, _ = build(widths, None)
-        gstep = graph_step(gm2, gn.optim.Adam(gm2.parameters(), lr=1e-3), gl)
+        # the whole step, optimizer included, as one CUDA graph launch (gpunn/compiler_graph.py)
+        gstep = compiled_step(gm2, gn.optim.Adam(gm2.parameters(), lr=1e-3), gl, cuda_graph=True)
         run_graph(cp, gstep, X, y, batch, 6)  # warm-up: two traces, one kernel replay, the capture
         g_rates, t_rates, c_rates, losses = [], [], [], {}
         if tm is not None:

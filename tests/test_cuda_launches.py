@@ -7,6 +7,8 @@ CuPy the same code path runs on real arrays (tests/test_cuda_gpu.py); the count 
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -112,6 +114,9 @@ def _gpu_case(kind, seed=0):
     elif kind == "batchnorm-dropout":
         model, loss, y = (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.BatchNorm1d(6), gn.nn.GELU(), gn.nn.Dropout(0.3),
                                            gn.nn.Linear(6, 3)), gn.nn.CrossEntropyLoss(), labels)
+    elif kind == "batchnorm":
+        model, loss, y = (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.BatchNorm1d(6), gn.nn.ReLU(), gn.nn.Linear(6, 3)),
+                          gn.nn.CrossEntropyLoss(), labels)
     elif kind == "layernorm":
         model, loss, y = (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.LayerNorm(6), gn.nn.Tanh(), gn.nn.Linear(6, 3)),
                           gn.nn.CrossEntropyLoss(label_smoothing=0.1), labels)
@@ -126,40 +131,52 @@ def _to_standin(cp, model):
         t.data = cp.asarray(t.data)
 
 
+def _twins(cp, kind, **compile_options):
+    """Two copies of one case on the stand-in, each with its own Adam: `eager` steps one of them
+    eagerly, `compiled` is gn.compile(strict=True, **compile_options) of the other's step."""
+    eager_model, loss_fn, X, y = _gpu_case(kind)
+    model, _, _, _ = _gpu_case(kind)
+    _to_standin(cp, eager_model)
+    _to_standin(cp, model)
+    eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
+    opt = gn.optim.Adam(model.parameters(), lr=0.01)
+    return types.SimpleNamespace(
+        eager_model=eager_model, eager_opt=eager_opt, eager=_step_fn(eager_model, eager_opt, loss_fn),
+        model=model, opt=opt, compiled=gn.compile(_step_fn(model, opt, loss_fn), strict=True, **compile_options),
+        X=X, y=y, x=gn.Tensor(cp.asarray(X)), t=gn.Tensor(cp.asarray(y)))
+
+
+def _same_bits(a, b):
+    """Whether two models' parameters and buffers are equal bit for bit."""
+    pairs = list(zip(a.parameters(), b.parameters())) + list(zip(a.buffers(), b.buffers()))
+    return all(p.data.get().tobytes() == q.data.get().tobytes() for p, q in pairs)
+
+
 @pytest.mark.parametrize("kind", ["mse", "batchnorm-dropout", "layernorm", "bce"])
 def test_a_compiled_gpu_step_replays_its_kernels_with_the_eager_launches_and_bits(monkeypatch, kind):
     """gn.compile on the GPU path (stand-in CuPy arrays, kernels in the simulator): from the third call
     the step replays kernel by kernel, with exactly an eager step's launches and no host
     synchronisation, and its losses and parameters equal an eager GPU model's bit for bit while the
     learning rate changes every step (read at replay time) and Dropout draws a fresh mask."""
-    eager_model, loss_fn, X, y = _gpu_case(kind)
-    model, _, _, _ = _gpu_case(kind)
     with counting_gpu(monkeypatch) as (cp, counter):
-        _to_standin(cp, eager_model)
-        _to_standin(cp, model)
-        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
-        opt = gn.optim.Adam(model.parameters(), lr=0.01)
-        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True)
-        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        tw = _twins(cp, kind)
+        x, t = tw.x, tw.t
         for i in range(5):
-            for o in (eager_opt, opt):
+            for o in (tw.eager_opt, tw.opt):
                 o.param_groups[0]["lr"] = 0.01 / (i + 1)
             gn.manual_seed(100 + i)
             counter.reset()
-            eager_loss = _step_fn(eager_model, eager_opt, loss_fn)(x, t)
+            eager_loss = tw.eager(x, t)
             eager_launches = list(counter.launches)
             gn.manual_seed(100 + i)
             counter.reset()
-            loss = compiled(x, t)
+            loss = tw.compiled(x, t)
             if i >= 2:
-                assert compiled.explain(x, t) == "kernels"
+                assert tw.compiled.explain(x, t) == "kernels"
                 assert counter.launches == eager_launches and counter.syncs == []
             assert loss.data.get().tobytes() == eager_loss.data.get().tobytes()
-            for p, q in zip(model.parameters(), eager_model.parameters()):
-                assert p.data.get().tobytes() == q.data.get().tobytes()
-        for b, c in zip(model.buffers(), eager_model.buffers()):
-            assert b.data.get().tobytes() == c.data.get().tobytes()
-        assert compiled.stats["kernel_replays"] == 3
+            assert _same_bits(tw.model, tw.eager_model), i
+        assert tw.compiled.stats["kernel_replays"] == 3
 
 
 def _step_fn(model, opt, loss_fn, zero_grad=True):
@@ -204,46 +221,28 @@ def test_a_cuda_graph_replay_launches_one_graph_and_matches_eager_bit_for_bit(mo
     synchronisation. Losses, parameters and buffers equal an eager GPU model's bit for bit while the
     learning rate changes every step and Adam's bias corrections move with the step count: nothing
     per step is frozen into the graph. The returned losses keep their own step's value."""
-    if kind == "batchnorm":
-        def case():
-            gn.manual_seed(0)
-            rng = np.random.default_rng(0)
-            return (gn.nn.Sequential(gn.nn.Linear(4, 6), gn.nn.BatchNorm1d(6), gn.nn.ReLU(), gn.nn.Linear(6, 3)),
-                    gn.nn.CrossEntropyLoss(), rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8))
-    else:
-        def case():
-            return _gpu_case(kind)
-    eager_model, loss_fn, X, y = case()
-    model, _, _, _ = case()
     rng = np.random.default_rng(1)
     with counting_gpu(monkeypatch) as (cp, counter):
-        _to_standin(cp, eager_model)
-        _to_standin(cp, model)
-        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
-        opt = gn.optim.Adam(model.parameters(), lr=0.01)
-        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True, cuda_graph=True)
+        tw = _twins(cp, kind, cuda_graph=True)
         losses, eager_losses = [], []
         for i in range(7):
-            xs = X + np.float32(0.1 * i) * rng.standard_normal(X.shape).astype(np.float32)
-            x, t = gn.Tensor(cp.asarray(xs)), gn.Tensor(cp.asarray(y))
-            for o in (eager_opt, opt):
+            xs = tw.X + np.float32(0.1 * i) * rng.standard_normal(tw.X.shape).astype(np.float32)
+            x, t = gn.Tensor(cp.asarray(xs)), tw.t
+            for o in (tw.eager_opt, tw.opt):
                 o.param_groups[0]["lr"] = 0.01 / (i + 1)
             counter.reset()
-            eager_losses.append(_step_fn(eager_model, eager_opt, loss_fn)(x, t))
+            eager_losses.append(tw.eager(x, t))
             eager_launches = list(counter.launches)
             counter.reset()
-            losses.append(compiled(x, t))
+            losses.append(tw.compiled(x, t))
             if i >= 4:  # traced twice, one kernel replay, the capture; then graph launches
-                assert compiled.explain(x, t) == "graph"
+                assert tw.compiled.explain(x, t) == "graph"
                 label_check = ["copy"] if kind in ("layernorm", "batchnorm") else []  # cross-entropy's flags
                 assert counter.launches == ["setitem", "setitem", "host_to_device", "graph"] + label_check + ["copy"]
                 assert counter.syncs == [] and len(eager_launches) > len(counter.launches) + 2
-            for p, q in zip(model.parameters(), eager_model.parameters()):
-                assert p.data.get().tobytes() == q.data.get().tobytes(), i
+            assert _same_bits(tw.model, tw.eager_model), i
         assert [a.data.get().tobytes() for a in losses] == [a.data.get().tobytes() for a in eager_losses]
-        for b, c in zip(model.buffers(), eager_model.buffers()):
-            assert b.data.get().tobytes() == c.data.get().tobytes()
-        assert compiled.stats["graph_replays"] == 4
+        assert tw.compiled.stats["graph_replays"] == 4
 
 
 def test_a_bad_label_after_the_capture_is_still_reported_with_its_own_step(monkeypatch):
@@ -300,29 +299,20 @@ def test_an_update_that_needs_another_kernel_variant_runs_the_kernel_replay_then
     """Switching Adam's weight decay on changes its kernel variant: the call that finds this undoes the
     optimizer's step count, runs the kernel replay, and the next call captures the step again; every
     step equals eager bit for bit."""
-    eager_model, loss_fn, X, y = _gpu_case("mse")
-    model, _, _, _ = _gpu_case("mse")
     with counting_gpu(monkeypatch) as (cp, counter):
-        _to_standin(cp, eager_model)
-        _to_standin(cp, model)
-        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
-        opt = gn.optim.Adam(model.parameters(), lr=0.01)
-        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True, cuda_graph=True)
-        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        tw = _twins(cp, "mse", cuda_graph=True)
         used = []
         for i in range(9):
             if i == 5:
-                for o in (eager_opt, opt):
+                for o in (tw.eager_opt, tw.opt):
                     o.param_groups[0]["weight_decay"] = 0.1
-            before = compiled.stats["graph_replays"]
-            loss = compiled(x, t)
-            used.append(compiled.stats["graph_replays"] - before)
-            eager_loss = _step_fn(eager_model, eager_opt, loss_fn)(x, t)
-            assert loss.data.get().tobytes() == eager_loss.data.get().tobytes(), i
-            for p, q in zip(model.parameters(), eager_model.parameters()):
-                assert p.data.get().tobytes() == q.data.get().tobytes(), i
+            before = tw.compiled.stats["graph_replays"]
+            loss = tw.compiled(tw.x, tw.t)
+            used.append(tw.compiled.stats["graph_replays"] - before)
+            assert loss.data.get().tobytes() == tw.eager(tw.x, tw.t).data.get().tobytes(), i
+            assert _same_bits(tw.model, tw.eager_model), i
         assert used == [0, 0, 0, 1, 1, 0, 1, 1, 1]
-        assert opt.state_dict()["state"][0]["step"] == eager_opt.state_dict()["state"][0]["step"] == 9
+        assert tw.opt.state_dict()["state"][0]["step"] == tw.eager_opt.state_dict()["state"][0]["step"] == 9
 
 
 def test_a_step_whose_updates_overflow_the_scalar_buffer_keeps_its_kernel_replay(monkeypatch):
@@ -331,20 +321,11 @@ def test_a_step_whose_updates_overflow_the_scalar_buffer_keeps_its_kernel_replay
     from gpunn import compiler_graph
 
     monkeypatch.setattr(compiler_graph, "SCALAR_SLOTS", 4)  # Adam's update takes more
-    eager_model, loss_fn, X, y = _gpu_case("mse")
-    model, _, _, _ = _gpu_case("mse")
     with counting_gpu(monkeypatch) as (cp, counter):
-        _to_standin(cp, eager_model)
-        _to_standin(cp, model)
-        eager_opt = gn.optim.Adam(eager_model.parameters(), lr=0.01)
-        opt = gn.optim.Adam(model.parameters(), lr=0.01)
-        compiled = gn.compile(_step_fn(model, opt, loss_fn), strict=True, cuda_graph=True)
-        x, t = gn.Tensor(cp.asarray(X)), gn.Tensor(cp.asarray(y))
+        tw = _twins(cp, "mse", cuda_graph=True)
         for i in range(6):
-            loss = compiled(x, t)
-            eager_loss = _step_fn(eager_model, eager_opt, loss_fn)(x, t)
-            assert loss.data.get().tobytes() == eager_loss.data.get().tobytes(), i
-        for p, q in zip(model.parameters(), eager_model.parameters()):
-            assert p.data.get().tobytes() == q.data.get().tobytes()
-        assert compiled.explain(x, t) == "kernels: no CUDA graph: its optimizer updates take more than 4 scalars"
-        assert compiled.stats["graph_replays"] == 0 and compiled.stats["kernel_replays"] == 4
+            loss = tw.compiled(tw.x, tw.t)
+            assert loss.data.get().tobytes() == tw.eager(tw.x, tw.t).data.get().tobytes(), i
+        assert _same_bits(tw.model, tw.eager_model)
+        assert tw.compiled.explain(tw.x, tw.t) == "kernels: no CUDA graph: its optimizer updates take more than 4 scalars"
+        assert tw.compiled.stats["graph_replays"] == 0 and tw.compiled.stats["kernel_replays"] == 4
