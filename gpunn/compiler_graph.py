@@ -32,12 +32,15 @@ not reset by zero_grad(set_to_none=True) before its kernels (their gradients wou
 .grad captured once), an optimizer call between the step's kernels, and any step under the
 profiler. A call whose host side differs from the capture's (a gradient sink claimed otherwise, an
 update that needs another kernel variant, e.g. weight decay switched on) undoes the optimizers' step
-counts and runs the kernel replay instead; the next call captures the step again.
+counts and runs the kernel replay instead; the next call captures the step again. A capture that
+fails (a CUDA error) leaves the signature at its kernel replay, with one CompileWarning.
 
 Not run on a GPU yet: checked on stand-in CuPy arrays (tests/launch_count.py), whose capture records
 the operations issued and runs them at each launch, as CUDA does.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -45,7 +48,7 @@ from gpunn.autograd import checks
 from gpunn.autograd import grad_sink as _sink
 from gpunn.autograd.tensor import Tensor
 from gpunn.backend import get_array_module
-from gpunn.compiler import _build_out, _is_array, _run_steps, _value
+from gpunn.compiler import CompileWarning, _build_out, _is_array, _run_steps, _value
 from gpunn.kernels import optimizers_cuda
 from gpunn.kernels.cuda_elementwise import launch
 
@@ -168,9 +171,14 @@ class CudaGraphReplay:
                 finally:
                     optimizers_cuda.stage = None
                     graph = self.stream.end_capture()
-        except _TooManyScalars:
+        except Exception as err:  # noqa: BLE001 - nothing ran on the device: this call replays kernel by kernel
             del checks._pending[queued:]
-            self.disabled = f"its optimizer updates take more than {SCALAR_SLOTS} scalars"
+            if isinstance(err, _TooManyScalars):
+                self.disabled = f"its optimizer updates take more than {SCALAR_SLOTS} scalars"
+            else:
+                self.disabled = f"capturing it failed ({type(err).__name__}: {err})"
+                warnings.warn(f"gn.compile(cuda_graph=True): {self.disabled}; the step replays kernel by kernel",
+                              CompileWarning, stacklevel=4)
             return self._kernel_replay(arrays, saved)
         del checks._pending[queued:]  # they read the graph's flags: queued again on snapshots (_launch)
         self.bound = bound

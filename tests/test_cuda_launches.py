@@ -329,3 +329,25 @@ def test_a_step_whose_updates_overflow_the_scalar_buffer_keeps_its_kernel_replay
         assert _same_bits(tw.model, tw.eager_model)
         assert tw.compiled.explain(tw.x, tw.t) == "kernels: no CUDA graph: its optimizer updates take more than 4 scalars"
         assert tw.compiled.stats["graph_replays"] == 0 and tw.compiled.stats["kernel_replays"] == 4
+
+
+def test_a_capture_that_fails_warns_once_and_leaves_the_step_at_its_kernel_replay(monkeypatch):
+    """Nothing runs on the device while capturing, so a capture that raises (here: the staged kernel)
+    costs nothing but the graph: that call and the later ones replay kernel by kernel, as eager."""
+    from gpunn.compiler import CompileWarning
+    from gpunn.kernels import optimizers_cuda
+
+    def broken(*args):
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported")
+
+    monkeypatch.setattr(optimizers_cuda, "staged_kernel", broken)
+    with counting_gpu(monkeypatch) as (cp, counter):
+        tw = _twins(cp, "mse", cuda_graph=True)
+        with pytest.warns(CompileWarning, match=r"capturing it failed \(RuntimeError: "
+                                                    r"cudaErrorStreamCaptureUnsupported\)") as caught:
+            for i in range(6):
+                loss = tw.compiled(tw.x, tw.t)
+                assert loss.data.get().tobytes() == tw.eager(tw.x, tw.t).data.get().tobytes(), i
+        assert len(caught) == 1 and _same_bits(tw.model, tw.eager_model)
+        assert tw.compiled.explain(tw.x, tw.t).startswith("kernels: no CUDA graph: capturing it failed")
+        assert tw.compiled.stats["graph_replays"] == 0
