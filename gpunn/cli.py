@@ -649,10 +649,13 @@ def _rank_prefix() -> str:
 
 
 def _ended_in_job(status: int) -> int:
-    """A failing rank of a job ends the whole job (the others would wait in a collective)."""
+    """A failing rank of a job ends the whole job (the others would wait in a collective), after
+    the pause that lets the launcher forward what this rank printed (an abort kills its proxies:
+    without it CI saw an empty stderr from a job that failed correctly)."""
     if status != 0 and _in_job():
-        sys.stderr.flush()
-        sys.modules["gpunn.distributed"]._need("gpunn").abort(status)
+        from gpunn.distributed._backends import abort_after_grace
+
+        abort_after_grace(sys.modules["gpunn.distributed"]._need("gpunn").abort, status)
     return status
 
 

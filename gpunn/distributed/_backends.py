@@ -30,19 +30,24 @@ ABORT_GRACE_S = 1.0
 
 
 def fail(rank: int, size: int, message: str, abort) -> None:
-    """Print `message` naming the rank, give the launcher `ABORT_GRACE_S` to forward it, then end
-    the whole job through `abort(1)`."""
-    try:
-        sys.stdout.flush()
-    except Exception:  # pragma: no cover - a closed stdout must not stop the abort
-        pass
+    """Print `message` naming the rank, then end the whole job (`abort_after_grace(abort, 1)`)."""
     try:
         sys.stderr.write(f"gpunn.distributed: rank {rank} of {size}: {message}; aborting the job\n")
-        sys.stderr.flush()
-    except Exception:  # pragma: no cover - nor a closed stderr
+    except Exception:  # pragma: no cover - a closed stderr must not stop the abort
         pass
+    abort_after_grace(abort, 1)
+
+
+def abort_after_grace(abort, status: int) -> None:
+    """Flush what this rank printed, give the launcher `ABORT_GRACE_S` to forward it, then end the
+    whole job through `abort(status)`."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # pragma: no cover - a closed stream must not stop the abort
+            pass
     time.sleep(ABORT_GRACE_S)
-    abort(1)
+    abort(status)
 
 
 class _Done:
