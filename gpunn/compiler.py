@@ -39,7 +39,7 @@ absence of post-accumulate hooks and the layout of any argument a view is rebuil
 before each kernel replay; when one has changed (`p.data = ...`) that call replays node by node,
 reading the tensors afresh. `explain(*args)` says which way a signature runs and why. NumPy and
 CuPy arrays alike: on the GPU a replay launches the eager step's kernels, no more; with
-`cuda_graph=True` a GPU step's forward and backward become one CUDA graph launch
+`cuda_graph=True` a GPU step, optimizer updates included, becomes one CUDA graph launch
 (gpunn/compiler_graph.py).
 
 What cannot be replayed is detected while tracing and the signature then runs eagerly, with one

@@ -48,7 +48,7 @@ from gpunn.autograd import checks
 from gpunn.autograd import grad_sink as _sink
 from gpunn.autograd.tensor import Tensor
 from gpunn.backend import get_array_module
-from gpunn.compiler import CompileWarning, _build_out, _is_array, _run_steps, _value
+from gpunn.compiler import CompileWarning, _address, _build_out, _is_array, _run_steps, _value
 from gpunn.kernels import optimizers_cuda
 from gpunn.kernels.cuda_elementwise import launch
 
@@ -72,7 +72,7 @@ def _is_zero_grad_to_none(st) -> bool:
 
 def _where(a):
     """What an update call's array is, for comparing calls: its address, size and dtype."""
-    return a.__cuda_array_interface__["data"][0], a.size, a.dtype
+    return _address(a), a.size, a.dtype
 
 
 class CudaGraphReplay:

@@ -5,8 +5,8 @@ device), the same loss and Adam (lr 1e-3); each step is zero_grad, forward, loss
 with no host synchronisation inside a round (each library's own per-step syncs, if any, count).
 Rounds alternate which library goes first; the figure that matters is the median over rounds of
 gpunn samples/s divided by PyTorch samples/s. A third column runs gpunn's step through
-gn.compile(cuda_graph=True) (its own copy of the model: forward and backward as one CUDA graph
-launch). TF32 is off on both sides.
+gn.compile(cuda_graph=True) (its own copy of the model: the whole step, optimizer included, as one
+CUDA graph launch). TF32 is off on both sides.
 
     PYTHONPATH=. python kernels/bench_train_gpu.py [--quick] [--json out.json]
 

@@ -22,9 +22,11 @@ def _setup(opt="adam", seed=0):
     return model, o, gn.nn.CrossEntropyLoss()
 
 
-def _step_fn(model, opt, loss_fn):
+def _step_fn(model, opt, loss_fn, zero_grad=True):
+    """The PyTorch-style training step (zero_grad=False: the caller resets the gradients)."""
     def step(x, y):
-        opt.zero_grad()
+        if zero_grad:
+            opt.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()

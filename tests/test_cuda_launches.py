@@ -15,6 +15,7 @@ import pytest
 import gpunn as gn
 from cuda_util import requires_simulator
 from launch_count import counting_gpu
+from test_compile import _step_fn
 
 pytestmark = requires_simulator
 
@@ -177,18 +178,6 @@ def test_a_compiled_gpu_step_replays_its_kernels_with_the_eager_launches_and_bit
             assert loss.data.get().tobytes() == eager_loss.data.get().tobytes()
             assert _same_bits(tw.model, tw.eager_model), i
         assert tw.compiled.stats["kernel_replays"] == 3
-
-
-def _step_fn(model, opt, loss_fn, zero_grad=True):
-    """The PyTorch-style training step (zero_grad=False: the caller resets the gradients)."""
-    def step(x, t):
-        if zero_grad:
-            opt.zero_grad()
-        loss = loss_fn(model(x), t)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
 
 
 def test_the_standin_records_a_capture_and_runs_it_at_each_launch(monkeypatch):

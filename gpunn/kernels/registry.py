@@ -690,17 +690,13 @@ def update_loop_source(member, target: str) -> str:
     grid-stride loop ("cuda"), with the update's own parameters (a kernel takes no *args); or
     ("cuda_staged") the CUDA loop taking the update's scalars as one float64 device array, in the
     update's order, so that a captured CUDA graph reads them afresh at every launch."""
-    args = ", ".join(member.params)
     name = _UPDATE_LOOPS[target].format(m=member.name)
-    if target == "cpu":
-        return f"def {name}({args}):\n    for i in range(p.shape[0]):\n        update(i, {args})\n"
-    head = f"def {name}({args}):\n"
-    if target == "cuda_staged":
-        scalars = member.params[len(member.arrays):]
-        head = f"def {name}({', '.join(member.arrays)}, staged_scalars):\n" + "".join(
-            f"    {s} = staged_scalars[{k}]\n" for k, s in enumerate(scalars))
-    return head + ("    i = cuda.grid(1)\n    stride = cuda.gridsize(1)\n    n = p.shape[0]\n"
-                   f"    while i < n:\n        update(i, {args})\n        i += stride\n")
+    statement = f"update(i, {', '.join(member.params)})"
+    if target != "cuda_staged":
+        return loop_source(name, member.params, statement, target, "p")
+    scalars = member.params[len(member.arrays):]
+    prelude = "\n    ".join(f"{s} = staged_scalars[{k}]" for k, s in enumerate(scalars))
+    return loop_source(name, member.arrays + ("staged_scalars",), statement, "cuda", "p", prelude)
 
 
 def update_loop(member, target: str, update, env: dict):
