@@ -34,7 +34,8 @@ zero_grad between two calls) is decided as in eager mode. Each argument of each 
 from the two traces: the step's own arguments, an earlier call's result, a view of either (the same
 layout on both traces), or an object that is the same on both (a parameter, a buffer, a gradient
 sink, a cached constant), bound as it is; anything else (an array made outside the recorded calls)
-keeps the step node by node. The bound parameter and buffer arrays, the gradient sinks, the
+keeps the step node by node. Without a profiler the program runs as one generated straight-line
+Python function, its constants bound as globals (gpunn/compiler_codegen.py). The bound parameter and buffer arrays, the gradient sinks, the
 absence of post-accumulate hooks and the layout of any argument a view is rebuilt from are checked
 before each kernel replay; when one has changed (`p.data = ...`) that call replays node by node,
 reading the tensors afresh. `explain(*args)` says which way a signature runs and why. NumPy and
@@ -701,6 +702,7 @@ class _KernelProgram:
 
     def __init__(self, steps, n, out, guards):
         self.steps, self.n, self.out, self.guards = steps, n, out, guards
+        self._straight = None  # compiler_codegen.straight_line(steps): the unprofiled replay
 
     @classmethod
     def build(cls, tr1: _Trace, v1, tr2: _Trace, v2):
@@ -780,7 +782,12 @@ class _KernelProgram:
         res = [None] * self.n
         rec = _kops._recorder
         if rec is None:
-            _run_steps(self.steps, arrays, res, None)
+            fast = self._straight
+            if fast is None:  # written on the first replay: a signature that never replays costs nothing
+                from gpunn.compiler_codegen import straight_line
+                keep = {sp[1] for sp in _out_specs(self.out) if sp[0] in ("res", "base")}
+                fast = self._straight = straight_line(self.steps, len(arrays), keep)
+            fast(*arrays, res)
         else:
             self._run_profiled(arrays, res, rec)
         return _build_out(self.out, arrays, res)
@@ -897,6 +904,23 @@ def _specs(steps):
                 specs.append(sp[1])
             elif sp[0] == "seq":
                 specs.extend(sp[2])
+
+
+def _out_specs(out):
+    """Every array spec that `_build_out(out, ...)` reads, views' sources included."""
+    stack = [out]
+    while stack:
+        spec = stack.pop()
+        if spec[0] == "tensor":
+            sp = spec[1]
+            while sp[0] == "view":
+                yield sp
+                sp = sp[1]
+            yield sp
+        elif spec[0] == "seq":
+            stack.extend(spec[2])
+        elif spec[0] == "dict":
+            stack.extend(s for _, s in spec[1])
 
 
 def _bound_call(fn, a, kw, k):
