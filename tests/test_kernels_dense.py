@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -202,3 +203,32 @@ def test_dense_backward_refuses_a_wrong_output(backend):
                 backend.xp.zeros((3, 4), np.float32)[:, :2].T):
         with pytest.raises(ValueError, match="dense_backward: an output for a gradient of shape"):
             ops.dense_backward(DY, X, WW, saved, ACTIVATIONS["relu"], dW_out=bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cpu_outer_products_are_exact(dtype):
+    """A product with inner dimension 1 (x @ W.T with one input feature; dx of a layer with one
+    output; dW at batch 1, into a given output) holds each correctly rounded product: the CPU path
+    computes these as an outer product, not through OpenBLAS's GEMM."""
+    ops = CpuOps()
+    rng = np.random.default_rng(3)
+    code = ACTIVATIONS["identity"]
+
+    def exact(a, b):  # the exact rational product, rounded once (float32 products are exact in float64)
+        a, b = np.broadcast_arrays(a, b)
+        return np.array([float(Fraction(float(u)) * Fraction(float(v))) for u, v in zip(a.ravel(), b.ravel())]
+                        ).astype(dtype).reshape(a.shape)
+
+    x1, W1 = rng.standard_normal((7, 1)).astype(dtype), rng.standard_normal((5, 1)).astype(dtype)
+    y, _ = ops.dense_forward(x1, W1, None, code)
+    np.testing.assert_array_equal(y, exact(x1, W1.T))
+    x, W, dy = rng.standard_normal((6, 4)).astype(dtype), rng.standard_normal((1, 4)).astype(dtype), \
+        rng.standard_normal((6, 1)).astype(dtype)
+    dx, _, _ = ops.dense_backward(dy, x, W, dy, code)
+    np.testing.assert_array_equal(dx, exact(dy, W))
+    xb, Wb, dyb = rng.standard_normal((1, 4)).astype(dtype), rng.standard_normal((3, 4)).astype(dtype), \
+        rng.standard_normal((1, 3)).astype(dtype)
+    dW_out = np.full((3, 4), np.nan, dtype)
+    _, dW, _ = ops.dense_backward(dyb, xb, Wb, dyb, code, dW_out=dW_out)
+    assert dW is dW_out
+    np.testing.assert_array_equal(dW, exact(dyb.T, xb))
