@@ -347,7 +347,8 @@ def _dispatch(f32_impl, f64_impl):
 # A hash of this file: the kernels made from the registry's formulas carry it in their names
 # (registry._fingerprint reads `fingerprint`), since the overloads' code is not reachable from the
 # Python fronts and Numba's disk cache only watches the kernel's own source file.
-_SOURCE_HASH = hashlib.sha1(open(__file__, "rb").read()).hexdigest()[:12]
+with open(__file__, "rb") as _f:  # closed at once: a module import leaves no open file behind
+    _SOURCE_HASH = hashlib.sha1(_f.read()).hexdigest()[:12]
 
 
 def _python_entry(name, doc):
