@@ -8,6 +8,7 @@ import gpunn as gn
 from gpunn.autograd import grad_sink
 from gpunn.compiler import _bound_call, _run_steps
 from gpunn.compiler_codegen import straight_line
+from test_compile import _step_fn
 
 META = ((None, None, None),)
 
@@ -104,16 +105,7 @@ def test_a_compiled_training_step_replays_through_the_straight_line_function():
     gn.manual_seed(0)
     model = gn.nn.Sequential(gn.nn.Linear(4, 5), gn.nn.ReLU(), gn.nn.Linear(5, 2))
     opt = gn.optim.Adam(model.parameters(), lr=1e-2)
-    lf = gn.nn.CrossEntropyLoss()
-
-    @gn.compile
-    def step(x, y):
-        opt.zero_grad()
-        loss = lf(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = gn.compile(_step_fn(model, opt, gn.nn.CrossEntropyLoss()))
     x = gn.tensor(np.ones((3, 4), np.float32))
     y = gn.tensor(np.array([0, 1, 0]))
     for _ in range(3):
