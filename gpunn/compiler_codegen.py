@@ -2,8 +2,8 @@
 
 `_run_steps` (gpunn/compiler.py) interprets a kernel program: for every step it unpacks a tuple,
 fills the arguments that change from their specs, and dispatches on the step's kind. For a small
-network that interpretation is a large part of a step (64-128-10 at batch 64: 19 steps, 88 -> 81 us
-per step in kernels/results/cpu-compile-2026-11-29-f.txt). `straight_line(steps, n, keep)` writes
+network that interpretation is a large part of a step (64-128-10 at batch 64: 19 steps, 87-92 -> 79-84
+us per step, kernels/results/cpu-compile-2026-11-29-f.txt). `straight_line(steps, n, keep)` writes
 the same program as the source of one function, compiled once per signature::
 
     def replay(a0, a1, res):

@@ -232,3 +232,8 @@ def test_cpu_outer_products_are_exact(dtype):
     _, dW, _ = ops.dense_backward(dyb, xb, Wb, dyb, code, dW_out=dW_out)
     assert dW is dW_out
     np.testing.assert_array_equal(dW, exact(dyb.T, xb))
+    # a zero product is +0, as a GEMM's sum starting from 0 gives (NumPy's matmul: the same bits)
+    a, b = np.array([[-1.0], [0.0]], dtype), np.array([[0.0, -0.0, 2.0]], dtype)
+    y, _ = ops.dense_forward(a, b.T, None, code)
+    assert not np.signbit(y[y == 0]).any()
+    assert y.tobytes() == np.matmul(a, b).tobytes()

@@ -154,13 +154,13 @@ def _outer(a, b, out):
     for i in range(a.shape[0]):
         ai = a[i, 0]
         for j in range(b.shape[1]):
-            out[i, j] = ai * b[0, j]
+            out[i, j] = ai * b[0, j] + 0.0  # + 0: a zero product is +0, as a GEMM's sum from 0 gives
 
 
 def _gemm(a, b, out=None):
-    """a @ b with NumPy's BLAS; an outer product (inner dimension 1) as one Numba loop. The same
-    products, each rounded once (a zero's sign aside), where OpenBLAS's GEMM is ~20x slower
-    (1024x1 @ 1x64: 79 vs 3.7 us, kernels/results/cpu-compile-2026-11-29-f.txt)."""
+    """a @ b with NumPy's BLAS; an outer product (inner dimension 1) as one Numba loop: the same
+    bits as the GEMM (each product rounded once, a zero as +0), where OpenBLAS's GEMM is 5-20x slower
+    (float32 1024x1 @ 1x64: 74 vs 3.0 us, kernels/results/cpu-outer-product-2026-11-29.txt)."""
     if a.shape[1] != 1:
         return np.matmul(a, b, out=out)
     if out is None:
