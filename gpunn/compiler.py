@@ -469,6 +469,12 @@ def _flatten_args(args, kwargs):
     return tuple(args) + tuple(kwargs[k] for k in sorted(kwargs))
 
 
+def _signature(args, kwargs):
+    """(the arguments in order, keywords sorted; the cache key of their input signature)."""
+    flat = _flatten_args(args, kwargs) if kwargs else args
+    return flat, (tuple(map(_arg_key, flat)), tuple(sorted(kwargs)), is_grad_enabled())
+
+
 def _array_key(d):
     """An array's part of a signature: array type, shape, dtype, device (-1: host)."""
     dev = -1 if type(d) is np.ndarray else int(getattr(getattr(d, "device", None), "id", -1))
@@ -764,6 +770,15 @@ class _KernelProgram:
                                   if spec[0] == "view" and spec[1][0] == "arg"})
         return prog, None
 
+    def straight(self, n_args: int):
+        """The program as one straight-line function (gpunn/compiler_codegen.py), written on first
+        use: a signature that never replays costs nothing."""
+        if self._straight is None:
+            from gpunn.compiler_codegen import straight_line
+            keep = {sp[1] for sp in _out_specs(self.out) if sp[0] in ("res", "base")}
+            self._straight = straight_line(self.steps, n_args, keep)
+        return self._straight
+
     def layout_ok(self, arrays) -> bool:
         """Whether the arguments a view is rebuilt from are laid out as when traced."""
         for i, strides in self.arg_layouts:
@@ -783,10 +798,8 @@ class _KernelProgram:
         rec = _kops._recorder
         if rec is None:
             fast = self._straight
-            if fast is None:  # written on the first replay: a signature that never replays costs nothing
-                from gpunn.compiler_codegen import straight_line
-                keep = {sp[1] for sp in _out_specs(self.out) if sp[0] in ("res", "base")}
-                fast = self._straight = straight_line(self.steps, len(arrays), keep)
+            if fast is None:
+                fast = self.straight(len(arrays))
             fast(*arrays, res)
         else:
             self._run_profiled(arrays, res, rec)
@@ -1013,8 +1026,7 @@ class CompiledFunction:
         """How a call with these arguments runs now: "graph" (one CUDA graph launch, cuda_graph=True),
         "kernels" (replayed kernel by kernel; with cuda_graph=True "kernels: no CUDA graph: <why>"),
         "nodes: <why not kernels>", "eager: <why>", or "tracing" (not traced twice yet)."""
-        flat = _flatten_args(args, kwargs) if kwargs else args
-        entry = self._cache.get((tuple(map(_arg_key, flat)), tuple(sorted(kwargs)), is_grad_enabled()))
+        entry = self._cache.get(_signature(args, kwargs)[1])
         if entry is None or entry[0] == "trace":
             return "tracing"
         if entry[0] == "eager":
@@ -1030,6 +1042,18 @@ class CompiledFunction:
         if g is None or g.disabled is not None:
             return f"kernels: no CUDA graph: {prog.graph_cause if g is None else g.disabled}"
         return "graph"
+
+    def replay_source(self, *args, **kwargs) -> str:
+        """The Python source of the function that replays these arguments' signature kernel by kernel
+        (gpunn/compiler_codegen.py): one line per kernel call, gradient-sink claim, gradient
+        accumulation and optimizer call, each named in a comment. ValueError saying how the signature
+        runs instead when it does not replay kernel by kernel (`explain`)."""
+        how = self.explain(*args, **kwargs)
+        if how != "graph" and not how.startswith("kernels"):
+            raise ValueError(f"gn.compile({getattr(self.fn, '__name__', 'fn')}): this signature does not replay "
+                             f"kernel by kernel ({how})")
+        flat, key = _signature(args, kwargs)
+        return self._cache[key][1].kernels.straight(len(flat)).source
 
     def _give_up(self, key, cause):
         if self.strict:
@@ -1062,8 +1086,7 @@ class CompiledFunction:
         return value, tr, spec
 
     def __call__(self, *args, **kwargs):
-        flat = _flatten_args(args, kwargs) if kwargs else args
-        key = (tuple(map(_arg_key, flat)), tuple(sorted(kwargs)), is_grad_enabled())
+        flat, key = _signature(args, kwargs)
         entry = self._cache.get(key)
         if _active is not None or (_kops._recorder is not None and (entry is None or entry[0] != "ready")):
             # nested in a trace; or a profiler is on and this signature is not ready to replay (tracing

@@ -110,9 +110,32 @@ def test_a_compiled_training_step_replays_through_the_straight_line_function():
     y = gn.tensor(np.array([0, 1, 0]))
     for _ in range(3):
         step(x, y)
-    (entry,) = step._cache.values()
-    source = entry[1].kernels._straight.source
+    source = step.replay_source(x, y)
+    assert source == next(iter(step._cache.values()))[1].kernels._straight.source  # the function that ran
     for name in ("Optimizer.zero_grad", "dense_forward_cpu", "softmax_cross_entropy_backward_cpu",
                  "dense_backward_cpu", "Optimizer.step"):
         assert f"# {name}" in source
     assert step.stats["kernel_replays"] == 1
+
+
+def test_replay_source_says_how_a_signature_runs_when_it_is_not_a_kernel_replay():
+    gn.manual_seed(0)
+    model = gn.nn.Sequential(gn.nn.Linear(4, 2))
+    opt = gn.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, y):  # a loss written with Tensor operators: its nodes do array work of their own
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    f = gn.compile(step)
+    x, y = gn.tensor(np.ones((3, 4), np.float32)), gn.tensor(np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"gn.compile\(step\): this signature does not replay kernel by kernel "
+                                         r"\(tracing\)"):
+        f.replay_source(x, y)
+    for _ in range(3):
+        f(x, y)
+    with pytest.raises(ValueError, match=r"kernel by kernel \(nodes: .*array work of their own"):
+        f.replay_source(x, y)
