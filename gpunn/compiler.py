@@ -35,8 +35,9 @@ from the two traces: the step's own arguments, an earlier call's result, a view 
 layout on both traces), or an object that is the same on both (a parameter, a buffer, a gradient
 sink, a cached constant), bound as it is; anything else (an array made outside the recorded calls)
 keeps the step node by node. Without a profiler the program runs as one generated straight-line
-Python function, its constants bound as globals (gpunn/compiler_codegen.py). The bound parameter and buffer arrays, the gradient sinks, the
-absence of post-accumulate hooks and the layout of any argument a view is rebuilt from are checked
+Python function, its constants bound as globals (gpunn/compiler_codegen.py; `replay_source` shows
+it). The bound parameter and buffer arrays, the gradient sinks, the absence of post-accumulate
+hooks and the layout of any argument a view is rebuilt from are checked
 before each kernel replay; when one has changed (`p.data = ...`) that call replays node by node,
 reading the tensors afresh. `explain(*args)` says which way a signature runs and why. NumPy and
 CuPy arrays alike: on the GPU a replay launches the eager step's kernels, no more; with

@@ -159,7 +159,7 @@ def _outer(a, b, out):
 
 def _gemm(a, b, out=None):
     """a @ b with NumPy's BLAS; an outer product (inner dimension 1) as one Numba loop: the same
-    bits as the GEMM (each product rounded once, a zero as +0), where OpenBLAS's GEMM is 5-20x slower
+    bits as the GEMM (each product rounded once, a zero as +0), where OpenBLAS's GEMM is 4.7-25x slower
     (float32 1024x1 @ 1x64: 74 vs 3.0 us, kernels/results/cpu-outer-product-2026-11-29.txt)."""
     if a.shape[1] != 1:
         return np.matmul(a, b, out=out)
