@@ -43,6 +43,9 @@ def test_small_profile_prints_the_table(capsys):
     assert rows["adam_update"][2] == "3"
     assert "kernel launches per step: 7 (forward 2, loss 1, backward 3, optimizer 1)" in out
     assert "peaks: " in out and "(test; cached in" in out
+    unprofiled, profiled = map(float, re.search(
+        r"without the profiler: ([\d.]+) ms/step over 3 more steps \(profiled: ([\d.]+) ms/step\)", out).groups())
+    assert 0 < unprofiled and 0 < profiled
 
 
 def test_profile_compile_profiles_the_replay(capsys):
@@ -51,6 +54,7 @@ def test_profile_compile_profiles_the_replay(capsys):
     assert main(SMALL[:-4] + ["--warmup", "0", "--device", "cpu", "--compile"]) == 0
     out = capsys.readouterr().out
     assert "2 warm-up + 3 profiled steps (compiled: gn.compile replays)" in out
+    assert re.search(r"without the profiler: [\d.]+ ms/step over 3 more steps", out)
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha()}
     assert rows["dense_forward"][1:3] == ["cpu", "6"] and rows["adam_update"][2] == "3"
     assert "kernel launches per step: 7 (forward 2, loss 1, backward 3, optimizer 1)" in out
