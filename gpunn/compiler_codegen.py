@@ -34,6 +34,10 @@ replay keeps `_run_steps`, which routes each call through the profiler.
 """
 from __future__ import annotations
 
+import itertools
+import linecache
+import weakref
+
 from gpunn.autograd import grad_sink as _sink
 
 
@@ -96,11 +100,18 @@ def straight_line(steps, n_args: int, keep):
     lines += [f"    res[{k}] = r{k}" for k in sorted(keep)]
     params = "".join(f"a{i}, " for i in range(n_args))
     source = f"def replay({params}res):\n" + "\n".join(lines or ["    pass"]) + "\n"
-    code = compile(source, "<gn.compile replay>", "exec")
-    exec(code, names)  # noqa: S102 - source made above from the program's own steps, no user text
+    # a file name of its own, with the source in linecache, so that a traceback through a replay
+    # shows the line (and the kernel it names) where it failed
+    filename = f"<gn.compile replay {next(_serial)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), names)  # noqa: S102 - made from the program's own steps, no user text
     replay = names["replay"]
     replay.source = source
+    weakref.finalize(replay, linecache.cache.pop, filename, None)  # an evicted signature's source goes too
     return replay
+
+
+_serial = itertools.count(1)
 
 
 def _name(fn) -> str:

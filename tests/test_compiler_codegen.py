@@ -1,6 +1,10 @@
 """gn.compile's straight-line replay (gpunn/compiler_codegen.py): a kernel program written as one
 function makes the interpreter's calls, in its order, with its arguments; the backward walk's
 claims end when a kernel raises. (Replays against eager mode: tests/test_compile.py.)"""
+import gc
+import linecache
+import traceback
+
 import numpy as np
 import pytest
 
@@ -93,8 +97,15 @@ def test_a_kernel_that_raises_inside_the_walk_ends_its_claims():
 
     steps = [("pass", "begin"), _bound_call(boom, [("arg", 0)], {}, 1) + META, ("pass", "end")]
     replay = straight_line(steps, 1, set())
-    with pytest.raises(FloatingPointError, match="kernel failed"):
+    with pytest.raises(FloatingPointError, match="kernel failed") as err:
         replay(np.zeros(2), [None, None])
+    shown = "".join(traceback.format_tb(err.tb))
+    assert "r1 = k" in shown and "# test_a_kernel_that_raises_inside_the_walk_ends_its_claims.<locals>.boom" in shown
+    filename = replay.__code__.co_filename
+    assert filename in linecache.cache
+    del replay, err
+    gc.collect()
+    assert filename not in linecache.cache  # the source lives as long as its function
     assert grad_sink._claimed.get() is None
     empty = straight_line([("pass", "begin"), ("pass", "end")], 0, set())  # a walk with nothing in it
     empty([])
