@@ -471,22 +471,26 @@ def _profile_mlp(args, dev):
         return loss
 
     run = gn.compile(train_step, strict=True) if args.compile else train_step
+
+    def steps(first, n):
+        """n training steps on the batches from `first` on; the last one's loss."""
+        loss = None
+        for i in range(first, first + n):
+            loss = run(*data[i % len(data)])
+        return loss
+
     warmup = max(args.warmup, 2) if args.compile else args.warmup  # a trace and its check, then replays
-    for i in range(warmup):
-        run(*data[i % len(data)])
+    steps(0, warmup)
     before = run.stats["replays"] if args.compile else 0
     with profiler.profile(sync=args.sync) as prof:
-        for i in range(args.steps):
-            run(*data[(warmup + i) % len(data)])
+        steps(warmup, args.steps)
     if args.compile and run.stats["replays"] - before != args.steps:  # strict=True: a refusal raised already
         raise UsageError(f"--compile: {run.stats['replays'] - before} of {args.steps} profiled steps were replays")
     # the same steps as they run in training: a profiled step pays for the profiler's hooks, and a
     # profiled replay walks its program step by step where an unprofiled one runs it straight
     t0 = time.perf_counter_ns()
-    for i in range(args.steps):
-        loss = run(*data[(warmup + args.steps + i) % len(data)])
-    loss.item()  # on a GPU: wait for the last step
-    return prof, (time.perf_counter_ns() - t0) / max(args.steps, 1)
+    steps(warmup + args.steps, args.steps).item()  # on a GPU: waits for the last step
+    return prof, (time.perf_counter_ns() - t0) / args.steps  # --steps is at least 1
 
 
 def _unprofiled_line(prof, step_ns) -> str:

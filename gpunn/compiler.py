@@ -907,34 +907,37 @@ def _first_array(args):
     return next((a for a in args if _is_array(a)), None)
 
 
+def _expand(specs):
+    """The argument specs `specs` and every spec they are built from (views' sources, sequences' parts)."""
+    specs = list(specs)
+    while specs:
+        sp = specs.pop()
+        yield sp
+        if sp[0] == "view":
+            specs.append(sp[1])
+        elif sp[0] == "seq":
+            specs.extend(sp[2])
+
+
 def _specs(steps):
     """Every argument spec of a kernel program's steps, views' sources included."""
-    for st in steps:
-        specs = [sp for _, sp in st[3]] + [sp for _, sp in st[5]] if st[0] == "k" else [st[2]] if st[0] == "acc" else []
-        while specs:
-            sp = specs.pop()
-            yield sp
-            if sp[0] == "view":
-                specs.append(sp[1])
-            elif sp[0] == "seq":
-                specs.extend(sp[2])
+    return _expand(sp for st in steps
+                   for sp in ([sp for _, sp in st[3]] + [sp for _, sp in st[5]] if st[0] == "k"
+                              else [st[2]] if st[0] == "acc" else []))
 
 
 def _out_specs(out):
     """Every array spec that `_build_out(out, ...)` reads, views' sources included."""
-    stack = [out]
+    arrays, stack = [], [out]
     while stack:
         spec = stack.pop()
         if spec[0] == "tensor":
-            sp = spec[1]
-            while sp[0] == "view":
-                yield sp
-                sp = sp[1]
-            yield sp
+            arrays.append(spec[1])
         elif spec[0] == "seq":
             stack.extend(spec[2])
         elif spec[0] == "dict":
             stack.extend(s for _, s in spec[1])
+    return _expand(arrays)
 
 
 def _bound_call(fn, a, kw, k):
@@ -1027,7 +1030,10 @@ class CompiledFunction:
         """How a call with these arguments runs now: "graph" (one CUDA graph launch, cuda_graph=True),
         "kernels" (replayed kernel by kernel; with cuda_graph=True "kernels: no CUDA graph: <why>"),
         "nodes: <why not kernels>", "eager: <why>", or "tracing" (not traced twice yet)."""
-        entry = self._cache.get(_signature(args, kwargs)[1])
+        return self._how(self._cache.get(_signature(args, kwargs)[1]))
+
+    def _how(self, entry) -> str:
+        """`explain` of a cache entry (None: not traced yet)."""
         if entry is None or entry[0] == "trace":
             return "tracing"
         if entry[0] == "eager":
@@ -1049,12 +1055,13 @@ class CompiledFunction:
         (gpunn/compiler_codegen.py): one line per kernel call, gradient-sink claim, gradient
         accumulation and optimizer call, each named in a comment. ValueError saying how the signature
         runs instead when it does not replay kernel by kernel (`explain`)."""
-        how = self.explain(*args, **kwargs)
+        flat, key = _signature(args, kwargs)
+        entry = self._cache.get(key)
+        how = self._how(entry)
         if how != "graph" and not how.startswith("kernels"):
             raise ValueError(f"gn.compile({getattr(self.fn, '__name__', 'fn')}): this signature does not replay "
                              f"kernel by kernel ({how})")
-        flat, key = _signature(args, kwargs)
-        return self._cache[key][1].kernels.straight(len(flat)).source
+        return entry[1].kernels.straight(len(flat)).source
 
     def _give_up(self, key, cause):
         if self.strict:
