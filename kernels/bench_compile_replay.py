@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_train as bt  # noqa: E402 - the shapes, data and models of the training benchmark
+import bench_train as bt  # noqa: E402 - the shapes, data, models and timing of the training benchmark
 
 import gpunn as gn  # noqa: E402
 from gpunn import compiler  # noqa: E402
@@ -39,19 +38,6 @@ def _interpreted(kp, arrays):
     return compiler._build_out(kp.out, arrays, res)
 
 
-def _best_rounds(ways, rounds, calls):
-    """{name: best µs per call} over alternating rounds (the order flips every round)."""
-    best = {name: float("inf") for name in ways}
-    items = list(ways.items())
-    for r in range(rounds):
-        for name, fn in (items if r % 2 == 0 else items[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
-    return best
-
-
 def bench_shape(name, widths, batch, loss, steps, rounds):
     X, y = bt.make_data(widths, batch, loss, 4)
     model = bt.build_gpunn(widths, bt.build_torch(widths))
@@ -62,7 +48,7 @@ def bench_shape(name, widths, batch, loss, steps, rounds):
         step(x, t)
     kp = _kernel_program(step)
     arrays = (x.data, t.data)
-    replay = _best_rounds({"interpreter": lambda: _interpreted(kp, arrays), "straight-line": lambda: kp.run(arrays)},
+    replay = bt.best_rounds({"interpreter": lambda: _interpreted(kp, arrays), "straight-line": lambda: kp.run(arrays)},
                           rounds, steps)
     kinds = sum(st[0] == "k" for st in kp.steps)
     print(f"{name:28s} batch {batch:5d}  {len(kp.steps)} steps ({kinds} kernel calls)  best us/step: "
@@ -72,7 +58,7 @@ def bench_shape(name, widths, batch, loss, steps, rounds):
     # the first layer's forward GEMM, the step's largest freshly allocated output
     W = model[0].weight.data
     out = np.empty((batch, W.shape[0]), W.dtype)
-    gemm = _best_rounds({"allocating": lambda: np.matmul(x.data, W.T),
+    gemm = bt.best_rounds({"allocating": lambda: np.matmul(x.data, W.T),
                          "preallocated": lambda: np.matmul(x.data, W.T, out=out)}, rounds, max(50, steps * 2))
     print(f"{'':28s} GEMM {batch}x{W.shape[1]}x{W.shape[0]}: allocating its output {gemm['allocating']:.2f} us, "
           f"into a preallocated one {gemm['preallocated']:.2f} us")

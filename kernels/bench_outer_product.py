@@ -13,26 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import blas_info  # noqa: E402
+from bench_train import best_rounds, blas_info  # noqa: E402
 
 from gpunn.kernels.dense import _gemm  # noqa: E402
 
 SHAPES = [(1024, 64), (256, 512), (64, 128), (1, 784)]  # (rows of a, columns of b)
-
-
-def _best(fn, rounds, calls):
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
-    return best
 
 
 def main(argv=None):
@@ -48,11 +37,8 @@ def main(argv=None):
             a[::5], b[:, 1::5] = 0.0, -0.0  # zero products of either sign: a GEMM gives +0
             out = np.empty((m, n), dtype)
             calls = max(20, int(3e6 / (m * n)))
-            best = {"matmul": float("inf"), "outer": float("inf")}
-            for r in range(args.rounds):  # alternate which goes first
-                order = [("matmul", lambda: np.matmul(a, b, out=out)), ("outer", lambda: _gemm(a, b, out))]
-                for name, fn in (order if r % 2 == 0 else order[::-1]):
-                    best[name] = min(best[name], _best(fn, 1, calls))
+            best = best_rounds({"matmul": lambda: np.matmul(a, b, out=out), "outer": lambda: _gemm(a, b, out)},
+                               args.rounds, calls)
             same = np.array_equal(np.matmul(a, b).view(np.uint8), _gemm(a, b).view(np.uint8))
             print(f"{m}x1 @ 1x{n} {np.dtype(dtype).name}: matmul {best['matmul']:.2f} us, outer product "
                   f"{best['outer']:.2f} us ({best['matmul'] / best['outer']:.1f}x); same bits: {same}")

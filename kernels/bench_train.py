@@ -53,6 +53,20 @@ def blas_info() -> str:
     return "; ".join(rows) or "no BLAS found"
 
 
+def best_rounds(ways, rounds, calls):
+    """{name: best µs per call} of each no-argument function in `ways`, in alternating rounds of
+    `calls` calls each (the order flips every round, so drift in machine load favours none)."""
+    best = {name: float("inf") for name in ways}
+    items = list(ways.items())
+    for r in range(rounds):
+        for name, fn in (items if r % 2 == 0 else items[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
 def make_data(widths, batch, loss, steps, seed=0):
     rng = np.random.default_rng(seed)
     n = batch * steps
